@@ -1,0 +1,22 @@
+//! `ember-config`: ember's configuration.
+//!
+//! It owns the TOML schema ([`Config`] and its sections), the built-in defaults, the load
+//! order (`EMBER_CONFIG` → explicit path → `/etc/ember/config.toml` → defaults, see
+//! [`load`]) and validation whose errors name the file, the line and the key, suggest the
+//! nearest valid key for a typo, and state the allowed range of a value.
+
+mod error;
+mod load;
+mod schema;
+mod spans;
+
+pub use error::{ConfigError, Location};
+pub use load::{
+    check_assets, load, locate, parse, AssetCheck, LoadOptions, Loaded, Source,
+    AGENT_PORT_RANGE, DIAL_TIMEOUT_MS_RANGE, ENV_VAR, MEMORY_MIB_RANGE, SYSTEM_CONFIG,
+    VCPUS_RANGE,
+};
+pub use schema::{
+    AgentConfig, Backend, Config, CpuProfile, HypervisorConfig, LogConfig, LogFormat, LogLevel,
+    SandboxConfig, DEFAULT_AGENT_PORT, DEFAULT_INITRD, DEFAULT_KERNEL, DEFAULT_STATE_DIR,
+};

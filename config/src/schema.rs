@@ -1,0 +1,190 @@
+//! The configuration schema: one struct per TOML section, with ember's built-in defaults.
+//!
+//! Every struct denies unknown fields, so a typo never silently falls back to a default;
+//! [`crate::load`] turns such a typo into an error that names the key, file and line.
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// Where ember looks for its guest kernel when the config does not say (`make install`).
+pub const DEFAULT_KERNEL: &str = "/usr/share/ember/vmlinux";
+/// Where ember looks for its guest initramfs when the config does not say (`make install`).
+pub const DEFAULT_INITRD: &str = "/usr/share/ember/initramfs.cpio";
+/// The default root of per-sandbox state directories.
+pub const DEFAULT_STATE_DIR: &str = "/run/ember";
+/// The default vsock port the agent listens on inside the guest.
+pub const DEFAULT_AGENT_PORT: u32 = 1024;
+
+/// The whole ember configuration (`config.toml`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `[hypervisor]`: the microVM's kernel, guest image and size.
+    pub hypervisor: HypervisorConfig,
+    /// `[sandbox]`: which backend runs sandboxes and where their state lives.
+    pub sandbox: SandboxConfig,
+    /// `[agent]`: how the runtime reaches the in-guest agent.
+    pub agent: AgentConfig,
+    /// `[log]`: logging of the host-side components (shim, runtime, VMM).
+    pub log: LogConfig,
+}
+
+/// `[hypervisor]`: what the microVM boots and how big it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HypervisorConfig {
+    /// Guest kernel: an uncompressed ELF `vmlinux` or a `bzImage`.
+    pub kernel: PathBuf,
+    /// Guest initramfs (newc cpio) whose `/init` is the agent. Exclusive with `image`.
+    pub initrd: Option<PathBuf>,
+    /// Guest root disk image (ext4) whose `/init` is the agent. Exclusive with `initrd`.
+    pub image: Option<PathBuf>,
+    /// Number of vCPUs of each sandbox VM.
+    pub vcpus: u32,
+    /// Guest memory of each sandbox VM, in MiB.
+    pub memory_mib: u32,
+    /// Extra kernel command-line parameters, appended after ember's own.
+    pub kernel_params: String,
+    /// Which CPU features the guest sees; see [`CpuProfile`].
+    pub cpu_profile: CpuProfile,
+}
+
+impl Default for HypervisorConfig {
+    fn default() -> Self {
+        Self {
+            kernel: PathBuf::from(DEFAULT_KERNEL),
+            initrd: Some(PathBuf::from(DEFAULT_INITRD)),
+            image: None,
+            vcpus: 1,
+            memory_mib: 256,
+            kernel_params: String::new(),
+            cpu_profile: CpuProfile::Auto,
+        }
+    }
+}
+
+/// The CPU feature profile offered to the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum CpuProfile {
+    /// `emulation-safe` on hosts without hardware virtualization, `host` otherwise.
+    #[default]
+    Auto,
+    /// Everything KVM supports on this host.
+    Host,
+    /// Keeps a stock kernel away from what KVM's instruction emulator cannot run
+    /// (XSAVE, SMAP/SMEP, POPCNT, CMPXCHG16B); for PVM hosts.
+    EmulationSafe,
+}
+
+/// `[sandbox]`: how sandboxes are run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SandboxConfig {
+    /// The sandbox backend; see [`Backend`].
+    pub backend: Backend,
+    /// Root directory of per-sandbox state (sockets, records of host resources).
+    pub state_dir: PathBuf,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            backend: Backend::Microvm,
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+        }
+    }
+}
+
+/// The sandbox backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Backend {
+    /// Every sandbox is a KVM microVM (needs a guest kernel and image).
+    #[default]
+    Microvm,
+    /// The agent runs on the host in fresh namespaces: no VM isolation.
+    Process,
+}
+
+impl Backend {
+    /// The name used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Microvm => "microvm",
+            Backend::Process => "process",
+        }
+    }
+}
+
+/// `[agent]`: how the runtime talks to the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// The vsock port the agent listens on inside the guest.
+    pub port: u32,
+    /// How long the runtime keeps retrying to reach a starting agent, in milliseconds.
+    pub dial_timeout_ms: u64,
+    /// The agent's own log level.
+    pub log_level: LogLevel,
+    /// Give the guest a debug shell on its console (needs a `--debug` guest image).
+    pub debug_console: bool,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            port: DEFAULT_AGENT_PORT,
+            dial_timeout_ms: 10_000,
+            log_level: LogLevel::Info,
+            debug_console: false,
+        }
+    }
+}
+
+/// `[log]`: logging of ember's host-side components.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// The minimum level that is logged.
+    pub level: LogLevel,
+    /// Output format of the CLIs; the shim always logs JSON to containerd.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: LogLevel::Info,
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// A log level, from the least to the most verbose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    /// Only errors.
+    Error,
+    /// Errors and warnings.
+    Warn,
+    /// The normal level.
+    #[default]
+    Info,
+    /// Details for debugging ember.
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+/// A log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Terse human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}

@@ -1,0 +1,1 @@
+//! `ember-runtime`: the sandbox runtime and the `ember` CLI.

@@ -1,0 +1,5 @@
+//! `ember-tests`: ember's end-to-end tests and their fixtures.
+//!
+//! It owns the tests that cross crate boundaries: the shim against a real containerd,
+//! the benchmarks' runc/crun baselines, and the offline busybox image built from
+//! Debian's busybox-static. The tests live in `tests/tests/`.
