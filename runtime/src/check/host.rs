@@ -1,34 +1,12 @@
 //! What the host is, read from `/proc`, `/sys` and `/dev` under a root path, so tests can
-//! point it at fixture trees instead of the real host.
+//! point it at fixture trees instead of the real host. Virtualization detection is the
+//! VMM's own ([`Virtualization::detect`]), so `ember check` and `cpu_profile = "auto"`
+//! always agree.
 
+use ember_vmm::host::Virtualization;
 use serde::Serialize;
 use std::fs;
 use std::path::PathBuf;
-
-/// The kind of virtualization the host offers to KVM.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Virtualization {
-    /// Intel VT-x (`vmx` in /proc/cpuinfo): guests run natively.
-    HardwareVmx,
-    /// AMD-V (`svm` in /proc/cpuinfo): guests run natively.
-    HardwareSvm,
-    /// KVM's PVM module without hardware virtualization: only PVM-enabled guest kernels
-    /// run natively; a stock kernel runs under KVM's instruction emulator.
-    Pvm,
-    /// `/dev/kvm` exists but the CPU shows no virtualization and no PVM module:
-    /// treated like PVM (emulation only).
-    KvmWithoutHardware,
-    /// No KVM at all.
-    None,
-}
-
-impl Virtualization {
-    /// Whether stock guest kernels run at full speed.
-    pub fn is_hardware(self) -> bool {
-        matches!(self, Self::HardwareVmx | Self::HardwareSvm)
-    }
-}
 
 /// How cgroups are mounted on the host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -79,27 +57,7 @@ impl Host {
 
     /// The virtualization the host offers.
     pub fn virtualization(&self) -> Virtualization {
-        let cpuinfo = self.read("/proc/cpuinfo").unwrap_or_default();
-        let flags = cpuinfo
-            .lines()
-            .filter(|l| l.starts_with("flags"))
-            .flat_map(|l| l.split(':').nth(1).unwrap_or("").split_whitespace());
-        let (mut vmx, mut svm) = (false, false);
-        for f in flags {
-            vmx |= f == "vmx";
-            svm |= f == "svm";
-        }
-        if vmx {
-            Virtualization::HardwareVmx
-        } else if svm {
-            Virtualization::HardwareSvm
-        } else if self.path("/sys/module/kvm_pvm").exists() {
-            Virtualization::Pvm
-        } else if self.path("/dev/kvm").exists() {
-            Virtualization::KvmWithoutHardware
-        } else {
-            Virtualization::None
-        }
+        Virtualization::detect(&self.root)
     }
 
     /// Path of the KVM device under the root.

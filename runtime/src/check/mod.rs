@@ -10,7 +10,8 @@ mod host;
 mod kvm;
 
 pub use containerd::{parse_version as parse_containerd_version, MIN_VERSION as MIN_CONTAINERD};
-pub use host::{CgroupMode, Host, KvmDevice, Virtualization};
+pub use ember_vmm::host::Virtualization;
+pub use host::{CgroupMode, Host, KvmDevice};
 pub use kvm::{Capability, CapabilitySource};
 
 use ember_config::{Backend, Config};

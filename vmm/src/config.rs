@@ -1,0 +1,311 @@
+//! The typed configuration of one VM, from the library API, the CLI or a `vm.toml` file.
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// Smallest guest memory the VMM accepts, in MiB.
+pub const MIN_MEMORY_MIB: u64 = 64;
+/// Most vCPUs the VMM accepts (the MP table and IOAPIC address 254 APIC ids).
+pub const MAX_VCPUS: u8 = 254;
+
+/// Which CPU features the guest sees (see DESIGN.md: emulation on PVM hosts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CpuProfile {
+    /// `emulation-safe` without hardware virtualization, `host` with it.
+    #[default]
+    Auto,
+    /// Everything KVM supports.
+    Host,
+    /// Hide what KVM's instruction emulator cannot run and tell the kernel to avoid it.
+    EmulationSafe,
+}
+
+impl std::str::FromStr for CpuProfile {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "host" => Ok(Self::Host),
+            "emulation-safe" => Ok(Self::EmulationSafe),
+            _ => Err(format!(
+                "unknown cpu profile `{s}`: expected auto, host or emulation-safe"
+            )),
+        }
+    }
+}
+
+/// Where the guest's COM1 output goes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum SerialSink {
+    /// The VMM's standard output.
+    #[default]
+    Stdout,
+    /// A file (created or truncated).
+    File(PathBuf),
+    /// Discarded.
+    None,
+}
+
+impl std::str::FromStr for SerialSink {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "stdout" => Self::Stdout,
+            "none" => Self::None,
+            "" => return Err("empty serial sink: expected stdout, none or a file path".into()),
+            path => Self::File(PathBuf::from(path)),
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for SerialSink {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// One virtio-blk disk.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskConfig {
+    /// The host file backing the disk.
+    pub path: PathBuf,
+    /// Reject guest writes.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+impl std::str::FromStr for DiskConfig {
+    type Err = String;
+    /// `PATH` or `PATH,ro`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (path, read_only) = match s.rsplit_once(',') {
+            Some((p, "ro")) => (p, true),
+            Some((p, "rw")) => (p, false),
+            Some((_, opt)) => {
+                return Err(format!(
+                    "unknown disk option `{opt}` in `{s}`: expected ro or rw"
+                ))
+            }
+            None => (s, false),
+        };
+        if path.is_empty() {
+            return Err("empty disk path".into());
+        }
+        Ok(Self {
+            path: PathBuf::from(path),
+            read_only,
+        })
+    }
+}
+
+/// Everything needed to build a VM.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    /// Guest kernel: ELF vmlinux (PVH or 64-bit entry) or bzImage.
+    pub kernel: PathBuf,
+    /// Optional initramfs.
+    #[serde(default)]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line (the VMM appends its device and profile parameters).
+    #[serde(default = "default_cmdline")]
+    pub cmdline: String,
+    /// Number of vCPUs.
+    #[serde(default = "default_vcpus")]
+    pub vcpus: u8,
+    /// Guest memory in MiB.
+    #[serde(default = "default_memory")]
+    pub memory_mib: u64,
+    /// virtio-blk disks, in order (`/dev/vda`, `/dev/vdb`, ...).
+    #[serde(default)]
+    pub disks: Vec<DiskConfig>,
+    /// COM1 output.
+    #[serde(default)]
+    pub serial: SerialSink,
+    /// CPU feature profile.
+    #[serde(default)]
+    pub cpu_profile: CpuProfile,
+}
+
+fn default_cmdline() -> String {
+    "console=ttyS0 reboot=k panic=1".to_string()
+}
+fn default_vcpus() -> u8 {
+    1
+}
+fn default_memory() -> u64 {
+    256
+}
+
+impl VmConfig {
+    /// A configuration with defaults for everything but the kernel.
+    pub fn new(kernel: impl Into<PathBuf>) -> Self {
+        Self {
+            kernel: kernel.into(),
+            initrd: None,
+            cmdline: default_cmdline(),
+            vcpus: default_vcpus(),
+            memory_mib: default_memory(),
+            disks: Vec::new(),
+            serial: SerialSink::default(),
+            cpu_profile: CpuProfile::default(),
+        }
+    }
+
+    /// Read a `vm.toml` file (keys as in this struct; disks as `[[disks]]` tables).
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Check the configuration against the host before anything is allocated.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.kernel.is_file() {
+            return Err(ConfigError::MissingFile {
+                what: "kernel",
+                path: self.kernel.clone(),
+            });
+        }
+        if let Some(initrd) = &self.initrd {
+            if !initrd.is_file() {
+                return Err(ConfigError::MissingFile {
+                    what: "initrd",
+                    path: initrd.clone(),
+                });
+            }
+        }
+        for d in &self.disks {
+            if !d.path.is_file() {
+                return Err(ConfigError::MissingFile {
+                    what: "disk",
+                    path: d.path.clone(),
+                });
+            }
+        }
+        if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
+            return Err(ConfigError::Vcpus(self.vcpus));
+        }
+        let host_mib = host_memory_mib();
+        if self.memory_mib < MIN_MEMORY_MIB || host_mib.is_some_and(|h| self.memory_mib > h) {
+            return Err(ConfigError::Memory {
+                mib: self.memory_mib,
+                host_mib: host_mib.unwrap_or(u64::MAX),
+            });
+        }
+        let max_devices = (crate::layout::IRQ_MAX - crate::layout::VIRTIO_IRQ_BASE + 1) as usize;
+        if self.disks.len() > max_devices {
+            return Err(ConfigError::TooManyDevices(self.disks.len(), max_devices));
+        }
+        Ok(())
+    }
+}
+
+/// The host's physical memory in MiB, from sysconf.
+pub fn host_memory_mib() -> Option<u64> {
+    // SAFETY: sysconf only reads system configuration values.
+    let (pages, page_size) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    (pages > 0 && page_size > 0).then(|| (pages as u64 * page_size as u64) >> 20)
+}
+
+/// Errors in a VM configuration.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// A file the VM needs does not exist.
+    #[error("{what} {path} does not exist or is not a regular file")]
+    MissingFile {
+        /// kernel, initrd or disk.
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+    },
+    /// Bad vCPU count.
+    #[error("vcpus = {0} is out of range: allowed 1 to 254")]
+    Vcpus(u8),
+    /// Bad memory size.
+    #[error(
+        "memory {mib} MiB is out of range: allowed 64 MiB to {host_mib} MiB (the host's memory)"
+    )]
+    Memory {
+        /// Requested.
+        mib: u64,
+        /// What the host has.
+        host_mib: u64,
+    },
+    /// More devices than IRQs.
+    #[error("{0} disks given, but only {1} virtio devices fit the IOAPIC's IRQs")]
+    TooManyDevices(usize, usize),
+    /// A `vm.toml` that cannot be read.
+    #[error("cannot read VM config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A `vm.toml` that cannot be parsed.
+    #[error("VM config {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (names the key and line).
+        message: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_and_serial_syntax() {
+        assert_eq!(
+            "a.img,ro".parse::<DiskConfig>().unwrap(),
+            DiskConfig {
+                path: "a.img".into(),
+                read_only: true
+            }
+        );
+        assert!(!"a.img".parse::<DiskConfig>().unwrap().read_only);
+        assert!("a.img,xx"
+            .parse::<DiskConfig>()
+            .unwrap_err()
+            .contains("unknown disk option `xx`"));
+        assert_eq!("none".parse::<SerialSink>().unwrap(), SerialSink::None);
+        assert_eq!(
+            "/tmp/s".parse::<SerialSink>().unwrap(),
+            SerialSink::File("/tmp/s".into())
+        );
+        assert!("turbo".parse::<CpuProfile>().is_err());
+    }
+
+    #[test]
+    fn toml_file_names_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("vm.toml");
+        std::fs::write(&p, "kernel = \"/k\"\nvcpu = 2\n").unwrap();
+        let e = VmConfig::from_file(&p).unwrap_err().to_string();
+        assert!(e.contains("vcpu") && e.contains("line 2"), "{e}");
+        std::fs::write(
+            &p,
+            "kernel = \"/k\"\nvcpus = 2\n[[disks]]\npath = \"/d\"\nread_only = true\n",
+        )
+        .unwrap();
+        let c = VmConfig::from_file(&p).unwrap();
+        assert_eq!((c.vcpus, c.disks.len(), c.disks[0].read_only), (2, 1, true));
+    }
+}

@@ -1,0 +1,216 @@
+//! virtio-blk over a host file: read, write, flush, get-id; read-only disks; capacity
+//! from the file size.
+
+pub mod request;
+
+use super::{read_config_bytes, ActivateError, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::memory::GuestMemory;
+use event_manager::{EventOps, Events, MutEventSubscriber};
+use request::{Disk, ID_LEN, SECTOR_SIZE};
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use thiserror::Error;
+use virtio_queue::{Queue, QueueT};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
+
+/// virtio device id of a block device.
+pub const DEVICE_TYPE: u32 = 2;
+/// Size of the one request queue.
+pub const QUEUE_SIZE: u16 = 256;
+/// VIRTIO_BLK_F_RO.
+const F_RO: u32 = 5;
+/// VIRTIO_BLK_F_FLUSH.
+const F_FLUSH: u32 = 9;
+
+/// Errors of creating a block device.
+#[derive(Debug, Error)]
+pub enum BlockError {
+    /// The backing file cannot be opened.
+    #[error("cannot open disk {path}: {source}")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// An eventfd could not be created.
+    #[error("cannot create eventfd: {0}")]
+    EventFd(std::io::Error),
+}
+
+/// A virtio-blk device.
+pub struct Block {
+    file: File,
+    size: u64,
+    read_only: bool,
+    id: [u8; ID_LEN],
+    acked_features: u64,
+    queues: Vec<Queue>,
+    queue_events: Vec<EventFd>,
+    mem: Option<GuestMemory>,
+    interrupt: Option<Arc<Interrupt>>,
+}
+
+impl Block {
+    /// A disk backed by `path`; `id` is what GET_ID answers (truncated to 20 bytes).
+    pub fn new(path: &Path, read_only: bool, id: &str) -> Result<Self, BlockError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(!read_only)
+            .open(path)
+            .map_err(|source| BlockError::Open {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let size = file
+            .metadata()
+            .map_err(|source| BlockError::Open {
+                path: path.to_path_buf(),
+                source,
+            })?
+            .len()
+            / SECTOR_SIZE
+            * SECTOR_SIZE;
+        let mut id_bytes = [0u8; ID_LEN];
+        let n = id.len().min(ID_LEN);
+        id_bytes[..n].copy_from_slice(&id.as_bytes()[..n]);
+        Ok(Self {
+            file,
+            size,
+            read_only,
+            id: id_bytes,
+            acked_features: 0,
+            queues: vec![Queue::new(QUEUE_SIZE).expect("valid queue size")],
+            queue_events: vec![EventFd::new(libc::EFD_NONBLOCK).map_err(BlockError::EventFd)?],
+            mem: None,
+            interrupt: None,
+        })
+    }
+
+    /// Capacity in 512-byte sectors.
+    pub fn capacity(&self) -> u64 {
+        self.size / SECTOR_SIZE
+    }
+
+    /// Process every available request of the queue; returns how many were completed.
+    pub fn process_queue(&mut self) -> usize {
+        let (Some(mem), Some(interrupt)) = (self.mem.as_ref(), self.interrupt.as_ref()) else {
+            return 0;
+        };
+        let disk = Disk {
+            file: &self.file,
+            size: self.size,
+            read_only: self.read_only,
+            id: &self.id,
+        };
+        let queue = &mut self.queues[0];
+        let mut done = 0;
+        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            let head = chain.head_index();
+            let used = match (chain.clone().reader(mem), chain.writer(mem)) {
+                (Ok(mut r), Ok(mut w)) => request::execute(&disk, &mut r, &mut w),
+                _ => {
+                    log::warn!("virtio-blk: descriptor chain {head} is malformed; dropped");
+                    0
+                }
+            };
+            if let Err(e) = queue.add_used(mem, head, used) {
+                log::warn!("virtio-blk: cannot return chain {head}: {e}");
+                break;
+            }
+            done += 1;
+        }
+        if done > 0 && queue.needs_notification(mem).unwrap_or(true) {
+            interrupt.signal_used_queue();
+        }
+        done
+    }
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        DEVICE_TYPE
+    }
+
+    fn avail_features(&self) -> u64 {
+        let mut f = (1u64 << VIRTIO_F_VERSION_1) | (1 << F_FLUSH);
+        if self.read_only {
+            f |= 1 << F_RO;
+        }
+        f
+    }
+
+    fn set_acked_features(&mut self, features: u64) {
+        self.acked_features = features;
+    }
+
+    fn queues(&self) -> &[Queue] {
+        &self.queues
+    }
+
+    fn queues_mut(&mut self) -> &mut [Queue] {
+        &mut self.queues
+    }
+
+    fn queue_events(&self) -> &[EventFd] {
+        &self.queue_events
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        // Only `capacity` (le64 at offset 0); the rest of the config space reads as zero.
+        read_config_bytes(&self.capacity().to_le_bytes(), offset, data);
+    }
+
+    fn write_config(&mut self, offset: u64, _data: &[u8]) {
+        log::warn!("virtio-blk: guest wrote read-only config at {offset:#x}; ignored");
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemory,
+        interrupt: Arc<Interrupt>,
+    ) -> Result<(), ActivateError> {
+        let q = &self.queues[0];
+        if !q.ready() {
+            return Err(ActivateError::QueueNotReady(0));
+        }
+        if !q.is_valid(&mem) {
+            return Err(ActivateError::InvalidQueue(0));
+        }
+        self.mem = Some(mem);
+        self.interrupt = Some(interrupt);
+        Ok(())
+    }
+
+    fn is_activated(&self) -> bool {
+        self.mem.is_some()
+    }
+
+    fn reset(&mut self) {
+        self.mem = None;
+        self.interrupt = None;
+        self.acked_features = 0;
+    }
+}
+
+impl MutEventSubscriber for Block {
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        if events.event_set() != EventSet::IN {
+            log::warn!("virtio-blk: unexpected event {:?}", events.event_set());
+            return;
+        }
+        // Drain the notification even before activation, so it does not spin.
+        let _ = self.queue_events[0].read();
+        if self.is_activated() {
+            self.process_queue();
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.queue_events[0], EventSet::IN)) {
+            log::error!("virtio-blk: cannot watch the queue eventfd: {e}");
+        }
+    }
+}

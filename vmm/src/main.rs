@@ -1,0 +1,130 @@
+//! `ember-vmm`: boot a guest on ember's VMM from the command line.
+
+use clap::Parser;
+use ember_vmm::{CpuProfile, DiskConfig, ExitReason, SerialSink, Vm, VmConfig};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Exit statuses of `ember-vmm`.
+mod status {
+    pub const POWER_OFF: u8 = 0;
+    pub const VMM_ERROR: u8 = 1;
+    pub const BAD_INPUT: u8 = 2;
+    pub const RESET: u8 = 3;
+    pub const TRIPLE_FAULT: u8 = 4;
+    pub const STOPPED: u8 = 5;
+}
+
+/// Boot a Linux kernel (or any ELF/bzImage guest) in a KVM microVM on ember's VMM.
+///
+/// Exit status: 0 the guest powered off (wrote I/O port 0x501); 1 the VMM failed
+/// (KVM error, vCPU internal error); 2 bad input (missing or unreadable kernel, initrd
+/// or disk, not an ELF/bzImage, memory below 64 MiB or above the host's, bad options);
+/// 3 the guest asked for a reset (i8042 reset, `reboot`); 4 a vCPU triple-faulted;
+/// 5 the VM was stopped by the host.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about)]
+struct Cli {
+    /// Guest kernel: uncompressed ELF vmlinux (PVH entry if present, else 64-bit) or bzImage.
+    #[arg(long, value_name = "PATH", required_unless_present = "config")]
+    kernel: Option<PathBuf>,
+    /// Initramfs to pass to the kernel.
+    #[arg(long, value_name = "PATH")]
+    initrd: Option<PathBuf>,
+    /// Kernel command line (ember appends its virtio-mmio devices and CPU-profile parameters).
+    #[arg(long, value_name = "STR")]
+    cmdline: Option<String>,
+    /// Number of vCPUs (1 to 254).
+    #[arg(long, value_name = "N")]
+    vcpus: Option<u8>,
+    /// Guest memory in MiB (64 to the host's memory).
+    #[arg(long, value_name = "N")]
+    memory_mib: Option<u64>,
+    /// A virtio-blk disk backed by a host file: PATH or PATH,ro. Repeat for more disks.
+    #[arg(long = "disk", value_name = "PATH[,ro]")]
+    disks: Vec<DiskConfig>,
+    /// Where COM1 output goes: stdout, none, or a file path.
+    #[arg(long, value_name = "stdout|PATH|none")]
+    serial: Option<SerialSink>,
+    /// CPU features for the guest: auto (emulation-safe without hardware virtualization),
+    /// host, or emulation-safe.
+    #[arg(long, value_name = "PROFILE")]
+    cpu_profile: Option<CpuProfile>,
+    /// A vm.toml with the same settings (kernel, initrd, cmdline, vcpus, memory_mib,
+    /// [[disks]] path/read_only, serial, cpu_profile); options given here override it.
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Log level of the VMM's messages on stderr (error, warn, info, debug, trace).
+    #[arg(long, default_value = "info", value_name = "LEVEL")]
+    log_level: log::LevelFilter,
+}
+
+impl Cli {
+    fn into_config(self) -> Result<VmConfig, String> {
+        let mut c = match &self.config {
+            Some(p) => VmConfig::from_file(p).map_err(|e| e.to_string())?,
+            None => VmConfig::new(self.kernel.clone().expect("clap requires --kernel")),
+        };
+        if let Some(k) = self.kernel {
+            c.kernel = k;
+        }
+        if self.initrd.is_some() {
+            c.initrd = self.initrd;
+        }
+        if let Some(v) = self.cmdline {
+            c.cmdline = v;
+        }
+        if let Some(v) = self.vcpus {
+            c.vcpus = v;
+        }
+        if let Some(v) = self.memory_mib {
+            c.memory_mib = v;
+        }
+        if !self.disks.is_empty() {
+            c.disks = self.disks;
+        }
+        if let Some(v) = self.serial {
+            c.serial = v;
+        }
+        if let Some(v) = self.cpu_profile {
+            c.cpu_profile = v;
+        }
+        Ok(c)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    env_logger::Builder::new()
+        .filter_level(cli.log_level)
+        .format_timestamp(None)
+        .format_target(false)
+        .init();
+    let config = match cli.into_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ember-vmm: {e}");
+            return ExitCode::from(status::BAD_INPUT);
+        }
+    };
+    match Vm::run(&config) {
+        Ok(reason) => {
+            log::info!("guest exit: {reason:?}");
+            ExitCode::from(match reason {
+                ExitReason::PowerOff => status::POWER_OFF,
+                ExitReason::Reset => status::RESET,
+                ExitReason::TripleFault => status::TRIPLE_FAULT,
+                ExitReason::Stopped => status::STOPPED,
+                ExitReason::Error => status::VMM_ERROR,
+            })
+        }
+        Err(e) => {
+            eprintln!("ember-vmm: {e}");
+            ExitCode::from(if e.is_bad_input() {
+                status::BAD_INPUT
+            } else {
+                status::VMM_ERROR
+            })
+        }
+    }
+}
