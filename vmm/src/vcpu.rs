@@ -73,7 +73,11 @@ impl Vcpu {
                         self.exit.trigger(reason);
                     }
                 }
-                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    if log::log_enabled!(log::Level::Trace) {
+                        self.log_state();
+                    }
+                }
                 Err(e) => {
                     log::error!("vcpu{}: KVM_RUN failed: {e}", self.index);
                     self.exit.trigger(ExitReason::Error);
@@ -107,6 +111,7 @@ fn handle_exit(exit: VcpuExit<'_>, pio: &Bus, mmio: &Bus, index: u8) -> Option<E
     match exit {
         VcpuExit::IoIn(port, data) => {
             if !pio.read(u64::from(port), data) {
+                log::trace!("vcpu{index}: read of unmapped port {port:#x}");
                 data.fill(0xff); // open bus
             }
         }

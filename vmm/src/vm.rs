@@ -118,20 +118,12 @@ impl Vm {
     /// vCPUs. Nothing runs yet.
     pub fn new(config: &VmConfig) -> Result<Self, VmError> {
         config.validate()?;
+        let t0 = std::time::Instant::now();
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
         let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
-        vm.set_tss_address(KVM_TSS_ADDRESS as usize)
-            .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
-        vm.set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS)
-            .map_err(kvm_err("KVM_SET_IDENTITY_MAP_ADDR"))?;
-        vm.create_irq_chip()
-            .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
-        vm.create_pit2(kvm_pit_config {
-            flags: KVM_PIT_SPEAKER_DUMMY,
-            ..Default::default()
-        })
-        .map_err(kvm_err("KVM_CREATE_PIT2"))?;
-
+        // Guest memory goes in before the irqchip and PIT exist: registering a memslot
+        // waits for an SRCU grace period, which is immediate while nothing else uses the
+        // VM (measured on a PVM host: 82 µs here, 6.4 ms after KVM_CREATE_PIT2).
         let mem = memory::create(config.memory_mib)?;
         for (slot, region) in mem.iter().enumerate() {
             let r = kvm_userspace_memory_region {
@@ -147,6 +139,23 @@ impl Vm {
                 .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
         }
 
+        vm.set_tss_address(KVM_TSS_ADDRESS as usize)
+            .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+        vm.set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS)
+            .map_err(kvm_err("KVM_SET_IDENTITY_MAP_ADDR"))?;
+        vm.create_irq_chip()
+            .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+        vm.create_pit2(kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        })
+        .map_err(kvm_err("KVM_CREATE_PIT2"))?;
+
+        log::debug!(
+            "vm: KVM VM and {} MiB of memory in {:?}",
+            config.memory_mib,
+            t0.elapsed()
+        );
         let exit = Arc::new(ExitLatch::new().map_err(host_err("exit eventfd"))?);
         let mut pio = Bus::new();
         let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(host_err("serial irqfd"))?;
@@ -247,6 +256,7 @@ impl Vm {
                 exit: exit.clone(),
             });
         }
+        log::debug!("vm: built in {:?}", t0.elapsed());
         log::info!(
             "vm: {} vCPU(s), {} MiB, {:?} entry at {:#x}, cmdline `{cmdline}`",
             config.vcpus,
@@ -320,12 +330,14 @@ impl Vm {
     }
 
     fn shutdown(&mut self) {
+        let t0 = std::time::Instant::now();
         for v in self.running.drain(..) {
             v.stop();
         }
         if let Some(l) = self.event_loop.take() {
             l.stop();
         }
+        log::debug!("vm: threads stopped in {:?}", t0.elapsed());
     }
 
     /// Build, start and wait: run a VM to its end.
