@@ -14,8 +14,12 @@ fn vmm(args: &[&std::ffi::OsStr]) -> Output {
 }
 
 fn run_guest(code: &[u8], pvh: bool, extra: &[&str]) -> (Output, String) {
+    run_image(&elf(code, pvh), extra)
+}
+
+fn run_image(image: &[u8], extra: &[&str]) -> (Output, String) {
     let dir = tempfile::tempdir().unwrap();
-    let kernel = write(dir.path(), "guest.elf", &elf(code, pvh));
+    let kernel = write(dir.path(), "guest.img", image);
     let disk = write(dir.path(), "disk.img", &vec![0u8; 1 << 20]);
     let serial = dir.path().join("serial.log");
     let mut args: Vec<std::ffi::OsString> = vec![
@@ -61,6 +65,18 @@ fn pvh_guest_enters_in_protected_mode() {
     assert_eq!(serial, "Hivirt\n", "stderr: {stderr}");
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("Pvh entry"), "{stderr}");
+}
+
+#[test]
+fn bzimage_guest_enters_at_its_64bit_entry() {
+    if !kvm_available("bzimage_guest_enters_at_its_64bit_entry") {
+        return;
+    }
+    let (out, serial) = run_image(&bzimage(&hello_code()), &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(serial, "Hivirt\n", "stderr: {stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("LongMode entry at 0x100200"), "{stderr}");
 }
 
 #[test]

@@ -102,6 +102,23 @@ pub fn elf(code: &[u8], pvh: bool) -> Vec<u8> {
     f
 }
 
+/// Pack 64-bit `code` as a minimal bzImage: one setup sector after the boot sector, a
+/// boot-protocol 2.15 header, and a protected-mode payload loaded at 1 MiB whose 64-bit
+/// entry (payload + 0x200) is `code`.
+pub fn bzimage(code: &[u8]) -> Vec<u8> {
+    let mut f = vec![0u8; 1024];
+    f[0x1f1] = 1; // setup_sects
+    f[0x1fe..0x200].copy_from_slice(&0xaa55u16.to_le_bytes());
+    f[0x202..0x206].copy_from_slice(b"HdrS");
+    f[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes()); // protocol version
+    f[0x211] = 0x01; // loadflags: LOADED_HIGH
+    f[0x214..0x218].copy_from_slice(&(LOAD_ADDR as u32).to_le_bytes()); // code32_start
+    let mut payload = vec![0xf4u8; 0x200]; // 32-bit entry: never used
+    payload.extend(code);
+    f.extend(payload);
+    f
+}
+
 /// Whether /dev/kvm can be used; prints why a test is skipped when not.
 pub fn kvm_available(test: &str) -> bool {
     match std::fs::OpenOptions::new()
