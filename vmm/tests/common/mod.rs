@@ -119,7 +119,15 @@ pub fn bzimage(code: &[u8]) -> Vec<u8> {
     f
 }
 
-/// Whether /dev/kvm can be used; prints why a test is skipped when not.
+/// Report that `test` is skipped and why. Written to the process's stderr directly (not
+/// through `eprintln!`, which the test harness captures), so the notice is always seen;
+/// `scripts/run-tests.sh` counts these lines.
+pub fn skip(test: &str, why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIP {test}: {why}");
+}
+
+/// Whether /dev/kvm can be used; reports the skip when not.
 pub fn kvm_available(test: &str) -> bool {
     match std::fs::OpenOptions::new()
         .read(true)
@@ -128,7 +136,10 @@ pub fn kvm_available(test: &str) -> bool {
     {
         Ok(_) => true,
         Err(e) => {
-            eprintln!("SKIP {test}: /dev/kvm is not usable ({e}); this test needs KVM");
+            skip(
+                test,
+                &format!("/dev/kvm is not usable ({e}); this test needs KVM"),
+            );
             false
         }
     }
