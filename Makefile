@@ -35,8 +35,8 @@ install: build
 	install -D -m 0755 target/release/ember $(DESTDIR)$(PREFIX)/bin/ember
 	install -D -m 0644 config/ember.toml.example $(DESTDIR)/usr/share/ember/config.toml.example
 
-bench:
-	@echo "make bench: not built yet (the VMM, agent and shim issues add benchmarks)"; exit 1
+bench: deps
+	$(CARGO) bench -p ember-vmm --bench coldstart
 
 demo:
 	@echo "make demo: not built yet (the runtime and shim issue builds it)"; exit 1
