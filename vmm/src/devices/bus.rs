@@ -67,7 +67,8 @@ impl Bus {
     fn find(&self, addr: u64, size: usize) -> Option<(u64, &SharedDevice)> {
         let (&base, (len, dev)) = self.ranges.range(..=addr).next_back()?;
         let offset = addr - base;
-        (offset + size as u64 <= *len).then_some((offset, dev))
+        let end = offset.checked_add(size as u64)?;
+        (end <= *len).then_some((offset, dev))
     }
 
     /// Dispatch a read. Returns false (and leaves `data` untouched) if nothing is mapped.
@@ -129,6 +130,7 @@ mod tests {
             "access across the end of a device"
         );
         assert!(!bus.read(0x20, &mut b));
+        assert!(!bus.read(u64::MAX, &mut b), "no overflow at the top of the address space");
         assert!(bus.write(0x18, &[7]));
         assert_eq!(dev.lock().unwrap().0, vec![(0, vec![7])]);
     }
