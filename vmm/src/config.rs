@@ -126,6 +126,9 @@ pub struct VmConfig {
     /// COM1 output.
     #[serde(default)]
     pub serial: SerialSink,
+    /// A virtio-rng device fed from the host's getrandom.
+    #[serde(default)]
+    pub rng: bool,
     /// CPU feature profile.
     #[serde(default)]
     pub cpu_profile: CpuProfile,
@@ -152,6 +155,7 @@ impl VmConfig {
             memory_mib: default_memory(),
             disks: Vec::new(),
             serial: SerialSink::default(),
+            rng: false,
             cpu_profile: CpuProfile::default(),
         }
     }
@@ -166,6 +170,11 @@ impl VmConfig {
             path: path.to_path_buf(),
             message: e.to_string(),
         })
+    }
+
+    /// How many virtio-mmio devices this configuration asks for.
+    pub fn virtio_device_count(&self) -> usize {
+        self.disks.len() + usize::from(self.rng)
     }
 
     /// Check the configuration against the host before anything is allocated.
@@ -203,8 +212,11 @@ impl VmConfig {
             });
         }
         let max_devices = (crate::layout::IRQ_MAX - crate::layout::VIRTIO_IRQ_BASE + 1) as usize;
-        if self.disks.len() > max_devices {
-            return Err(ConfigError::TooManyDevices(self.disks.len(), max_devices));
+        if self.virtio_device_count() > max_devices {
+            return Err(ConfigError::TooManyDevices(
+                self.virtio_device_count(),
+                max_devices,
+            ));
         }
         Ok(())
     }
@@ -247,7 +259,7 @@ pub enum ConfigError {
         host_mib: u64,
     },
     /// More devices than IRQs.
-    #[error("{0} disks given, but only {1} virtio devices fit the IOAPIC's IRQs")]
+    #[error("{0} virtio devices requested, but only {1} fit the IOAPIC's IRQs")]
     TooManyDevices(usize, usize),
     /// A `vm.toml` that cannot be read.
     #[error("cannot read VM config {path}: {source}")]

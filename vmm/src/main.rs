@@ -43,6 +43,9 @@ struct Cli {
     /// A virtio-blk disk backed by a host file: PATH or PATH,ro. Repeat for more disks.
     #[arg(long = "disk", value_name = "PATH[,ro]")]
     disks: Vec<DiskConfig>,
+    /// Add a virtio-rng device fed from the host's getrandom.
+    #[arg(long)]
+    rng: bool,
     /// Where COM1 output goes: stdout, none, or a file path.
     #[arg(long, value_name = "stdout|PATH|none")]
     serial: Option<SerialSink>,
@@ -82,6 +85,9 @@ impl Cli {
         }
         if !self.disks.is_empty() {
             c.disks = self.disks;
+        }
+        if self.rng {
+            c.rng = true;
         }
         if let Some(v) = self.serial {
             c.serial = v;

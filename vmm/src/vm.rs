@@ -12,12 +12,14 @@ use crate::devices::legacy::serial::{Serial, COM1_IRQ, COM1_LEN, COM1_PORT};
 use crate::devices::legacy::DebugPort;
 use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::mmio::{reg, MmioTransport};
+use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::event_loop::{EventLoop, Subscriber};
 use crate::host::Virtualization;
 use crate::layout::*;
 use crate::memory::{self, GuestMemory, MemoryError};
 use crate::vcpu::{self, Vcpu, VcpuHandle};
+use event_manager::MutEventSubscriber;
 use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
@@ -189,21 +191,29 @@ impl Vm {
             Arc::new(Mutex::new(PowerOffPort(exit.clone()))),
         )?;
 
-        let mut mmio = Bus::new();
-        let mut subscribers: Vec<Subscriber> = Vec::new();
-        let mut cmdline = config.cmdline.trim().to_string();
+        let mut devices = VirtioSlots {
+            vm: &vm,
+            mem: &mem,
+            mmio: Bus::new(),
+            subscribers: Vec::new(),
+            cmdline: config.cmdline.trim().to_string(),
+        };
         for (i, disk) in config.disks.iter().enumerate() {
-            let block = Arc::new(Mutex::new(Block::new(
+            devices.add(Block::new(
                 &disk.path,
                 disk.read_only,
                 &format!("ember-disk{i}"),
-            )?));
-            let base = VIRTIO_MMIO_BASE + i as u64 * VIRTIO_MMIO_SIZE;
-            let irq = VIRTIO_IRQ_BASE + i as u32;
-            add_virtio_device(&vm, &mem, &mut mmio, block.clone(), base, irq)?;
-            subscribers.push(block);
-            cmdline.push_str(&format!(" virtio_mmio.device=4K@{base:#x}:{irq}"));
+            )?)?;
         }
+        if config.rng {
+            devices.add(Rng::new().map_err(host_err("virtio-rng"))?)?;
+        }
+        let VirtioSlots {
+            mmio,
+            subscribers,
+            mut cmdline,
+            ..
+        } = devices;
 
         let virt = Virtualization::detect(Path::new("/"));
         let profile = cpuid::resolve(config.cpu_profile, virt);
@@ -357,30 +367,49 @@ impl Drop for Vm {
     }
 }
 
-/// Put a virtio device on the MMIO bus with its irqfd and one ioeventfd per queue.
-fn add_virtio_device<D: VirtioDevice + 'static>(
-    vm: &VmFd,
-    mem: &GuestMemory,
-    mmio: &mut Bus,
-    device: Arc<Mutex<D>>,
-    base: u64,
-    irq: u32,
-) -> Result<(), VmError> {
-    let irqfd = EventFd::new(libc::EFD_NONBLOCK).map_err(host_err("virtio irqfd"))?;
-    vm.register_irqfd(&irqfd, irq)
-        .map_err(kvm_err("KVM_IRQFD"))?;
-    {
-        let dev = device.lock().expect("device lock");
-        for (i, evt) in dev.queue_events().iter().enumerate() {
-            vm.register_ioevent(
-                evt,
-                &IoEventAddress::Mmio(base + reg::QUEUE_NOTIFY),
-                i as u32,
-            )
-            .map_err(kvm_err("KVM_IOEVENTFD"))?;
+/// Hands out virtio-mmio windows and IRQs in order, and records each device for the
+/// event loop and the kernel command line.
+struct VirtioSlots<'a> {
+    vm: &'a VmFd,
+    mem: &'a GuestMemory,
+    mmio: Bus,
+    subscribers: Vec<Subscriber>,
+    cmdline: String,
+}
+
+impl VirtioSlots<'_> {
+    /// Put `device` on the MMIO bus with its irqfd and one ioeventfd per queue.
+    fn add<D: VirtioDevice + MutEventSubscriber + 'static>(
+        &mut self,
+        device: D,
+    ) -> Result<(), VmError> {
+        let slot = self.subscribers.len() as u64;
+        let base = VIRTIO_MMIO_BASE + slot * VIRTIO_MMIO_SIZE;
+        let irq = VIRTIO_IRQ_BASE + slot as u32;
+        let irqfd = EventFd::new(libc::EFD_NONBLOCK).map_err(host_err("virtio irqfd"))?;
+        self.vm
+            .register_irqfd(&irqfd, irq)
+            .map_err(kvm_err("KVM_IRQFD"))?;
+        for (i, evt) in device.queue_events().iter().enumerate() {
+            self.vm
+                .register_ioevent(
+                    evt,
+                    &IoEventAddress::Mmio(base + reg::QUEUE_NOTIFY),
+                    i as u32,
+                )
+                .map_err(kvm_err("KVM_IOEVENTFD"))?;
         }
+        let device = Arc::new(Mutex::new(device));
+        let transport = MmioTransport::new(
+            device.clone(),
+            self.mem.clone(),
+            Arc::new(Interrupt::new(irqfd)),
+        );
+        self.mmio
+            .insert(base, VIRTIO_MMIO_SIZE, Arc::new(Mutex::new(transport)))?;
+        self.subscribers.push(device);
+        self.cmdline
+            .push_str(&format!(" virtio_mmio.device=4K@{base:#x}:{irq}"));
+        Ok(())
     }
-    let transport = MmioTransport::new(device, mem.clone(), Arc::new(Interrupt::new(irqfd)));
-    mmio.insert(base, VIRTIO_MMIO_SIZE, Arc::new(Mutex::new(transport)))?;
-    Ok(())
 }

@@ -68,6 +68,20 @@ fn pvh_guest_enters_in_protected_mode() {
 }
 
 #[test]
+fn rng_device_is_announced_after_the_disks() {
+    if !kvm_available("rng_device_is_announced_after_the_disks") {
+        return;
+    }
+    let (out, serial) = run_guest(&hello_code(), false, &["--rng"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(serial, "Hivirt\n", "{stderr}");
+    assert!(
+        stderr.contains("virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6"),
+        "disk in slot 0, rng in slot 1: {stderr}"
+    );
+}
+
+#[test]
 fn bzimage_guest_enters_at_its_64bit_entry() {
     if !kvm_available("bzimage_guest_enters_at_its_64bit_entry") {
         return;

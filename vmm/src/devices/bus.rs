@@ -130,7 +130,10 @@ mod tests {
             "access across the end of a device"
         );
         assert!(!bus.read(0x20, &mut b));
-        assert!(!bus.read(u64::MAX, &mut b), "no overflow at the top of the address space");
+        assert!(
+            !bus.read(u64::MAX, &mut b),
+            "no overflow at the top of the address space"
+        );
         assert!(bus.write(0x18, &[7]));
         assert_eq!(dev.lock().unwrap().0, vec![(0, vec![7])]);
     }

@@ -3,17 +3,13 @@
 
 pub mod request;
 
-use super::{read_config_bytes, ActivateError, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
-use crate::memory::GuestMemory;
+use super::{read_config_bytes, DeviceState, VirtioDevice, VIRTIO_F_VERSION_1};
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use request::{Disk, ID_LEN, SECTOR_SIZE};
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use thiserror::Error;
-use virtio_queue::{Queue, QueueT};
-use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::eventfd::EventFd;
+use virtio_queue::QueueT;
 
 /// virtio device id of a block device.
 pub const DEVICE_TYPE: u32 = 2;
@@ -46,33 +42,22 @@ pub struct Block {
     size: u64,
     read_only: bool,
     id: [u8; ID_LEN],
-    acked_features: u64,
-    queues: Vec<Queue>,
-    queue_events: Vec<EventFd>,
-    mem: Option<GuestMemory>,
-    interrupt: Option<Arc<Interrupt>>,
+    state: DeviceState,
 }
 
 impl Block {
     /// A disk backed by `path`; `id` is what GET_ID answers (truncated to 20 bytes).
     pub fn new(path: &Path, read_only: bool, id: &str) -> Result<Self, BlockError> {
+        let open_err = |source| BlockError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
         let file = OpenOptions::new()
             .read(true)
             .write(!read_only)
             .open(path)
-            .map_err(|source| BlockError::Open {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        let size = file
-            .metadata()
-            .map_err(|source| BlockError::Open {
-                path: path.to_path_buf(),
-                source,
-            })?
-            .len()
-            / SECTOR_SIZE
-            * SECTOR_SIZE;
+            .map_err(open_err)?;
+        let size = file.metadata().map_err(open_err)?.len() / SECTOR_SIZE * SECTOR_SIZE;
         let mut id_bytes = [0u8; ID_LEN];
         let n = id.len().min(ID_LEN);
         id_bytes[..n].copy_from_slice(&id.as_bytes()[..n]);
@@ -81,11 +66,7 @@ impl Block {
             size,
             read_only,
             id: id_bytes,
-            acked_features: 0,
-            queues: vec![Queue::new(QUEUE_SIZE).expect("valid queue size")],
-            queue_events: vec![EventFd::new(libc::EFD_NONBLOCK).map_err(BlockError::EventFd)?],
-            mem: None,
-            interrupt: None,
+            state: DeviceState::new(&[QUEUE_SIZE]).map_err(BlockError::EventFd)?,
         })
     }
 
@@ -96,7 +77,8 @@ impl Block {
 
     /// Process every available request of the queue; returns how many were completed.
     pub fn process_queue(&mut self) -> usize {
-        let (Some(mem), Some(interrupt)) = (self.mem.as_ref(), self.interrupt.as_ref()) else {
+        let (Some(mem), Some(interrupt)) = (self.state.mem.as_ref(), self.state.interrupt.as_ref())
+        else {
             return 0;
         };
         let disk = Disk {
@@ -105,7 +87,7 @@ impl Block {
             read_only: self.read_only,
             id: &self.id,
         };
-        let queue = &mut self.queues[0];
+        let queue = &mut self.state.queues[0];
         let mut done = 0;
         while let Some(chain) = queue.pop_descriptor_chain(mem) {
             let head = chain.head_index();
@@ -142,75 +124,29 @@ impl VirtioDevice for Block {
         f
     }
 
-    fn set_acked_features(&mut self, features: u64) {
-        self.acked_features = features;
+    fn state(&self) -> &DeviceState {
+        &self.state
     }
 
-    fn queues(&self) -> &[Queue] {
-        &self.queues
-    }
-
-    fn queues_mut(&mut self) -> &mut [Queue] {
-        &mut self.queues
-    }
-
-    fn queue_events(&self) -> &[EventFd] {
-        &self.queue_events
+    fn state_mut(&mut self) -> &mut DeviceState {
+        &mut self.state
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         // Only `capacity` (le64 at offset 0); the rest of the config space reads as zero.
         read_config_bytes(&self.capacity().to_le_bytes(), offset, data);
     }
-
-    fn write_config(&mut self, offset: u64, _data: &[u8]) {
-        log::warn!("virtio-blk: guest wrote read-only config at {offset:#x}; ignored");
-    }
-
-    fn activate(
-        &mut self,
-        mem: GuestMemory,
-        interrupt: Arc<Interrupt>,
-    ) -> Result<(), ActivateError> {
-        let q = &self.queues[0];
-        if !q.ready() {
-            return Err(ActivateError::QueueNotReady(0));
-        }
-        if !q.is_valid(&mem) {
-            return Err(ActivateError::InvalidQueue(0));
-        }
-        self.mem = Some(mem);
-        self.interrupt = Some(interrupt);
-        Ok(())
-    }
-
-    fn is_activated(&self) -> bool {
-        self.mem.is_some()
-    }
-
-    fn reset(&mut self) {
-        self.mem = None;
-        self.interrupt = None;
-        self.acked_features = 0;
-    }
 }
 
 impl MutEventSubscriber for Block {
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
-        if events.event_set() != EventSet::IN {
-            log::warn!("virtio-blk: unexpected event {:?}", events.event_set());
-            return;
-        }
-        // Drain the notification even before activation, so it does not spin.
-        let _ = self.queue_events[0].read();
-        if self.is_activated() {
+        // The eventfd is drained even before activation, so it does not spin.
+        if self.state.take_queue_event(&events, "virtio-blk").is_some() && self.is_activated() {
             self.process_queue();
         }
     }
 
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new(&self.queue_events[0], EventSet::IN)) {
-            log::error!("virtio-blk: cannot watch the queue eventfd: {e}");
-        }
+        self.state.register_queue_events(ops, "virtio-blk");
     }
 }
