@@ -102,6 +102,47 @@ impl std::str::FromStr for DiskConfig {
     }
 }
 
+/// The vsock device: the host side is a Unix socket.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockConfig {
+    /// Unix socket for host-initiated connections (`CONNECT <port>`); guest-initiated
+    /// connections to host port P go to `<path>_<P>`.
+    pub path: PathBuf,
+    /// The guest's context id (3 or more).
+    #[serde(default = "default_cid")]
+    pub cid: u64,
+}
+
+fn default_cid() -> u64 {
+    3
+}
+
+impl std::str::FromStr for VsockConfig {
+    type Err = String;
+    /// `PATH` or `PATH,cid=N`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (path, cid) = match s.rsplit_once(",cid=") {
+            Some((p, c)) => (
+                p,
+                c.parse()
+                    .map_err(|_| format!("bad cid `{c}` in `{s}`: expected a number >= 3"))?,
+            ),
+            None => (s, default_cid()),
+        };
+        if path.is_empty() {
+            return Err("empty vsock socket path".into());
+        }
+        if cid < 3 {
+            return Err(format!("cid {cid} is reserved: use 3 or more"));
+        }
+        Ok(Self {
+            path: PathBuf::from(path),
+            cid,
+        })
+    }
+}
+
 /// Everything needed to build a VM.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -129,6 +170,9 @@ pub struct VmConfig {
     /// A virtio-rng device fed from the host's getrandom.
     #[serde(default)]
     pub rng: bool,
+    /// A virtio-vsock device.
+    #[serde(default)]
+    pub vsock: Option<VsockConfig>,
     /// CPU feature profile.
     #[serde(default)]
     pub cpu_profile: CpuProfile,
@@ -156,6 +200,7 @@ impl VmConfig {
             disks: Vec::new(),
             serial: SerialSink::default(),
             rng: false,
+            vsock: None,
             cpu_profile: CpuProfile::default(),
         }
     }
@@ -174,7 +219,7 @@ impl VmConfig {
 
     /// How many virtio-mmio devices this configuration asks for.
     pub fn virtio_device_count(&self) -> usize {
-        self.disks.len() + usize::from(self.rng)
+        self.disks.len() + usize::from(self.rng) + usize::from(self.vsock.is_some())
     }
 
     /// Check the configuration against the host before anything is allocated.
@@ -199,6 +244,17 @@ impl VmConfig {
                     what: "disk",
                     path: d.path.clone(),
                 });
+            }
+        }
+        if let Some(v) = &self.vsock {
+            match v.path.parent() {
+                Some(dir) if dir.as_os_str().is_empty() || dir.is_dir() => {}
+                _ => {
+                    return Err(ConfigError::MissingFile {
+                        what: "vsock socket folder",
+                        path: v.path.parent().map(Path::to_path_buf).unwrap_or_default(),
+                    })
+                }
             }
         }
         if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
@@ -303,6 +359,13 @@ mod tests {
             SerialSink::File("/tmp/s".into())
         );
         assert!("turbo".parse::<CpuProfile>().is_err());
+        let v: VsockConfig = "/run/v.sock,cid=7".parse().unwrap();
+        assert_eq!((v.path, v.cid), ("/run/v.sock".into(), 7));
+        assert_eq!("/run/v.sock".parse::<VsockConfig>().unwrap().cid, 3);
+        assert!("/x,cid=2"
+            .parse::<VsockConfig>()
+            .unwrap_err()
+            .contains("reserved"));
     }
 
     #[test]

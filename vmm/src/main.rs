@@ -43,6 +43,11 @@ struct Cli {
     /// A virtio-blk disk backed by a host file: PATH or PATH,ro. Repeat for more disks.
     #[arg(long = "disk", value_name = "PATH[,ro]")]
     disks: Vec<DiskConfig>,
+    /// A virtio-vsock device whose host side is the Unix socket PATH: connect and write
+    /// `CONNECT <guest-port>\n` to reach a guest port; guest connections to host port P
+    /// go to `PATH_P`. The guest CID defaults to 3.
+    #[arg(long, value_name = "PATH[,cid=N]")]
+    vsock: Option<ember_vmm::config::VsockConfig>,
     /// Add a virtio-rng device fed from the host's getrandom.
     #[arg(long)]
     rng: bool,
@@ -88,6 +93,9 @@ impl Cli {
         }
         if self.rng {
             c.rng = true;
+        }
+        if self.vsock.is_some() {
+            c.vsock = self.vsock;
         }
         if let Some(v) = self.serial {
             c.serial = v;

@@ -13,6 +13,7 @@ use crate::devices::legacy::DebugPort;
 use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::mmio::{reg, MmioTransport};
 use crate::devices::virtio::rng::Rng;
+use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::event_loop::{EventLoop, Subscriber};
 use crate::host::Virtualization;
@@ -59,6 +60,9 @@ pub enum VmError {
     /// A disk could not be opened.
     #[error(transparent)]
     Block(#[from] BlockError),
+    /// The vsock device could not be created.
+    #[error(transparent)]
+    Vsock(#[from] VsockError),
     /// Device ranges overlap (a bug in ember's layout).
     #[error(transparent)]
     Bus(#[from] BusError),
@@ -89,7 +93,11 @@ impl VmError {
     pub fn is_bad_input(&self) -> bool {
         matches!(
             self,
-            VmError::Config(_) | VmError::Boot(_) | VmError::Block(_) | VmError::SerialFile { .. }
+            VmError::Config(_)
+                | VmError::Boot(_)
+                | VmError::Block(_)
+                | VmError::Vsock(_)
+                | VmError::SerialFile { .. }
         )
     }
 }
@@ -207,6 +215,9 @@ impl Vm {
         }
         if config.rng {
             devices.add(Rng::new().map_err(host_err("virtio-rng"))?)?;
+        }
+        if let Some(v) = &config.vsock {
+            devices.add(Vsock::new(v.cid, &v.path)?)?;
         }
         let VirtioSlots {
             mmio,

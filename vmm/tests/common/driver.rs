@@ -41,6 +41,23 @@ pub struct Desc {
     pub next: u16,
 }
 
+/// Where queue `q`'s rings live: queue 0 at the constants above, others further up.
+pub fn ring_layout(q: usize) -> (u64, u64, u64) {
+    if q == 0 {
+        (DESC_TABLE, AVAIL_RING, USED_RING)
+    } else {
+        let base = 0x8000 + (q as u64 - 1) * 0x4000;
+        (base, base + 0x1000, base + 0x2000)
+    }
+}
+
+#[derive(Default, Clone, Copy)]
+struct Ring {
+    next_desc: u16,
+    avail_idx: u16,
+    used_seen: u16,
+}
+
 /// The simulated driver and its device.
 pub struct Driver<D: VirtioDevice> {
     /// Guest memory.
@@ -51,9 +68,7 @@ pub struct Driver<D: VirtioDevice> {
     pub transport: MmioTransport,
     /// The interrupt eventfd.
     pub irq: EventFd,
-    next_desc: u16,
-    avail_idx: u16,
-    used_seen: u16,
+    rings: Vec<Ring>,
 }
 
 impl<D: VirtioDevice + 'static> Driver<D> {
@@ -72,9 +87,7 @@ impl<D: VirtioDevice + 'static> Driver<D> {
             device,
             transport,
             irq,
-            next_desc: 0,
-            avail_idx: 0,
-            used_seen: 0,
+            rings: vec![Ring::default(); 8],
         }
     }
 
@@ -105,8 +118,18 @@ impl<D: VirtioDevice + 'static> Driver<D> {
         self.init_with(DESC_TABLE, AVAIL_RING, USED_RING)
     }
 
-    /// The probe sequence with the given ring addresses.
+    /// The probe sequence with `n` queues at [`ring_layout`].
+    pub fn init_queues(&mut self, n: usize) -> u32 {
+        let layouts: Vec<_> = (0..n).map(ring_layout).collect();
+        self.probe(&layouts)
+    }
+
+    /// The probe sequence with the given ring addresses for queue 0.
     pub fn init_with(&mut self, desc: u64, avail: u64, used: u64) -> u32 {
+        self.probe(&[(desc, avail, used)])
+    }
+
+    fn probe(&mut self, queues: &[(u64, u64, u64)]) -> u32 {
         assert_eq!(self.read(reg::MAGIC), 0x7472_6976);
         assert_eq!(self.read(reg::VERSION), 2);
         self.write(reg::STATUS, 0);
@@ -126,16 +149,18 @@ impl<D: VirtioDevice + 'static> Driver<D> {
             0,
             "FEATURES_OK accepted"
         );
-        self.write(reg::QUEUE_SEL, 0);
-        assert!(self.read(reg::QUEUE_NUM_MAX) >= u32::from(QUEUE_SIZE));
-        self.write(reg::QUEUE_NUM, u32::from(QUEUE_SIZE));
-        self.write(reg::QUEUE_DESC_LOW, desc as u32);
-        self.write(reg::QUEUE_DESC_HIGH, (desc >> 32) as u32);
-        self.write(reg::QUEUE_DRIVER_LOW, avail as u32);
-        self.write(reg::QUEUE_DRIVER_HIGH, (avail >> 32) as u32);
-        self.write(reg::QUEUE_DEVICE_LOW, used as u32);
-        self.write(reg::QUEUE_DEVICE_HIGH, (used >> 32) as u32);
-        self.write(reg::QUEUE_READY, 1);
+        for (q, &(desc, avail, used)) in queues.iter().enumerate() {
+            self.write(reg::QUEUE_SEL, q as u32);
+            assert!(self.read(reg::QUEUE_NUM_MAX) >= u32::from(QUEUE_SIZE));
+            self.write(reg::QUEUE_NUM, u32::from(QUEUE_SIZE));
+            self.write(reg::QUEUE_DESC_LOW, desc as u32);
+            self.write(reg::QUEUE_DESC_HIGH, (desc >> 32) as u32);
+            self.write(reg::QUEUE_DRIVER_LOW, avail as u32);
+            self.write(reg::QUEUE_DRIVER_HIGH, (avail >> 32) as u32);
+            self.write(reg::QUEUE_DEVICE_LOW, used as u32);
+            self.write(reg::QUEUE_DEVICE_HIGH, (used >> 32) as u32);
+            self.write(reg::QUEUE_READY, 1);
+        }
         self.write(
             reg::STATUS,
             status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK,
@@ -143,33 +168,41 @@ impl<D: VirtioDevice + 'static> Driver<D> {
         self.read(reg::STATUS)
     }
 
-    fn write_desc(&self, index: u16, d: Desc) {
-        let at = GuestAddress(DESC_TABLE + 16 * u64::from(index));
+    fn write_desc(&self, q: usize, index: u16, d: Desc) {
+        let at = GuestAddress(ring_layout(q).0 + 16 * u64::from(index));
         self.mem.write_obj(d.addr, at).unwrap();
         self.mem.write_obj(d.len, at.unchecked_add(8)).unwrap();
         self.mem.write_obj(d.flags, at.unchecked_add(12)).unwrap();
         self.mem.write_obj(d.next, at.unchecked_add(14)).unwrap();
     }
 
-    fn publish(&mut self, head: u16) {
-        let slot = u64::from(self.avail_idx % QUEUE_SIZE);
+    fn publish(&mut self, q: usize, head: u16) {
+        let avail = ring_layout(q).1;
+        let r = &mut self.rings[q];
+        let slot = u64::from(r.avail_idx % QUEUE_SIZE);
         self.mem
-            .write_obj(head, GuestAddress(AVAIL_RING + 4 + 2 * slot))
+            .write_obj(head, GuestAddress(avail + 4 + 2 * slot))
             .unwrap();
-        self.avail_idx = self.avail_idx.wrapping_add(1);
+        r.avail_idx = r.avail_idx.wrapping_add(1);
         self.mem
-            .write_obj(self.avail_idx, GuestAddress(AVAIL_RING + 2))
+            .write_obj(r.avail_idx, GuestAddress(avail + 2))
             .unwrap();
     }
 
-    /// Put a chain of descriptors (linked in order) on the available ring; returns its head.
+    /// Put a chain of descriptors (linked in order) on queue 0; returns its head.
     pub fn submit(&mut self, chain: &[Desc]) -> u16 {
-        let head = self.next_desc;
+        self.submit_q(0, chain)
+    }
+
+    /// Put a chain on queue `q`; returns its head.
+    pub fn submit_q(&mut self, q: usize, chain: &[Desc]) -> u16 {
+        let head = self.rings[q].next_desc;
         for (i, d) in chain.iter().enumerate() {
             let index = (head + i as u16) % QUEUE_SIZE;
             let last = i + 1 == chain.len();
             let next = (index + 1) % QUEUE_SIZE;
             self.write_desc(
+                q,
                 index,
                 Desc {
                     flags: if last {
@@ -182,37 +215,49 @@ impl<D: VirtioDevice + 'static> Driver<D> {
                 },
             );
         }
-        self.next_desc = (head + chain.len() as u16) % QUEUE_SIZE;
-        self.publish(head);
+        self.rings[q].next_desc = (head + chain.len() as u16) % QUEUE_SIZE;
+        self.publish(q, head);
         head
     }
 
-    /// Write descriptors exactly as given at `first..` (flags and next untouched) and
-    /// publish `head`: for malformed chains.
+    /// Write descriptors exactly as given at `first..` of queue 0 (flags and next
+    /// untouched) and publish `head`: for malformed chains.
     pub fn submit_raw(&mut self, first: u16, descs: &[Desc], head: u16) {
         for (i, d) in descs.iter().enumerate() {
-            self.write_desc(first + i as u16, *d);
+            self.write_desc(0, first + i as u16, *d);
         }
-        self.next_desc = (first + descs.len() as u16) % QUEUE_SIZE;
-        self.publish(head);
+        self.rings[0].next_desc = (first + descs.len() as u16) % QUEUE_SIZE;
+        self.publish(0, head);
     }
 
     /// Kick queue 0 through QueueNotify.
     pub fn kick(&mut self) {
-        self.write(reg::QUEUE_NOTIFY, 0);
+        self.kick_q(0);
     }
 
-    /// New used-ring entries since the last call: (descriptor id, length written).
+    /// Kick queue `q`.
+    pub fn kick_q(&mut self, q: usize) {
+        self.write(reg::QUEUE_NOTIFY, q as u32);
+    }
+
+    /// New used entries of queue 0 since the last call: (descriptor id, length written).
     pub fn used(&mut self) -> Vec<(u32, u32)> {
-        let idx: u16 = self.mem.read_obj(GuestAddress(USED_RING + 2)).unwrap();
+        self.used_q(0)
+    }
+
+    /// New used entries of queue `q`.
+    pub fn used_q(&mut self, q: usize) -> Vec<(u32, u32)> {
+        let used = ring_layout(q).2;
+        let idx: u16 = self.mem.read_obj(GuestAddress(used + 2)).unwrap();
         let mut out = Vec::new();
-        while self.used_seen != idx {
-            let slot = u64::from(self.used_seen % QUEUE_SIZE);
-            let at = GuestAddress(USED_RING + 4 + 8 * slot);
+        let r = &mut self.rings[q];
+        while r.used_seen != idx {
+            let slot = u64::from(r.used_seen % QUEUE_SIZE);
+            let at = GuestAddress(used + 4 + 8 * slot);
             let id: u32 = self.mem.read_obj(at).unwrap();
             let len: u32 = self.mem.read_obj(at.unchecked_add(4)).unwrap();
             out.push((id, len));
-            self.used_seen = self.used_seen.wrapping_add(1);
+            r.used_seen = r.used_seen.wrapping_add(1);
         }
         out
     }

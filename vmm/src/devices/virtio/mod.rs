@@ -3,6 +3,7 @@
 pub mod block;
 pub mod mmio;
 pub mod rng;
+pub mod vsock;
 
 use crate::memory::GuestMemory;
 use std::sync::atomic::{AtomicU32, Ordering};
