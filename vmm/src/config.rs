@@ -143,6 +143,44 @@ impl std::str::FromStr for VsockConfig {
     }
 }
 
+/// A host directory shared over virtio-fs.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FsConfig {
+    /// The tag the guest mounts (`mount -t virtiofs TAG /mnt`, or `root=TAG`).
+    pub tag: String,
+    /// The host directory.
+    pub dir: PathBuf,
+    /// Refuse every modification.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+impl std::str::FromStr for FsConfig {
+    type Err = String;
+    /// `TAG=DIR` or `TAG=DIR,ro`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (tag, rest) = s
+            .split_once('=')
+            .ok_or_else(|| format!("`{s}`: expected TAG=DIR[,ro]"))?;
+        let (dir, read_only) = match rest.rsplit_once(',') {
+            Some((d, "ro")) => (d, true),
+            Some((d, "rw")) => (d, false),
+            _ => (rest, false),
+        };
+        if tag.is_empty() || tag.len() > 36 || dir.is_empty() {
+            return Err(format!(
+                "`{s}`: the tag must be 1 to 36 bytes and the folder non-empty"
+            ));
+        }
+        Ok(Self {
+            tag: tag.to_string(),
+            dir: PathBuf::from(dir),
+            read_only,
+        })
+    }
+}
+
 /// Everything needed to build a VM.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -173,6 +211,9 @@ pub struct VmConfig {
     /// A virtio-vsock device.
     #[serde(default)]
     pub vsock: Option<VsockConfig>,
+    /// Shared folders (virtio-fs), as `[[fs]]` tables.
+    #[serde(default)]
+    pub fs: Vec<FsConfig>,
     /// CPU feature profile.
     #[serde(default)]
     pub cpu_profile: CpuProfile,
@@ -201,6 +242,7 @@ impl VmConfig {
             serial: SerialSink::default(),
             rng: false,
             vsock: None,
+            fs: Vec::new(),
             cpu_profile: CpuProfile::default(),
         }
     }
@@ -219,7 +261,7 @@ impl VmConfig {
 
     /// How many virtio-mmio devices this configuration asks for.
     pub fn virtio_device_count(&self) -> usize {
-        self.disks.len() + usize::from(self.rng) + usize::from(self.vsock.is_some())
+        self.disks.len() + usize::from(self.rng) + usize::from(self.vsock.is_some()) + self.fs.len()
     }
 
     /// Check the configuration against the host before anything is allocated.
@@ -243,6 +285,14 @@ impl VmConfig {
                 return Err(ConfigError::MissingFile {
                     what: "disk",
                     path: d.path.clone(),
+                });
+            }
+        }
+        for f in &self.fs {
+            if !f.dir.is_dir() {
+                return Err(ConfigError::MissingFile {
+                    what: "shared folder",
+                    path: f.dir.clone(),
                 });
             }
         }
@@ -359,6 +409,12 @@ mod tests {
             SerialSink::File("/tmp/s".into())
         );
         assert!("turbo".parse::<CpuProfile>().is_err());
+        let f: FsConfig = "root=/srv/share,ro".parse().unwrap();
+        assert_eq!(
+            (f.tag.as_str(), f.dir.as_path(), f.read_only),
+            ("root", Path::new("/srv/share"), true)
+        );
+        assert!("noequals".parse::<FsConfig>().is_err());
         let v: VsockConfig = "/run/v.sock,cid=7".parse().unwrap();
         assert_eq!((v.path, v.cid), ("/run/v.sock".into(), 7));
         assert_eq!("/run/v.sock".parse::<VsockConfig>().unwrap().cid, 3);

@@ -48,6 +48,11 @@ struct Cli {
     /// go to `PATH_P`. The guest CID defaults to 3.
     #[arg(long, value_name = "PATH[,cid=N]")]
     vsock: Option<ember_vmm::config::VsockConfig>,
+    /// Share a host folder over virtio-fs under TAG (the guest mounts it with
+    /// `mount -t virtiofs TAG /mnt`, or boots from it with `rootfstype=virtiofs root=TAG`).
+    /// Repeat for more folders.
+    #[arg(long = "fs", value_name = "TAG=DIR[,ro]")]
+    fs: Vec<ember_vmm::config::FsConfig>,
     /// Add a virtio-rng device fed from the host's getrandom.
     #[arg(long)]
     rng: bool,
@@ -93,6 +98,9 @@ impl Cli {
         }
         if self.rng {
             c.rng = true;
+        }
+        if !self.fs.is_empty() {
+            c.fs = self.fs;
         }
         if self.vsock.is_some() {
             c.vsock = self.vsock;

@@ -11,6 +11,7 @@ use crate::devices::legacy::power::{ExitLatch, ExitReason, PowerOffPort, POWER_O
 use crate::devices::legacy::serial::{Serial, COM1_IRQ, COM1_LEN, COM1_PORT};
 use crate::devices::legacy::DebugPort;
 use crate::devices::virtio::block::{Block, BlockError};
+use crate::devices::virtio::fs::{Fs, FsError};
 use crate::devices::virtio::mmio::{reg, MmioTransport};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::{Vsock, VsockError};
@@ -60,6 +61,9 @@ pub enum VmError {
     /// A disk could not be opened.
     #[error(transparent)]
     Block(#[from] BlockError),
+    /// A shared folder could not be set up.
+    #[error(transparent)]
+    Fs(#[from] FsError),
     /// The vsock device could not be created.
     #[error(transparent)]
     Vsock(#[from] VsockError),
@@ -97,6 +101,7 @@ impl VmError {
                 | VmError::Boot(_)
                 | VmError::Block(_)
                 | VmError::Vsock(_)
+                | VmError::Fs(_)
                 | VmError::SerialFile { .. }
         )
     }
@@ -212,6 +217,9 @@ impl Vm {
                 disk.read_only,
                 &format!("ember-disk{i}"),
             )?)?;
+        }
+        for f in &config.fs {
+            devices.add(Fs::new(&f.tag, &f.dir, f.read_only)?)?;
         }
         if config.rng {
             devices.add(Rng::new().map_err(host_err("virtio-rng"))?)?;

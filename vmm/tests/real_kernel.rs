@@ -9,8 +9,10 @@
 
 mod common;
 
+use ember_vmm::config::{FsConfig, VsockConfig};
 use ember_vmm::host::Virtualization;
 use ember_vmm::{DiskConfig, ExitReason, SerialSink, Vm, VmConfig};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -40,8 +42,8 @@ fn find_kernel() -> Option<PathBuf> {
         .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok())
 }
 
-/// An ext4 image whose /sbin/init prints a marker and reboots (busybox-static).
-fn make_root(dir: &Path) -> Option<PathBuf> {
+/// A root tree whose /sbin/init prints a marker and reboots (busybox-static).
+fn make_tree(dir: &Path) -> PathBuf {
     let tree = dir.join("root");
     for d in ["sbin", "bin", "dev", "proc", "sys"] {
         std::fs::create_dir_all(tree.join(d)).unwrap();
@@ -60,6 +62,12 @@ fn make_root(dir: &Path) -> Option<PathBuf> {
         )
         .unwrap();
     }
+    tree
+}
+
+/// An ext4 image of [`make_tree`].
+fn make_root(dir: &Path) -> Option<PathBuf> {
+    let tree = make_tree(dir);
     let image = dir.join("root.ext4");
     let ok = Command::new("mkfs.ext4")
         .args(["-q", "-F", "-d"])
@@ -153,4 +161,104 @@ fn guest_kernel_boots_to_the_ext4_root_mount() {
         assert!(matches!(reason, ExitReason::Stopped), "{reason:?}");
     }
     eprintln!("booted to `{want}` in {:?}", start.elapsed());
+}
+
+/// Wait until the serial log contains `want`; returns the log.
+fn wait_for(
+    serial: &Path,
+    want: &str,
+    start: Instant,
+    latch: &ember_vmm::devices::legacy::power::ExitLatch,
+) -> Result<String, String> {
+    loop {
+        let log = std::fs::read_to_string(serial).unwrap_or_default();
+        if log.contains(want) {
+            return Ok(log);
+        }
+        if start.elapsed() > TIMEOUT || latch.reason().is_some() {
+            let tail: Vec<&str> = log.lines().rev().take(15).collect();
+            return Err(format!(
+                "`{want}` not seen after {:?}; last lines:\n{}",
+                start.elapsed(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn guest_kernel_mounts_a_virtiofs_root_and_its_vsock_driver_answers() {
+    const TEST: &str = "guest_kernel_mounts_a_virtiofs_root_and_its_vsock_driver_answers";
+    if !common::kvm_available(TEST) {
+        return;
+    }
+    let Some(kernel) = find_kernel() else {
+        common::skip(
+            TEST,
+            "no guest kernel (run `make guest`, or set EMBER_GUEST_KERNEL)",
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let tree = make_tree(dir.path());
+    let serial = dir.path().join("serial.log");
+    let vsock = dir.path().join("vsock.sock");
+    let mut config = VmConfig::new(&kernel);
+    // rootdelay keeps the kernel idle (and its drivers alive) before the root mount, so
+    // the vsock check does not race the init program, which a PVM host cannot run.
+    config.cmdline =
+        "console=ttyS0 reboot=k panic=1 rootfstype=virtiofs root=rootfs rw rootdelay=4".into();
+    config.fs = vec![FsConfig {
+        tag: "rootfs".into(),
+        dir: tree,
+        read_only: false,
+    }];
+    config.vsock = Some(VsockConfig {
+        path: vsock.clone(),
+        cid: 3,
+    });
+    config.serial = SerialSink::File(serial.clone());
+    let start = Instant::now();
+    let mut vm = Vm::new(&config).expect("build the VM");
+    let latch = vm.exit_latch();
+    vm.start().expect("start the VM");
+    let result = (|| {
+        wait_for(
+            &serial,
+            "Waiting 4 sec before mounting root device",
+            start,
+            &latch,
+        )?;
+        // Nobody listens on guest port 4242: the guest kernel answers RST, the client EOF.
+        let mut c = std::os::unix::net::UnixStream::connect(&vsock).map_err(|e| e.to_string())?;
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        c.write_all(b"CONNECT 4242\n").map_err(|e| e.to_string())?;
+        let mut buf = [0u8; 16];
+        match c.read(&mut buf) {
+            Ok(0) => {}
+            Ok(n) => {
+                return Err(format!(
+                    "unexpected answer {:?}",
+                    String::from_utf8_lossy(&buf[..n])
+                ))
+            }
+            Err(e) => return Err(format!("no RST from the guest's vsock driver: {e}")),
+        }
+        wait_for(
+            &serial,
+            "VFS: Mounted root (virtiofs filesystem)",
+            start,
+            &latch,
+        )
+    })();
+    vm.stop();
+    vm.wait();
+    let log = result.unwrap_or_else(|e| panic!("{e}"));
+    assert!(log
+        .contains("Command line: console=ttyS0 reboot=k panic=1 rootfstype=virtiofs root=rootfs"));
+    eprintln!(
+        "virtio-fs root and vsock RST seen after {:?}",
+        start.elapsed()
+    );
 }

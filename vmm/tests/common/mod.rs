@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod driver;
+pub mod fuse_client;
 pub mod vsock_guest;
 
 use std::path::Path;

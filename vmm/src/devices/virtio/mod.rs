@@ -1,6 +1,7 @@
 //! virtio: the device trait, interrupts, the virtio-mmio transport and the devices.
 
 pub mod block;
+pub mod fs;
 pub mod mmio;
 pub mod rng;
 pub mod vsock;
