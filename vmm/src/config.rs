@@ -181,6 +181,83 @@ impl std::str::FromStr for FsConfig {
     }
 }
 
+/// A virtio-net device on a tap.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    /// The tap interface (created if missing).
+    pub tap: String,
+    /// The guest's MAC address (`aa:bb:cc:dd:ee:ff`); a random local one if unset.
+    #[serde(default)]
+    pub mac: Option<String>,
+    /// Network namespace file to create the tap in (e.g. `/var/run/netns/pod1`).
+    #[serde(default)]
+    pub netns: Option<PathBuf>,
+}
+
+impl NetConfig {
+    /// The MAC address as bytes.
+    pub fn mac_bytes(&self) -> Result<[u8; 6], String> {
+        match &self.mac {
+            Some(m) => parse_mac(m),
+            None => {
+                let mut mac = [0u8; 6];
+                // SAFETY: fills the 6-byte buffer.
+                unsafe { libc::getrandom(mac.as_mut_ptr().cast(), 6, 0) };
+                mac[0] = (mac[0] & 0xfe) | 0x02; // unicast, locally administered
+                Ok(mac)
+            }
+        }
+    }
+}
+
+/// Parse `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let mut mac = [0u8; 6];
+    if parts.len() != 6 {
+        return Err(format!(
+            "MAC `{s}`: expected six hex bytes like 02:00:00:00:00:01"
+        ));
+    }
+    for (m, p) in mac.iter_mut().zip(parts) {
+        *m =
+            u8::from_str_radix(p, 16).map_err(|_| format!("MAC `{s}`: `{p}` is not a hex byte"))?;
+    }
+    if mac[0] & 1 == 1 {
+        return Err(format!("MAC `{s}` is a multicast address"));
+    }
+    Ok(mac)
+}
+
+impl std::str::FromStr for NetConfig {
+    type Err = String;
+    /// `TAP[,mac=..][,netns=PATH]`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut parts = s.split(',');
+        let tap = parts.next().unwrap_or_default().to_string();
+        if tap.is_empty() || tap.len() > 15 {
+            return Err(format!("`{s}`: the tap name must be 1 to 15 bytes"));
+        }
+        let mut c = Self {
+            tap,
+            mac: None,
+            netns: None,
+        };
+        for p in parts {
+            match p.split_once('=') {
+                Some(("mac", m)) => {
+                    parse_mac(m)?;
+                    c.mac = Some(m.to_string());
+                }
+                Some(("netns", n)) => c.netns = Some(PathBuf::from(n)),
+                _ => return Err(format!("`{p}` in `{s}`: expected mac=.. or netns=PATH")),
+            }
+        }
+        Ok(c)
+    }
+}
+
 /// Everything needed to build a VM.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -214,6 +291,9 @@ pub struct VmConfig {
     /// Shared folders (virtio-fs), as `[[fs]]` tables.
     #[serde(default)]
     pub fs: Vec<FsConfig>,
+    /// Network devices, as `[[net]]` tables.
+    #[serde(default)]
+    pub net: Vec<NetConfig>,
     /// CPU feature profile.
     #[serde(default)]
     pub cpu_profile: CpuProfile,
@@ -243,6 +323,7 @@ impl VmConfig {
             rng: false,
             vsock: None,
             fs: Vec::new(),
+            net: Vec::new(),
             cpu_profile: CpuProfile::default(),
         }
     }
@@ -261,7 +342,11 @@ impl VmConfig {
 
     /// How many virtio-mmio devices this configuration asks for.
     pub fn virtio_device_count(&self) -> usize {
-        self.disks.len() + usize::from(self.rng) + usize::from(self.vsock.is_some()) + self.fs.len()
+        self.disks.len()
+            + usize::from(self.rng)
+            + usize::from(self.vsock.is_some())
+            + self.fs.len()
+            + self.net.len()
     }
 
     /// Check the configuration against the host before anything is allocated.
@@ -286,6 +371,19 @@ impl VmConfig {
                     what: "disk",
                     path: d.path.clone(),
                 });
+            }
+        }
+        for n in &self.net {
+            if let Some(m) = &n.mac {
+                parse_mac(m).map_err(ConfigError::Invalid)?;
+            }
+            if let Some(ns) = &n.netns {
+                if !ns.exists() {
+                    return Err(ConfigError::MissingFile {
+                        what: "network namespace",
+                        path: ns.clone(),
+                    });
+                }
             }
         }
         for f in &self.fs {
@@ -364,6 +462,9 @@ pub enum ConfigError {
         /// What the host has.
         host_mib: u64,
     },
+    /// A value that does not parse.
+    #[error("{0}")]
+    Invalid(String),
     /// More devices than IRQs.
     #[error("{0} virtio devices requested, but only {1} fit the IOAPIC's IRQs")]
     TooManyDevices(usize, usize),
@@ -409,6 +510,23 @@ mod tests {
             SerialSink::File("/tmp/s".into())
         );
         assert!("turbo".parse::<CpuProfile>().is_err());
+        let n: NetConfig = "tap0,mac=02:00:00:00:00:01,netns=/run/netns/p"
+            .parse()
+            .unwrap();
+        assert_eq!(n.mac_bytes().unwrap(), [2, 0, 0, 0, 0, 1]);
+        assert!("tap0,mac=01:00:00:00:00:01"
+            .parse::<NetConfig>()
+            .unwrap_err()
+            .contains("multicast"));
+        assert!("tap0,speed=1".parse::<NetConfig>().is_err());
+        let random = NetConfig {
+            tap: "t".into(),
+            mac: None,
+            netns: None,
+        }
+        .mac_bytes()
+        .unwrap();
+        assert_eq!(random[0] & 3, 2, "local unicast");
         let f: FsConfig = "root=/srv/share,ro".parse().unwrap();
         assert_eq!(
             (f.tag.as_str(), f.dir.as_path(), f.read_only),

@@ -53,6 +53,10 @@ struct Cli {
     /// Repeat for more folders.
     #[arg(long = "fs", value_name = "TAG=DIR[,ro]")]
     fs: Vec<ember_vmm::config::FsConfig>,
+    /// A virtio-net device on tap TAP (created if missing), optionally with a fixed MAC
+    /// and inside the network namespace file PATH. Repeat for more interfaces.
+    #[arg(long = "net", value_name = "TAP[,mac=..,netns=PATH]")]
+    net: Vec<ember_vmm::config::NetConfig>,
     /// Add a virtio-rng device fed from the host's getrandom.
     #[arg(long)]
     rng: bool,
@@ -98,6 +102,9 @@ impl Cli {
         }
         if self.rng {
             c.rng = true;
+        }
+        if !self.net.is_empty() {
+            c.net = self.net;
         }
         if !self.fs.is_empty() {
             c.fs = self.fs;

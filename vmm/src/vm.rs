@@ -13,6 +13,8 @@ use crate::devices::legacy::DebugPort;
 use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::fs::{Fs, FsError};
 use crate::devices::virtio::mmio::{reg, MmioTransport};
+use crate::devices::virtio::net::tap::Tap;
+use crate::devices::virtio::net::{Net, NetError};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::devices::virtio::{Interrupt, VirtioDevice};
@@ -61,6 +63,9 @@ pub enum VmError {
     /// A disk could not be opened.
     #[error(transparent)]
     Block(#[from] BlockError),
+    /// A network device could not be set up.
+    #[error(transparent)]
+    Net(#[from] NetError),
     /// A shared folder could not be set up.
     #[error(transparent)]
     Fs(#[from] FsError),
@@ -217,6 +222,11 @@ impl Vm {
                 disk.read_only,
                 &format!("ember-disk{i}"),
             )?)?;
+        }
+        for n in &config.net {
+            let tap = Tap::open(&n.tap, n.netns.as_deref()).map_err(NetError::from)?;
+            let mac = n.mac_bytes().map_err(ConfigError::Invalid)?;
+            devices.add(Net::new(tap, mac)?)?;
         }
         for f in &config.fs {
             devices.add(Fs::new(&f.tag, &f.dir, f.read_only)?)?;
