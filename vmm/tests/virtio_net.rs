@@ -123,7 +123,7 @@ fn frames_cross_the_tap_in_both_directions() {
     assert_eq!(d.init_queues(2) & 0x40, 0);
     let mut em: EventManager<std::sync::Arc<std::sync::Mutex<Net>>> = EventManager::new().unwrap();
     em.add_subscriber(d.device.clone());
-    let mut pump = |em: &mut EventManager<_>| while em.run_with_timeout(20).unwrap() > 0 {};
+    let pump = |em: &mut EventManager<_>| while em.run_with_timeout(20).unwrap() > 0 {};
 
     // Guest → tap.
     let out = frame([0xff; 6], GUEST_MAC, b"ember-out");
