@@ -109,6 +109,25 @@ impl FuseClient {
         }
     }
 
+    /// One FUSE call that may get no reply at all (malformed on purpose).
+    pub fn call_lenient(&mut self, opcode: u32, nodeid: u64, body: &[u8]) -> Option<i32> {
+        self.unique += 1;
+        let header = InHeader {
+            len: (std::mem::size_of::<InHeader>() + body.len()) as u32,
+            opcode,
+            unique: self.unique,
+            nodeid,
+            uid: 0,
+            gid: 0,
+            pid: 1,
+            padding: 0,
+        };
+        let mut req = header.as_slice().to_vec();
+        req.extend_from_slice(body);
+        let (len, reply) = self.raw(&req, 0x2_1000);
+        (len as usize >= std::mem::size_of::<OutHeader>()).then(|| decode::<OutHeader>(&reply).error)
+    }
+
     /// FUSE_INIT.
     pub fn init(&mut self) -> InitOut {
         let init = InitIn {
