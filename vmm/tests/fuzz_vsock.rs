@@ -22,7 +22,18 @@ fn arb_header() -> impl Strategy<Value = Vec<u8>> {
         0usize..50,
     )
         .prop_map(|(sc, dc, sp, dp, len, ty, op, flags, ba, fc, cut)| {
-            let h = Hdr { src_cid: sc, dst_cid: dc, src_port: sp, dst_port: dp, len, type_: ty, op, flags, buf_alloc: ba, fwd_cnt: fc };
+            let h = Hdr {
+                src_cid: sc,
+                dst_cid: dc,
+                src_port: sp,
+                dst_port: dp,
+                len,
+                type_: ty,
+                op,
+                flags,
+                buf_alloc: ba,
+                fwd_cnt: fc,
+            };
             let mut b = h.bytes();
             b.truncate(44usize.saturating_sub(cut % 8 * (cut / 45))); // sometimes short
             b

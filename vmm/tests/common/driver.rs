@@ -176,6 +176,11 @@ impl<D: VirtioDevice + 'static> Driver<D> {
         self.mem.write_obj(d.next, at.unchecked_add(14)).unwrap();
     }
 
+    /// Make the chain at `head` (already written) available again on queue `q`.
+    pub fn republish(&mut self, q: usize, head: u16) {
+        self.publish(q, head);
+    }
+
     fn publish(&mut self, q: usize, head: u16) {
         let avail = ring_layout(q).1;
         let r = &mut self.rings[q];

@@ -49,8 +49,13 @@ impl FuseClient {
 
     /// Send raw request bytes; returns the used length and the reply bytes.
     pub fn raw(&mut self, request: &[u8], reply_cap: u32) -> (u32, Vec<u8>) {
+        let used = self.raw_len(request, reply_cap);
+        (used, self.d.peek(RESP, used as usize))
+    }
+
+    /// Send raw request bytes; returns only the used length (nothing is copied out).
+    pub fn raw_len(&mut self, request: &[u8], reply_cap: u32) -> u32 {
         self.d.poke(REQ, request);
-        self.d.poke(RESP, &vec![0u8; reply_cap as usize]);
         self.d.submit_q(
             REQUEST_QUEUE,
             &[
@@ -76,7 +81,7 @@ impl FuseClient {
         drop(dev);
         let used = self.d.used_q(REQUEST_QUEUE);
         assert_eq!(used.len(), 1);
-        (used[0].1, self.d.peek(RESP, used[0].1 as usize))
+        used[0].1
     }
 
     /// One FUSE call: `Err(errno)` or the reply body.
@@ -125,7 +130,8 @@ impl FuseClient {
         let mut req = header.as_slice().to_vec();
         req.extend_from_slice(body);
         let (len, reply) = self.raw(&req, 0x2_1000);
-        (len as usize >= std::mem::size_of::<OutHeader>()).then(|| decode::<OutHeader>(&reply).error)
+        (len as usize >= std::mem::size_of::<OutHeader>())
+            .then(|| decode::<OutHeader>(&reply).error)
     }
 
     /// FUSE_INIT.
@@ -176,6 +182,33 @@ impl FuseClient {
             ..Default::default()
         };
         self.call(if dir { 28 } else { 15 }, node, r.as_slice())
+    }
+
+    /// FUSE_READ whose data stays in guest memory; returns how many bytes were read.
+    pub fn read_in_place(&mut self, node: u64, fh: u64, offset: u64, size: u32) -> usize {
+        self.unique += 1;
+        let r = ReadIn {
+            fh,
+            offset,
+            size,
+            ..Default::default()
+        };
+        let header = InHeader {
+            len: (std::mem::size_of::<InHeader>() + std::mem::size_of::<ReadIn>()) as u32,
+            opcode: 15,
+            unique: self.unique,
+            nodeid: node,
+            uid: 0,
+            gid: 0,
+            pid: 1,
+            padding: 0,
+        };
+        let mut req = header.as_slice().to_vec();
+        req.extend_from_slice(r.as_slice());
+        let used = self.raw_len(&req, size + std::mem::size_of::<OutHeader>() as u32);
+        let out: OutHeader = decode(&self.d.peek(RESP, std::mem::size_of::<OutHeader>()));
+        assert_eq!(out.error, 0);
+        used as usize - std::mem::size_of::<OutHeader>()
     }
 
     /// FUSE_WRITE; returns the size written.

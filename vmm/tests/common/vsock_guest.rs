@@ -168,9 +168,23 @@ impl Guest {
         }
     }
 
+    /// Run the event loop once (waiting up to `timeout_ms`); returns the events handled.
+    pub fn step(&mut self, timeout_ms: i32) -> usize {
+        self.em.run_with_timeout(timeout_ms).unwrap()
+    }
+
     /// Received packets (pumping first), re-posting their buffers.
     pub fn recv(&mut self) -> Vec<Pkt> {
         self.pump();
+        let out = self.drain_rx();
+        if !out.is_empty() {
+            self.pump();
+        }
+        out
+    }
+
+    /// Packets already in the used ring, re-posting their buffers (no pumping).
+    pub fn drain_rx(&mut self) -> Vec<Pkt> {
         let mut out = Vec::new();
         for (id, len) in self.d.used_q(RXQ) {
             let addr = self.rx_slots.remove(&id).expect("known RX buffer");
@@ -189,9 +203,25 @@ impl Guest {
         }
         if !out.is_empty() {
             self.d.kick_q(RXQ);
-            self.pump();
         }
         out
+    }
+
+    /// Return every used RX buffer to the device without copying payloads; returns the
+    /// payload bytes they carried (what a guest draining its RX queue does).
+    pub fn drain_rx_bytes(&mut self) -> usize {
+        let mut bytes = 0;
+        let used = self.d.used_q(RXQ);
+        for (id, len) in &used {
+            assert!(self.rx_slots.contains_key(id), "known RX buffer");
+            bytes += *len as usize - HDR;
+            // The descriptor is unchanged: only its head goes back on the ring.
+            self.d.republish(RXQ, *id as u16);
+        }
+        if !used.is_empty() {
+            self.d.kick_q(RXQ);
+        }
+        bytes
     }
 
     /// Send a packet (header and payload in two descriptors, as Linux does).
@@ -200,8 +230,14 @@ impl Guest {
         self.send_raw(&hdr.bytes(), data);
     }
 
-    /// Send raw header bytes (possibly malformed) and payload.
-    pub fn send_raw(&mut self, hdr: &[u8], data: &[u8]) {
+    /// Queue a packet and kick, without running the event loop (the next `step` sends it).
+    pub fn queue_tx(&mut self, mut hdr: Hdr, data: &[u8]) {
+        hdr.len = data.len() as u32;
+        self.submit_tx(&hdr.bytes(), data);
+        let _ = self.d.used_q(TXQ);
+    }
+
+    fn submit_tx(&mut self, hdr: &[u8], data: &[u8]) {
         let base = TX_BASE + (self.tx_next % TX_SLOTS) * TX_STRIDE;
         self.tx_next += 1;
         self.d.poke(base, hdr);
@@ -222,6 +258,11 @@ impl Guest {
         }
         self.d.submit_q(TXQ, &chain);
         self.d.kick_q(TXQ);
+    }
+
+    /// Send raw header bytes (possibly malformed) and payload.
+    pub fn send_raw(&mut self, hdr: &[u8], data: &[u8]) {
+        self.submit_tx(hdr, data);
         self.pump();
         let _ = self.d.used_q(TXQ);
     }

@@ -443,6 +443,15 @@ impl Muxer {
     pub fn fill_rx(&mut self, mem: &GuestMemory, queue: &mut Queue) -> usize {
         let mut used = 0;
         while self.has_rx_work() {
+            if let Some(key) = self.data_ready_front() {
+                match self.read_batch(mem, queue, key) {
+                    Some(n) => {
+                        used += n;
+                        continue;
+                    }
+                    None => break,
+                }
+            }
             let Some(mut chain) = queue.pop_descriptor_chain(mem) else {
                 self.rx_starved = true;
                 break;
@@ -473,6 +482,129 @@ impl Muxer {
             self.rx_starved = false;
         }
         used
+    }
+
+    /// The first ready connection, if what it owes the guest is only data.
+    fn data_ready_front(&self) -> Option<ConnKey> {
+        if !self.stray_rsts.is_empty() {
+            return None;
+        }
+        let key = *self.rx_ready.front()?;
+        let c = self.conns.get(&key)?;
+        (!c.pending.any() && c.readable && c.wants_to_read()).then_some(key)
+    }
+
+    /// Move data from `key`'s host socket into as many RX buffers as its credit allows,
+    /// with one `readv` (one syscall instead of one per 4 KiB buffer). Buffers left over
+    /// go back to the ring. Returns how many buffers were used, or `None` when there is
+    /// no usable RX buffer.
+    fn read_batch(&mut self, mem: &GuestMemory, queue: &mut Queue, key: ConnKey) -> Option<usize> {
+        const MAX_BATCH: usize = 64;
+        let conn = self.conns.get_mut(&key).expect("ready connection exists");
+        let mut credit = conn.peer_credit() as usize;
+        let mut used = 0;
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        while batch.len() < MAX_BATCH && credit > 0 {
+            let Some(mut chain) = queue.pop_descriptor_chain(mem) else {
+                self.rx_starved = true;
+                break;
+            };
+            let head = chain.head_index();
+            match VsockPacket::from_rx_virtq_chain(mem, &mut chain, MAX_PKT_DATA) {
+                Ok(pkt) => {
+                    let room = pkt.data_slice().map_or(0, |d| d.len()).min(credit);
+                    if room == 0 {
+                        // Header-only buffer: not usable for data.
+                        queue.go_to_previous_position();
+                        break;
+                    }
+                    credit -= room;
+                    batch.push((head, pkt, room));
+                }
+                Err(e) if batch.is_empty() => {
+                    log::warn!("vsock: bad RX buffer {head}: {e}");
+                    let _ = queue.add_used(mem, head, 0);
+                    used += 1;
+                }
+                Err(_) => {
+                    // Leave it for the next round, so the batch's tail stays contiguous.
+                    queue.go_to_previous_position();
+                    break;
+                }
+            }
+        }
+        if batch.is_empty() {
+            // No usable buffer (none left, or one too small for data): stop for now.
+            return (used > 0).then_some(used);
+        }
+        let mut iov: Vec<libc::iovec> = batch
+            .iter()
+            .map(|(_, pkt, room)| {
+                let d = pkt.data_slice().expect("has data room");
+                libc::iovec {
+                    iov_base: d.ptr_guard_mut().as_ptr().cast(),
+                    iov_len: *room,
+                }
+            })
+            .collect();
+        // SAFETY: every iovec points into guest memory that `mem` keeps mapped, within a
+        // descriptor the guest made device-writable, for at most its length.
+        let n = unsafe { libc::readv(conn.stream.as_raw_fd(), iov.as_mut_ptr(), iov.len() as i32) };
+        let mut filled = 0;
+        let result = if n > 0 {
+            let mut left = n as usize;
+            for (head, pkt, room) in batch.iter_mut() {
+                if left == 0 {
+                    break;
+                }
+                let take = left.min(*room);
+                left -= take;
+                conn.rx_cnt += Wrapping(take as u32);
+                write_header(pkt, self.cid, conn, op::RW, 0);
+                pkt.set_len(take as u32);
+                let _ = queue.add_used(mem, *head, (PKT_HEADER_SIZE + take) as u32);
+                filled += 1;
+            }
+            None
+        } else if n == 0 {
+            conn.host_eof = true;
+            Some((op::SHUTDOWN, SHUTDOWN_SEND))
+        } else {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == ErrorKind::WouldBlock {
+                conn.readable = false;
+                None
+            } else {
+                conn.pending.rst = true;
+                Some((op::RST, 0))
+            }
+        };
+        if let Some((op, flags)) = result {
+            let (head, pkt, _) = &mut batch[0];
+            write_header(pkt, self.cid, conn, op, flags);
+            let _ = queue.add_used(mem, *head, PKT_HEADER_SIZE as u32);
+            filled = 1;
+        }
+        if filled > 0 {
+            conn.pending.credit_update = false;
+            conn.last_fwd_cnt_sent = conn.fwd_cnt;
+        }
+        for _ in filled..batch.len() {
+            queue.go_to_previous_position();
+        }
+        let again = conn.pending.any() || (conn.readable && conn.wants_to_read());
+        let rst = conn.pending.rst && result.is_some_and(|(op, _)| op == op::RST);
+        self.rx_ready.pop_front();
+        self.rx_ready_set.remove(&key);
+        if rst {
+            self.close(key);
+        } else if again {
+            self.mark_rx(key);
+        }
+        self.dirty.insert(key);
+        // Progress either way: buffers were filled, or (nothing to read) the connection
+        // left the ready queue.
+        Some(used + filled)
     }
 
     /// Write the next owed packet into `pkt`; its used length, or `None` if nothing is owed.
@@ -639,6 +771,26 @@ impl Muxer {
             let _ = ops.remove(Events::with_data_raw(fd, fd as u32, set));
         }
     }
+}
+
+/// Fill `pkt`'s header for a packet of `conn` (host → guest), without payload length.
+fn write_header<B: BitmapSlice>(
+    pkt: &mut VsockPacket<'_, B>,
+    cid: u64,
+    conn: &Connection,
+    op: u16,
+    flags: u32,
+) {
+    pkt.set_src_cid(HOST_CID)
+        .set_dst_cid(cid)
+        .set_src_port(conn.local_port)
+        .set_dst_port(conn.peer_port)
+        .set_type(TYPE_STREAM)
+        .set_op(op)
+        .set_flags(flags)
+        .set_len(0)
+        .set_buf_alloc(CONN_BUF_ALLOC)
+        .set_fwd_cnt(conn.fwd_cnt.0);
 }
 
 fn would_block(e: &vm_memory::VolatileMemoryError) -> bool {
