@@ -9,7 +9,7 @@
 //!
 //! Run: `cargo bench -p ember-vmm --bench devices`.
 
-#[allow(dead_code, unused_imports)]
+#[allow(unused_imports)]
 #[path = "../tests/common/mod.rs"]
 mod common;
 
