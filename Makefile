@@ -37,6 +37,7 @@ install: build
 
 bench: deps
 	$(CARGO) bench -p ember-vmm --bench coldstart
+	$(CARGO) bench -p ember-vmm --bench devices
 
 demo:
 	@echo "make demo: not built yet (the runtime and shim issue builds it)"; exit 1
