@@ -9,32 +9,7 @@ pub const MIN_MEMORY_MIB: u64 = 64;
 /// Most vCPUs the VMM accepts (the MP table and IOAPIC address 254 APIC ids).
 pub const MAX_VCPUS: u8 = 254;
 
-/// Which CPU features the guest sees (see DESIGN.md: emulation on PVM hosts).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum CpuProfile {
-    /// `emulation-safe` without hardware virtualization, `host` with it.
-    #[default]
-    Auto,
-    /// Everything KVM supports.
-    Host,
-    /// Hide what KVM's instruction emulator cannot run and tell the kernel to avoid it.
-    EmulationSafe,
-}
-
-impl std::str::FromStr for CpuProfile {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "auto" => Ok(Self::Auto),
-            "host" => Ok(Self::Host),
-            "emulation-safe" => Ok(Self::EmulationSafe),
-            _ => Err(format!(
-                "unknown cpu profile `{s}`: expected auto, host or emulation-safe"
-            )),
-        }
-    }
-}
+pub use ember_config::CpuProfile;
 
 /// Where the guest's COM1 output goes.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -84,8 +84,8 @@ impl FuseClient {
         used[0].1
     }
 
-    /// One FUSE call: `Err(errno)` or the reply body.
-    pub fn call(&mut self, opcode: u32, nodeid: u64, body: &[u8]) -> Result<Vec<u8>, i32> {
+    /// Header + body of the next request (a fresh `unique`).
+    fn request(&mut self, opcode: u32, nodeid: u64, body: &[u8]) -> Vec<u8> {
         self.unique += 1;
         let header = InHeader {
             len: (std::mem::size_of::<InHeader>() + body.len()) as u32,
@@ -99,6 +99,12 @@ impl FuseClient {
         };
         let mut req = header.as_slice().to_vec();
         req.extend_from_slice(body);
+        req
+    }
+
+    /// One FUSE call: `Err(errno)` or the reply body.
+    pub fn call(&mut self, opcode: u32, nodeid: u64, body: &[u8]) -> Result<Vec<u8>, i32> {
+        let req = self.request(opcode, nodeid, body);
         let (len, reply) = self.raw(&req, 0x2_1000);
         assert!(
             len as usize >= std::mem::size_of::<OutHeader>(),
@@ -116,19 +122,7 @@ impl FuseClient {
 
     /// One FUSE call that may get no reply at all (malformed on purpose).
     pub fn call_lenient(&mut self, opcode: u32, nodeid: u64, body: &[u8]) -> Option<i32> {
-        self.unique += 1;
-        let header = InHeader {
-            len: (std::mem::size_of::<InHeader>() + body.len()) as u32,
-            opcode,
-            unique: self.unique,
-            nodeid,
-            uid: 0,
-            gid: 0,
-            pid: 1,
-            padding: 0,
-        };
-        let mut req = header.as_slice().to_vec();
-        req.extend_from_slice(body);
+        let req = self.request(opcode, nodeid, body);
         let (len, reply) = self.raw(&req, 0x2_1000);
         (len as usize >= std::mem::size_of::<OutHeader>())
             .then(|| decode::<OutHeader>(&reply).error)
@@ -186,25 +180,13 @@ impl FuseClient {
 
     /// FUSE_READ whose data stays in guest memory; returns how many bytes were read.
     pub fn read_in_place(&mut self, node: u64, fh: u64, offset: u64, size: u32) -> usize {
-        self.unique += 1;
         let r = ReadIn {
             fh,
             offset,
             size,
             ..Default::default()
         };
-        let header = InHeader {
-            len: (std::mem::size_of::<InHeader>() + std::mem::size_of::<ReadIn>()) as u32,
-            opcode: 15,
-            unique: self.unique,
-            nodeid: node,
-            uid: 0,
-            gid: 0,
-            pid: 1,
-            padding: 0,
-        };
-        let mut req = header.as_slice().to_vec();
-        req.extend_from_slice(r.as_slice());
+        let req = self.request(15, node, r.as_slice());
         let used = self.raw_len(&req, size + std::mem::size_of::<OutHeader>() as u32);
         let out: OutHeader = decode(&self.d.peek(RESP, std::mem::size_of::<OutHeader>()));
         assert_eq!(out.error, 0);

@@ -203,6 +203,25 @@ impl DeviceState {
         self.acked_features = 0;
     }
 
+    /// Raise the interrupt once if any of `queues` moved and its driver wants to be told
+    /// (`moved[i]` is how many buffers queue `queues[i]` returned).
+    pub fn notify(&mut self, queues: &[(usize, usize)]) {
+        let (Some(mem), Some(interrupt)) = (self.mem.as_ref(), self.interrupt.as_ref()) else {
+            return;
+        };
+        let mut needed = false;
+        for &(q, moved) in queues {
+            if moved > 0 {
+                if let Some(queue) = self.queues.get_mut(q) {
+                    needed |= queue.needs_notification(mem).unwrap_or(true);
+                }
+            }
+        }
+        if needed {
+            interrupt.signal_used_queue();
+        }
+    }
+
     /// Register every queue eventfd with the event loop, with the queue index as data.
     pub fn register_queue_events(&self, ops: &mut event_manager::EventOps, device: &str) {
         for (i, evt) in self.queue_events.iter().enumerate() {

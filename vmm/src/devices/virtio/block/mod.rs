@@ -77,8 +77,7 @@ impl Block {
 
     /// Process every available request of the queue; returns how many were completed.
     pub fn process_queue(&mut self) -> usize {
-        let (Some(mem), Some(interrupt)) = (self.state.mem.as_ref(), self.state.interrupt.as_ref())
-        else {
+        let Some(mem) = self.state.mem.as_ref() else {
             return 0;
         };
         let disk = Disk {
@@ -104,9 +103,7 @@ impl Block {
             }
             done += 1;
         }
-        if done > 0 && queue.needs_notification(mem).unwrap_or(true) {
-            interrupt.signal_used_queue();
-        }
+        self.state.notify(&[(0, done)]);
         done
     }
 }

@@ -96,8 +96,7 @@ impl Fs {
 
     /// Serve every request on queue `q`; returns how many were completed.
     pub fn process_queue(&mut self, q: usize) -> usize {
-        let (Some(mem), Some(interrupt)) = (self.state.mem.as_ref(), self.state.interrupt.as_ref())
-        else {
+        let Some(mem) = self.state.mem.as_ref() else {
             return 0;
         };
         let Some(queue) = self.state.queues.get_mut(q) else {
@@ -143,9 +142,7 @@ impl Fs {
             }
             done += 1;
         }
-        if done > 0 && queue.needs_notification(mem).unwrap_or(true) {
-            interrupt.signal_used_queue();
-        }
+        self.state.notify(&[(q, done)]);
         done
     }
 }

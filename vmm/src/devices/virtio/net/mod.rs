@@ -157,27 +157,6 @@ impl Net {
         done
     }
 
-    fn notify(&mut self, rx: usize, tx: usize) {
-        let (Some(mem), Some(interrupt)) = (self.state.mem.as_ref(), self.state.interrupt.as_ref())
-        else {
-            return;
-        };
-        let mut n = false;
-        if rx > 0 {
-            n |= self.state.queues[RXQ]
-                .needs_notification(mem)
-                .unwrap_or(true);
-        }
-        if tx > 0 {
-            n |= self.state.queues[TXQ]
-                .needs_notification(mem)
-                .unwrap_or(true);
-        }
-        if n {
-            interrupt.signal_used_queue();
-        }
-    }
-
     /// Watch the tap only while frames can be delivered (no frame waiting for a buffer).
     fn sync_tap_watch(&mut self, ops: &mut EventOps) {
         let want = self.pending.is_none();
@@ -214,7 +193,7 @@ impl Net {
                 0
             };
             let rx = self.process_rx();
-            self.notify(rx, tx);
+            self.state.notify(&[(RXQ, rx), (TXQ, tx)]);
         }
         self.sync_tap_watch(ops);
     }

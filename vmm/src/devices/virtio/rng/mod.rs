@@ -28,8 +28,7 @@ impl Rng {
 
     /// Fill every available buffer; returns how many were completed.
     pub fn process_queue(&mut self) -> usize {
-        let (Some(mem), Some(interrupt)) = (self.state.mem.as_ref(), self.state.interrupt.as_ref())
-        else {
+        let Some(mem) = self.state.mem.as_ref() else {
             return 0;
         };
         let queue = &mut self.state.queues[0];
@@ -59,9 +58,7 @@ impl Rng {
             }
             done += 1;
         }
-        if done > 0 && queue.needs_notification(mem).unwrap_or(true) {
-            interrupt.signal_used_queue();
-        }
+        self.state.notify(&[(0, done)]);
         done
     }
 }

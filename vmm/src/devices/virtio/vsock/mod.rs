@@ -95,25 +95,11 @@ impl Vsock {
 
     /// Send what is owed to the guest and raise the interrupt for whatever queue moved.
     fn process_rx_and_notify(&mut self, tx_done: usize) {
-        let (Some(mem), Some(interrupt)) = (self.state.mem.as_ref(), self.state.interrupt.as_ref())
-        else {
+        let Some(mem) = self.state.mem.as_ref() else {
             return;
         };
         let rx_done = self.muxer.fill_rx(mem, &mut self.state.queues[RXQ]);
-        let mut notify = false;
-        if rx_done > 0 {
-            notify |= self.state.queues[RXQ]
-                .needs_notification(mem)
-                .unwrap_or(true);
-        }
-        if tx_done > 0 {
-            notify |= self.state.queues[TXQ]
-                .needs_notification(mem)
-                .unwrap_or(true);
-        }
-        if notify {
-            interrupt.signal_used_queue();
-        }
+        self.state.notify(&[(RXQ, rx_done), (TXQ, tx_done)]);
     }
 
     /// One round of work, as the event loop would do it on `token`: used by `process`
