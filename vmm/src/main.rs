@@ -122,6 +122,42 @@ impl Cli {
     }
 }
 
+/// Build and run the VM; SIGTERM or SIGINT stops it (exit status 5).
+///
+/// The two signals are blocked before any thread starts (threads inherit the mask) and
+/// taken by one thread with `sigwait`, which triggers the VM's exit latch: no work in a
+/// signal handler.
+fn run(config: &VmConfig) -> Result<ExitReason, ember_vmm::VmError> {
+    // SAFETY: sigset manipulation on a local set; pthread_sigmask affects this thread and
+    // the threads it creates afterwards.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    };
+    let mut vm = Vm::new(config)?;
+    let latch = vm.exit_latch();
+    std::thread::Builder::new()
+        .name("ember-signals".into())
+        .spawn(move || {
+            let mut sig = 0;
+            // SAFETY: waits on the blocked set; writes the signal number into `sig`.
+            if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
+                log::info!("signal {sig}: stopping the VM");
+                latch.trigger(ExitReason::Stopped);
+            }
+        })
+        .map_err(|source| ember_vmm::VmError::Host {
+            what: "signal thread",
+            source,
+        })?;
+    vm.start()?;
+    Ok(vm.wait())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     env_logger::Builder::new()
@@ -136,7 +172,7 @@ fn main() -> ExitCode {
             return ExitCode::from(status::BAD_INPUT);
         }
     };
-    match Vm::run(&config) {
+    match run(&config) {
         Ok(reason) => {
             log::info!("guest exit: {reason:?}");
             ExitCode::from(match reason {

@@ -136,6 +136,37 @@ fn triple_fault_exits_with_status_4() {
     );
 }
 
+#[test]
+fn sigterm_stops_a_running_guest_with_status_5() {
+    if !kvm_available("sigterm_stops_a_running_guest_with_status_5") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = write(dir.path(), "spin.elf", &elf(&[0xeb, 0xfe], false)); // jmp $
+    let vsock = dir.path().join("v.sock");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ember-vmm"))
+        .arg("--kernel")
+        .arg(&kernel)
+        .arg("--vsock")
+        .arg(&vsock)
+        .args(["--memory-mib", "64", "--serial", "none"])
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while !vsock.exists() && start.elapsed() < std::time::Duration::from_secs(5) {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(vsock.exists(), "the VM came up");
+    // SAFETY: signals our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(5), "{status}");
+    assert!(
+        !vsock.exists(),
+        "the vsock socket file is removed with the VM"
+    );
+}
+
 /// Bad input: one line naming the problem, exit status 2, no panic.
 fn assert_bad_input(args: &[&str], expect: &str) {
     let os: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();

@@ -797,6 +797,13 @@ fn would_block(e: &vm_memory::VolatileMemoryError) -> bool {
     matches!(e, vm_memory::VolatileMemoryError::IOError(io) if io.kind() == ErrorKind::WouldBlock)
 }
 
+impl Drop for Muxer {
+    /// The listening socket file is the VMM's: remove it with the device.
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 /// `CONNECT <port>` → port.
 fn parse_connect(line: &[u8]) -> Option<u32> {
     let s = std::str::from_utf8(line).ok()?.trim_end_matches('\r');
