@@ -1,0 +1,69 @@
+//! Where build results are cached: `${XDG_CACHE_HOME:-$HOME/.cache}/ember`, outside the
+//! repository, so a second `make guest` (or another worktree) reuses them.
+
+use std::path::{Path, PathBuf};
+
+/// Errors from locating or filling the cache.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// Neither `XDG_CACHE_HOME` nor `HOME` is set.
+    #[error("cannot locate the cache directory: set XDG_CACHE_HOME or HOME, or pass --cache-dir")]
+    NoHome,
+    /// A cache directory could not be created or written.
+    #[error("cannot write the cache at {path}: {source}")]
+    Io {
+        /// The path involved.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// Returns ember's cache root from the environment: `$XDG_CACHE_HOME/ember`, else
+/// `$HOME/.cache/ember`.
+pub fn default_root() -> Result<PathBuf, CacheError> {
+    root_from(
+        std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from),
+        std::env::var_os("HOME").map(PathBuf::from),
+    )
+}
+
+/// Computes the cache root from the values of `XDG_CACHE_HOME` and `HOME` (an empty
+/// `XDG_CACHE_HOME` counts as unset, as the XDG spec says).
+pub fn root_from(xdg: Option<PathBuf>, home: Option<PathBuf>) -> Result<PathBuf, CacheError> {
+    match (xdg, home) {
+        (Some(x), _) if !x.as_os_str().is_empty() => Ok(x.join("ember")),
+        (_, Some(h)) if !h.as_os_str().is_empty() => Ok(h.join(".cache").join("ember")),
+        _ => Err(CacheError::NoHome),
+    }
+}
+
+/// Moves a fully written `staging` directory to `dest` in one rename, so readers never
+/// see half an entry; an existing `dest` (a concurrent build) is kept.
+pub fn install_dir(staging: &Path, dest: &Path) -> Result<(), CacheError> {
+    match std::fs::rename(staging, dest) {
+        Ok(()) => Ok(()),
+        Err(_) if dest.is_dir() => {
+            let _ = std::fs::remove_dir_all(staging);
+            Ok(())
+        }
+        Err(source) => Err(CacheError::Io {
+            path: dest.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xdg_wins_over_home() {
+        let r = root_from(Some("/x".into()), Some("/h".into())).unwrap();
+        assert_eq!(r, PathBuf::from("/x/ember"));
+        let r = root_from(Some("".into()), Some("/h".into())).unwrap();
+        assert_eq!(r, PathBuf::from("/h/.cache/ember"));
+        assert!(matches!(root_from(None, None), Err(CacheError::NoHome)));
+    }
+}
