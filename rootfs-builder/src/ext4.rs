@@ -211,7 +211,8 @@ pub fn list(image: &Path) -> Result<Vec<String>, Ext4Error> {
             } else {
                 format!("{dir}/{name}")
             };
-            if mode.starts_with("40") {
+            let is_dir = u32::from_str_radix(mode, 8).is_ok_and(|m| m & 0o170000 == 0o040000);
+            if is_dir {
                 stack.push(path.clone());
             }
             found.push(path);

@@ -355,44 +355,13 @@ pub fn build(
     let log = work.join("build.log");
     let started = Instant::now();
 
-    // Extract.
     progress.stage("extract", inputs.source_tarball.display());
-    let mut tar = Command::new("tar");
-    tar.arg("-xf")
-        .arg(&inputs.source_tarball)
-        .arg("-C")
-        .arg(&work);
-    run_logged("extract", tar, &log)?;
-    let src = single_subdir(&work)?;
+    let src = extract(&inputs.source_tarball, &work, &log)?;
     let kernel_version = makefile_version(&src)?;
     progress.stage("extract", format!("Linux {kernel_version}"));
-
-    // Patch.
-    for (path, info) in inputs.patch_paths.iter().zip(&inputs.patches) {
-        progress.stage("patch", &info.name);
-        let mut patch = Command::new("patch");
-        patch
-            .args(["-p1", "--forward", "--batch", "-i"])
-            .arg(path)
-            .current_dir(&src);
-        run_logged("patch", patch, &log)?;
-    }
-
-    // Configure: validate the fragment against this tree's Kconfig, then tinyconfig +
-    // fragment + olddefconfig, then check that nothing was dropped.
-    progress.stage("configure", "checking the fragment against Kconfig");
-    let symbols = kconfig::kconfig_symbols(&src)?;
-    inputs.fragment.check_known(&symbols)?;
-    progress.stage("configure", "make tinyconfig");
-    run_logged("configure", make(&src, &["tinyconfig"]), &log)?;
+    apply_patches(&src, &inputs.patch_paths, &log, progress)?;
+    configure(&src, &inputs.fragment, &log, progress)?;
     let dot_config = src.join(".config");
-    let base = std::fs::read_to_string(&dot_config).map_err(io_err(&dot_config))?;
-    std::fs::write(&dot_config, inputs.fragment.merge_into(&base)).map_err(io_err(&dot_config))?;
-    progress.stage("configure", "make olddefconfig");
-    run_logged("configure", make(&src, &["olddefconfig"]), &log)?;
-    inputs
-        .fragment
-        .check_applied(&kconfig::load_config(&dot_config)?)?;
 
     // Compile.
     progress.stage("compile", format!("make -j{} vmlinux", opts.jobs));
@@ -432,6 +401,58 @@ pub fn build(
     progress.stage("done", dest.display());
     KernelArtifacts::open(&dest)
         .ok_or_else(|| KernelError::Unexpected(format!("{} is incomplete", dest.display())))
+}
+
+/// Extracts a kernel source tarball into `into` and returns the source tree (the
+/// tarball's single top-level directory).
+pub fn extract(tarball: &Path, into: &Path, log: &Path) -> Result<PathBuf, KernelError> {
+    let mut tar = Command::new("tar");
+    tar.arg("-xf").arg(tarball).arg("-C").arg(into);
+    run_logged("extract", tar, log)?;
+    single_subdir(into)
+}
+
+/// Applies `patches` in order with `patch -p1` inside `src`.
+pub fn apply_patches(
+    src: &Path,
+    patches: &[PathBuf],
+    log: &Path,
+    progress: &Progress,
+) -> Result<(), KernelError> {
+    for path in patches {
+        progress.stage("patch", file_name(path));
+        let mut patch = Command::new("patch");
+        patch
+            .args(["-p1", "--forward", "--batch", "-i"])
+            .arg(path)
+            .current_dir(src);
+        run_logged("patch", patch, log)?;
+    }
+    Ok(())
+}
+
+/// Configures `src`: checks that every fragment option exists in this tree's Kconfig,
+/// runs `make tinyconfig`, merges the fragment, runs `make olddefconfig`, and checks
+/// that every fragment option kept its value. Returns the final `.config` options.
+pub fn configure(
+    src: &Path,
+    fragment: &Fragment,
+    log: &Path,
+    progress: &Progress,
+) -> Result<kconfig::Options, KernelError> {
+    progress.stage("configure", "checking the fragment against Kconfig");
+    let symbols = kconfig::kconfig_symbols(src)?;
+    fragment.check_known(&symbols)?;
+    progress.stage("configure", "make tinyconfig");
+    run_logged("configure", make(src, &["tinyconfig"]), log)?;
+    let dot_config = src.join(".config");
+    let base = std::fs::read_to_string(&dot_config).map_err(io_err(&dot_config))?;
+    std::fs::write(&dot_config, fragment.merge_into(&base)).map_err(io_err(&dot_config))?;
+    progress.stage("configure", "make olddefconfig");
+    run_logged("configure", make(src, &["olddefconfig"]), log)?;
+    let options = kconfig::load_config(&dot_config)?;
+    fragment.check_applied(&options)?;
+    Ok(options)
 }
 
 /// A `make` command in the source tree with a reproducible build identity and without
