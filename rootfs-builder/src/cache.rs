@@ -54,6 +54,39 @@ pub fn install_dir(staging: &Path, dest: &Path) -> Result<(), CacheError> {
     }
 }
 
+/// An exclusive advisory lock on a file in the cache, held until dropped, so two
+/// builders of the same entry (say `make guest` and a test run) do not share a work
+/// tree.
+#[derive(Debug)]
+pub struct Lock {
+    _file: std::fs::File,
+}
+
+impl Lock {
+    /// Blocks until the lock on `path` (created if needed) is ours.
+    pub fn acquire(path: &Path) -> Result<Self, CacheError> {
+        use std::os::unix::io::AsRawFd;
+        let io = |source| CacheError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(io)?;
+        }
+        let file = std::fs::File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(io)?;
+        // SAFETY: flock on a descriptor we own; no memory is involved.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(io(std::io::Error::last_os_error()));
+        }
+        Ok(Self { _file: file })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,5 +98,24 @@ mod tests {
         let r = root_from(Some("".into()), Some("/h".into())).unwrap();
         assert_eq!(r, PathBuf::from("/h/.cache/ember"));
         assert!(matches!(root_from(None, None), Err(CacheError::NoHome)));
+    }
+
+    #[test]
+    fn lock_is_exclusive_until_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.lock");
+        let held = Lock::acquire(&path).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p2 = path.clone();
+        let t = std::thread::spawn(move || {
+            let _l = Lock::acquire(&p2).unwrap();
+            tx.send(()).unwrap();
+        });
+        assert!(rx
+            .recv_timeout(std::time::Duration::from_millis(200))
+            .is_err());
+        drop(held);
+        rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap();
+        t.join().unwrap();
     }
 }

@@ -221,3 +221,47 @@ pub fn list(image: &Path) -> Result<Vec<String>, Ext4Error> {
     found.sort();
     Ok(found)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_size_leaves_room_and_rounds_to_mib() {
+        const MIB: u64 = 1 << 20;
+        assert_eq!(image_size(0), 8 * MIB);
+        assert_eq!(image_size(40 * MIB), 54 * MIB);
+        assert_eq!(image_size(40 * MIB + 1) % MIB, 0);
+    }
+
+    #[test]
+    fn owners_and_times_are_reset() {
+        if crate::tools::require(crate::tools::EXT4_TOOLS).is_err() {
+            eprintln!("SKIP owners_and_times_are_reset: mkfs.ext4/debugfs not installed (apt-get install e2fsprogs)");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("payload");
+        std::fs::write(&src, b"hello").unwrap();
+        let mut tree = Tree::new();
+        tree.add_file("/a/b", &src, 0o640).unwrap();
+        tree.add_symlink("/c", "a/b").unwrap();
+        let img = dir.path().join("t.ext4");
+        write_image(&tree, &img, 0).unwrap();
+        assert_eq!(list(&img).unwrap(), ["/a", "/a/b", "/c", "/lost+found"]);
+        let out = Command::new("debugfs")
+            .args(["-R", "stat /a/b"])
+            .arg(&img)
+            .output()
+            .unwrap();
+        let stat = String::from_utf8_lossy(&out.stdout);
+        assert!(stat.contains("Mode:  0640"), "{stat}");
+        assert!(stat.contains("User:     0   Group:     0"), "{stat}");
+        for field in ["ctime", "atime", "mtime", "crtime"] {
+            assert!(
+                stat.contains(&format!("{field}: 0x00000000:00000000")),
+                "{field} not reset: {stat}"
+            );
+        }
+    }
+}

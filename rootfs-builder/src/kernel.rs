@@ -339,14 +339,22 @@ pub fn build(
         progress.stage("cache", format!("hit {}", hit.dir.display()));
         return Ok(hit);
     }
+    tools::require(tools::KERNEL_TOOLS)?;
+    tools::require_files(tools::KERNEL_HEADERS)?;
+    let kernel_root = cache_root.join("kernel");
+    let _lock = cache::Lock::acquire(&kernel_root.join(format!("{key}.lock")))?;
+    if let Some(hit) = cached(inputs, cache_root) {
+        progress.stage(
+            "cache",
+            format!("hit {} (built by another run)", hit.dir.display()),
+        );
+        return Ok(hit);
+    }
     progress.stage(
         "cache",
         format!("miss (key {key}); building from {}", inputs.source_version),
     );
-    tools::require(tools::KERNEL_TOOLS)?;
-    tools::require_files(tools::KERNEL_HEADERS)?;
 
-    let kernel_root = cache_root.join("kernel");
     let work = kernel_root.join(format!("build-{key}"));
     if work.exists() {
         std::fs::remove_dir_all(&work).map_err(io_err(&work))?;

@@ -9,8 +9,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// Builds ember's guest assets: the guest kernel and the guest image with ember-agent.
+///
+/// Missing host tools are reported with the `apt-get install` line that provides them.
+/// Progress goes to stderr as `[kernel m:ss] stage: detail`; the artefacts and their
+/// sizes are printed on stdout.
 #[derive(Debug, Parser)]
-#[command(name = "ember-rootfs-builder", version, about, long_about = None)]
+#[command(name = "ember-rootfs-builder", version)]
 struct Cli {
     /// Workspace root (holds `rootfs-builder/kernel/` and the agent crate). Default:
     /// the workspace this binary was built from.
@@ -25,18 +29,24 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Build the guest kernel: Debian's linux-source-6.1 with `make tinyconfig`, ember's
-    /// config fragment (rootfs-builder/kernel/ember.config) and patches
+    /// Build the guest kernel (vmlinux, its .config, a manifest), cached.
+    ///
+    /// Builds Debian's linux-source-6.1 with `make tinyconfig`, ember's config fragment (rootfs-builder/kernel/ember.config) and patches
     /// (rootfs-builder/kernel/patches/, in name order). Writes DIR/vmlinux (uncompressed,
     /// PVH-bootable), DIR/vmlinux.config and DIR/kernel-manifest.json. Results are cached
     /// by source version + fragment hash + patch hashes, so a second run is instant.
     Kernel(KernelArgs),
-    /// Build the guest image: ember-agent (cargo build --release) as /init, the shared
+    /// Build the guest image (initramfs.cpio or rootfs.ext4) with ember-agent as /init.
+    ///
+    /// Packs ember-agent (cargo build --release) as /init, the shared
     /// libraries the dynamic loader resolves for it, and the mount-point directories;
     /// --debug adds busybox. Writes DIR/initramfs.cpio (newc) or DIR/rootfs.ext4,
     /// byte-for-byte reproducible.
     Image(ImageArgs),
     /// Build the kernel and both image formats into DIR (what `make guest` runs).
+    ///
+    /// Writes DIR/vmlinux, DIR/vmlinux.config, DIR/kernel-manifest.json,
+    /// DIR/initramfs.cpio and DIR/rootfs.ext4.
     All(AllArgs),
 }
 
