@@ -1,6 +1,7 @@
-//! The guest image: `ember-agent` as `/init`, the shared libraries it loads (copied to
-//! the paths the dynamic loader reports), the directories the agent mounts on, and with
-//! `--debug` a static busybox; written as a newc initramfs or an ext4 image.
+//! The guest image: `ember-agent` as `/init` (and `/sbin/init` linking to it), the
+//! shared libraries it loads (copied to the paths the dynamic loader reports), the
+//! directories the agent mounts on, and with `--debug` a static busybox; written as a
+//! newc initramfs or an ext4 image.
 
 use crate::cpio::{self, CpioError};
 use crate::ext4::{self, Ext4Error};
@@ -19,6 +20,10 @@ pub const MOUNT_POINTS: &[(&str, u32)] = &[
     ("/sys", 0o555),
     ("/tmp", 0o1777),
 ];
+
+/// Where the kernel looks for init on a disk root (it runs `/init` only from an
+/// initramfs): a symlink to `/init`, so the ext4 image boots without `init=/init`.
+pub const SBIN_INIT: (&str, &str) = ("/sbin/init", "/init");
 
 /// The timestamp of every entry (the epoch), so images do not depend on build time.
 pub const MTIME: u32 = 0;
@@ -98,6 +103,7 @@ pub fn assemble(spec: &ImageSpec) -> Result<Tree, ImageError> {
         tree.add_dir(dir, *mode)?;
     }
     tree.add_file("/init", &spec.agent, 0o755)?;
+    tree.add_symlink(SBIN_INIT.0, SBIN_INIT.1)?;
     add_libraries(&mut tree, &spec.agent)?;
     if let Some(busybox) = &spec.busybox {
         tree.add_file("/bin/busybox", busybox, 0o755)?;
@@ -229,10 +235,18 @@ mod tests {
                 "{lib:?} missing"
             );
         }
-        // Nothing but /init, libraries, their directories and the mount points.
+        assert_eq!(
+            tree.get("/sbin/init").unwrap().node,
+            Node::Symlink {
+                target: "/init".into()
+            }
+        );
+        // Nothing but /init, /sbin/init, libraries, their directories and mount points.
         for e in tree.entries() {
             let p = format!("/{}", e.path);
             let ok = p == "/init"
+                || p == "/sbin"
+                || p == "/sbin/init"
                 || MOUNT_POINTS.iter().any(|(d, _)| *d == p)
                 || libs.iter().any(|l| l.starts_with(&p));
             assert!(ok, "unexpected entry {p}");

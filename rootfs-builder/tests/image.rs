@@ -69,11 +69,19 @@ fn cpio_image_lists_agent_as_init_its_libraries_and_mount_points() {
             .expect(dir);
         assert_eq!(e.mode, S_IFDIR | mode, "{dir}");
     }
-    // Nothing else: every entry is /init, a library, a directory on a library's path,
-    // or a mount point.
+    let sbin_init = entries
+        .iter()
+        .find(|e| e.name == "sbin/init")
+        .expect("/sbin/init");
+    assert_eq!(sbin_init.mode & S_IFMT, S_IFLNK);
+    assert_eq!(sbin_init.data, b"/init");
+    // Nothing else: every entry is /init, /sbin/init, a library, a directory on a
+    // library's path, or a mount point.
     for e in &entries {
         let p = format!("/{}", e.name);
         let ok = p == "/init"
+            || p == "/sbin"
+            || p == "/sbin/init"
             || libs.contains(&p)
             || MOUNT_POINTS.iter().any(|(d, _)| *d == p)
             || (e.mode & S_IFMT == S_IFDIR && libs.iter().any(|l| l.starts_with(&format!("{p}/"))));

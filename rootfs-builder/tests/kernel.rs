@@ -210,6 +210,7 @@ fn cli_rejects_fragment_option_unknown_to_kconfig() {
 const CMDLINE: &str = "console=ttyS0 root=/dev/vda ro rootfstype=ext4 panic=-1 \
     noxsave nosmap nosmep clearcpuid=smap,smep,popcnt ember.boot_test=1";
 const MOUNTED: &str = "VFS: Mounted root (ext4 filesystem)";
+const RUN_INIT: &str = "Run /sbin/init as init process";
 
 #[test]
 fn kernel_boots_under_qemu_microvm_to_the_ext4_root_mount() {
@@ -279,23 +280,36 @@ fn kernel_boots_under_qemu_microvm_to_the_ext4_root_mount() {
         }
     });
 
+    // Phase 1: our command line and the root mount, within 180 s. Phase 2: the kernel
+    // starts the image's init (/sbin/init -> /init); give it 30 s to report a failure
+    // to execute it (under KVM's emulator the guest stops at the first user-space
+    // instruction, so nothing more is expected here).
     let deadline = Instant::now() + Duration::from_secs(180);
     let mut log = Vec::new();
-    let (mut saw_cmdline, mut saw_mount) = (false, false);
-    while Instant::now() < deadline && !(saw_cmdline && saw_mount) {
+    let (mut saw_cmdline, mut saw_mount, mut saw_run) = (false, false, false);
+    let mut grace: Option<Instant> = None;
+    loop {
+        if grace.is_some_and(|g| Instant::now() > g) || Instant::now() > deadline {
+            break;
+        }
         match rx.recv_timeout(Duration::from_secs(1)) {
             Ok(line) => {
                 let line = line.trim_end_matches('\r').to_string();
-                if line.contains("Command line:") && line.contains(CMDLINE) {
-                    saw_cmdline = true;
-                }
-                if line.contains(MOUNTED) {
-                    saw_mount = true;
-                }
+                saw_cmdline |= line.contains("Command line:") && line.contains(CMDLINE);
+                saw_mount |= line.contains(MOUNTED);
+                saw_run |= line.contains(RUN_INIT);
                 log.push(line);
+                if saw_cmdline && saw_mount && grace.is_none() {
+                    grace = Some(Instant::now() + Duration::from_secs(30));
+                }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 if let Ok(Some(_)) = qemu.try_wait() {
+                    // Drain what is left, then stop.
+                    while let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+                        saw_run |= line.contains(RUN_INIT);
+                        log.push(line);
+                    }
                     break;
                 }
             }
@@ -313,5 +327,15 @@ fn kernel_boots_under_qemu_microvm_to_the_ext4_root_mount() {
         saw_mount,
         "serial log never showed `{MOUNTED}` within 180 s:\n{tail}"
     );
+    let failed = log
+        .iter()
+        .find(|l| l.contains("Failed to execute") || l.contains("No working init found"));
+    assert!(
+        failed.is_none(),
+        "the kernel could not run the image's init:\n{tail}"
+    );
+    if !saw_run {
+        eprintln!("note: `{RUN_INIT}` not seen within the grace period");
+    }
     eprintln!("booted to the root mount; last lines:\n{tail}");
 }
