@@ -54,6 +54,60 @@ pub fn install_dir(staging: &Path, dest: &Path) -> Result<(), CacheError> {
     }
 }
 
+/// Prefix of directories waiting to be deleted.
+const TRASH_PREFIX: &str = ".trash-";
+
+/// Removes `dir` without waiting: renames it to a `.trash-*` sibling (instantly gone
+/// from its old name) and deletes that with a detached `rm -rf`, since deleting a
+/// kernel build tree (~1.3 GB, ~70k files) can take minutes on a busy disk. Leftovers
+/// of an interrupted removal are swept by [`sweep_trash`].
+pub fn discard_dir(dir: &Path) -> Result<(), CacheError> {
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let trash = parent.join(format!("{TRASH_PREFIX}{name}-{}", std::process::id()));
+    std::fs::rename(dir, &trash).map_err(|source| CacheError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    remove_in_background(&trash);
+    Ok(())
+}
+
+/// Starts background removal of every `.trash-*` directory under `parent`.
+pub fn sweep_trash(parent: &Path) {
+    let Ok(rd) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in rd.filter_map(Result::ok) {
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(TRASH_PREFIX)
+        {
+            remove_in_background(&entry.path());
+        }
+    }
+}
+
+fn remove_in_background(path: &Path) {
+    use std::process::{Command, Stdio};
+    // Not waited for: `rm` outlives this process if need be and is reaped by init.
+    let spawned = Command::new("rm")
+        .arg("-rf")
+        .arg("--")
+        .arg(path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    if spawned.is_err() {
+        let _ = std::fs::remove_dir_all(path);
+    }
+}
+
 /// An exclusive advisory lock on a file in the cache, held until dropped, so two
 /// builders of the same entry (say `make guest` and a test run) do not share a work
 /// tree.
@@ -98,6 +152,21 @@ mod tests {
         let r = root_from(Some("".into()), Some("/h".into())).unwrap();
         assert_eq!(r, PathBuf::from("/h/.cache/ember"));
         assert!(matches!(root_from(None, None), Err(CacheError::NoHome)));
+    }
+
+    #[test]
+    fn discarded_dirs_vanish() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("build-x");
+        std::fs::create_dir_all(victim.join("a/b")).unwrap();
+        std::fs::write(victim.join("a/b/f"), b"x").unwrap();
+        discard_dir(&victim).unwrap();
+        assert!(!victim.exists());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::fs::read_dir(dir.path()).unwrap().next().is_some() {
+            assert!(std::time::Instant::now() < deadline, "trash not removed");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 
     #[test]

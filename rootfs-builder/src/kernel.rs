@@ -9,7 +9,6 @@ use crate::kconfig::{self, Fragment, KconfigError};
 use crate::progress::Progress;
 use crate::tools::{self, ToolError};
 use serde::{Deserialize, Serialize};
-use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -355,9 +354,10 @@ pub fn build(
         format!("miss (key {key}); building from {}", inputs.source_version),
     );
 
+    cache::sweep_trash(&kernel_root);
     let work = kernel_root.join(format!("build-{key}"));
     if work.exists() {
-        std::fs::remove_dir_all(&work).map_err(io_err(&work))?;
+        cache::discard_dir(&work)?;
     }
     std::fs::create_dir_all(&work).map_err(io_err(&work))?;
     let log = work.join("build.log");
@@ -403,8 +403,11 @@ pub fn build(
     let dest = inputs.cache_dir(cache_root);
     cache::install_dir(&staging, &dest)?;
     if !opts.keep_tree {
-        progress.stage("cleanup", work.display());
-        std::fs::remove_dir_all(&work).map_err(io_err(&work))?;
+        progress.stage(
+            "cleanup",
+            format!("removing {} in the background", work.display()),
+        );
+        cache::discard_dir(&work)?;
     }
     progress.stage("done", dest.display());
     KernelArtifacts::open(&dest)
@@ -536,22 +539,18 @@ fn compile(mut cmd: Command, log: &Path, progress: &Progress) -> Result<(), Kern
         .map_err(|e| KernelError::Unexpected(format!("cannot run `{}`: {e}", describe(&cmd))))?;
     let stdout = child.stdout.take().expect("stdout is piped");
     let mut last_report = Instant::now();
+    // Kbuild prints one `  CC      path` style line per step.
     let mut steps = 0usize;
-    let mut recent: VecDeque<String> = VecDeque::new();
     for line in BufReader::new(stdout).lines() {
         let Ok(line) = line else { break };
         let _ = writeln!(out, "{line}");
         if line.starts_with("  ") {
             steps += 1;
         }
-        recent.push_back(line);
-        if recent.len() > 1 {
-            recent.pop_front();
-        }
         if last_report.elapsed() >= Duration::from_secs(15) {
             last_report = Instant::now();
-            let last = recent.back().map(|s| s.trim()).unwrap_or("");
-            progress.stage("compile", format!("{steps} steps, at `{last}`"));
+            let step = line.split_whitespace().collect::<Vec<_>>().join(" ");
+            progress.stage("compile", format!("{steps} steps, at {step}"));
         }
     }
     let status = child
