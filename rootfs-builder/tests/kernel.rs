@@ -299,6 +299,14 @@ fn kernel_boots_under_qemu_microvm_to_the_ext4_root_mount() {
                 saw_mount |= line.contains(MOUNTED);
                 saw_run |= line.contains(RUN_INIT);
                 log.push(line);
+                if log.last().is_some_and(|l| l.contains("KVM internal error")) {
+                    // QEMU pauses the guest and keeps running; collect the register
+                    // dump for the message and stop.
+                    while let Ok(line) = rx.recv_timeout(Duration::from_millis(500)) {
+                        log.push(line);
+                    }
+                    break;
+                }
                 if saw_cmdline && saw_mount && grace.is_none() {
                     grace = Some(Instant::now() + Duration::from_secs(30));
                 }
