@@ -264,3 +264,54 @@ fn debug_image_adds_busybox_shell() {
     let plain = cpio::read(&std::fs::read(plain.path().join("initramfs.cpio")).unwrap()).unwrap();
     assert!(plain.iter().all(|e| !e.name.starts_with("bin")));
 }
+
+/// The libraries copied into the image are enough for the loader: a dynamically linked
+/// binary packed as `/init` (here `ls`, which needs more than libc) runs in a chroot of
+/// the unpacked initramfs, with no ld.so.cache there.
+#[test]
+fn packed_binary_runs_in_a_chroot_of_the_image() {
+    let test = "packed_binary_runs_in_a_chroot_of_the_image";
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return skip(test, "chroot needs root");
+    }
+    let Some(ls) = ember_rootfs_builder::tools::find("ls") else {
+        return skip(test, "no `ls` on PATH (apt-get install coreutils)");
+    };
+    let out = tempfile::tempdir().unwrap();
+    builder_ok(&[
+        "image",
+        "--workspace",
+        &ws(),
+        "--agent",
+        s(&ls),
+        "--out",
+        s(out.path()),
+    ]);
+    let bytes = std::fs::read(out.path().join("initramfs.cpio")).unwrap();
+    let root = out.path().join("root");
+    for e in cpio::read(&bytes).unwrap() {
+        let p = root.join(&e.name);
+        match e.mode & S_IFMT {
+            S_IFDIR => std::fs::create_dir_all(&p).unwrap(),
+            S_IFLNK => std::os::unix::fs::symlink(String::from_utf8(e.data).unwrap(), &p).unwrap(),
+            _ => {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::write(&p, &e.data).unwrap();
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(e.mode & 0o7777))
+                    .unwrap();
+            }
+        }
+    }
+    let run = Command::new("chroot")
+        .arg(&root)
+        .args(["/sbin/init", "-d", "/"])
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "/init did not run in the image: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&run.stdout).trim(), "/");
+}
