@@ -257,8 +257,9 @@ mod tests {
     #[test]
     fn host_cpio_reads_our_archive() {
         let Some(cpio) = crate::tools::find("cpio") else {
-            eprintln!(
-                "SKIP host_cpio_reads_our_archive: `cpio` not installed (apt-get install cpio)"
+            crate::tools::skip_notice(
+                "host_cpio_reads_our_archive",
+                "`cpio` not installed (apt-get install cpio)",
             );
             return;
         };

@@ -237,7 +237,10 @@ mod tests {
     #[test]
     fn owners_and_times_are_reset() {
         if crate::tools::require(crate::tools::EXT4_TOOLS).is_err() {
-            eprintln!("SKIP owners_and_times_are_reset: mkfs.ext4/debugfs not installed (apt-get install e2fsprogs)");
+            crate::tools::skip_notice(
+                "owners_and_times_are_reset",
+                "mkfs.ext4/debugfs not installed (apt-get install e2fsprogs)",
+            );
             return;
         }
         let dir = tempfile::tempdir().unwrap();

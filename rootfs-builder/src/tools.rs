@@ -136,6 +136,14 @@ pub fn require_files(files: &[(&'static str, &'static str)]) -> Result<(), ToolE
     Ok(())
 }
 
+/// Test helper: reports a skipped test on the process's stderr, bypassing the test
+/// harness's output capture so the skip is visible in a normal `cargo test` run.
+#[cfg(test)]
+pub(crate) fn skip_notice(test: &str, why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIP {test}: {why}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
