@@ -291,7 +291,7 @@ fn kernel_boots_under_qemu_microvm_to_the_ext4_root_mount() {
     });
 
     // Phase 1: our command line and the root mount, within 180 s. Phase 2: the kernel
-    // starts the image's init (/sbin/init -> /init); give it 30 s to report a failure
+    // starts the image's init (/sbin/init -> /init); give it 20 s to report a failure
     // to execute it (under KVM's emulator the guest stops at the first user-space
     // instruction, so nothing more is expected here).
     let deadline = Instant::now() + Duration::from_secs(180);
@@ -318,7 +318,7 @@ fn kernel_boots_under_qemu_microvm_to_the_ext4_root_mount() {
                     break;
                 }
                 if saw_cmdline && saw_mount && grace.is_none() {
-                    grace = Some(Instant::now() + Duration::from_secs(30));
+                    grace = Some(Instant::now() + Duration::from_secs(20));
                 }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
