@@ -10,7 +10,7 @@ pub const AGENT_PACKAGE: &str = "ember-agent";
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     /// cargo could not be started.
-    #[error("cannot run `{cargo}`: {source}; install Rust (cargo) or set CARGO")]
+    #[error("cannot run `{cargo}`: {source}; install Rust with rustup (or `apt-get install cargo`), or set CARGO")]
     Spawn {
         /// The cargo program.
         cargo: String,
@@ -34,6 +34,7 @@ pub enum AgentError {
 /// the executable (read from cargo's JSON messages, so `CARGO_TARGET_DIR` and
 /// `--target-dir` settings are honoured). Compiler diagnostics go to stderr.
 pub fn build(workspace: &Path) -> Result<PathBuf, AgentError> {
+    // `CARGO` is set when running under `cargo run`; else cargo must be on PATH.
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     let out = Command::new(&cargo)
         .args([

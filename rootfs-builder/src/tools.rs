@@ -71,7 +71,7 @@ pub const KERNEL_TOOLS: &[Tool] = &[
 pub const KERNEL_HEADERS: &[(&str, &str)] = &[("/usr/include/libelf.h", "libelf-dev")];
 
 /// Programs the image build runs for both formats.
-pub const IMAGE_TOOLS: &[Tool] = &[tool("cargo", "cargo"), tool("ldd", "libc-bin")];
+pub const IMAGE_TOOLS: &[Tool] = &[tool("ldd", "libc-bin")];
 
 /// Extra programs the ext4 format needs.
 pub const EXT4_TOOLS: &[Tool] = &[tool("mkfs.ext4", "e2fsprogs"), tool("debugfs", "e2fsprogs")];
