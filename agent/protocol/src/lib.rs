@@ -3,11 +3,12 @@
 //!
 //! It owns `proto/agent.proto`, ember's own service definition, the Rust code that
 //! `ttrpc-codegen` generates from it ([`agent`] messages, [`agent_ttrpc`] services and
-//! clients), the protocol version ([`PROTOCOL_VERSION`], checked with [`check_version`]),
+//! clients), a connection helper for the runtime ([`AgentConnection`]), the protocol version ([`PROTOCOL_VERSION`], checked with [`check_version`]),
 //! the agent's listen addresses ([`address`]) and the header that opens a stdio stream
 //! connection ([`stream`]).
 
 pub mod address;
+pub mod client;
 pub mod stream;
 pub mod version;
 
@@ -24,6 +25,7 @@ pub mod agent_ttrpc {
 }
 
 pub use address::{Address, AddressError};
+pub use client::{AgentConnection, ClientError};
 pub use stream::{StreamError, StreamStatus};
 pub use version::{check_version, VersionError, PROTOCOL_VERSION};
 
