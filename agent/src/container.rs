@@ -132,6 +132,8 @@ struct Container {
     execs: HashMap<String, Process>,
     storages: Vec<Mounted>,
     started: bool,
+    /// The spec has hooks: start and delete then run in the spawn helper.
+    hooks: bool,
     oom_task: JoinHandle<()>,
 }
 
@@ -324,6 +326,19 @@ impl Containers {
         }
     }
 
+    /// Runs a libcontainer operation that waits for child processes (hooks) in the
+    /// single-threaded helper, where no reaper races it.
+    async fn in_helper(&self, id: &str, req: SpawnRequest) -> Result<(), ContainerError> {
+        let (child, _) = self.streams.pipes("", "", "")?;
+        spawn::spawn(&self.reaper, &req, child)
+            .await
+            .map(|_| ())
+            .map_err(|source| ContainerError::Spawn {
+                id: id.to_string(),
+                source,
+            })
+    }
+
     /// Creates a container whose init waits for [`Containers::start`]. On failure nothing
     /// is left behind: no process, mount, cgroup, state or stream.
     pub async fn create(
@@ -343,6 +358,18 @@ impl Containers {
             .as_ref()
             .and_then(|p| p.terminal())
             .unwrap_or(false);
+        let hooks = spec.hooks().as_ref().is_some_and(|h| {
+            [
+                h.prestart(),
+                h.create_runtime(),
+                h.create_container(),
+                h.start_container(),
+                h.poststart(),
+                h.poststop(),
+            ]
+            .iter()
+            .any(|l| l.as_ref().is_some_and(|l| !l.is_empty()))
+        });
         let mounted = storage::mount_all(storages)?;
         let bundle = self.bundles.join(id);
         let result = async {
@@ -386,6 +413,7 @@ impl Containers {
                 execs: HashMap::new(),
                 storages: mounted,
                 started: false,
+                hooks,
                 oom_task,
             },
         );
@@ -451,23 +479,34 @@ impl Containers {
 
     /// Starts a created container.
     pub async fn start(&self, id: &str) -> Result<i32, ContainerError> {
-        let pid = self.with(id, |c| {
+        let (pid, hooks) = self.with(id, |c| {
             if c.started {
                 return Err(ContainerError::State {
                     id: id.to_string(),
                     message: "is already started".into(),
                 });
             }
-            Ok(c.init.pid)
+            Ok((c.init.pid, c.hooks))
         })?;
-        let dir = self.root.join(id);
-        let idc = id.to_string();
-        blocking(move || {
-            LcContainer::load(dir)
-                .and_then(|mut c| c.start())
-                .map_err(|e| lc_err(&idc, "start", e))
-        })
-        .await?;
+        if hooks {
+            self.in_helper(
+                id,
+                SpawnRequest::Start {
+                    id: id.to_string(),
+                    root: self.root.clone(),
+                },
+            )
+            .await?;
+        } else {
+            let dir = self.root.join(id);
+            let idc = id.to_string();
+            blocking(move || {
+                LcContainer::load(dir)
+                    .and_then(|mut c| c.start())
+                    .map_err(|e| lc_err(&idc, "start", e))
+            })
+            .await?;
+        }
         self.with(id, |c| {
             c.started = true;
             Ok(())
@@ -623,7 +662,17 @@ impl Containers {
         })?;
         let dir = self.root.join(id);
         let idc = id.to_string();
-        if dir.exists() {
+        let hooks = self.with(id, |c| Ok(c.hooks))?;
+        if dir.exists() && hooks {
+            self.in_helper(
+                id,
+                SpawnRequest::Delete {
+                    id: id.to_string(),
+                    root: self.root.clone(),
+                },
+            )
+            .await?;
+        } else if dir.exists() {
             blocking(move || {
                 LcContainer::load(dir)
                     .and_then(|mut c| c.delete(true))

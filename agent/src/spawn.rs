@@ -8,11 +8,14 @@
 //! the fork, and the child would deadlock on it. So the agent re-executes itself as
 //! `ember-agent spawn REQUEST` (a fresh, single-threaded process with no runtime) for the
 //! two operations that fork: creating a container (`ContainerBuilder::as_init`) and
-//! executing a process in it (`ContainerBuilder::as_tenant`). The helper's stdin, stdout and
+//! executing a process in it (`ContainerBuilder::as_tenant`), and for start and delete
+//! of containers with hooks (libcontainer waits for each hook child, which the agent's
+//! reaper would otherwise reap first). The helper's stdin, stdout and
 //! stderr are the new process's stdio; it reports `{"Ok": pid}` or `{"Err": message}` as
 //! one line on fd 3 and exits. The container process, a child of the helper, is then re-parented to
 //! the agent (PID 1 or a child subreaper), which reaps it and so learns its exact exit
-//! status. Start, kill, pause, resume and delete do not fork and run in the agent.
+//! status. Kill, pause, resume, and start and delete of hook-less containers do not fork
+//! and run in the agent.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
@@ -22,6 +25,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::container::Container;
 use libcontainer::syscall::syscall::SyscallType;
 use serde::{Deserialize, Serialize};
 
@@ -54,6 +58,21 @@ pub enum SpawnRequest {
         process: PathBuf,
         /// Unix socket on which the process sends its terminal's master fd.
         console_socket: Option<PathBuf>,
+    },
+    /// Start a created container whose spec has hooks (poststart hooks are child
+    /// processes that libcontainer waits for, which the agent's reaper would steal).
+    Start {
+        /// Container id.
+        id: String,
+        /// libcontainer's state root.
+        root: PathBuf,
+    },
+    /// Delete a container whose spec has hooks (poststop hooks), killing it first.
+    Delete {
+        /// Container id.
+        id: String,
+        /// libcontainer's state root.
+        root: PathBuf,
     },
 }
 
@@ -145,6 +164,16 @@ fn run_request(req: SpawnRequest) -> Result<i32, String> {
             .build()
             .map(|p| p.as_raw())
             .map_err(chain),
+        SpawnRequest::Start { id, root } => {
+            let mut c = Container::load(root.join(&id)).map_err(chain)?;
+            c.start().map_err(chain)?;
+            Ok(c.pid().map(|p| p.as_raw()).unwrap_or(0))
+        }
+        SpawnRequest::Delete { id, root } => {
+            let mut c = Container::load(root.join(&id)).map_err(chain)?;
+            c.delete(true).map_err(chain)?;
+            Ok(0)
+        }
     }
 }
 

@@ -325,3 +325,52 @@ async fn update_changes_the_pids_limit() {
     );
     a.remove("upd", true).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capabilities_rlimits_and_masked_paths_are_applied() {
+    if skip("capabilities_rlimits_and_masked_paths_are_applied") {
+        return;
+    }
+    let a = TestAgent::start().await;
+    // A masked path that exists on this kernel (masked paths are bind mounts of /dev/null).
+    let masked = ["/proc/timer_list", "/proc/keys", "/proc/kcore"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("a maskable /proc file");
+    let script = format!(
+        "grep -E '^(CapBnd|CapEff|NoNewPrivs)' /proc/self/status; ulimit -n; \
+         wc -c < {masked}; echo 1 > /proc/sys/kernel/domainname || echo sys-ro; hostname"
+    );
+    let (s, out, _) = a.run("sec", &sh(&script)).await;
+    assert_eq!(s, 0);
+    let lines: Vec<&str> = out.lines().map(|l| l.trim()).collect();
+    // The default set: CHOWN DAC_OVERRIDE FOWNER FSETID KILL SETGID SETUID SETPCAP
+    // NET_BIND_SERVICE NET_RAW SYS_CHROOT MKNOD AUDIT_WRITE SETFCAP.
+    assert_eq!(lines[0], "CapEff:\t00000000a80425fb".trim(), "{out}");
+    assert_eq!(lines[1], "CapBnd:\t00000000a80425fb".trim(), "{out}");
+    assert_eq!(lines[2], "NoNewPrivs:\t1".trim(), "{out}");
+    assert_eq!(lines[3], "1024", "{out}");
+    assert_eq!(lines[4], "0", "{masked} is masked: {out}");
+    assert_eq!(lines[5], "sys-ro", "{out}");
+    assert_eq!(lines[6], "ember", "uts namespace hostname: {out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hooks_run_in_the_agent_namespace() {
+    if skip("hooks_run_in_the_agent_namespace") {
+        return;
+    }
+    let a = TestAgent::start().await;
+    let marker = a.dir.path().join("hook-marker");
+    let mut spec = sh("true");
+    spec["hooks"] = json!({
+        "poststart": [{"path": "/bin/sh", "args": ["sh", "-c", format!("echo started >> {}", marker.display())]}],
+        "poststop": [{"path": "/bin/sh", "args": ["sh", "-c", format!("echo stopped >> {}", marker.display())]}]
+    });
+    let (s, _, _) = a.run("hooks", &spec).await;
+    assert_eq!(s, 0);
+    assert_eq!(
+        std::fs::read_to_string(&marker).unwrap(),
+        "started\nstopped\n"
+    );
+}
