@@ -515,7 +515,8 @@ impl Containers {
         Ok(pid)
     }
 
-    /// Runs an additional process (an OCI `process` JSON) in a running container.
+    /// Runs an additional process (an OCI `process` JSON) in a running container. The
+    /// exec id must not name a process that is still running.
     pub async fn exec(
         &self,
         id: &str,
@@ -526,12 +527,19 @@ impl Containers {
         spec::check_id("exec_id", exec_id)?;
         let process: oci_spec::runtime::Process = spec::parse("process_json", process_json)?;
         spec::check_process(&process, "process_json: ")?;
+        let streams = &self.streams;
         let bundle = self.with(id, |c| {
-            if c.execs.contains_key(exec_id) {
-                return Err(ContainerError::ExecExists {
-                    container: id.to_string(),
-                    exec: exec_id.to_string(),
-                });
+            // An exec id is free again once its process has exited (containerd reuses ids).
+            if let Some(old) = c.execs.get(exec_id) {
+                if old.exit.borrow().is_none() {
+                    return Err(ContainerError::ExecExists {
+                        container: id.to_string(),
+                        exec: exec_id.to_string(),
+                    });
+                }
+                if let Some(old) = c.execs.remove(exec_id) {
+                    streams.release(&old.stdio.ids);
+                }
             }
             if !c.started || c.init.exit.borrow().is_some() {
                 return Err(ContainerError::State {

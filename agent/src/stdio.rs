@@ -52,12 +52,19 @@ enum Endpoint {
     Output(File),
 }
 
+/// An attached connection: a dup of its socket, whether it feeds an input, and its
+/// attachment generation.
+type Attached = (OwnedFd, bool, u64);
+
 /// Stream ids waiting for their connection, and the sockets attached so far.
 #[derive(Clone, Default)]
 pub struct StreamRegistry {
     pending: Arc<Mutex<HashMap<String, Endpoint>>>,
-    /// Attached connections, by stream id, so that removing a process can end them.
-    attached: Arc<Mutex<HashMap<String, OwnedFd>>>,
+    /// Attached connections, by stream id: a dup of the socket and whether it feeds an
+    /// input, so that removing a process can end its stdin threads.
+    attached: Arc<Mutex<HashMap<String, Attached>>>,
+    /// Distinguishes successive attachments of a reused stream id.
+    generation: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// The agent-side ends of one process's stdio.
@@ -199,15 +206,19 @@ impl StreamRegistry {
         })
     }
 
-    /// Forgets a process's streams: unattached pipes are closed and attached connections
-    /// shut down, which ends their threads.
+    /// Forgets a process's streams: unattached pipes are closed and attached stdin
+    /// connections shut down, which ends their threads. Attached output streams are left
+    /// to drain: they end at EOF once the process's last writer is gone, so output is not
+    /// cut off by a removal that races the reader.
     pub fn release(&self, ids: &[String]) {
         let mut pending = self.pending.lock().expect("stdio lock");
         let mut attached = self.attached.lock().expect("stdio lock");
         for id in ids {
             pending.remove(id);
-            if let Some(sock) = attached.remove(id) {
-                let _ = shutdown(sock.as_raw_fd(), Shutdown::Both);
+            if let Some((sock, input, _)) = attached.remove(id) {
+                if input {
+                    let _ = shutdown(sock.as_raw_fd(), Shutdown::Both);
+                }
             }
         }
     }
@@ -262,12 +273,16 @@ impl StreamRegistry {
             warn!(log, "stream setup failed"; "stream" => &id, "error" => %e);
             return;
         }
+        let input = matches!(endpoint, Endpoint::Input(_));
+        let generation = self
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match sock.try_clone() {
             Ok(dup) => {
                 self.attached
                     .lock()
                     .expect("stdio lock")
-                    .insert(id.clone(), dup);
+                    .insert(id.clone(), (dup, input, generation));
             }
             Err(e) => {
                 warn!(log, "stream setup failed"; "stream" => &id, "error" => %e);
@@ -282,7 +297,11 @@ impl StreamRegistry {
                 Endpoint::Output(src) => splice_out(src, sock),
                 Endpoint::Input(dst) => splice_in(sock, dst),
             }
-            registry.attached.lock().expect("stdio lock").remove(&id);
+            let mut attached = registry.attached.lock().expect("stdio lock");
+            if attached.get(&id).is_some_and(|e| e.2 == generation) {
+                attached.remove(&id);
+            }
+            drop(attached);
             debug!(log, "stream closed"; "stream" => &id);
         });
     }

@@ -174,15 +174,23 @@ async fn exec_runs_in_a_running_container() {
     // The exec shares the container's pid namespace: it is not pid 1 there.
     let pid: i32 = a.read_stream("e1-e").await.trim().parse().unwrap();
     assert!(pid > 1);
-    // A duplicate exec id is refused.
+    // The id of a running exec is refused; once it has exited it can be reused.
+    a.exec("ex", "long", &sh_process("sleep 100"), "", "", "")
+        .await
+        .unwrap();
     let e = a
-        .exec("ex", "e1", &sh_process("true"), "", "", "")
+        .exec("ex", "long", &sh_process("true"), "", "", "")
         .await
         .unwrap_err();
     assert!(
-        e.contains("already has a process with exec_id") && e.contains("e1"),
+        e.contains("already has a process with exec_id") && e.contains("long"),
         "{e}"
     );
+    a.exec("ex", "e1", &sh_process("echo again"), "", "e1b-o", "")
+        .await
+        .unwrap();
+    assert_eq!(a.wait("ex", "e1").await.unwrap(), 0);
+    assert_eq!(a.read_stream("e1b-o").await, "again\n");
     // Exec stdin/stdout.
     a.exec(
         "ex",
