@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 
 use crate::cgroup::{self, CgroupError};
 use crate::reaper::Reaper;
-use crate::spawn::{self, SpawnError, SpawnRequest};
+use crate::spawn::{self, SpawnError, SpawnRequest, Spawner};
 use crate::spec::{self, SpecError};
 use crate::stdio::{self, ProcessStdio, StdioError, StreamRegistry};
 use crate::storage::{self, Mounted, StorageError};
@@ -152,6 +152,7 @@ pub struct StreamIds {
 pub struct Containers {
     log: Logger,
     reaper: Reaper,
+    spawner: Spawner,
     streams: StreamRegistry,
     /// libcontainer's state root.
     root: PathBuf,
@@ -208,6 +209,7 @@ impl Containers {
         let (oom_tx, oom_rx) = mpsc::unbounded_channel();
         Ok(Containers {
             log,
+            spawner: Spawner::new(reaper.clone()),
             reaper,
             streams,
             root,
@@ -266,7 +268,7 @@ impl Containers {
             let req = make_req(Some(sock.path().to_path_buf()));
             let (child, _) = self.streams.pipes("", "", "")?;
             let receive = tokio::spawn(sock.receive());
-            let pid = match spawn::spawn(&self.reaper, &req, child).await {
+            let pid = match self.spawner.spawn(&req, child).await {
                 Ok(pid) => pid,
                 Err(source) => {
                     receive.abort();
@@ -308,7 +310,7 @@ impl Containers {
         } else {
             let (child, stdio) = self.streams.pipes(&ids.stdin, &ids.stdout, &ids.stderr)?;
             let req = make_req(None);
-            match spawn::spawn(&self.reaper, &req, child).await {
+            match self.spawner.spawn(&req, child).await {
                 Ok(pid) => Ok(Process {
                     pid,
                     exit: self.watch_exit(pid),
@@ -330,7 +332,8 @@ impl Containers {
     /// single-threaded helper, where no reaper races it.
     async fn in_helper(&self, id: &str, req: SpawnRequest) -> Result<(), ContainerError> {
         let (child, _) = self.streams.pipes("", "", "")?;
-        spawn::spawn(&self.reaper, &req, child)
+        self.spawner
+            .spawn(&req, child)
             .await
             .map(|_| ())
             .map_err(|source| ContainerError::Spawn {

@@ -60,10 +60,7 @@ struct Cli {
 enum Command {
     /// Internal: the single-threaded helper that creates a container process (see spawn.rs).
     #[command(hide = true)]
-    Spawn {
-        /// The JSON request.
-        request: String,
-    },
+    Spawn,
 }
 
 /// Errors that stop the agent.
@@ -244,8 +241,8 @@ async fn serve(cli: Cli, log: Logger) -> Result<(), AgentError> {
 fn main() {
     let cli = Cli::parse();
     // The spawn helper must stay single-threaded: no runtime, no logger thread.
-    if let Some(Command::Spawn { request }) = &cli.command {
-        std::process::exit(spawn::helper_main(request));
+    if let Some(Command::Spawn) = &cli.command {
+        std::process::exit(spawn::helper_main());
     }
     let log = match logger(&cli.log_level) {
         Ok(l) => l,

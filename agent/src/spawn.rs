@@ -10,19 +10,30 @@
 //! two operations that fork: creating a container (`ContainerBuilder::as_init`) and
 //! executing a process in it (`ContainerBuilder::as_tenant`), and for start and delete
 //! of containers with hooks (libcontainer waits for each hook child, which the agent's
-//! reaper would otherwise reap first). The helper's stdin, stdout and
-//! stderr are the new process's stdio; it reports `{"Ok": pid}` or `{"Err": message}` as
-//! one line on fd 3 and exits. The container process, a child of the helper, is then re-parented to
+//! reaper would otherwise reap first).
+//!
+//! One helper is always started ahead of time ("warm"), so that its exec, dynamic linking
+//! and start-up are off the container's critical path. It waits on fd 3, one end of a
+//! `SOCK_SEQPACKET` socket pair, for one message: the JSON request with the new process's
+//! stdin, stdout and stderr attached (`SCM_RIGHTS`), which it installs as its own fds 0-2
+//! for libcontainer to hand down. It answers `{"Ok": pid}` or `{"Err": message}` in one
+//! message on the same socket and exits; the agent then starts the next warm helper. The container process, a child of the helper, is then re-parented to
 //! the agent (PID 1 or a child subreaper), which reaps it and so learns its exact exit
 //! status. Kill, pause, resume, and start and delete of hook-less containers do not fork
 //! and run in the agent.
 
-use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use nix::sys::socket::{
+    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
+    SockFlag, SockType, UnixAddr,
+};
+use tokio::sync::oneshot;
 
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::Container;
@@ -31,8 +42,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::reaper::Reaper;
 
-/// The fd on which the helper reports its result.
-const RESULT_FD: i32 = 3;
+/// The helper's end of its socket pair.
+const HELPER_FD: i32 = 3;
+/// Largest request or result message.
+const MAX_MESSAGE: usize = 64 * 1024;
 
 /// What the helper is asked to do.
 #[derive(Debug, Serialize, Deserialize)]
@@ -96,6 +109,9 @@ pub enum SpawnError {
     /// The helper died without reporting.
     #[error("the spawn helper exited with status {0} without reporting a result")]
     NoResult(i32),
+    /// Sending the request to the helper failed.
+    #[error("cannot hand the request to the spawn helper: {0}")]
+    Send(nix::Error),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -177,26 +193,66 @@ fn run_request(req: SpawnRequest) -> Result<i32, String> {
     }
 }
 
-/// The helper's `main`: runs one request and reports on fd 3. Must be called before any
-/// thread is started.
-pub fn helper_main(request_json: &str) -> i32 {
-    let result = match serde_json::from_str::<SpawnRequest>(request_json) {
+/// The helper's `main`: receives one request on fd 3, runs it and answers there. Must be
+/// called before any thread is started.
+pub fn helper_main() -> i32 {
+    // SAFETY: the agent hands the helper fd 3 as its end of the socket pair.
+    let sock = unsafe { OwnedFd::from_raw_fd(HELPER_FD) };
+    let result = match receive_request(&sock) {
         Ok(req) => match run_request(req) {
             Ok(pid) => SpawnResult::Ok(pid),
             Err(e) => SpawnResult::Err(e),
         },
-        Err(e) => SpawnResult::Err(format!("spawn helper: bad request: {e}")),
+        // The agent closed the socket without a request (it is shutting down or dropped
+        // this warm helper): nothing to do.
+        Err(None) => return 0,
+        Err(Some(e)) => SpawnResult::Err(format!("spawn helper: {e}")),
     };
-    // SAFETY: the agent hands the helper fd 3 as the write end of the result pipe.
-    let mut out = unsafe { File::from_raw_fd(RESULT_FD) };
-    // One line: the container process inherits fd 3 (clone without exec) and keeps it
-    // open until it execs, so the agent reads up to the newline instead of EOF.
-    let mut json = serde_json::to_vec(&result).unwrap_or_default();
-    json.push(b'\n');
-    if out.write_all(&json).is_err() {
-        return 1;
+    // One message: the container process inherits fd 3 (clone without exec) and keeps it
+    // open until it execs, so the agent reads one message instead of waiting for EOF.
+    let json = serde_json::to_vec(&result).unwrap_or_default();
+    match nix::sys::socket::send(sock.as_raw_fd(), &json, MsgFlags::empty()) {
+        Ok(_) => 0,
+        Err(_) => 1,
     }
-    0
+}
+
+/// Receives the request and installs the attached fds as stdin, stdout and stderr.
+/// `Err(None)` means the agent closed the socket.
+fn receive_request(sock: &OwnedFd) -> Result<SpawnRequest, Option<String>> {
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    let mut iov = [IoSliceMut::new(&mut buf)];
+    let mut cmsg = nix::cmsg_space!([RawFd; 3]);
+    let msg = recvmsg::<UnixAddr>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::empty(),
+    )
+    .map_err(|e| Some(format!("receiving the request: {e}")))?;
+    if msg.bytes == 0 {
+        return Err(None);
+    }
+    let len = msg.bytes;
+    let mut fds = Vec::new();
+    for c in msg.cmsgs().map_err(|e| Some(e.to_string()))? {
+        if let ControlMessageOwned::ScmRights(f) = c {
+            fds.extend(f);
+        }
+    }
+    if fds.len() != 3 {
+        return Err(Some(format!("expected 3 stdio fds, got {}", fds.len())));
+    }
+    for (i, fd) in fds.iter().enumerate() {
+        // SAFETY: dup2 onto the standard fds; the received fds are ours to close.
+        unsafe {
+            if libc::dup2(*fd, i as i32) < 0 {
+                return Err(Some(format!("dup2: {}", std::io::Error::last_os_error())));
+            }
+            libc::close(*fd);
+        }
+    }
+    serde_json::from_slice(&buf[..len]).map_err(|e| Some(format!("bad request: {e}")))
 }
 
 /// The three stdio fds of a new process.
@@ -209,58 +265,122 @@ pub struct ChildStdio {
     pub stderr: OwnedFd,
 }
 
-/// Runs `req` in a helper process and returns the new process's pid.
-pub async fn spawn(
-    reaper: &Reaper,
-    req: &SpawnRequest,
-    stdio: ChildStdio,
-) -> Result<i32, SpawnError> {
-    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
-    let json = serde_json::to_string(req).expect("spawn request serializes");
-    let (result_r, result_w) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| SpawnError::Io(e.into()))?;
+/// A started helper waiting for its request.
+struct WarmHelper {
+    sock: OwnedFd,
+    exit: oneshot::Receiver<i32>,
+}
 
-    let mut cmd = Command::new(&exe);
-    cmd.arg("spawn")
-        .arg(json)
-        .stdin(Stdio::from(stdio.stdin))
-        .stdout(Stdio::from(stdio.stdout))
-        .stderr(Stdio::from(stdio.stderr));
-    let wfd = result_w.as_raw_fd();
-    // SAFETY: between fork and exec only async-signal-safe calls (dup2, fcntl) are made.
-    unsafe {
-        cmd.pre_exec(move || {
-            if wfd == RESULT_FD {
-                if libc::fcntl(wfd, libc::F_SETFD, 0) != 0 {
+/// Runs requests in helper processes, keeping one started ahead of time.
+#[derive(Clone)]
+pub struct Spawner {
+    reaper: Reaper,
+    exe: PathBuf,
+    warm: Arc<Mutex<Option<WarmHelper>>>,
+}
+
+impl Spawner {
+    /// A spawner re-executing the agent's own binary; starts the first warm helper.
+    pub fn new(reaper: Reaper) -> Spawner {
+        let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
+        let s = Spawner {
+            reaper,
+            exe,
+            warm: Arc::new(Mutex::new(None)),
+        };
+        s.refill();
+        s
+    }
+
+    fn start_helper(&self) -> Result<WarmHelper, SpawnError> {
+        let (ours, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(|e| SpawnError::Io(e.into()))?;
+        let mut cmd = Command::new(&self.exe);
+        cmd.arg("spawn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let fd = theirs.as_raw_fd();
+        // SAFETY: between fork and exec only async-signal-safe calls (dup2, fcntl) are made.
+        unsafe {
+            cmd.pre_exec(move || {
+                if fd == HELPER_FD {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                } else if libc::dup2(fd, HELPER_FD) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-            } else if libc::dup2(wfd, RESULT_FD) < 0 {
-                return Err(std::io::Error::last_os_error());
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|source| SpawnError::Helper {
+            exe: self.exe.display().to_string(),
+            source,
+        })?;
+        let exit = self.reaper.watch(child.id() as i32);
+        drop(theirs);
+        Ok(WarmHelper { sock: ours, exit })
+    }
+
+    /// Starts the next warm helper in the background (if none is waiting).
+    fn refill(&self) {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || {
+            if me.warm.lock().expect("spawner lock").is_some() {
+                return;
             }
-            Ok(())
+            if let Ok(h) = me.start_helper() {
+                let mut slot = me.warm.lock().expect("spawner lock");
+                if slot.is_none() {
+                    *slot = Some(h);
+                }
+                // else: dropping `h` closes its socket and that helper exits.
+            }
         });
     }
-    let child = cmd.spawn().map_err(|source| SpawnError::Helper {
-        exe: exe.display().to_string(),
-        source,
-    })?;
-    let helper_exit = reaper.watch(child.id() as i32);
-    // Close the agent's copies of the child's fds so that EOF and pipe semantics hold.
-    drop(cmd);
-    drop(result_w);
 
-    let output = tokio::task::spawn_blocking(move || {
-        let mut line = String::new();
-        BufReader::new(File::from(result_r))
-            .read_line(&mut line)
-            .map(|_| line)
-    })
-    .await
-    .map_err(|e| SpawnError::Io(std::io::Error::other(e)))??;
-    let status = helper_exit.await.unwrap_or(-1);
-    match serde_json::from_str::<SpawnResult>(&output) {
-        Ok(SpawnResult::Ok(pid)) => Ok(pid),
-        Ok(SpawnResult::Err(msg)) => Err(SpawnError::Container(msg)),
-        Err(_) => Err(SpawnError::NoResult(status)),
+    /// Runs `req` in a helper with `stdio` as the new process's stdio; returns the pid
+    /// the helper reports.
+    pub async fn spawn(&self, req: &SpawnRequest, stdio: ChildStdio) -> Result<i32, SpawnError> {
+        let json = serde_json::to_vec(req).expect("spawn request serializes");
+        let warm = self.warm.lock().expect("spawner lock").take();
+        let helper = match warm {
+            Some(h) => h,
+            None => self.start_helper()?,
+        };
+        self.refill();
+        let WarmHelper { sock, exit } = helper;
+        let answer = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, SpawnError> {
+            let fds = [
+                stdio.stdin.as_raw_fd(),
+                stdio.stdout.as_raw_fd(),
+                stdio.stderr.as_raw_fd(),
+            ];
+            let iov = [IoSlice::new(&json)];
+            let cmsg = [ControlMessage::ScmRights(&fds)];
+            sendmsg::<UnixAddr>(sock.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None)
+                .map_err(SpawnError::Send)?;
+            // The agent's copies close now, so pipe EOF depends only on the process.
+            drop(stdio);
+            let mut buf = vec![0u8; MAX_MESSAGE];
+            let n = nix::sys::socket::recv(sock.as_raw_fd(), &mut buf, MsgFlags::empty())
+                .map_err(|e| SpawnError::Io(e.into()))?;
+            buf.truncate(n);
+            Ok(buf)
+        })
+        .await
+        .map_err(|e| SpawnError::Io(std::io::Error::other(e)))??;
+        let status = exit.await.unwrap_or(-1);
+        match serde_json::from_slice::<SpawnResult>(&answer) {
+            Ok(SpawnResult::Ok(pid)) => Ok(pid),
+            Ok(SpawnResult::Err(msg)) => Err(SpawnError::Container(msg)),
+            Err(_) => Err(SpawnError::NoResult(status)),
+        }
     }
 }

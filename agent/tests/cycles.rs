@@ -49,11 +49,18 @@ fn footprint(a: &TestAgent, prefix: &str) -> Footprint {
             let after = stat.rsplit_once(") ").map(|x| x.1).unwrap_or("");
             let ppid = after.split(' ').nth(1).unwrap_or("");
             if ppid == pid.to_string() {
-                agent_children.push(stat);
+                // By name, not pid: the agent keeps one warm spawn helper, replaced on use.
+                let comm = stat.split_once(" (").map(|x| x.1).unwrap_or("");
+                let comm = comm.rsplit_once(") ").map(|x| x.0).unwrap_or("");
+                agent_children.push(comm.to_string());
             }
         }
     }
     Footprint {
+        agent_children: {
+            agent_children.sort();
+            agent_children
+        },
         agent_fds: list(std::path::Path::new(&format!("/proc/{pid}/fd"))).len(),
         mounts: std::fs::read_to_string("/proc/self/mountinfo")
             .unwrap()
@@ -61,7 +68,6 @@ fn footprint(a: &TestAgent, prefix: &str) -> Footprint {
             .count(),
         cgroups,
         state_files,
-        agent_children,
     }
 }
 
