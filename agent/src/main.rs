@@ -4,8 +4,262 @@
 //! It owns the guest's init duties (mounting /proc, /sys, /dev, reaping zombies), the
 //! ttrpc server of `ember-agent-protocol`, the container lifecycle (through youki's
 //! `libcontainer`) and the stdio streams of container processes.
+//!
+//! ```text
+//! ember-agent [--listen unix://PATH | vsock://PORT] [--state-dir DIR] [--log-level LEVEL]
+//! ```
+//! The stdio stream listener is at the derived address (`unix://PATH.stdio`,
+//! `vsock://PORT+1`), see `ember_agent_protocol::Address::stdio_address`.
+
+mod cgroup;
+mod container;
+mod pid1;
+mod reaper;
+mod sandbox;
+mod service;
+mod spawn;
+mod spec;
+mod stdio;
+mod storage;
+mod tty;
+
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use ember_agent_protocol::agent_ttrpc::{create_agent, create_health};
+use ember_agent_protocol::Address;
+use slog::{error, info, o, Drain, Logger};
+use tokio::signal::unix::{signal, SignalKind};
+
+/// Command line of `ember-agent`.
+#[derive(Parser, Debug)]
+#[command(
+    name = "ember-agent",
+    version,
+    about = "ember's agent: creates and manages container processes"
+)]
+#[command(args_conflicts_with_subcommands = true)]
+struct Cli {
+    /// Where to serve ttrpc: unix://PATH or vsock://PORT. Default: vsock on the port of the
+    /// kernel command line's ember.agent_port= (1024 without it).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Directory for container state, bundles and console sockets.
+    #[arg(long, default_value = "/run/ember-agent")]
+    state_dir: PathBuf,
+    /// Least severe log level shown: critical, error, warning, info, debug, trace.
+    #[arg(long, default_value = "info")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Internal: the single-threaded helper that creates a container process (see spawn.rs).
+    #[command(hide = true)]
+    Spawn,
+}
+
+/// Errors that stop the agent.
+#[derive(Debug, thiserror::Error)]
+enum AgentError {
+    #[error("--listen: {0}")]
+    Address(#[from] ember_agent_protocol::AddressError),
+    #[error("--log-level {0:?}: expected critical, error, warning, info, debug or trace")]
+    LogLevel(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("state directory {path}: {source}")]
+    StateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Reaper(#[from] reaper::ReaperError),
+    #[error(transparent)]
+    Pid1(#[from] pid1::Pid1Error),
+    #[error("ttrpc server: {0}")]
+    Ttrpc(#[from] ttrpc::Error),
+    #[error("cannot start the tokio runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+fn logger(level: &str) -> Result<Logger, AgentError> {
+    let level: slog::Level = level
+        .parse()
+        .map_err(|_| AgentError::LogLevel(level.to_string()))?;
+    let decorator = slog_term::PlainSyncDecorator::new(std::io::stderr());
+    let drain = slog_term::CompactFormat::new(decorator).build().fuse();
+    let drain = slog_async::Async::new(drain).build().fuse();
+    Ok(Logger::root(
+        drain.filter_level(level).fuse(),
+        o!("agent" => std::process::id()),
+    ))
+}
+
+enum Listener {
+    Unix(tokio::net::UnixListener, PathBuf),
+    Vsock(tokio_vsock::VsockListener),
+}
+
+fn bind(addr: &Address) -> Result<Listener, AgentError> {
+    let err = |source| AgentError::Listen {
+        addr: addr.to_string(),
+        source,
+    };
+    match addr {
+        Address::Unix(p) => {
+            let _ = std::fs::remove_file(p);
+            if let Some(dir) = p.parent() {
+                std::fs::create_dir_all(dir).map_err(err)?;
+            }
+            Ok(Listener::Unix(
+                tokio::net::UnixListener::bind(p).map_err(err)?,
+                p.clone(),
+            ))
+        }
+        Address::Vsock { port, .. } => Ok(Listener::Vsock(
+            tokio_vsock::VsockListener::bind(tokio_vsock::VsockAddr::new(
+                tokio_vsock::VMADDR_CID_ANY,
+                *port,
+            ))
+            .map_err(err)?,
+        )),
+    }
+}
+
+/// Accepts stdio stream connections forever.
+fn serve_streams(listener: Listener, streams: stdio::StreamRegistry, log: Logger) {
+    tokio::spawn(async move {
+        loop {
+            match &listener {
+                Listener::Unix(l, _) => match l.accept().await {
+                    Ok((conn, _)) => {
+                        let (s, log) = (streams.clone(), log.clone());
+                        tokio::spawn(async move {
+                            s.accept(conn, |c| c.into_std().map(OwnedFd::from), &log)
+                                .await
+                        });
+                    }
+                    Err(e) => error!(log, "stdio accept failed"; "error" => %e),
+                },
+                Listener::Vsock(l) => match l.accept().await {
+                    Ok((conn, _)) => {
+                        let (s, log) = (streams.clone(), log.clone());
+                        tokio::spawn(async move {
+                            // SAFETY: into_raw_fd hands over the connection's fd.
+                            s.accept(
+                                conn,
+                                |c| Ok(unsafe { OwnedFd::from_raw_fd(c.into_raw_fd()) }),
+                                &log,
+                            )
+                            .await
+                        });
+                    }
+                    Err(e) => error!(log, "stdio accept failed"; "error" => %e),
+                },
+            }
+        }
+    });
+}
+
+async fn serve(cli: Cli, log: Logger) -> Result<(), AgentError> {
+    let pid1 = pid1::is_pid1();
+    if pid1 {
+        pid1::setup(&log)?;
+    }
+    let addr: Address = match &cli.listen {
+        Some(a) => a.parse()?,
+        None => Address::Vsock {
+            cid: tokio_vsock::VMADDR_CID_ANY,
+            port: pid1::agent_port(),
+        },
+    };
+    let reaper = reaper::Reaper::start()?;
+    let streams = stdio::StreamRegistry::default();
+    let containers =
+        container::Containers::new(log.clone(), reaper, streams.clone(), &cli.state_dir).map_err(
+            |source| AgentError::StateDir {
+                path: cli.state_dir.clone(),
+                source,
+            },
+        )?;
+    let containers = Arc::new(containers);
+    let sandbox = sandbox::Sandbox::new(cli.state_dir.join("sandbox"));
+    let svc = service::AgentService::new(log.clone(), containers.clone(), sandbox);
+
+    let stdio_addr = addr.stdio_address();
+    serve_streams(
+        bind(&stdio_addr)?,
+        streams,
+        log.new(o!("listener" => stdio_addr.to_string())),
+    );
+    let listener = bind(&addr)?;
+    let mut sockets = Vec::new();
+    let ttrpc_listener = match listener {
+        Listener::Unix(l, p) => {
+            sockets.push(p);
+            ttrpc::asynchronous::transport::Listener::from(l)
+        }
+        Listener::Vsock(l) => ttrpc::asynchronous::transport::Listener::from(l),
+    };
+    if let Address::Unix(p) = &stdio_addr {
+        sockets.push(p.clone());
+    }
+    let mut server = ttrpc::asynchronous::Server::new()
+        .add_listener(ttrpc_listener)
+        .register_service(create_health(svc.clone()))
+        .register_service(create_agent(svc));
+    server.start().await?;
+    info!(log, "serving"; "address" => addr.to_string(), "stdio" => stdio_addr.to_string(), "pid1" => pid1);
+
+    let mut term = signal(SignalKind::terminate()).map_err(AgentError::Runtime)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(AgentError::Runtime)?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    info!(log, "shutting down: removing containers");
+    let _ = server.shutdown().await;
+    for id in containers.ids() {
+        if let Err(e) = containers.remove(&id, true).await {
+            error!(log, "remove on shutdown failed"; "container" => id, "error" => %e);
+        }
+    }
+    for p in sockets {
+        let _ = std::fs::remove_file(p);
+    }
+    Ok(())
+}
 
 fn main() {
-    eprintln!("ember-agent: the agent is not built yet (see the agent issue)");
-    std::process::exit(1);
+    let cli = Cli::parse();
+    // The spawn helper must stay single-threaded: no runtime, no logger thread.
+    if let Some(Command::Spawn) = &cli.command {
+        std::process::exit(spawn::helper_main());
+    }
+    let log = match logger(&cli.log_level) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("ember-agent: {e}");
+            std::process::exit(2);
+        }
+    };
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(AgentError::Runtime)
+        .and_then(|rt| rt.block_on(serve(cli, log.clone())));
+    if let Err(e) = result {
+        error!(log, "agent failed"; "error" => %e);
+        drop(log);
+        eprintln!("ember-agent: {e}");
+        std::process::exit(1);
+    }
 }

@@ -2,4 +2,6 @@
 //!
 //! It owns the tests that cross crate boundaries: the shim against a real containerd,
 //! the benchmarks' runc/crun baselines, and the offline busybox image built from
-//! Debian's busybox-static. The tests live in `tests/tests/`.
+//! Debian's busybox-static ([`fixtures`]). The tests live in `tests/tests/`.
+
+pub mod fixtures;

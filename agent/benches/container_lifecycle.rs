@@ -1,0 +1,284 @@
+//! Container lifecycle benchmark: create + start + wait + delete of `/bin/true` through
+//! the agent's ttrpc API, against `runc run` and `crun run` on the same busybox bundle.
+//! Prints the medians of each and the ratios (goal: agent ≤ 0.5× runc and ≤ 1.0× crun).
+//!
+//! `cargo bench -p ember-agent --bench container_lifecycle` (as root). `EMBER_BENCH_RUNS` sets the
+//! number of measured runs per runtime (default 30, at least 20).
+//!
+//! crun 1.8 refuses hybrid cgroup hosts, so its runs happen in a private mount namespace
+//! (`unshare -m --propagation slave`) with `/sys/fs/cgroup/unified` unmounted there: the
+//! benchmark re-executes itself as that namespace's worker, which leaves the host alone.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ember_agent_protocol::agent as pb;
+use ember_agent_protocol::agent_ttrpc::AgentClient;
+use ember_agent_protocol::ttrpc::context;
+use ember_agent_protocol::ttrpc::r#async::Client;
+
+const WARMUP: usize = 3;
+const CRUN_WORKER: &str = "EMBER_BENCH_CRUN_WORKER";
+
+fn median(v: &mut [Duration]) -> Duration {
+    v.sort();
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// One `RUNTIME --root ROOT run --bundle BUNDLE ID`, timed.
+fn oci_run(runtime: &str, root: &Path, bundle: &Path, id: &str) -> Result<Duration, String> {
+    let t = Instant::now();
+    let status = Command::new(runtime)
+        .arg("--root")
+        .arg(root)
+        .args(["run", "--bundle"])
+        .arg(bundle)
+        .arg(id)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| format!("{runtime}: {e}"))?;
+    let d = t.elapsed();
+    if !status.status.success() {
+        return Err(format!(
+            "{runtime} run failed ({}): {}",
+            status.status,
+            String::from_utf8_lossy(&status.stderr)
+        ));
+    }
+    Ok(d)
+}
+
+fn oci_series(
+    runtime: &str,
+    root: &Path,
+    bundle: &Path,
+    runs: usize,
+) -> Result<Vec<Duration>, String> {
+    let mut v = Vec::new();
+    for i in 0..WARMUP + runs {
+        let d = oci_run(runtime, root, bundle, &format!("bench-{runtime}-{i}"))?;
+        if i >= WARMUP {
+            v.push(d);
+        }
+    }
+    Ok(v)
+}
+
+/// The crun worker, inside its private mount namespace.
+fn crun_worker(bundle: &str, root: &str, runs: usize) {
+    let st = Command::new("umount")
+        .arg("/sys/fs/cgroup/unified")
+        .status();
+    if !matches!(st, Ok(s) if s.success()) {
+        eprintln!("crun worker: cannot unmount /sys/fs/cgroup/unified in the private namespace");
+    }
+    match oci_series("crun", Path::new(root), Path::new(bundle), runs) {
+        Ok(v) => {
+            for d in v {
+                println!("{}", d.as_nanos());
+            }
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn crun_series(bundle: &Path, root: &Path, runs: usize) -> Result<Vec<Duration>, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "slave"])
+        .arg(exe)
+        .env(
+            CRUN_WORKER,
+            format!("{}\n{}\n{runs}", bundle.display(), root.display()),
+        )
+        .output()
+        .map_err(|e| format!("unshare: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "crun worker failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse::<u64>().ok())
+        .map(Duration::from_nanos)
+        .collect())
+}
+
+/// One agent cycle; returns the durations of create, start, wait and remove.
+async fn agent_cycle(client: &AgentClient, spec: &str, bundle: &Path, id: &str) -> [Duration; 4] {
+    let ctx = || context::with_timeout(0);
+    let mut t = Instant::now();
+    let mut phases = [Duration::ZERO; 4];
+    let mut lap = |i: usize| {
+        phases[i] = t.elapsed();
+        t = Instant::now();
+    };
+    let mut c = pb::CreateContainerRequest::new();
+    c.container_id = id.into();
+    c.spec_json = spec.into();
+    c.bundle_path = bundle.display().to_string();
+    client.create_container(ctx(), &c).await.expect("create");
+    lap(0);
+    let mut s = pb::StartContainerRequest::new();
+    s.container_id = id.into();
+    client.start_container(ctx(), &s).await.expect("start");
+    lap(1);
+    let mut w = pb::WaitProcessRequest::new();
+    w.container_id = id.into();
+    let status = client
+        .wait_process(ctx(), &w)
+        .await
+        .expect("wait")
+        .exit_status;
+    assert_eq!(status, 0, "/bin/true exited {status}");
+    lap(2);
+    let mut r = pb::RemoveContainerRequest::new();
+    r.container_id = id.into();
+    client.remove_container(ctx(), &r).await.expect("remove");
+    lap(3);
+    phases
+}
+
+async fn agent_series(dir: &Path, bundle: &Path, spec: &str, runs: usize) -> Vec<[Duration; 4]> {
+    let sock = dir.join("agent.sock");
+    let mut agent = Command::new(env!("CARGO_BIN_EXE_ember-agent"))
+        .arg("--listen")
+        .arg(format!("unix://{}", sock.display()))
+        .arg("--state-dir")
+        .arg(dir.join("agent-state"))
+        .arg("--log-level")
+        .arg("warning")
+        .spawn()
+        .expect("ember-agent starts");
+    let stdio = PathBuf::from(format!("{}.stdio", sock.display()));
+    for _ in 0..500 {
+        if sock.exists() && stdio.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let client = AgentClient::new(
+        Client::connect(&format!("unix://{}", sock.display()))
+            .await
+            .expect("agent socket"),
+    );
+    let mut v = Vec::new();
+    for i in 0..WARMUP + runs {
+        let d = agent_cycle(&client, spec, bundle, &format!("bench-agent-{i}")).await;
+        if i >= WARMUP {
+            v.push(d);
+        }
+    }
+    // SAFETY: kill on our own child's pid.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+    let _ = agent.wait();
+    v
+}
+
+fn main() {
+    if let Ok(w) = std::env::var(CRUN_WORKER) {
+        let mut parts = w.lines();
+        let (b, r, n) = (
+            parts.next().unwrap_or(""),
+            parts.next().unwrap_or(""),
+            parts.next().unwrap_or("0"),
+        );
+        crun_worker(b, r, n.parse().unwrap_or(0));
+        return;
+    }
+    // cargo bench passes --bench; nothing else is accepted.
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        println!(
+            "SKIPPED lifecycle benchmark: needs root (containers need namespaces and cgroups)"
+        );
+        return;
+    }
+    if !ember_tests::fixtures::busybox_available() {
+        println!("SKIPPED lifecycle benchmark: needs Debian's busybox-static for the bundle");
+        return;
+    }
+    let runs: usize = std::env::var("EMBER_BENCH_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(30)
+        .max(20);
+    let dir = tempfile::Builder::new()
+        .prefix("ember-bench")
+        .tempdir()
+        .expect("tempdir");
+    let bundle = dir.path().join("bundle");
+    ember_tests::fixtures::busybox_rootfs(&bundle.join("rootfs")).expect("busybox rootfs");
+    let spec = ember_tests::fixtures::default_spec(&["/bin/true"]);
+    ember_tests::fixtures::write_spec(&bundle, &spec).expect("config.json");
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let phases = rt.block_on(agent_series(dir.path(), &bundle, &spec.to_string(), runs));
+    let mut agent: Vec<Duration> = phases.iter().map(|p| p.iter().sum()).collect();
+    let agent_m = median(&mut agent);
+    let phase_m = |i: usize| median(&mut phases.iter().map(|p| p[i]).collect::<Vec<_>>());
+    println!("lifecycle of /bin/true, median of {runs} runs after {WARMUP} warm-up runs:");
+    println!(
+        "  ember-agent API (create+start+wait+delete): {:8.2} ms",
+        ms(agent_m)
+    );
+    println!(
+        "    phases: create {:.2} ms, start {:.2} ms, wait {:.2} ms, remove {:.2} ms",
+        ms(phase_m(0)),
+        ms(phase_m(1)),
+        ms(phase_m(2)),
+        ms(phase_m(3))
+    );
+
+    let report = |name: &str, r: Result<Vec<Duration>, String>, goal: f64| match r {
+        Ok(mut v) if !v.is_empty() => {
+            let m = median(&mut v);
+            let ratio = agent_m.as_secs_f64() / m.as_secs_f64();
+            println!(
+                "  {name:<10} run:                              {:8.2} ms   agent/{name} = {ratio:.2} (goal <= {goal})",
+                ms(m)
+            );
+        }
+        Ok(_) => println!("  {name}: no runs measured"),
+        Err(e) => println!("  {name}: not measured: {e}"),
+    };
+    let runc = if which("runc") {
+        oci_series("runc", &dir.path().join("runc-root"), &bundle, runs)
+    } else {
+        Err("runc is not installed (apt-get install runc)".into())
+    };
+    report("runc", runc, 0.5);
+    let crun = if which("crun") {
+        crun_series(&bundle, &dir.path().join("crun-root"), runs)
+    } else {
+        Err("crun is not installed (apt-get install crun)".into())
+    };
+    report("crun", crun, 1.0);
+}
+
+fn which(bin: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
+        .unwrap_or(false)
+}

@@ -1,0 +1,298 @@
+//! Test harness: runs `ember-agent` as a host process on a Unix socket in a temporary
+//! directory and talks to it through the real ttrpc API and stdio streams.
+
+#![allow(dead_code)]
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use ember_agent_protocol::agent::{self as pb};
+use ember_agent_protocol::agent_ttrpc::{AgentClient, HealthClient};
+use ember_agent_protocol::stream;
+use ember_agent_protocol::ttrpc::context;
+use ember_agent_protocol::ttrpc::r#async::Client;
+use serde_json::Value;
+use tokio::io::AsyncReadExt;
+
+/// A running agent.
+pub struct TestAgent {
+    child: Child,
+    pub dir: tempfile::TempDir,
+    pub agent: AgentClient,
+    pub health: HealthClient,
+    pub stdio: PathBuf,
+    pub bundle: PathBuf,
+}
+
+/// Returns why the agent tests cannot run here, if so.
+pub fn skip_reason() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("needs root (containers need namespaces, mounts and cgroups)".into());
+    }
+    if !ember_tests::fixtures::busybox_available() {
+        return Some("needs Debian's busybox-static for the test bundle".into());
+    }
+    None
+}
+
+/// Prints the skip reason and returns true when the test must be skipped.
+pub fn skip(test: &str) -> bool {
+    match skip_reason() {
+        Some(r) => {
+            eprintln!("SKIPPED {test}: {r}");
+            true
+        }
+        None => false,
+    }
+}
+
+pub fn ctx() -> context::Context {
+    context::with_timeout(0)
+}
+
+impl TestAgent {
+    pub async fn start() -> TestAgent {
+        let dir = tempfile::Builder::new()
+            .prefix("ember-agent-test")
+            .tempdir()
+            .unwrap();
+        let bundle = ember_tests::fixtures::busybox_bundle(&dir.path().join("bundle")).unwrap();
+        let sock = dir.path().join("agent.sock");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ember-agent"));
+        // SAFETY: prctl is async-signal-safe. The agent dies with the test process, so an
+        // aborted test leaves no agent behind.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let child = cmd
+            .arg("--listen")
+            .arg(format!("unix://{}", sock.display()))
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .arg("--log-level")
+            .arg("debug")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdio = PathBuf::from(format!("{}.stdio", sock.display()));
+        for _ in 0..500 {
+            if sock.exists() && stdio.exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let client = Client::connect(&format!("unix://{}", sock.display()))
+            .await
+            .expect("agent socket accepts connections");
+        TestAgent {
+            child,
+            dir,
+            agent: AgentClient::new(client.clone()),
+            health: HealthClient::new(client),
+            stdio,
+            bundle,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// CreateContainer with the spec, the bundle as bundle_path, and the given stream ids.
+    pub async fn create(
+        &self,
+        id: &str,
+        spec: &Value,
+        stdin: &str,
+        stdout: &str,
+        stderr: &str,
+    ) -> Result<i32, String> {
+        self.create_with(id, spec, stdin, stdout, stderr, vec![])
+            .await
+    }
+
+    pub async fn create_with(
+        &self,
+        id: &str,
+        spec: &Value,
+        stdin: &str,
+        stdout: &str,
+        stderr: &str,
+        storages: Vec<pb::Storage>,
+    ) -> Result<i32, String> {
+        let mut req = pb::CreateContainerRequest::new();
+        req.container_id = id.into();
+        req.spec_json = spec.to_string();
+        req.bundle_path = self.bundle.display().to_string();
+        req.storages = storages;
+        let mut s = pb::StdioStreams::new();
+        s.stdin = stdin.into();
+        s.stdout = stdout.into();
+        s.stderr = stderr.into();
+        req.stdio = Some(s).into();
+        self.agent
+            .create_container(ctx(), &req)
+            .await
+            .map(|r| r.pid)
+            .map_err(|e| e.to_string())
+    }
+
+    pub async fn start_c(&self, id: &str) -> Result<i32, String> {
+        let mut req = pb::StartContainerRequest::new();
+        req.container_id = id.into();
+        self.agent
+            .start_container(ctx(), &req)
+            .await
+            .map(|r| r.pid)
+            .map_err(|e| e.to_string())
+    }
+
+    pub async fn wait(&self, id: &str, exec: &str) -> Result<i32, String> {
+        let mut req = pb::WaitProcessRequest::new();
+        req.container_id = id.into();
+        req.exec_id = exec.into();
+        self.agent
+            .wait_process(ctx(), &req)
+            .await
+            .map(|r| r.exit_status)
+            .map_err(|e| e.to_string())
+    }
+
+    pub async fn remove(&self, id: &str, force: bool) -> Result<(), String> {
+        let mut req = pb::RemoveContainerRequest::new();
+        req.container_id = id.into();
+        req.force = force;
+        self.agent
+            .remove_container(ctx(), &req)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    pub async fn signal(&self, id: &str, exec: &str, sig: i32, all: bool) -> Result<(), String> {
+        let mut req = pb::SignalProcessRequest::new();
+        req.container_id = id.into();
+        req.exec_id = exec.into();
+        req.signal = sig as u32;
+        req.all = all;
+        self.agent
+            .signal_process(ctx(), &req)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    pub async fn exec(
+        &self,
+        id: &str,
+        exec: &str,
+        process: &Value,
+        stdin: &str,
+        stdout: &str,
+        stderr: &str,
+    ) -> Result<i32, String> {
+        let mut req = pb::ExecProcessRequest::new();
+        req.container_id = id.into();
+        req.exec_id = exec.into();
+        req.process_json = process.to_string();
+        let mut s = pb::StdioStreams::new();
+        s.stdin = stdin.into();
+        s.stdout = stdout.into();
+        s.stderr = stderr.into();
+        req.stdio = Some(s).into();
+        self.agent
+            .exec_process(ctx(), &req)
+            .await
+            .map(|r| r.pid)
+            .map_err(|e| e.to_string())
+    }
+
+    pub async fn stats(&self, id: &str) -> pb::StatsContainerResponse {
+        let mut req = pb::StatsContainerRequest::new();
+        req.container_id = id.into();
+        self.agent.stats_container(ctx(), &req).await.unwrap()
+    }
+
+    /// Opens a stream and reads it to EOF.
+    pub async fn read_stream(&self, id: &str) -> String {
+        let mut conn = stream::connect_unix(&self.stdio, id).await.unwrap();
+        let mut out = String::new();
+        conn.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    /// Creates, starts and waits for a container; returns exit status, stdout and stderr,
+    /// then removes it.
+    pub async fn run(&self, id: &str, spec: &Value) -> (i32, String, String) {
+        let (o, e) = (format!("{id}-out"), format!("{id}-err"));
+        self.create(id, spec, "", &o, &e).await.unwrap();
+        let out = self.read_stream(&o);
+        let err = self.read_stream(&e);
+        self.start_c(id).await.unwrap();
+        let (out, err) = tokio::join!(out, err);
+        let status = self.wait(id, "").await.unwrap();
+        self.remove(id, false).await.unwrap();
+        (status, out, err)
+    }
+}
+
+impl Drop for TestAgent {
+    fn drop(&mut self) {
+        // SAFETY: kill on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        for _ in 0..200 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The busybox default spec running `sh -c script`.
+pub fn sh(script: &str) -> Value {
+    ember_tests::fixtures::default_spec(&["/bin/sh", "-c", script])
+}
+
+/// An OCI process running `sh -c script`.
+pub fn sh_process(script: &str) -> Value {
+    serde_json::json!({
+        "args": ["/bin/sh", "-c", script],
+        "env": ["PATH=/bin"],
+        "cwd": "/",
+        "user": {"uid": 0, "gid": 0}
+    })
+}
+
+/// Drops the pid namespace so that the container's init can be killed by any signal.
+pub fn without_pid_ns(mut spec: Value) -> Value {
+    let ns = spec["linux"]["namespaces"].as_array_mut().unwrap();
+    ns.retain(|n| n["type"] != "pid");
+    spec
+}
+
+/// Cgroup directories of a container on this host (v1 controllers and v2).
+pub fn cgroup_dirs(id: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") {
+        for e in entries.flatten() {
+            let p = e.path().join("ember").join(id);
+            if p.exists() {
+                found.push(p);
+            }
+        }
+    }
+    let v2 = Path::new("/sys/fs/cgroup/ember").join(id);
+    if v2.exists() {
+        found.push(v2);
+    }
+    found
+}
