@@ -213,63 +213,45 @@ fn cli_rejects_fragment_option_unknown_to_kconfig() {
 const CMDLINE: &str = "console=ttyS0 root=/dev/vda ro rootfstype=ext4 panic=-1 \
     noxsave nosmap nosmep clearcpuid=smap,smep,popcnt ember.boot_test=1";
 const MOUNTED: &str = "VFS: Mounted root (ext4 filesystem)";
-const RUN_INIT: &str = "Run /sbin/init as init process";
+const RUN_SBIN_INIT: &str = "Run /sbin/init as init process";
+const RUN_INIT: &str = "Run /init as init process";
+const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+/// After the milestones, how long to keep reading for a failure to run init (under
+/// KVM's emulator the guest stops at the first user-space instruction, so nothing
+/// more is expected).
+const GRACE: Duration = Duration::from_secs(20);
 
-#[test]
-fn kernel_boots_under_qemu_microvm_to_the_ext4_root_mount() {
-    let test = "kernel_boots_under_qemu_microvm_to_the_ext4_root_mount";
-    let built = match kernel() {
-        Ok(b) => b,
-        Err(why) => return skip(test, &why),
-    };
+/// Why a boot test cannot run here, if it cannot.
+fn boot_prerequisites() -> Result<k::KernelArtifacts, String> {
+    let built = kernel()?;
     if !have("qemu-system-x86_64") {
-        return skip(
-            test,
-            "qemu-system-x86_64 not installed (apt-get install qemu-system-x86)",
-        );
+        return Err("qemu-system-x86_64 not installed (apt-get install qemu-system-x86)".into());
     }
     if let Err(e) = std::fs::File::options()
         .read(true)
         .write(true)
         .open("/dev/kvm")
     {
-        return skip(
-            test,
-            &format!("cannot open /dev/kvm read-write ({e}); QEMU runs with -accel kvm"),
-        );
+        return Err(format!(
+            "cannot open /dev/kvm read-write ({e}); QEMU runs with -accel kvm"
+        ));
     }
-    if let Err(e) = image::require_tools(Format::Ext4) {
-        return skip(test, &e.to_string());
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let tree = image::assemble(&ImageSpec {
-        agent: agent_binary(),
-        busybox: None,
-    })
-    .unwrap();
-    let (disk, _) = image::write(&tree, Format::Ext4, dir.path()).unwrap();
+    Ok(built)
+}
 
+/// Boots `vmlinux` under `qemu-system-x86_64 -M microvm -accel kvm` with `extra` QEMU
+/// arguments and returns the serial log (QEMU's own stderr lines start with `qemu: `).
+/// Reading stops `GRACE` after every milestone has shown up, when QEMU exits or
+/// reports a KVM internal error, or after `BOOT_TIMEOUT`; QEMU is then killed.
+fn boot(vmlinux: &Path, extra: &[String], milestones: &[&str]) -> Vec<String> {
     let mut qemu = Command::new("qemu-system-x86_64")
         .args(["-M", "microvm,acpi=off", "-accel", "kvm", "-cpu", "host"])
-        .args(["-m", "256", "-smp", "1", "-no-reboot"])
-        .args([
-            "-nodefaults",
-            "-display",
-            "none",
-            "-monitor",
-            "none",
-            "-serial",
-            "stdio",
-        ])
+        .args(["-m", "256", "-smp", "1", "-no-reboot", "-nodefaults"])
+        .args(["-display", "none", "-monitor", "none", "-serial", "stdio"])
         .arg("-kernel")
-        .arg(built.vmlinux())
+        .arg(vmlinux)
         .args(["-append", CMDLINE])
-        .arg("-drive")
-        .arg(format!(
-            "id=root,file={},format=raw,if=none,readonly=on",
-            s(&disk)
-        ))
-        .args(["-device", "virtio-blk-device,drive=root"])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -281,7 +263,7 @@ fn kernel_boots_under_qemu_microvm_to_the_ext4_root_mount() {
     let tx2 = tx.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
+            let _ = tx.send(line.trim_end_matches('\r').to_string());
         }
     });
     std::thread::spawn(move || {
@@ -290,13 +272,8 @@ fn kernel_boots_under_qemu_microvm_to_the_ext4_root_mount() {
         }
     });
 
-    // Phase 1: our command line and the root mount, within 180 s. Phase 2: the kernel
-    // starts the image's init (/sbin/init -> /init); give it 20 s to report a failure
-    // to execute it (under KVM's emulator the guest stops at the first user-space
-    // instruction, so nothing more is expected here).
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let mut log = Vec::new();
-    let (mut saw_cmdline, mut saw_mount, mut saw_run) = (false, false, false);
+    let deadline = Instant::now() + BOOT_TIMEOUT;
+    let mut log: Vec<String> = Vec::new();
     let mut grace: Option<Instant> = None;
     loop {
         if grace.is_some_and(|g| Instant::now() > g) || Instant::now() > deadline {
@@ -304,28 +281,24 @@ fn kernel_boots_under_qemu_microvm_to_the_ext4_root_mount() {
         }
         match rx.recv_timeout(Duration::from_secs(1)) {
             Ok(line) => {
-                let line = line.trim_end_matches('\r').to_string();
-                saw_cmdline |= line.contains("Command line:") && line.contains(CMDLINE);
-                saw_mount |= line.contains(MOUNTED);
-                saw_run |= line.contains(RUN_INIT);
+                let internal_error = line.contains("KVM internal error");
                 log.push(line);
-                if log.last().is_some_and(|l| l.contains("KVM internal error")) {
-                    // QEMU pauses the guest and keeps running; collect the register
-                    // dump for the message and stop.
+                if internal_error {
+                    // QEMU pauses the guest but keeps running: collect the register
+                    // dump for the failure message and stop.
                     while let Ok(line) = rx.recv_timeout(Duration::from_millis(500)) {
                         log.push(line);
                     }
                     break;
                 }
-                if saw_cmdline && saw_mount && grace.is_none() {
-                    grace = Some(Instant::now() + Duration::from_secs(20));
+                let all_seen = milestones.iter().all(|m| log.iter().any(|l| l.contains(m)));
+                if all_seen && grace.is_none() {
+                    grace = Some(Instant::now() + GRACE);
                 }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 if let Ok(Some(_)) = qemu.try_wait() {
-                    // Drain what is left, then stop.
                     while let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
-                        saw_run |= line.contains(RUN_INIT);
                         log.push(line);
                     }
                     break;
@@ -336,24 +309,93 @@ fn kernel_boots_under_qemu_microvm_to_the_ext4_root_mount() {
     }
     let _ = qemu.kill();
     let _ = qemu.wait();
-    let tail = log[log.len().saturating_sub(60)..].join("\n");
-    assert!(
-        saw_cmdline,
-        "serial log never showed our command line:\n{tail}"
-    );
-    assert!(
-        saw_mount,
-        "serial log never showed `{MOUNTED}` within 180 s:\n{tail}"
-    );
-    let failed = log
-        .iter()
-        .find(|l| l.contains("Failed to execute") || l.contains("No working init found"));
+    log
+}
+
+fn tail(log: &[String]) -> String {
+    log[log.len().saturating_sub(60)..].join("\n")
+}
+
+fn assert_init_ran(log: &[String]) {
+    let failed = log.iter().find(|l| {
+        l.contains("Failed to execute")
+            || l.contains("No working init found")
+            || l.contains("Initramfs unpacking failed")
+    });
     assert!(
         failed.is_none(),
-        "the kernel could not run the image's init:\n{tail}"
+        "the kernel could not run the image's init:\n{}",
+        tail(log)
     );
-    if !saw_run {
-        eprintln!("note: `{RUN_INIT}` not seen within the grace period");
+}
+
+#[test]
+fn kernel_boots_under_qemu_microvm_to_the_ext4_root_mount() {
+    let test = "kernel_boots_under_qemu_microvm_to_the_ext4_root_mount";
+    let built = match boot_prerequisites() {
+        Ok(b) => b,
+        Err(why) => return skip(test, &why),
+    };
+    if let Err(e) = image::require_tools(Format::Ext4) {
+        return skip(test, &e.to_string());
     }
-    eprintln!("booted to the root mount; last lines:\n{tail}");
+    let dir = tempfile::tempdir().unwrap();
+    let tree = image::assemble(&ImageSpec {
+        agent: agent_binary(),
+        busybox: None,
+    })
+    .unwrap();
+    let (disk, _) = image::write(&tree, Format::Ext4, dir.path()).unwrap();
+    let extra = [
+        "-drive".to_string(),
+        format!("id=root,file={},format=raw,if=none,readonly=on", s(&disk)),
+        "-device".to_string(),
+        "virtio-blk-device,drive=root".to_string(),
+    ];
+    let log = boot(&built.vmlinux(), &extra, &["Command line:", MOUNTED]);
+    assert!(
+        log.iter()
+            .any(|l| l.contains("Command line:") && l.contains(CMDLINE)),
+        "serial log never showed our command line:\n{}",
+        tail(&log)
+    );
+    assert!(
+        log.iter().any(|l| l.contains(MOUNTED)),
+        "serial log never showed `{MOUNTED}` within {BOOT_TIMEOUT:?}:\n{}",
+        tail(&log)
+    );
+    assert_init_ran(&log);
+    if !log.iter().any(|l| l.contains(RUN_SBIN_INIT)) {
+        eprintln!("note: `{RUN_SBIN_INIT}` not seen within {GRACE:?} of the mount");
+    }
+    eprintln!("booted to the root mount; last lines:\n{}", tail(&log));
+}
+
+/// The kernel accepts our newc initramfs (its unpacker is strict about the format) and
+/// starts `/init` from it.
+#[test]
+fn kernel_unpacks_the_initramfs_and_runs_its_init() {
+    let test = "kernel_unpacks_the_initramfs_and_runs_its_init";
+    let built = match boot_prerequisites() {
+        Ok(b) => b,
+        Err(why) => return skip(test, &why),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let tree = image::assemble(&ImageSpec {
+        agent: agent_binary(),
+        busybox: None,
+    })
+    .unwrap();
+    let (cpio, _) = image::write(&tree, Format::Cpio, dir.path()).unwrap();
+    let log = boot(
+        &built.vmlinux(),
+        &["-initrd".into(), s(&cpio).into()],
+        &[RUN_INIT],
+    );
+    assert!(
+        log.iter().any(|l| l.contains(RUN_INIT)),
+        "serial log never showed `{RUN_INIT}` within {BOOT_TIMEOUT:?}:\n{}",
+        tail(&log)
+    );
+    assert_init_ran(&log);
 }
