@@ -10,7 +10,7 @@ help:
 	@echo "make demo     run a busybox container through containerd with ember (the main job)"
 	@echo "make test     install dependencies, check formatting and lints, run all tests"
 	@echo "make build    build every crate (release)"
-	@echo "make guest    build the guest kernel and image into build/guest/"
+	@echo "make guest    build the guest kernel and agent image into build/guest/ (cached)"
 	@echo "make install  install ember's binaries (and guest assets when built)"
 	@echo "make bench    run the benchmarks of the README's Performance section"
 	@echo "make clean    remove build outputs"
@@ -25,19 +25,27 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-test: deps lint
+# The guest kernel and image are built first so the tests that boot them run (the
+# kernel build is cached outside the repo, keyed by its source, fragment and patches).
+test: deps lint guest
 	scripts/run-tests.sh
 
-guest:
-	@echo "make guest: not built yet (the guest assets issue builds it)"; exit 1
+guest: deps
+	$(CARGO) run --release -p ember-rootfs-builder -- all --out build/guest
 
-install: build
+install: build guest
 	install -D -m 0755 target/release/ember $(DESTDIR)$(PREFIX)/bin/ember
+	install -D -m 0755 target/release/ember-vmm $(DESTDIR)$(PREFIX)/bin/ember-vmm
+	install -D -m 0755 target/release/ember-agent $(DESTDIR)$(PREFIX)/bin/ember-agent
+	install -D -m 0644 build/guest/vmlinux $(DESTDIR)/usr/share/ember/vmlinux
+	install -D -m 0644 build/guest/initramfs.cpio $(DESTDIR)/usr/share/ember/initramfs.cpio
+	install -D -m 0644 build/guest/rootfs.ext4 $(DESTDIR)/usr/share/ember/rootfs.ext4
 	install -D -m 0644 config/ember.toml.example $(DESTDIR)/usr/share/ember/config.toml.example
 
 bench: deps
 	$(CARGO) bench -p ember-vmm --bench coldstart
 	$(CARGO) bench -p ember-vmm --bench devices
+	$(CARGO) bench -p ember-agent --bench container_lifecycle
 
 demo:
 	@echo "make demo: not built yet (the runtime and shim issue builds it)"; exit 1

@@ -10,7 +10,7 @@ packages=(
     qemu-system-x86              # QEMU microvm: boot checks and the VMM benchmark reference
     busybox-static               # the offline busybox image and bundles of the tests
     linux-source-6.1             # the guest kernel source
-    bc bison flex libelf-dev libssl-dev cpio xz-utils  # guest kernel build
+    bc bison flex perl patch libelf-dev libssl-dev cpio xz-utils  # guest kernel build
     e2fsprogs                    # mkfs.ext4 -d for guest and test disk images
     libseccomp-dev               # seccomp in the agent (libcontainer)
     protobuf-compiler            # CRI test client
