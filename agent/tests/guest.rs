@@ -33,6 +33,16 @@ async fn pid1_mounts_pseudo_filesystems_and_brings_up_loopback() {
     if skip("pid1_mounts_pseudo_filesystems_and_brings_up_loopback") {
         return;
     }
+    let targets = [
+        "/proc",
+        "/sys",
+        "/dev",
+        "/dev/pts",
+        "/dev/shm",
+        "/run",
+        "/sys/fs/cgroup",
+    ];
+    let host_before = common::mounts_at(&targets);
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("agent.sock");
     // The agent is PID 1 of new pid, mount and network namespaces: it does its init duties
@@ -101,9 +111,7 @@ async fn pid1_mounts_pseudo_filesystems_and_brings_up_loopback() {
         );
     }
     // The host's own mounts are untouched.
-    assert!(!mountinfo().lines().any(|l| l.contains(" /run ")
-        && l.contains(" - tmpfs ")
-        && l.contains(&sock.display().to_string())));
+    assert_eq!(common::mounts_at(&targets), host_before);
     // Loopback is up in the agent's network namespace (IFF_UP = 0x1).
     let flags =
         std::fs::read_to_string(format!("/proc/{agent}/root/sys/class/net/lo/flags")).unwrap();

@@ -237,10 +237,7 @@ async fn bad_specs_name_the_field_and_leave_nothing_behind() {
         return;
     }
     let a = TestAgent::start().await;
-    let mounts_before = std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .count();
+    let mounts_before = common::mounts_under(a.dir.path());
 
     let mut req = pb::CreateContainerRequest::new();
     req.container_id = "badjson".into();
@@ -291,10 +288,7 @@ async fn bad_specs_name_the_field_and_leave_nothing_behind() {
     // The stream ids of failed creates are free again and no mount is left.
     let e = stream::connect_unix(&a.stdio, "badns-o").await.unwrap_err();
     assert!(e.to_string().contains("UnknownStream"), "{e}");
-    let mounts_after = std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .count();
+    let mounts_after = common::mounts_under(a.dir.path());
     assert_eq!(mounts_before, mounts_after);
     // And the same ids work now.
     let (s, out, _) = a.run("badns", &sh("echo fine")).await;

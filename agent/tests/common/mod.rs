@@ -296,3 +296,30 @@ pub fn cgroup_dirs(id: &str) -> Vec<PathBuf> {
     }
     found
 }
+
+/// Mount points of this (the host's) mount namespace under `dir`, sorted. Only these can be
+/// leaked by an agent whose state and bundles live in `dir`; other mounts on a shared
+/// machine come and go on their own.
+pub fn mounts_under(dir: &Path) -> Vec<String> {
+    let prefix = dir.display().to_string();
+    let mut v: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+        .filter(|m| m.starts_with(&prefix))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Mount points of the host mount namespace equal to one of `targets`, with repeats.
+pub fn mounts_at(targets: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+        .filter(|m| targets.contains(&m.as_str()))
+        .collect();
+    v.sort();
+    v
+}
