@@ -45,6 +45,36 @@ async fn terminal_process_gets_a_tty_and_resizes() {
     assert!(out.contains("bye-go"), "terminal output: {out:?}");
     a.remove("tty", false).await.unwrap();
 
+    // An exec with its own terminal, resized through its exec id.
+    a.create("ttyx", &sh("sleep 100"), "", "", "")
+        .await
+        .unwrap();
+    a.start_c("ttyx").await.unwrap();
+    let p = json!({"args": ["/bin/sh", "-c", "read x; stty size; test -t 1 && echo exec-tty"],
+                   "env": ["PATH=/bin"], "cwd": "/", "terminal": true,
+                   "user": {"uid": 0, "gid": 0}});
+    a.exec("ttyx", "t", &p, "ttyx-i", "ttyx-o", "")
+        .await
+        .unwrap();
+    let mut input = stream::connect_unix(&a.stdio, "ttyx-i").await.unwrap();
+    let mut output = stream::connect_unix(&a.stdio, "ttyx-o").await.unwrap();
+    let mut req = pb::TtyWinResizeRequest::new();
+    req.container_id = "ttyx".into();
+    req.exec_id = "t".into();
+    req.rows = 12;
+    req.cols = 34;
+    a.agent.tty_win_resize(ctx(), &req).await.unwrap();
+    input.write_all(b"go\n").await.unwrap();
+    assert_eq!(a.wait("ttyx", "t").await.unwrap(), 0);
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), output.read_to_end(&mut out)).await;
+    let out = String::from_utf8_lossy(&out);
+    assert!(
+        out.contains("12 34") && out.contains("exec-tty"),
+        "exec terminal output: {out:?}"
+    );
+    a.remove("ttyx", true).await.unwrap();
+
     // Resizing a process without a terminal is refused.
     a.create("notty", &sh("sleep 100"), "", "", "")
         .await
