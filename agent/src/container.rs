@@ -399,8 +399,22 @@ impl Containers {
             Ok(p) => p,
             Err(e) => {
                 warn!(log, "create failed"; "error" => %e);
-                // libcontainer removes its own state and cgroup on a failed build; make sure.
-                let _ = std::fs::remove_dir_all(self.root.join(id));
+                // libcontainer removes its own state and cgroup when its build fails; if the
+                // build succeeded and a later step failed (the terminal hand-over), the
+                // container exists and is deleted here, processes and cgroup included.
+                let dir = self.root.join(id);
+                for _ in 0..DELETE_RETRIES {
+                    if !dir.exists() {
+                        break;
+                    }
+                    let d = dir.clone();
+                    let _ = blocking(move || LcContainer::load(d).and_then(|mut c| c.delete(true)))
+                        .await;
+                    if dir.exists() {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+                let _ = std::fs::remove_dir_all(&dir);
                 let _ = std::fs::remove_dir_all(&bundle);
                 storage::unmount_all(&mounted);
                 return Err(e);
