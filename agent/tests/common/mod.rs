@@ -323,3 +323,22 @@ pub fn mounts_at(targets: &[&str]) -> Vec<String> {
     v.sort();
     v
 }
+
+/// The command names of the agent's child processes (its warm spawn helper is
+/// `ember-agent`; container processes are re-parented to the agent).
+pub fn agent_children(agent_pid: u32) -> Vec<String> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        let Some((head, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        if rest.split(' ').nth(1) == Some(agent_pid.to_string().as_str()) {
+            v.push(head.split_once(" (").map(|x| x.1).unwrap_or("").to_string());
+        }
+    }
+    v.sort();
+    v
+}
