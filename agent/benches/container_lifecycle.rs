@@ -199,13 +199,11 @@ fn main() {
     }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        println!(
-            "SKIPPED lifecycle benchmark: needs root (containers need namespaces and cgroups)"
-        );
+        println!("SKIP container_lifecycle: needs root (containers need namespaces and cgroups)");
         return;
     }
     if !ember_tests::fixtures::busybox_available() {
-        println!("SKIPPED lifecycle benchmark: needs Debian's busybox-static for the bundle");
+        println!("SKIP container_lifecycle: needs Debian's busybox-static for the bundle");
         return;
     }
     let runs: usize = std::env::var("EMBER_BENCH_RUNS")

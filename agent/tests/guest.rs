@@ -163,8 +163,9 @@ async fn listens_on_vsock() {
     // SAFETY: socket/close on a fresh fd.
     let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM, 0) };
     if fd < 0 {
-        eprintln!(
-            "SKIPPED listens_on_vsock: this kernel has no AF_VSOCK (vsock module not loaded)"
+        common::report_skip(
+            "listens_on_vsock",
+            "this kernel has no AF_VSOCK (vsock module not loaded)",
         );
         return;
     }
@@ -268,7 +269,11 @@ async fn container_storages_are_mounted_and_unmounted() {
         }
     }
     if loopdev.is_none() {
-        eprintln!("note: block storage not tested here (no loop device or mkfs.ext4)");
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "note: container_storages_are_mounted_and_unmounted: block storage not tested here (no loop device or mkfs.ext4)"
+        );
     }
 
     let mut spec = sh("echo hi > /scratch/x && cat /scratch/x /bound/f; touch /bound/y || echo ro; test -d /disk/lost+found && echo ext4");

@@ -38,15 +38,23 @@ pub fn skip_reason() -> Option<String> {
     None
 }
 
-/// Prints the skip reason and returns true when the test must be skipped.
+/// Reports `SKIP <test>: <why>` and returns true when the test must be skipped. Written to
+/// the process's stderr directly (not through `eprintln!`, which the test harness
+/// captures), so the notice is always seen; `scripts/run-tests.sh` counts these lines.
 pub fn skip(test: &str) -> bool {
     match skip_reason() {
-        Some(r) => {
-            eprintln!("SKIPPED {test}: {r}");
+        Some(why) => {
+            report_skip(test, &why);
             true
         }
         None => false,
     }
+}
+
+/// Writes `SKIP <test>: <why>` to stderr, past the test harness's capture.
+pub fn report_skip(test: &str, why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIP {test}: {why}");
 }
 
 pub fn ctx() -> context::Context {
