@@ -56,7 +56,7 @@ pub enum ConfigError {
         message: String,
     },
     /// A key ember does not know (usually a typo).
-    #[error("{at}: unknown key `{key}` in {}{}", section_name(.section), suggestion_hint(.suggestion, .valid))]
+    #[error("{at}: unknown key `{key}` in {}; {hint}", section_name(.section))]
     UnknownKey {
         /// Where.
         at: Location,
@@ -64,10 +64,8 @@ pub enum ConfigError {
         key: String,
         /// The dotted section that holds it (`""` for the top level).
         section: String,
-        /// The nearest valid key, if one is close.
-        suggestion: Option<String>,
-        /// All valid keys of that section.
-        valid: Vec<String>,
+        /// `did you mean `x`?` when a valid key is close, else the list of valid keys.
+        hint: String,
     },
     /// A value of the wrong type or an unknown variant.
     #[error("{at}: {key}: {message}")]
@@ -118,12 +116,5 @@ fn section_name(section: &str) -> String {
         "the top level (sections are [hypervisor], [sandbox], [agent], [log])".to_string()
     } else {
         format!("[{section}]")
-    }
-}
-
-fn suggestion_hint(suggestion: &Option<String>, valid: &[String]) -> String {
-    match suggestion {
-        Some(s) => format!("; did you mean `{s}`?"),
-        None => format!("; valid keys: {}", valid.join(", ")),
     }
 }

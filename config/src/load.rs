@@ -221,8 +221,10 @@ fn check_unknown_keys(
             at: at(Some(index.line_of(entry.key_span.start))),
             key: entry.path.clone(),
             section: entry.section.clone(),
-            suggestion: nearest(&entry.key, valid),
-            valid: valid.iter().map(|s| s.to_string()).collect(),
+            hint: match nearest(&entry.key, valid) {
+                Some(s) => format!("did you mean `{s}`?"),
+                None => format!("valid keys: {}", valid.join(", ")),
+            },
         });
     }
     Ok(())
@@ -271,11 +273,14 @@ fn resolve_paths(config: &mut Config, dir: &Path) {
     fix(&mut config.sandbox.state_dir);
 }
 
-fn validate(config: &Config, file: Option<&Path>, index: Option<&KeyIndex>) -> Result<(), ConfigError> {
+fn validate(
+    config: &Config,
+    file: Option<&Path>,
+    index: Option<&KeyIndex>,
+) -> Result<(), ConfigError> {
     let at = |key: &str| Location {
         file: file.map(Path::to_path_buf),
-        line: index
-            .and_then(|i| i.get(key).map(|e| i.line_of(e.value_span.start))),
+        line: index.and_then(|i| i.get(key).map(|e| i.line_of(e.value_span.start))),
     };
     let range = |key: &str, value: u64, (lo, hi): (u64, u64), unit: &str| {
         if (lo..=hi).contains(&value) {
@@ -291,8 +296,18 @@ fn validate(config: &Config, file: Option<&Path>, index: Option<&KeyIndex>) -> R
     };
     let h = &config.hypervisor;
     range("hypervisor.vcpus", h.vcpus.into(), widen(VCPUS_RANGE), "")?;
-    range("hypervisor.memory_mib", h.memory_mib.into(), widen(MEMORY_MIB_RANGE), " MiB")?;
-    range("agent.port", config.agent.port.into(), widen(AGENT_PORT_RANGE), "")?;
+    range(
+        "hypervisor.memory_mib",
+        h.memory_mib.into(),
+        widen(MEMORY_MIB_RANGE),
+        " MiB",
+    )?;
+    range(
+        "agent.port",
+        config.agent.port.into(),
+        widen(AGENT_PORT_RANGE),
+        "",
+    )?;
     range(
         "agent.dial_timeout_ms",
         config.agent.dial_timeout_ms,

@@ -135,7 +135,10 @@ mod tests {
         assert_eq!(vcpus.section, "hypervisor");
         let port = idx.get("hypervisor.agent.port").unwrap();
         assert_eq!(idx.line_of(port.key_span.start), 5);
-        assert_eq!(idx.at(port.value_span.start).unwrap().path, "hypervisor.agent.port");
+        assert_eq!(
+            idx.at(port.value_span.start).unwrap().path,
+            "hypervisor.agent.port"
+        );
         assert_eq!(line_in(src, 0), 1);
         assert_eq!(line_in(src, src.len()), 6);
     }

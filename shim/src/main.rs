@@ -6,6 +6,8 @@
 //! publishing task events back to containerd.
 
 fn main() {
-    eprintln!("containerd-shim-ember-v2: the shim is not built yet (see the runtime and shim issue)");
+    eprintln!(
+        "containerd-shim-ember-v2: the shim is not built yet (see the runtime and shim issue)"
+    );
     std::process::exit(1);
 }

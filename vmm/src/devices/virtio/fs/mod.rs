@@ -1,0 +1,188 @@
+//! virtio-fs: a host directory shared under a tag, served inside the VMM by
+//! fuse-backend-rs's passthrough file system (no virtiofsd process; DESIGN.md).
+//!
+//! The guest cannot reach outside the shared directory: the passthrough server resolves
+//! every name with `openat` relative to an inode it handed out, refuses names with `/`,
+//! maps `..` at the root to the root, and never follows symlinks on the host (a symlink
+//! is returned to the guest, whose own kernel resolves it inside the guest). Read-only
+//! shares are enforced here ([`readonly`]), not only by the guest's mount options.
+//!
+//! Requests are served on the device event-loop thread, one queue at a time.
+
+pub mod readonly;
+
+use super::{DeviceState, VirtioDevice, VIRTIO_F_VERSION_1};
+use event_manager::{EventOps, Events, MutEventSubscriber};
+use fuse_backend_rs::api::server::Server;
+use fuse_backend_rs::passthrough::{CachePolicy, Config as PassthroughConfig, PassthroughFs};
+use fuse_backend_rs::transport::{Reader, VirtioFsWriter, Writer};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use thiserror::Error;
+use virtio_queue::QueueT;
+
+/// virtio device id of a file system device.
+pub const DEVICE_TYPE: u32 = 26;
+/// Queue size (hiprio and the request queue).
+pub const QUEUE_SIZE: u16 = 256;
+/// Longest tag (the config field is 36 bytes).
+pub const MAX_TAG_LEN: usize = 36;
+
+/// Errors of creating a virtio-fs device.
+#[derive(Debug, Error)]
+pub enum FsError {
+    /// The tag is empty or too long.
+    #[error("virtio-fs tag `{0}` must be 1 to 36 bytes")]
+    BadTag(String),
+    /// The shared directory is not a directory.
+    #[error("virtio-fs shared directory {0} does not exist or is not a directory")]
+    NotADirectory(PathBuf),
+    /// The passthrough server could not open the directory.
+    #[error("cannot share {path}: {message}")]
+    Passthrough {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
+    /// An eventfd could not be created.
+    #[error("cannot create eventfd: {0}")]
+    EventFd(std::io::Error),
+}
+
+/// The virtio-fs device.
+pub struct Fs {
+    tag: String,
+    read_only: bool,
+    server: Arc<Server<Arc<PassthroughFs>>>,
+    state: DeviceState,
+}
+
+impl Fs {
+    /// Share `dir` under `tag`.
+    pub fn new(tag: &str, dir: &Path, read_only: bool) -> Result<Self, FsError> {
+        if tag.is_empty() || tag.len() > MAX_TAG_LEN {
+            return Err(FsError::BadTag(tag.to_string()));
+        }
+        if !dir.is_dir() {
+            return Err(FsError::NotADirectory(dir.to_path_buf()));
+        }
+        let passthrough_err = |message: String| FsError::Passthrough {
+            path: dir.to_path_buf(),
+            message,
+        };
+        let cfg = PassthroughConfig {
+            root_dir: dir.to_string_lossy().into_owned(),
+            do_import: true,
+            xattr: false,
+            cache_policy: CachePolicy::Auto,
+            writeback: false,
+            ..Default::default()
+        };
+        let fs = PassthroughFs::<()>::new(cfg).map_err(|e| passthrough_err(e.to_string()))?;
+        fs.import().map_err(|e| passthrough_err(e.to_string()))?;
+        Ok(Self {
+            tag: tag.to_string(),
+            read_only,
+            server: Arc::new(Server::new(Arc::new(fs))),
+            state: DeviceState::new(&[QUEUE_SIZE, QUEUE_SIZE]).map_err(FsError::EventFd)?,
+        })
+    }
+
+    /// The tag the guest mounts.
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+
+    /// Serve every request on queue `q`; returns how many were completed.
+    pub fn process_queue(&mut self, q: usize) -> usize {
+        let Some(mem) = self.state.mem.as_ref() else {
+            return 0;
+        };
+        let Some(queue) = self.state.queues.get_mut(q) else {
+            return 0;
+        };
+        let mut done = 0;
+        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            let head = chain.head_index();
+            let used = match (
+                Reader::from_descriptor_chain(mem, chain.clone()),
+                VirtioFsWriter::new(mem, chain.clone()).map(Writer::from),
+            ) {
+                (Ok(reader), Ok(writer)) => {
+                    let denied = if self.read_only {
+                        Reader::from_descriptor_chain(mem, chain)
+                            .ok()
+                            .and_then(readonly::violation)
+                    } else {
+                        None
+                    };
+                    match denied {
+                        Some(header) => readonly::reply_erofs(&header, writer),
+                        None => match self.server.handle_message(reader, writer, None, None) {
+                            Ok(n) => n,
+                            Err(e) => {
+                                log::debug!("virtio-fs {}: request {head} failed: {e}", self.tag);
+                                0
+                            }
+                        },
+                    }
+                }
+                _ => {
+                    log::warn!(
+                        "virtio-fs {}: descriptor chain {head} is malformed; dropped",
+                        self.tag
+                    );
+                    0
+                }
+            };
+            if let Err(e) = queue.add_used(mem, head, used as u32) {
+                log::warn!("virtio-fs {}: cannot return chain {head}: {e}", self.tag);
+                break;
+            }
+            done += 1;
+        }
+        self.state.notify(&[(q, done)]);
+        done
+    }
+}
+
+impl VirtioDevice for Fs {
+    fn device_type(&self) -> u32 {
+        DEVICE_TYPE
+    }
+
+    fn avail_features(&self) -> u64 {
+        1u64 << VIRTIO_F_VERSION_1
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        // tag: [u8; 36], num_request_queues: le32.
+        let mut config = [0u8; MAX_TAG_LEN + 4];
+        config[..self.tag.len()].copy_from_slice(self.tag.as_bytes());
+        config[MAX_TAG_LEN..].copy_from_slice(&1u32.to_le_bytes());
+        super::read_config_bytes(&config, offset, data);
+    }
+
+    fn state(&self) -> &DeviceState {
+        &self.state
+    }
+
+    fn state_mut(&mut self) -> &mut DeviceState {
+        &mut self.state
+    }
+}
+
+impl MutEventSubscriber for Fs {
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        if let Some(q) = self.state.take_queue_event(&events, "virtio-fs") {
+            if self.is_activated() {
+                self.process_queue(q);
+            }
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        self.state.register_queue_events(ops, "virtio-fs");
+    }
+}

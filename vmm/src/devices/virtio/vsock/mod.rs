@@ -1,0 +1,179 @@
+//! virtio-vsock with a hybrid Unix-socket backend (no vhost): the host reaches guest
+//! ports through one Unix socket and `CONNECT <port>`, the guest reaches host ports
+//! through `<path>_<port>` sockets. See [`muxer`] for the protocol and flow control.
+
+pub mod connection;
+pub mod defs;
+pub mod muxer;
+
+use super::{read_config_bytes, DeviceState, VirtioDevice, VIRTIO_F_VERSION_1};
+use defs::*;
+use event_manager::{EventOps, Events, MutEventSubscriber};
+use muxer::Muxer;
+use std::path::Path;
+use thiserror::Error;
+use virtio_queue::QueueT;
+use virtio_vsock::packet::VsockPacket;
+use vmm_sys_util::epoll::EventSet;
+
+/// Event-loop tokens of the three queue eventfds.
+const TOKEN_QUEUE_BASE: u32 = u32::MAX - 8;
+
+/// Errors of creating a vsock device.
+#[derive(Debug, Error)]
+pub enum VsockError {
+    /// The guest CID is reserved.
+    #[error("guest CID {0} is reserved: use 3 or more")]
+    ReservedCid(u64),
+    /// The Unix socket cannot be created.
+    #[error("cannot listen on vsock socket {path}: {source}")]
+    Listen {
+        /// The socket path.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// An eventfd could not be created.
+    #[error("cannot create eventfd: {0}")]
+    EventFd(std::io::Error),
+}
+
+/// The vsock device.
+pub struct Vsock {
+    cid: u64,
+    state: DeviceState,
+    muxer: Muxer,
+}
+
+impl Vsock {
+    /// A device for a guest with `cid`, whose host side listens on `path`.
+    pub fn new(cid: u64, path: &Path) -> Result<Self, VsockError> {
+        if cid < 3 || cid > u64::from(u32::MAX) {
+            return Err(VsockError::ReservedCid(cid));
+        }
+        Ok(Self {
+            cid,
+            state: DeviceState::new(&[QUEUE_SIZE; 3]).map_err(VsockError::EventFd)?,
+            muxer: Muxer::new(path, cid).map_err(|source| VsockError::Listen {
+                path: path.to_path_buf(),
+                source,
+            })?,
+        })
+    }
+
+    /// The guest CID.
+    pub fn cid(&self) -> u64 {
+        self.cid
+    }
+
+    /// Open connections (for tests and diagnostics).
+    pub fn connection_count(&self) -> usize {
+        self.muxer.connection_count()
+    }
+
+    /// Handle every packet the guest sent; returns how many chains were returned.
+    fn process_tx(&mut self) -> usize {
+        let Some(mem) = self.state.mem.as_ref() else {
+            return 0;
+        };
+        let queue = &mut self.state.queues[TXQ];
+        let mut done = 0;
+        while let Some(mut chain) = queue.pop_descriptor_chain(mem) {
+            let head = chain.head_index();
+            match VsockPacket::from_tx_virtq_chain(mem, &mut chain, MAX_PKT_DATA) {
+                Ok(pkt) => self.muxer.handle_tx(&pkt),
+                Err(e) => log::warn!("vsock: malformed TX packet {head}: {e}; dropped"),
+            }
+            if let Err(e) = queue.add_used(mem, head, 0) {
+                log::warn!("vsock: cannot return TX buffer {head}: {e}");
+                break;
+            }
+            done += 1;
+        }
+        done
+    }
+
+    /// Send what is owed to the guest and raise the interrupt for whatever queue moved.
+    fn process_rx_and_notify(&mut self, tx_done: usize) {
+        let Some(mem) = self.state.mem.as_ref() else {
+            return;
+        };
+        let rx_done = self.muxer.fill_rx(mem, &mut self.state.queues[RXQ]);
+        self.state.notify(&[(RXQ, rx_done), (TXQ, tx_done)]);
+    }
+
+    /// One round of work, as the event loop would do it on `token`: used by `process`
+    /// and by tests that drive the device without an event loop thread.
+    pub fn handle(&mut self, token: u32, set: EventSet, ops: &mut EventOps) {
+        let mut tx_done = 0;
+        if token >= TOKEN_QUEUE_BASE {
+            let q = (token - TOKEN_QUEUE_BASE) as usize;
+            if let Some(evt) = self.state.queue_events.get(q) {
+                let _ = evt.read();
+            }
+            if self.is_activated() {
+                match q {
+                    RXQ => self.muxer.rx_refilled(),
+                    TXQ => tx_done = self.process_tx(),
+                    _ => {} // the event queue carries nothing ember sends
+                }
+            }
+        } else {
+            self.muxer.handle_event(token, set, ops);
+        }
+        if self.is_activated() {
+            // Sending a packet may free the guest's TX credit and vice versa: loop until
+            // neither side has anything more right now.
+            loop {
+                self.process_rx_and_notify(tx_done);
+                tx_done = self.process_tx();
+                if tx_done == 0 {
+                    break;
+                }
+            }
+        }
+        self.muxer.sync_watches(ops);
+    }
+}
+
+impl VirtioDevice for Vsock {
+    fn device_type(&self) -> u32 {
+        DEVICE_TYPE
+    }
+
+    fn avail_features(&self) -> u64 {
+        1u64 << VIRTIO_F_VERSION_1
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        // guest_cid: le64 at offset 0.
+        read_config_bytes(&self.cid.to_le_bytes(), offset, data);
+    }
+
+    fn state(&self) -> &DeviceState {
+        &self.state
+    }
+
+    fn state_mut(&mut self) -> &mut DeviceState {
+        &mut self.state
+    }
+}
+
+impl MutEventSubscriber for Vsock {
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        self.handle(events.data(), events.event_set(), ops);
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        for (i, evt) in self.state.queue_events.iter().enumerate() {
+            if let Err(e) = ops.add(Events::with_data(
+                evt,
+                TOKEN_QUEUE_BASE + i as u32,
+                EventSet::IN,
+            )) {
+                log::error!("vsock: cannot watch queue {i}: {e}");
+            }
+        }
+        self.muxer.init(ops);
+    }
+}

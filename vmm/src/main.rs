@@ -1,0 +1,195 @@
+//! `ember-vmm`: boot a guest on ember's VMM from the command line.
+
+use clap::Parser;
+use ember_vmm::{CpuProfile, DiskConfig, ExitReason, SerialSink, Vm, VmConfig};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Exit statuses of `ember-vmm`.
+mod status {
+    pub const POWER_OFF: u8 = 0;
+    pub const VMM_ERROR: u8 = 1;
+    pub const BAD_INPUT: u8 = 2;
+    pub const RESET: u8 = 3;
+    pub const TRIPLE_FAULT: u8 = 4;
+    pub const STOPPED: u8 = 5;
+}
+
+/// Boot a Linux kernel (or any ELF/bzImage guest) in a KVM microVM on ember's VMM.
+///
+/// Exit status: 0 the guest powered off (wrote I/O port 0x501); 1 the VMM failed
+/// (KVM error, vCPU internal error); 2 bad input (missing or unreadable kernel, initrd
+/// or disk, not an ELF/bzImage, memory below 64 MiB or above the host's, bad options);
+/// 3 the guest asked for a reset (i8042 reset, `reboot`); 4 a vCPU triple-faulted;
+/// 5 the VM was stopped by the host.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about)]
+struct Cli {
+    /// Guest kernel: uncompressed ELF vmlinux (PVH entry if present, else 64-bit) or bzImage.
+    #[arg(long, value_name = "PATH", required_unless_present = "config")]
+    kernel: Option<PathBuf>,
+    /// Initramfs to pass to the kernel.
+    #[arg(long, value_name = "PATH")]
+    initrd: Option<PathBuf>,
+    /// Kernel command line (ember appends its virtio-mmio devices and CPU-profile parameters).
+    #[arg(long, value_name = "STR")]
+    cmdline: Option<String>,
+    /// Number of vCPUs (1 to 254).
+    #[arg(long, value_name = "N")]
+    vcpus: Option<u8>,
+    /// Guest memory in MiB (64 to the host's memory).
+    #[arg(long, value_name = "N")]
+    memory_mib: Option<u64>,
+    /// A virtio-blk disk backed by a host file: PATH or PATH,ro. Repeat for more disks.
+    #[arg(long = "disk", value_name = "PATH[,ro]")]
+    disks: Vec<DiskConfig>,
+    /// A virtio-vsock device whose host side is the Unix socket PATH: connect and write
+    /// `CONNECT <guest-port>\n` to reach a guest port; guest connections to host port P
+    /// go to `PATH_P`. The guest CID defaults to 3.
+    #[arg(long, value_name = "PATH[,cid=N]")]
+    vsock: Option<ember_vmm::config::VsockConfig>,
+    /// Share a host folder over virtio-fs under TAG (the guest mounts it with
+    /// `mount -t virtiofs TAG /mnt`, or boots from it with `rootfstype=virtiofs root=TAG`).
+    /// Repeat for more folders.
+    #[arg(long = "fs", value_name = "TAG=DIR[,ro]")]
+    fs: Vec<ember_vmm::config::FsConfig>,
+    /// A virtio-net device on tap TAP (created if missing), optionally with a fixed MAC
+    /// and inside the network namespace file PATH. Repeat for more interfaces.
+    #[arg(long = "net", value_name = "TAP[,mac=..,netns=PATH]")]
+    net: Vec<ember_vmm::config::NetConfig>,
+    /// Add a virtio-rng device fed from the host's getrandom.
+    #[arg(long)]
+    rng: bool,
+    /// Where COM1 output goes: stdout, none, or a file path.
+    #[arg(long, value_name = "stdout|PATH|none")]
+    serial: Option<SerialSink>,
+    /// CPU features for the guest: auto (emulation-safe without hardware virtualization),
+    /// host, or emulation-safe.
+    #[arg(long, value_name = "PROFILE")]
+    cpu_profile: Option<CpuProfile>,
+    /// A vm.toml with the same settings (kernel, initrd, cmdline, vcpus, memory_mib,
+    /// [[disks]] path/read_only, serial, cpu_profile); options given here override it.
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Log level of the VMM's messages on stderr (error, warn, info, debug, trace).
+    #[arg(long, default_value = "info", value_name = "LEVEL")]
+    log_level: log::LevelFilter,
+}
+
+impl Cli {
+    fn into_config(self) -> Result<VmConfig, String> {
+        let mut c = match &self.config {
+            Some(p) => VmConfig::from_file(p).map_err(|e| e.to_string())?,
+            None => VmConfig::new(self.kernel.clone().expect("clap requires --kernel")),
+        };
+        if let Some(k) = self.kernel {
+            c.kernel = k;
+        }
+        if self.initrd.is_some() {
+            c.initrd = self.initrd;
+        }
+        if let Some(v) = self.cmdline {
+            c.cmdline = v;
+        }
+        if let Some(v) = self.vcpus {
+            c.vcpus = v;
+        }
+        if let Some(v) = self.memory_mib {
+            c.memory_mib = v;
+        }
+        if !self.disks.is_empty() {
+            c.disks = self.disks;
+        }
+        if self.rng {
+            c.rng = true;
+        }
+        if !self.net.is_empty() {
+            c.net = self.net;
+        }
+        if !self.fs.is_empty() {
+            c.fs = self.fs;
+        }
+        if self.vsock.is_some() {
+            c.vsock = self.vsock;
+        }
+        if let Some(v) = self.serial {
+            c.serial = v;
+        }
+        if let Some(v) = self.cpu_profile {
+            c.cpu_profile = v;
+        }
+        Ok(c)
+    }
+}
+
+/// Build and run the VM; SIGTERM or SIGINT stops it (exit status 5).
+///
+/// The two signals are blocked before any thread starts (threads inherit the mask) and
+/// taken by one thread with `sigwait`, which triggers the VM's exit latch: no work in a
+/// signal handler.
+fn run(config: &VmConfig) -> Result<ExitReason, ember_vmm::VmError> {
+    // SAFETY: sigset manipulation on a local set; pthread_sigmask affects this thread and
+    // the threads it creates afterwards.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    };
+    let mut vm = Vm::new(config)?;
+    let latch = vm.exit_latch();
+    std::thread::Builder::new()
+        .name("ember-signals".into())
+        .spawn(move || {
+            let mut sig = 0;
+            // SAFETY: waits on the blocked set; writes the signal number into `sig`.
+            if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
+                log::info!("signal {sig}: stopping the VM");
+                latch.trigger(ExitReason::Stopped);
+            }
+        })
+        .map_err(|source| ember_vmm::VmError::Host {
+            what: "signal thread",
+            source,
+        })?;
+    vm.start()?;
+    Ok(vm.wait())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    env_logger::Builder::new()
+        .filter_level(cli.log_level)
+        .format_timestamp(None)
+        .format_target(false)
+        .init();
+    let config = match cli.into_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ember-vmm: {e}");
+            return ExitCode::from(status::BAD_INPUT);
+        }
+    };
+    match run(&config) {
+        Ok(reason) => {
+            log::info!("guest exit: {reason:?}");
+            ExitCode::from(match reason {
+                ExitReason::PowerOff => status::POWER_OFF,
+                ExitReason::Reset => status::RESET,
+                ExitReason::TripleFault => status::TRIPLE_FAULT,
+                ExitReason::Stopped => status::STOPPED,
+                ExitReason::Error => status::VMM_ERROR,
+            })
+        }
+        Err(e) => {
+            eprintln!("ember-vmm: {e}");
+            ExitCode::from(if e.is_bad_input() {
+                status::BAD_INPUT
+            } else {
+                status::VMM_ERROR
+            })
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! vCPU threads: one per vCPU, running KVM_RUN and dispatching port-I/O and MMIO exits to
+//! the buses until the VM's exit latch is set.
+
+use crate::devices::bus::Bus;
+use crate::devices::legacy::power::{ExitLatch, ExitReason};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+/// Signal used to kick a vCPU thread out of KVM_RUN.
+fn kick_signal() -> i32 {
+    SIGRTMIN()
+}
+
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// Install the (empty) kick handler; KVM_RUN then returns EINTR when kicked.
+pub fn install_kick_handler() -> Result<(), vmm_sys_util::errno::Error> {
+    register_signal_handler(kick_signal(), on_kick)
+}
+
+/// Everything a vCPU thread needs.
+pub struct Vcpu {
+    /// The KVM vCPU.
+    pub fd: VcpuFd,
+    /// Its index (APIC id).
+    pub index: u8,
+    /// Port-I/O bus.
+    pub pio: Bus,
+    /// MMIO bus.
+    pub mmio: Bus,
+    /// Where exits are recorded.
+    pub exit: Arc<ExitLatch>,
+}
+
+/// A running vCPU thread.
+pub struct VcpuHandle {
+    thread: Option<JoinHandle<()>>,
+    done: Arc<AtomicBool>,
+    index: u8,
+}
+
+impl Vcpu {
+    /// Start the thread.
+    pub fn spawn(self) -> std::io::Result<VcpuHandle> {
+        let done = Arc::new(AtomicBool::new(false));
+        let flag = done.clone();
+        let index = self.index;
+        let thread = std::thread::Builder::new()
+            .name(format!("ember-vcpu{index}"))
+            .spawn(move || {
+                self.run();
+                flag.store(true, Ordering::SeqCst);
+            })?;
+        Ok(VcpuHandle {
+            thread: Some(thread),
+            done,
+            index,
+        })
+    }
+
+    fn run(mut self) {
+        while self.exit.reason().is_none() {
+            match self.fd.run() {
+                Ok(exit) => {
+                    if let Some(reason) = handle_exit(exit, &self.pio, &self.mmio, self.index) {
+                        if reason != ExitReason::PowerOff {
+                            self.log_state();
+                        }
+                        self.exit.trigger(reason);
+                    }
+                }
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    if log::log_enabled!(log::Level::Trace) {
+                        self.log_state();
+                    }
+                }
+                Err(e) => {
+                    log::error!("vcpu{}: KVM_RUN failed: {e}", self.index);
+                    self.exit.trigger(ExitReason::Error);
+                }
+            }
+        }
+    }
+}
+
+impl Vcpu {
+    /// Log where the vCPU stopped (for triple faults and errors).
+    fn log_state(&self) {
+        if let (Ok(r), Ok(s)) = (self.fd.get_regs(), self.fd.get_sregs()) {
+            log::info!(
+                "vcpu{}: rip {:#x} rsp {:#x} cr0 {:#x} cr3 {:#x} cr4 {:#x} efer {:#x} cs {:#x}",
+                self.index,
+                r.rip,
+                r.rsp,
+                s.cr0,
+                s.cr3,
+                s.cr4,
+                s.efer,
+                s.cs.selector
+            );
+        }
+    }
+}
+
+/// Handle one exit; `Some` when the VM must stop.
+fn handle_exit(exit: VcpuExit<'_>, pio: &Bus, mmio: &Bus, index: u8) -> Option<ExitReason> {
+    match exit {
+        VcpuExit::IoIn(port, data) => {
+            if !pio.read(u64::from(port), data) {
+                log::trace!("vcpu{index}: read of unmapped port {port:#x}");
+                data.fill(0xff); // open bus
+            }
+        }
+        VcpuExit::IoOut(port, data) => {
+            if !pio.write(u64::from(port), data) {
+                log::trace!("vcpu{index}: write to unmapped port {port:#x}");
+            }
+        }
+        VcpuExit::MmioRead(addr, data) => {
+            if !mmio.read(addr, data) {
+                log::debug!("vcpu{index}: read of unmapped MMIO {addr:#x}");
+                data.fill(0);
+            }
+        }
+        VcpuExit::MmioWrite(addr, data) => {
+            if !mmio.write(addr, data) {
+                log::debug!("vcpu{index}: write to unmapped MMIO {addr:#x}");
+            }
+        }
+        VcpuExit::Shutdown => {
+            log::info!("vcpu{index}: triple fault (KVM_EXIT_SHUTDOWN)");
+            return Some(ExitReason::TripleFault);
+        }
+        VcpuExit::Hlt => {
+            log::info!("vcpu{index}: halted");
+            return Some(ExitReason::PowerOff);
+        }
+        VcpuExit::SystemEvent(kind, _) => {
+            return Some(match kind {
+                kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => ExitReason::PowerOff,
+                kvm_bindings::KVM_SYSTEM_EVENT_RESET => ExitReason::Reset,
+                other => {
+                    log::error!("vcpu{index}: system event {other}");
+                    ExitReason::Error
+                }
+            });
+        }
+        VcpuExit::FailEntry(reason, cpu) => {
+            log::error!("vcpu{index}: KVM entry failed: hardware reason {reason:#x} on cpu {cpu}");
+            return Some(ExitReason::Error);
+        }
+        VcpuExit::InternalError => {
+            log::error!("vcpu{index}: KVM internal error (the instruction emulator gave up)");
+            return Some(ExitReason::Error);
+        }
+        other => {
+            log::error!("vcpu{index}: unexpected exit {other:?}");
+            return Some(ExitReason::Error);
+        }
+    }
+    None
+}
+
+impl VcpuHandle {
+    /// Kick the thread out of KVM_RUN until it notices the exit latch, then join it.
+    /// Kicks repeat because one sent while the thread is outside KVM_RUN is lost.
+    pub fn stop(mut self) {
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.done.load(Ordering::SeqCst) {
+            if Instant::now() > deadline {
+                log::error!("vcpu{}: did not stop within 5 s; leaving it", self.index);
+                return;
+            }
+            let _ = thread.kill(kick_signal());
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let _ = thread.join();
+    }
+}

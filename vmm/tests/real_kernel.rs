@@ -1,0 +1,264 @@
+//! Boot the guest kernel that `ember-rootfs-builder` builds, under ember's VMM (through
+//! the library API, as the runtime will), with an ext4 root disk made by `mkfs.ext4 -d`
+//! and the default CPU profile.
+//!
+//! On a PVM host (no hardware virtualization) a stock kernel runs under KVM's instruction
+//! emulator and stops at its first user-space instruction, so the test asserts the boot up
+//! to the root mount (about a minute here). With hardware KVM it also waits for the init
+//! program. Skips, saying why, when the kernel or mkfs.ext4 is missing.
+
+mod common;
+
+use ember_vmm::config::{FsConfig, VsockConfig};
+use ember_vmm::host::Virtualization;
+use ember_vmm::{DiskConfig, ExitReason, SerialSink, Vm, VmConfig};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const TIMEOUT: Duration = Duration::from_secs(400);
+
+/// The guest kernel: `EMBER_GUEST_KERNEL`, `build/guest/vmlinux`, or the newest one in
+/// rootfs-builder's cache.
+fn find_kernel() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("EMBER_GUEST_KERNEL") {
+        return Some(PathBuf::from(p));
+    }
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent()?;
+    let built = repo.join("build/guest/vmlinux");
+    if built.is_file() {
+        return Some(built);
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?
+        .join("ember/kernel");
+    std::fs::read_dir(cache)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("vmlinux"))
+        .filter(|p| p.is_file())
+        .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok())
+}
+
+/// A root tree whose /sbin/init prints a marker and reboots (busybox-static).
+fn make_tree(dir: &Path) -> PathBuf {
+    let tree = dir.join("root");
+    for d in ["sbin", "bin", "dev", "proc", "sys"] {
+        std::fs::create_dir_all(tree.join(d)).unwrap();
+    }
+    if Path::new("/bin/busybox").is_file() {
+        std::fs::copy("/bin/busybox", tree.join("bin/busybox")).unwrap();
+        std::fs::write(
+            tree.join("sbin/init"),
+            "#!/bin/busybox sh\n/bin/busybox echo EMBER_INIT_OK\n/bin/busybox reboot -f\n",
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            tree.join("sbin/init"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+    }
+    tree
+}
+
+/// An ext4 image of [`make_tree`].
+fn make_root(dir: &Path) -> Option<PathBuf> {
+    let tree = make_tree(dir);
+    let image = dir.join("root.ext4");
+    let ok = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(&tree)
+        .arg(&image)
+        .arg("32M")
+        .status()
+        .ok()?
+        .success();
+    ok.then_some(image)
+}
+
+#[test]
+fn guest_kernel_boots_to_the_ext4_root_mount() {
+    if !common::kvm_available("guest_kernel_boots_to_the_ext4_root_mount") {
+        return;
+    }
+    let Some(kernel) = find_kernel() else {
+        common::skip(
+            "guest_kernel_boots_to_the_ext4_root_mount",
+            "no guest kernel (run `make guest`, or set EMBER_GUEST_KERNEL)",
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let Some(root) = make_root(dir.path()) else {
+        common::skip(
+            "guest_kernel_boots_to_the_ext4_root_mount",
+            "mkfs.ext4 missing (apt-get install e2fsprogs)",
+        );
+        return;
+    };
+    let serial = dir.path().join("serial.log");
+    let mut config = VmConfig::new(&kernel);
+    config.cmdline = "console=ttyS0 reboot=k panic=1 root=/dev/vda rw ember.test=1".into();
+    config.disks = vec![DiskConfig {
+        path: root,
+        read_only: false,
+    }];
+    config.serial = SerialSink::File(serial.clone());
+    config.memory_mib = 256;
+
+    let hardware = Virtualization::detect(Path::new("/")).is_hardware();
+    let want = if hardware {
+        "EMBER_INIT_OK"
+    } else {
+        "VFS: Mounted root (ext4 filesystem)"
+    };
+    let start = Instant::now();
+    let mut vm = Vm::new(&config).expect("build the VM");
+    let cmdline = vm.cmdline().to_string();
+    let latch = vm.exit_latch();
+    vm.start().expect("start the VM");
+    let mut log = String::new();
+    while start.elapsed() < TIMEOUT && latch.reason().is_none() {
+        log = std::fs::read_to_string(&serial).unwrap_or_default();
+        if log.contains(want) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let seen = log.contains(want);
+    vm.stop();
+    let reason = vm.wait();
+    let log = std::fs::read_to_string(&serial).unwrap_or_default();
+    let tail: String = log
+        .lines()
+        .rev()
+        .take(15)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        seen,
+        "`{want}` not on the serial log after {:?} (exit {reason:?}); last lines:\n{tail}",
+        start.elapsed()
+    );
+    assert!(
+        log.contains(&format!("Command line: {cmdline}")),
+        "the kernel got our command line `{cmdline}`; log:\n{tail}"
+    );
+    assert!(cmdline.contains("virtio_mmio.device=4K@0xd0000000:5"));
+    assert!(log.contains("[vda]"), "virtio-blk probed vda");
+    if !hardware {
+        assert!(
+            cmdline.contains("noxsave nosmap nosmep"),
+            "auto picks emulation-safe here"
+        );
+        assert!(matches!(reason, ExitReason::Stopped), "{reason:?}");
+    }
+    eprintln!("booted to `{want}` in {:?}", start.elapsed());
+}
+
+/// Wait until the serial log contains `want`; returns the log.
+fn wait_for(
+    serial: &Path,
+    want: &str,
+    start: Instant,
+    latch: &ember_vmm::devices::legacy::power::ExitLatch,
+) -> Result<String, String> {
+    loop {
+        let log = std::fs::read_to_string(serial).unwrap_or_default();
+        if log.contains(want) {
+            return Ok(log);
+        }
+        if start.elapsed() > TIMEOUT || latch.reason().is_some() {
+            let tail: Vec<&str> = log.lines().rev().take(15).collect();
+            return Err(format!(
+                "`{want}` not seen after {:?}; last lines:\n{}",
+                start.elapsed(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn guest_kernel_mounts_a_virtiofs_root_and_its_vsock_driver_answers() {
+    const TEST: &str = "guest_kernel_mounts_a_virtiofs_root_and_its_vsock_driver_answers";
+    if !common::kvm_available(TEST) {
+        return;
+    }
+    let Some(kernel) = find_kernel() else {
+        common::skip(
+            TEST,
+            "no guest kernel (run `make guest`, or set EMBER_GUEST_KERNEL)",
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let tree = make_tree(dir.path());
+    let serial = dir.path().join("serial.log");
+    let vsock = dir.path().join("vsock.sock");
+    let mut config = VmConfig::new(&kernel);
+    // rootdelay keeps the kernel idle (and its drivers alive) before the root mount, so
+    // the vsock check does not race the init program, which a PVM host cannot run.
+    config.cmdline =
+        "console=ttyS0 reboot=k panic=1 rootfstype=virtiofs root=rootfs rw rootdelay=4".into();
+    config.fs = vec![FsConfig {
+        tag: "rootfs".into(),
+        dir: tree,
+        read_only: false,
+    }];
+    config.vsock = Some(VsockConfig {
+        path: vsock.clone(),
+        cid: 3,
+    });
+    config.serial = SerialSink::File(serial.clone());
+    let start = Instant::now();
+    let mut vm = Vm::new(&config).expect("build the VM");
+    let latch = vm.exit_latch();
+    vm.start().expect("start the VM");
+    let result = (|| {
+        wait_for(
+            &serial,
+            "Waiting 4 sec before mounting root device",
+            start,
+            &latch,
+        )?;
+        // Nobody listens on guest port 4242: the guest kernel answers RST, the client EOF.
+        let mut c = std::os::unix::net::UnixStream::connect(&vsock).map_err(|e| e.to_string())?;
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        c.write_all(b"CONNECT 4242\n").map_err(|e| e.to_string())?;
+        let mut buf = [0u8; 16];
+        match c.read(&mut buf) {
+            Ok(0) => {}
+            Ok(n) => {
+                return Err(format!(
+                    "unexpected answer {:?}",
+                    String::from_utf8_lossy(&buf[..n])
+                ))
+            }
+            Err(e) => return Err(format!("no RST from the guest's vsock driver: {e}")),
+        }
+        wait_for(
+            &serial,
+            "VFS: Mounted root (virtiofs filesystem)",
+            start,
+            &latch,
+        )
+    })();
+    vm.stop();
+    vm.wait();
+    let log = result.unwrap_or_else(|e| panic!("{e}"));
+    assert!(log
+        .contains("Command line: console=ttyS0 reboot=k panic=1 rootfstype=virtiofs root=rootfs"));
+    eprintln!(
+        "virtio-fs root and vsock RST seen after {:?}",
+        start.elapsed()
+    );
+}

@@ -1,0 +1,197 @@
+//! virtio-net on a real tap inside a test network namespace: a frame the guest sends
+//! comes out of the tap, and a frame sent into the tap reaches the guest's RX queue.
+//! Needs root (CAP_NET_ADMIN) and iproute2; skips saying so otherwise.
+
+mod common;
+
+use common::driver::{Desc, Driver, DATA, F_WRITE};
+use ember_vmm::devices::virtio::net::tap::Tap;
+use ember_vmm::devices::virtio::net::{Net, RXQ, TXQ};
+use event_manager::{EventManager, SubscriberOps};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::process::Command;
+
+const ETHERTYPE: u16 = 0x88b5; // IEEE local experimental
+const GUEST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x42];
+
+struct Netns(String);
+
+impl Netns {
+    fn new() -> Option<Self> {
+        let name = format!("ember-net-test-{}", std::process::id());
+        let ok = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .ok()?
+            .success();
+        ok.then(|| Self(name))
+    }
+    fn path(&self) -> std::path::PathBuf {
+        std::path::Path::new("/var/run/netns").join(&self.0)
+    }
+    fn ip(&self, args: &[&str]) {
+        let st = Command::new("ip")
+            .arg("-n")
+            .arg(&self.0)
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(st.success(), "ip -n {} {args:?}", self.0);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// An AF_PACKET socket on `ifname` inside the namespace at `ns`.
+fn packet_socket(ns: std::path::PathBuf, ifname: &str) -> OwnedFd {
+    let ifname = std::ffi::CString::new(ifname).unwrap();
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(ns).unwrap();
+        // SAFETY: setns on a namespace fd; this thread only.
+        assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+        // SAFETY: plain socket calls with valid arguments; the fd is owned at once.
+        unsafe {
+            let fd = libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW,
+                (libc::ETH_P_ALL as u16).to_be() as i32,
+            );
+            assert!(fd >= 0);
+            let owned = OwnedFd::from_raw_fd(fd);
+            let index = libc::if_nametoindex(ifname.as_ptr());
+            assert!(index > 0);
+            let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+            addr.sll_family = libc::AF_PACKET as u16;
+            addr.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
+            addr.sll_ifindex = index as i32;
+            let rc = libc::bind(
+                fd,
+                (&addr as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of_val(&addr) as u32,
+            );
+            assert_eq!(rc, 0);
+            let tv = libc::timeval {
+                tv_sec: 0,
+                tv_usec: 200_000,
+            };
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of_val(&tv) as u32,
+            );
+            owned
+        }
+    })
+    .join()
+    .unwrap()
+}
+
+fn frame(dst: [u8; 6], src: [u8; 6], payload: &[u8]) -> Vec<u8> {
+    let mut f = dst.to_vec();
+    f.extend(src);
+    f.extend(ETHERTYPE.to_be_bytes());
+    f.extend(payload);
+    f.resize(f.len().max(60), 0);
+    f
+}
+
+#[test]
+fn frames_cross_the_tap_in_both_directions() {
+    const TEST: &str = "frames_cross_the_tap_in_both_directions";
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        common::skip(
+            TEST,
+            "needs root (CAP_NET_ADMIN) to create a tap and a network namespace",
+        );
+        return;
+    }
+    let Some(ns) = Netns::new() else {
+        common::skip(TEST, "`ip netns add` failed (apt-get install iproute2)");
+        return;
+    };
+    let tap = Tap::open("embt0", Some(&ns.path())).expect("tap in the test namespace");
+    ns.ip(&["link", "set", "embt0", "up"]);
+    let sock = packet_socket(ns.path(), "embt0");
+    let mut d = Driver::new(Net::new(tap, GUEST_MAC).unwrap(), 64);
+    assert_eq!(d.init_queues(2) & 0x40, 0);
+    let mut em: EventManager<std::sync::Arc<std::sync::Mutex<Net>>> = EventManager::new().unwrap();
+    em.add_subscriber(d.device.clone());
+    let pump = |em: &mut EventManager<_>| while em.run_with_timeout(20).unwrap() > 0 {};
+
+    // Guest → tap.
+    let out = frame([0xff; 6], GUEST_MAC, b"ember-out");
+    let mut pkt = vec![0u8; 12];
+    pkt.extend(&out);
+    d.poke(DATA, &pkt);
+    d.submit_q(
+        TXQ,
+        &[Desc {
+            addr: DATA,
+            len: pkt.len() as u32,
+            flags: 0,
+            next: 0,
+        }],
+    );
+    d.kick_q(TXQ);
+    pump(&mut em);
+    assert_eq!(d.used_q(TXQ).len(), 1);
+    let mut buf = [0u8; 2048];
+    let mut seen = false;
+    for _ in 0..50 {
+        // SAFETY: reads into buf.
+        let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n <= 0 {
+            break;
+        }
+        if buf[..n as usize] == out[..] {
+            seen = true;
+            break;
+        }
+    }
+    assert!(seen, "the guest's frame came out of the tap");
+
+    // Tap → guest.
+    for i in 0..4 {
+        d.submit_q(
+            RXQ,
+            &[Desc {
+                addr: DATA + 0x10000 * (i + 1),
+                len: 2048,
+                flags: F_WRITE,
+                next: 0,
+            }],
+        );
+    }
+    d.kick_q(RXQ);
+    pump(&mut em);
+    let inbound = frame(GUEST_MAC, [0x02, 0, 0, 0, 0, 0xee], b"ember-in");
+    // SAFETY: sends the frame from a valid buffer.
+    let sent = unsafe { libc::send(sock.as_raw_fd(), inbound.as_ptr().cast(), inbound.len(), 0) };
+    assert_eq!(sent as usize, inbound.len());
+    let mut got = None;
+    for _ in 0..50 {
+        pump(&mut em);
+        for (_id, len) in d.used_q(RXQ) {
+            let found = (1..=4u64)
+                .map(|i| d.peek(DATA + 0x10000 * i, len as usize))
+                .find(|b| b.len() > 12 && b[12..] == inbound[..]);
+            if found.is_some() {
+                got = found;
+            }
+        }
+        if got.is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let b = got.expect("the frame sent into the tap reached an RX buffer");
+    assert_eq!(u16::from_le_bytes([b[10], b[11]]), 1, "num_buffers = 1");
+    assert!(b[..10].iter().all(|x| *x == 0), "no offload flags");
+}
