@@ -417,3 +417,23 @@ async fn hooks_run_in_the_agent_namespace() {
         "started\nstopped\n"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_container_can_be_removed_with_force() {
+    if skip("a_paused_container_can_be_removed_with_force") {
+        return;
+    }
+    let a = TestAgent::start().await;
+    a.create("pz", &sh("sleep 100 & sleep 100"), "", "", "")
+        .await
+        .unwrap();
+    a.start_c("pz").await.unwrap();
+    let mut p = pb::PauseContainerRequest::new();
+    p.container_id = "pz".into();
+    a.agent.pause_container(ctx(), &p).await.unwrap();
+    assert_eq!(freezer_state("pz"), "FROZEN");
+    a.remove("pz", true).await.unwrap();
+    assert!(common::cgroup_dirs("pz").is_empty());
+    let e = a.wait("pz", "").await.unwrap_err();
+    assert!(e.contains("does not exist"), "{e}");
+}
