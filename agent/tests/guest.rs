@@ -379,3 +379,67 @@ async fn sandbox_setup_and_destroy() {
     let e = a.wait("sbc", "").await.unwrap_err();
     assert!(e.contains("does not exist"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sandbox_sets_hostname_and_sysctls_in_the_agent_namespaces() {
+    if skip("sandbox_sets_hostname_and_sysctls_in_the_agent_namespaces") {
+        return;
+    }
+    let host_name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let host_fwd = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("agent.sock");
+    // Own UTS and network namespaces, so the host's hostname and sysctls stay untouched.
+    let mut child = Command::new("unshare")
+        .args(["--uts", "--net"])
+        .arg(env!("CARGO_BIN_EXE_ember-agent"))
+        .arg("--listen")
+        .arg(format!("unix://{}", sock.display()))
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..500 {
+        if sock.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let client = Client::connect(&format!("unix://{}", sock.display()))
+        .await
+        .unwrap();
+    let agent = ember_agent_protocol::agent_ttrpc::AgentClient::new(client);
+    let mut req = pb::CreateSandboxRequest::new();
+    req.sandbox_id = "sb".into();
+    req.hostname = "ember-sandbox".into();
+    let fwd = if host_fwd.trim() == "1" { "0" } else { "1" };
+    req.sysctls.insert("net.ipv4.ip_forward".into(), fwd.into());
+    agent.create_sandbox(ctx(), &req).await.unwrap();
+    let pid = child.id();
+    let in_ns = |args: &[&str]| {
+        let o = Command::new("nsenter")
+            .arg("-t")
+            .arg(pid.to_string())
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    assert_eq!(
+        in_ns(&["-u", "cat", "/proc/sys/kernel/hostname"]),
+        "ember-sandbox"
+    );
+    assert_eq!(in_ns(&["-n", "cat", "/proc/sys/net/ipv4/ip_forward"]), fwd);
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap(),
+        host_name
+    );
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap(),
+        host_fwd
+    );
+    // SAFETY: signal our own child (unshare exec'd the agent, so this is the agent).
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let _ = child.wait();
+}
