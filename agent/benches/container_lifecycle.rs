@@ -182,11 +182,17 @@ async fn start_agent(dir: &Path) -> (std::process::Child, AgentClient) {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let client = AgentClient::new(
-        Client::connect(&format!("unix://{}", sock.display()))
-            .await
-            .expect("agent socket"),
-    );
+    // The socket file exists between bind and listen: retry the connection briefly.
+    let addr = format!("unix://{}", sock.display());
+    let mut client = None;
+    for _ in 0..500 {
+        if let Ok(c) = Client::connect(&addr).await {
+            client = Some(AgentClient::new(c));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let client = client.expect("the agent socket accepts connections");
     (agent, client)
 }
 

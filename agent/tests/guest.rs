@@ -12,7 +12,6 @@ use common::{ctx, sh, skip, without_pid_ns, TestAgent};
 use ember_agent_protocol::agent as pb;
 use ember_agent_protocol::agent::storage::Driver;
 use ember_agent_protocol::agent_ttrpc::HealthClient;
-use ember_agent_protocol::ttrpc::r#async::Client;
 use serde_json::json;
 
 fn mountinfo() -> String {
@@ -70,9 +69,7 @@ async fn pid1_mounts_pseudo_filesystems_and_brings_up_loopback() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let client = Client::connect(&format!("unix://{}", sock.display()))
-        .await
-        .unwrap();
+    let client = common::connect(&sock).await;
     let health = HealthClient::new(client);
     let r = health.check(ctx(), &pb::CheckRequest::new()).await.unwrap();
     assert_eq!(
@@ -406,9 +403,7 @@ async fn sandbox_sets_hostname_and_sysctls_in_the_agent_namespaces() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let client = Client::connect(&format!("unix://{}", sock.display()))
-        .await
-        .unwrap();
+    let client = common::connect(&sock).await;
     let agent = ember_agent_protocol::agent_ttrpc::AgentClient::new(client);
     let mut req = pb::CreateSandboxRequest::new();
     req.sandbox_id = "sb".into();

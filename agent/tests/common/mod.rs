@@ -95,9 +95,7 @@ impl TestAgent {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let client = Client::connect(&format!("unix://{}", sock.display()))
-            .await
-            .expect("agent socket accepts connections");
+        let client = connect(&sock).await;
         TestAgent {
             child,
             dir,
@@ -349,4 +347,19 @@ pub fn agent_children(agent_pid: u32) -> Vec<String> {
     }
     v.sort();
     v
+}
+
+/// Connects to the agent's ttrpc socket, retrying while it appears (the socket file exists
+/// between bind and listen).
+pub async fn connect(sock: &Path) -> Client {
+    let addr = format!("unix://{}", sock.display());
+    let mut last = None;
+    for _ in 0..500 {
+        match Client::connect(&addr).await {
+            Ok(c) => return c,
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the agent socket {addr} never accepted a connection: {last:?}");
 }
