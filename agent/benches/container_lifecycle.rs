@@ -9,6 +9,7 @@
 //! (`unshare -m --propagation slave`) with `/sys/fs/cgroup/unified` unmounted there: the
 //! benchmark re-executes itself as that namespace's worker, which leaves the host alone.
 
+use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -60,68 +61,74 @@ fn oci_run(runtime: &str, root: &Path, bundle: &Path, id: &str) -> Result<Durati
     Ok(d)
 }
 
-fn oci_series(
-    runtime: &str,
-    root: &Path,
-    bundle: &Path,
-    runs: usize,
-) -> Result<Vec<Duration>, String> {
-    let mut v = Vec::new();
-    for i in 0..WARMUP + runs {
-        let d = oci_run(runtime, root, bundle, &format!("bench-{runtime}-{i}"))?;
-        if i >= WARMUP {
-            v.push(d);
-        }
-    }
-    Ok(v)
-}
-
-/// The crun worker, inside its private mount namespace.
-fn crun_worker(bundle: &str, root: &str, runs: usize) {
+/// The crun worker, inside its private mount namespace: for each id read on stdin it runs
+/// crun once and prints the duration in nanoseconds (or `error: ...`).
+fn crun_worker(bundle: &str, root: &str) {
     let st = Command::new("umount")
         .arg("/sys/fs/cgroup/unified")
         .status();
     if !matches!(st, Ok(s) if s.success()) {
         eprintln!("crun worker: cannot unmount /sys/fs/cgroup/unified in the private namespace");
     }
-    match oci_series("crun", Path::new(root), Path::new(bundle), runs) {
-        Ok(v) => {
-            for d in v {
-                println!("{}", d.as_nanos());
-            }
-        }
-        Err(e) => {
-            eprintln!("{e}");
-            std::process::exit(1);
-        }
+    let stdout = std::io::stdout();
+    for line in std::io::stdin().lines() {
+        let Ok(id) = line else { break };
+        let answer = match oci_run("crun", Path::new(root), Path::new(bundle), id.trim()) {
+            Ok(d) => d.as_nanos().to_string(),
+            Err(e) => format!("error: {}", e.replace('\n', " ")),
+        };
+        let mut out = stdout.lock();
+        let _ = writeln!(out, "{answer}");
+        let _ = out.flush();
     }
 }
 
-fn crun_series(bundle: &Path, root: &Path, runs: usize) -> Result<Vec<Duration>, String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let out = Command::new("unshare")
-        .args(["-m", "--propagation", "slave"])
-        .arg(exe)
-        .env(
-            CRUN_WORKER,
-            format!("{}\n{}\n{runs}", bundle.display(), root.display()),
-        )
-        .output()
-        .map_err(|e| format!("unshare: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "crun worker failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.trim().parse::<u64>().ok())
-        .map(Duration::from_nanos)
-        .collect())
+/// A running crun worker.
+struct Crun {
+    child: std::process::Child,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
 }
 
-/// One agent cycle; returns the durations of create, start, wait and remove.
+impl Crun {
+    fn start(bundle: &Path, root: &Path) -> Result<Crun, String> {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let mut child = Command::new("unshare")
+            .args(["-m", "--propagation", "slave"])
+            .arg(exe)
+            .env(
+                CRUN_WORKER,
+                format!("{}\n{}", bundle.display(), root.display()),
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("unshare: {e}"))?;
+        let stdout = std::io::BufReader::new(child.stdout.take().expect("piped"));
+        Ok(Crun { child, stdout })
+    }
+
+    fn run(&mut self, id: &str) -> Result<Duration, String> {
+        let stdin = self.child.stdin.as_mut().expect("piped");
+        writeln!(stdin, "{id}").map_err(|e| format!("crun worker: {e}"))?;
+        stdin.flush().map_err(|e| format!("crun worker: {e}"))?;
+        let mut line = String::new();
+        self.stdout
+            .read_line(&mut line)
+            .map_err(|e| format!("crun worker: {e}"))?;
+        line.trim()
+            .parse::<u64>()
+            .map(Duration::from_nanos)
+            .map_err(|_| format!("crun: {}", line.trim()))
+    }
+}
+
+impl Drop for Crun {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
 async fn agent_cycle(client: &AgentClient, spec: &str, bundle: &Path, id: &str) -> [Duration; 4] {
     let ctx = || context::with_timeout(0);
     let mut t = Instant::now();
@@ -156,9 +163,10 @@ async fn agent_cycle(client: &AgentClient, spec: &str, bundle: &Path, id: &str) 
     phases
 }
 
-async fn agent_series(dir: &Path, bundle: &Path, spec: &str, runs: usize) -> Vec<[Duration; 4]> {
+/// Starts `ember-agent` on a Unix socket under `dir` and connects to it.
+async fn start_agent(dir: &Path) -> (std::process::Child, AgentClient) {
     let sock = dir.join("agent.sock");
-    let mut agent = Command::new(env!("CARGO_BIN_EXE_ember-agent"))
+    let agent = Command::new(env!("CARGO_BIN_EXE_ember-agent"))
         .arg("--listen")
         .arg(format!("unix://{}", sock.display()))
         .arg("--state-dir")
@@ -174,45 +182,34 @@ async fn agent_series(dir: &Path, bundle: &Path, spec: &str, runs: usize) -> Vec
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let client = AgentClient::new(
-        Client::connect(&format!("unix://{}", sock.display()))
-            .await
-            .expect("agent socket"),
-    );
-    let mut v = Vec::new();
-    for i in 0..WARMUP + runs {
-        let d = agent_cycle(&client, spec, bundle, &format!("bench-agent-{i}")).await;
-        if i >= WARMUP {
-            v.push(d);
+    // The socket file exists between bind and listen: retry the connection briefly.
+    let addr = format!("unix://{}", sock.display());
+    let mut client = None;
+    for _ in 0..500 {
+        if let Ok(c) = Client::connect(&addr).await {
+            client = Some(AgentClient::new(c));
+            break;
         }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    // SAFETY: kill on our own child's pid.
-    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
-    let _ = agent.wait();
-    v
+    let client = client.expect("the agent socket accepts connections");
+    (agent, client)
 }
 
 fn main() {
     if let Ok(w) = std::env::var(CRUN_WORKER) {
         let mut parts = w.lines();
-        let (b, r, n) = (
-            parts.next().unwrap_or(""),
-            parts.next().unwrap_or(""),
-            parts.next().unwrap_or("0"),
-        );
-        crun_worker(b, r, n.parse().unwrap_or(0));
+        let (b, r) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        crun_worker(b, r);
         return;
     }
-    // cargo bench passes --bench; nothing else is accepted.
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        println!(
-            "SKIPPED lifecycle benchmark: needs root (containers need namespaces and cgroups)"
-        );
+        println!("SKIP container_lifecycle: needs root (containers need namespaces and cgroups)");
         return;
     }
     if !ember_tests::fixtures::busybox_available() {
-        println!("SKIPPED lifecycle benchmark: needs Debian's busybox-static for the bundle");
+        println!("SKIP container_lifecycle: needs Debian's busybox-static for the bundle");
         return;
     }
     let runs: usize = std::env::var("EMBER_BENCH_RUNS")
@@ -234,11 +231,57 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let phases = rt.block_on(agent_series(dir.path(), &bundle, &spec.to_string(), runs));
+    let (mut agent_proc, client) = rt.block_on(start_agent(dir.path()));
+    let spec_json = spec.to_string();
+    let runc_root = dir.path().join("runc-root");
+    let mut runc_err =
+        (!which("runc")).then(|| "runc is not installed (apt-get install runc)".to_string());
+    let mut crun = if which("crun") {
+        Crun::start(&bundle, &dir.path().join("crun-root"))
+    } else {
+        Err("crun is not installed (apt-get install crun)".into())
+    };
+    let mut crun_err = crun.as_ref().err().cloned();
+
+    // Interleaved, so that load from elsewhere hits all three alike.
+    let (mut phases, mut runc, mut crun_t) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..WARMUP + runs {
+        let keep = i >= WARMUP;
+        let p = rt.block_on(agent_cycle(
+            &client,
+            &spec_json,
+            &bundle,
+            &format!("bench-agent-{i}"),
+        ));
+        if keep {
+            phases.push(p);
+        }
+        if runc_err.is_none() {
+            match oci_run("runc", &runc_root, &bundle, &format!("bench-runc-{i}")) {
+                Ok(d) if keep => runc.push(d),
+                Ok(_) => {}
+                Err(e) => runc_err = Some(e),
+            }
+        }
+        if let (Ok(c), None) = (crun.as_mut(), &crun_err) {
+            match c.run(&format!("bench-crun-{i}")) {
+                Ok(d) if keep => crun_t.push(d),
+                Ok(_) => {}
+                Err(e) => crun_err = Some(e),
+            }
+        }
+    }
+    drop(crun);
+    // SAFETY: kill on our own child's pid.
+    unsafe { libc::kill(agent_proc.id() as i32, libc::SIGTERM) };
+    let _ = agent_proc.wait();
+
     let mut agent: Vec<Duration> = phases.iter().map(|p| p.iter().sum()).collect();
     let agent_m = median(&mut agent);
     let phase_m = |i: usize| median(&mut phases.iter().map(|p| p[i]).collect::<Vec<_>>());
-    println!("lifecycle of /bin/true, median of {runs} runs after {WARMUP} warm-up runs:");
+    println!(
+        "lifecycle of /bin/true, median of {runs} interleaved runs after {WARMUP} warm-up runs:"
+    );
     println!(
         "  ember-agent API (create+start+wait+delete): {:8.2} ms",
         ms(agent_m)
@@ -250,31 +293,20 @@ fn main() {
         ms(phase_m(2)),
         ms(phase_m(3))
     );
-
-    let report = |name: &str, r: Result<Vec<Duration>, String>, goal: f64| match r {
-        Ok(mut v) if !v.is_empty() => {
-            let m = median(&mut v);
-            let ratio = agent_m.as_secs_f64() / m.as_secs_f64();
-            println!(
-                "  {name:<10} run:                              {:8.2} ms   agent/{name} = {ratio:.2} (goal <= {goal})",
-                ms(m)
-            );
+    let report = |name: &str, mut v: Vec<Duration>, err: Option<String>, goal: f64| {
+        if let Some(e) = err {
+            println!("  {name}: not measured: {e}");
+            return;
         }
-        Ok(_) => println!("  {name}: no runs measured"),
-        Err(e) => println!("  {name}: not measured: {e}"),
+        let m = median(&mut v);
+        let ratio = agent_m.as_secs_f64() / m.as_secs_f64();
+        println!(
+            "  {name:<10} run:                              {:8.2} ms   agent/{name} = {ratio:.2} (goal <= {goal})",
+            ms(m)
+        );
     };
-    let runc = if which("runc") {
-        oci_series("runc", &dir.path().join("runc-root"), &bundle, runs)
-    } else {
-        Err("runc is not installed (apt-get install runc)".into())
-    };
-    report("runc", runc, 0.5);
-    let crun = if which("crun") {
-        crun_series(&bundle, &dir.path().join("crun-root"), runs)
-    } else {
-        Err("crun is not installed (apt-get install crun)".into())
-    };
-    report("crun", crun, 1.0);
+    report("runc", runc, runc_err, 0.5);
+    report("crun", crun_t, crun_err, 1.0);
 }
 
 fn which(bin: &str) -> bool {

@@ -28,6 +28,8 @@ use crate::tty::{self, ConsoleSocket, TtyError};
 const OOM_POLL: Duration = Duration::from_millis(100);
 /// How long removal waits for a killed init process to be reaped.
 const REAP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often removal retries libcontainer's delete when the cgroup is still busy.
+const DELETE_RETRIES: u32 = 5;
 
 /// Errors of container operations; each names the container (and exec) concerned.
 #[derive(Debug, thiserror::Error)]
@@ -397,8 +399,22 @@ impl Containers {
             Ok(p) => p,
             Err(e) => {
                 warn!(log, "create failed"; "error" => %e);
-                // libcontainer removes its own state and cgroup on a failed build; make sure.
-                let _ = std::fs::remove_dir_all(self.root.join(id));
+                // libcontainer removes its own state and cgroup when its build fails; if the
+                // build succeeded and a later step failed (the terminal hand-over), the
+                // container exists and is deleted here, processes and cgroup included.
+                let dir = self.root.join(id);
+                for _ in 0..DELETE_RETRIES {
+                    if !dir.exists() {
+                        break;
+                    }
+                    let d = dir.clone();
+                    let _ = blocking(move || LcContainer::load(d).and_then(|mut c| c.delete(true)))
+                        .await;
+                    if dir.exists() {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+                let _ = std::fs::remove_dir_all(&dir);
                 let _ = std::fs::remove_dir_all(&bundle);
                 storage::unmount_all(&mounted);
                 return Err(e);
@@ -662,17 +678,38 @@ impl Containers {
                 message: "is running; stop it first or remove it with force".into(),
             });
         }
-        // Exec processes may outlive the init without a pid namespace: kill them first.
-        self.with(id, |c| {
+        // Kill whatever still runs (the init of a created container or, with force, of a
+        // running one; execs that outlive an init without a pid namespace) and let the
+        // reaper collect it before the cgroup goes: a killed but unreaped process keeps
+        // its cgroup busy.
+        let (init_pid, mut waits) = self.with(id, |c| {
+            let mut waits = vec![c.init.exit.clone()];
             for p in c.execs.values() {
                 if p.exit.borrow().is_none() {
                     let _ = kill(Pid::from_raw(p.pid), Signal::SIGKILL);
+                    waits.push(p.exit.clone());
                 }
             }
-            Ok(())
+            Ok((c.init.pid, waits))
         })?;
         let dir = self.root.join(id);
-        let idc = id.to_string();
+        if init_exit.borrow().is_none() && dir.exists() {
+            let (d, idc) = (dir.clone(), id.to_string());
+            // libcontainer's kill of all processes also copes with a frozen (paused) cgroup.
+            let killed = blocking(move || {
+                LcContainer::load(d)
+                    .and_then(|mut c| c.kill(Signal::SIGKILL, true))
+                    .map_err(|e| lc_err(&idc, "kill", e))
+            })
+            .await;
+            if let Err(e) = killed {
+                warn!(self.log, "kill before removal failed"; "container" => id, "error" => %e);
+            }
+            let _ = kill(Pid::from_raw(init_pid), Signal::SIGKILL);
+        }
+        for w in waits.iter_mut() {
+            let _ = tokio::time::timeout(REAP_TIMEOUT, w.wait_for(|s| s.is_some())).await;
+        }
         let hooks = self.with(id, |c| Ok(c.hooks))?;
         if dir.exists() && hooks {
             self.in_helper(
@@ -684,15 +721,27 @@ impl Containers {
             )
             .await?;
         } else if dir.exists() {
-            blocking(move || {
-                LcContainer::load(dir)
-                    .and_then(|mut c| c.delete(true))
-                    .map_err(|e| lc_err(&idc, "delete", e))
-            })
-            .await?;
+            let mut attempt = 0;
+            loop {
+                let (d, idc) = (dir.clone(), id.to_string());
+                let r = blocking(move || {
+                    LcContainer::load(d)
+                        .and_then(|mut c| c.delete(true))
+                        .map_err(|e| lc_err(&idc, "delete", e))
+                })
+                .await;
+                match r {
+                    Ok(()) => break,
+                    // A process in uninterruptible sleep can hold the cgroup a while longer.
+                    Err(e) if attempt < DELETE_RETRIES && dir.exists() => {
+                        warn!(self.log, "delete failed, retrying"; "container" => id, "error" => %e);
+                        attempt += 1;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
         }
-        let mut init_exit = init_exit;
-        let _ = tokio::time::timeout(REAP_TIMEOUT, init_exit.wait_for(|s| s.is_some())).await;
         let c = self
             .table
             .lock()

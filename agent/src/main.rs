@@ -119,10 +119,15 @@ fn bind(addr: &Address) -> Result<Listener, AgentError> {
             if let Some(dir) = p.parent() {
                 std::fs::create_dir_all(dir).map_err(err)?;
             }
-            Ok(Listener::Unix(
-                tokio::net::UnixListener::bind(p).map_err(err)?,
-                p.clone(),
-            ))
+            // Bound and listening under a temporary name, then renamed: the socket path
+            // appears only once it accepts connections, so waiting for it is enough.
+            let mut tmp = p.clone().into_os_string();
+            tmp.push(format!(".tmp{}", std::process::id()));
+            let tmp = PathBuf::from(tmp);
+            let _ = std::fs::remove_file(&tmp);
+            let listener = tokio::net::UnixListener::bind(&tmp).map_err(err)?;
+            std::fs::rename(&tmp, p).map_err(err)?;
+            Ok(Listener::Unix(listener, p.clone()))
         }
         Address::Vsock { port, .. } => Ok(Listener::Vsock(
             tokio_vsock::VsockListener::bind(tokio_vsock::VsockAddr::new(

@@ -9,7 +9,7 @@ use common::{sh, skip, TestAgent};
 #[derive(Debug, PartialEq, Eq)]
 struct Footprint {
     agent_fds: usize,
-    mounts: usize,
+    mounts: Vec<String>,
     cgroups: Vec<String>,
     state_files: Vec<String>,
     agent_children: Vec<String>,
@@ -62,10 +62,7 @@ fn footprint(a: &TestAgent, prefix: &str) -> Footprint {
             agent_children
         },
         agent_fds: list(std::path::Path::new(&format!("/proc/{pid}/fd"))).len(),
-        mounts: std::fs::read_to_string("/proc/self/mountinfo")
-            .unwrap()
-            .lines()
-            .count(),
+        mounts: common::mounts_under(a.dir.path()),
         cgroups,
         state_files,
     }

@@ -45,6 +45,36 @@ async fn terminal_process_gets_a_tty_and_resizes() {
     assert!(out.contains("bye-go"), "terminal output: {out:?}");
     a.remove("tty", false).await.unwrap();
 
+    // An exec with its own terminal, resized through its exec id.
+    a.create("ttyx", &sh("sleep 100"), "", "", "")
+        .await
+        .unwrap();
+    a.start_c("ttyx").await.unwrap();
+    let p = json!({"args": ["/bin/sh", "-c", "read x; stty size; test -t 1 && echo exec-tty"],
+                   "env": ["PATH=/bin"], "cwd": "/", "terminal": true,
+                   "user": {"uid": 0, "gid": 0}});
+    a.exec("ttyx", "t", &p, "ttyx-i", "ttyx-o", "")
+        .await
+        .unwrap();
+    let mut input = stream::connect_unix(&a.stdio, "ttyx-i").await.unwrap();
+    let mut output = stream::connect_unix(&a.stdio, "ttyx-o").await.unwrap();
+    let mut req = pb::TtyWinResizeRequest::new();
+    req.container_id = "ttyx".into();
+    req.exec_id = "t".into();
+    req.rows = 12;
+    req.cols = 34;
+    a.agent.tty_win_resize(ctx(), &req).await.unwrap();
+    input.write_all(b"go\n").await.unwrap();
+    assert_eq!(a.wait("ttyx", "t").await.unwrap(), 0);
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), output.read_to_end(&mut out)).await;
+    let out = String::from_utf8_lossy(&out);
+    assert!(
+        out.contains("12 34") && out.contains("exec-tty"),
+        "exec terminal output: {out:?}"
+    );
+    a.remove("ttyx", true).await.unwrap();
+
     // Resizing a process without a terminal is refused.
     a.create("notty", &sh("sleep 100"), "", "", "")
         .await
@@ -278,7 +308,20 @@ async fn memory_limit_oom_kills_and_reports_an_event() {
     let a = TestAgent::start().await;
     let mut spec = sh("x=0123456789abcdef; while true; do x=$x$x; done");
     let limit = 32 * 1024 * 1024;
-    spec["linux"]["resources"]["memory"] = json!({"limit": limit, "swap": limit});
+    // Keep the allocation from going to swap where the kernel accounts swap per cgroup.
+    let swap_accounting = [
+        "/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes",
+        "/sys/fs/cgroup/memory.swap.max",
+    ]
+    .iter()
+    .any(|f| std::path::Path::new(f).exists())
+        || std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers")
+            .is_ok_and(|c| c.contains("memory"));
+    spec["linux"]["resources"]["memory"] = if swap_accounting {
+        json!({"limit": limit, "swap": limit})
+    } else {
+        json!({"limit": limit})
+    };
     a.create("oom", &spec, "", "", "").await.unwrap();
     let st = a.stats("oom").await;
     assert_eq!(st.memory.limit_bytes, limit as u64, "{st:?}");
@@ -373,4 +416,24 @@ async fn hooks_run_in_the_agent_namespace() {
         std::fs::read_to_string(&marker).unwrap(),
         "started\nstopped\n"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_container_can_be_removed_with_force() {
+    if skip("a_paused_container_can_be_removed_with_force") {
+        return;
+    }
+    let a = TestAgent::start().await;
+    a.create("pz", &sh("sleep 100 & sleep 100"), "", "", "")
+        .await
+        .unwrap();
+    a.start_c("pz").await.unwrap();
+    let mut p = pb::PauseContainerRequest::new();
+    p.container_id = "pz".into();
+    a.agent.pause_container(ctx(), &p).await.unwrap();
+    assert_eq!(freezer_state("pz"), "FROZEN");
+    a.remove("pz", true).await.unwrap();
+    assert!(common::cgroup_dirs("pz").is_empty());
+    let e = a.wait("pz", "").await.unwrap_err();
+    assert!(e.contains("does not exist"), "{e}");
 }

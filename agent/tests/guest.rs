@@ -12,7 +12,6 @@ use common::{ctx, sh, skip, without_pid_ns, TestAgent};
 use ember_agent_protocol::agent as pb;
 use ember_agent_protocol::agent::storage::Driver;
 use ember_agent_protocol::agent_ttrpc::HealthClient;
-use ember_agent_protocol::ttrpc::r#async::Client;
 use serde_json::json;
 
 fn mountinfo() -> String {
@@ -33,6 +32,16 @@ async fn pid1_mounts_pseudo_filesystems_and_brings_up_loopback() {
     if skip("pid1_mounts_pseudo_filesystems_and_brings_up_loopback") {
         return;
     }
+    let targets = [
+        "/proc",
+        "/sys",
+        "/dev",
+        "/dev/pts",
+        "/dev/shm",
+        "/run",
+        "/sys/fs/cgroup",
+    ];
+    let host_before = common::mounts_at(&targets);
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("agent.sock");
     // The agent is PID 1 of new pid, mount and network namespaces: it does its init duties
@@ -60,9 +69,7 @@ async fn pid1_mounts_pseudo_filesystems_and_brings_up_loopback() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let client = Client::connect(&format!("unix://{}", sock.display()))
-        .await
-        .unwrap();
+    let client = common::connect(&sock).await;
     let health = HealthClient::new(client);
     let r = health.check(ctx(), &pb::CheckRequest::new()).await.unwrap();
     assert_eq!(
@@ -101,9 +108,7 @@ async fn pid1_mounts_pseudo_filesystems_and_brings_up_loopback() {
         );
     }
     // The host's own mounts are untouched.
-    assert!(!mountinfo().lines().any(|l| l.contains(" /run ")
-        && l.contains(" - tmpfs ")
-        && l.contains(&sock.display().to_string())));
+    assert_eq!(common::mounts_at(&targets), host_before);
     // Loopback is up in the agent's network namespace (IFF_UP = 0x1).
     let flags =
         std::fs::read_to_string(format!("/proc/{agent}/root/sys/class/net/lo/flags")).unwrap();
@@ -155,8 +160,9 @@ async fn listens_on_vsock() {
     // SAFETY: socket/close on a fresh fd.
     let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM, 0) };
     if fd < 0 {
-        eprintln!(
-            "SKIPPED listens_on_vsock: this kernel has no AF_VSOCK (vsock module not loaded)"
+        common::report_skip(
+            "listens_on_vsock",
+            "this kernel has no AF_VSOCK (vsock module not loaded)",
         );
         return;
     }
@@ -260,7 +266,11 @@ async fn container_storages_are_mounted_and_unmounted() {
         }
     }
     if loopdev.is_none() {
-        eprintln!("note: block storage not tested here (no loop device or mkfs.ext4)");
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "note: container_storages_are_mounted_and_unmounted: block storage not tested here (no loop device or mkfs.ext4)"
+        );
     }
 
     let mut spec = sh("echo hi > /scratch/x && cat /scratch/x /bound/f; touch /bound/y || echo ro; test -d /disk/lost+found && echo ext4");
@@ -365,4 +375,66 @@ async fn sandbox_setup_and_destroy() {
     assert!(common::cgroup_dirs("sbc").is_empty());
     let e = a.wait("sbc", "").await.unwrap_err();
     assert!(e.contains("does not exist"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sandbox_sets_hostname_and_sysctls_in_the_agent_namespaces() {
+    if skip("sandbox_sets_hostname_and_sysctls_in_the_agent_namespaces") {
+        return;
+    }
+    let host_name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let host_fwd = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("agent.sock");
+    // Own UTS and network namespaces, so the host's hostname and sysctls stay untouched.
+    let mut child = Command::new("unshare")
+        .args(["--uts", "--net"])
+        .arg(env!("CARGO_BIN_EXE_ember-agent"))
+        .arg("--listen")
+        .arg(format!("unix://{}", sock.display()))
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..500 {
+        if sock.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let client = common::connect(&sock).await;
+    let agent = ember_agent_protocol::agent_ttrpc::AgentClient::new(client);
+    let mut req = pb::CreateSandboxRequest::new();
+    req.sandbox_id = "sb".into();
+    req.hostname = "ember-sandbox".into();
+    let fwd = if host_fwd.trim() == "1" { "0" } else { "1" };
+    req.sysctls.insert("net.ipv4.ip_forward".into(), fwd.into());
+    agent.create_sandbox(ctx(), &req).await.unwrap();
+    let pid = child.id();
+    let in_ns = |args: &[&str]| {
+        let o = Command::new("nsenter")
+            .arg("-t")
+            .arg(pid.to_string())
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    assert_eq!(
+        in_ns(&["-u", "cat", "/proc/sys/kernel/hostname"]),
+        "ember-sandbox"
+    );
+    assert_eq!(in_ns(&["-n", "cat", "/proc/sys/net/ipv4/ip_forward"]), fwd);
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap(),
+        host_name
+    );
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap(),
+        host_fwd
+    );
+    // SAFETY: signal our own child (unshare exec'd the agent, so this is the agent).
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let _ = child.wait();
 }

@@ -237,10 +237,7 @@ async fn bad_specs_name_the_field_and_leave_nothing_behind() {
         return;
     }
     let a = TestAgent::start().await;
-    let mounts_before = std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .count();
+    let mounts_before = common::mounts_under(a.dir.path());
 
     let mut req = pb::CreateContainerRequest::new();
     req.container_id = "badjson".into();
@@ -288,13 +285,20 @@ async fn bad_specs_name_the_field_and_leave_nothing_behind() {
     assert!(e.contains("badmount"), "{e}");
     assert_nothing_left(&a, "badmount");
 
+    // No process is left: only the agent's warm spawn helper remains as its child.
+    let mut children = common::agent_children(a.pid());
+    for _ in 0..100 {
+        if children.iter().all(|c| c == "ember-agent") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        children = common::agent_children(a.pid());
+    }
+    assert!(children.iter().all(|c| c == "ember-agent"), "{children:?}");
     // The stream ids of failed creates are free again and no mount is left.
     let e = stream::connect_unix(&a.stdio, "badns-o").await.unwrap_err();
     assert!(e.to_string().contains("UnknownStream"), "{e}");
-    let mounts_after = std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .count();
+    let mounts_after = common::mounts_under(a.dir.path());
     assert_eq!(mounts_before, mounts_after);
     // And the same ids work now.
     let (s, out, _) = a.run("badns", &sh("echo fine")).await;

@@ -3,9 +3,12 @@
 //!
 //! It owns `proto/agent.proto`, ember's own service definition, the Rust code that
 //! `ttrpc-codegen` generates from it ([`agent`] messages, [`agent_ttrpc`] services and
-//! clients), a connection helper for the runtime ([`AgentConnection`]), the protocol version ([`PROTOCOL_VERSION`], checked with [`check_version`]),
-//! the agent's listen addresses ([`address`]) and the header that opens a stdio stream
-//! connection ([`stream`]).
+//! clients), a connection helper for the runtime ([`AgentConnection`]), the protocol
+//! version ([`PROTOCOL_VERSION`], checked with [`check_version`]), the agent's listen
+//! addresses ([`address`]) and the header that opens a stdio stream connection
+//! ([`stream`]).
+
+#![deny(missing_docs)]
 
 pub mod address;
 pub mod client;

@@ -38,15 +38,23 @@ pub fn skip_reason() -> Option<String> {
     None
 }
 
-/// Prints the skip reason and returns true when the test must be skipped.
+/// Reports `SKIP <test>: <why>` and returns true when the test must be skipped. Written to
+/// the process's stderr directly (not through `eprintln!`, which the test harness
+/// captures), so the notice is always seen; `scripts/run-tests.sh` counts these lines.
 pub fn skip(test: &str) -> bool {
     match skip_reason() {
-        Some(r) => {
-            eprintln!("SKIPPED {test}: {r}");
+        Some(why) => {
+            report_skip(test, &why);
             true
         }
         None => false,
     }
+}
+
+/// Writes `SKIP <test>: <why>` to stderr, past the test harness's capture.
+pub fn report_skip(test: &str, why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIP {test}: {why}");
 }
 
 pub fn ctx() -> context::Context {
@@ -87,9 +95,7 @@ impl TestAgent {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let client = Client::connect(&format!("unix://{}", sock.display()))
-            .await
-            .expect("agent socket accepts connections");
+        let client = connect(&sock).await;
         TestAgent {
             child,
             dir,
@@ -295,4 +301,65 @@ pub fn cgroup_dirs(id: &str) -> Vec<PathBuf> {
         found.push(v2);
     }
     found
+}
+
+/// Mount points of this (the host's) mount namespace under `dir`, sorted. Only these can be
+/// leaked by an agent whose state and bundles live in `dir`; other mounts on a shared
+/// machine come and go on their own.
+pub fn mounts_under(dir: &Path) -> Vec<String> {
+    let prefix = dir.display().to_string();
+    let mut v: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+        .filter(|m| m.starts_with(&prefix))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Mount points of the host mount namespace equal to one of `targets`, with repeats.
+pub fn mounts_at(targets: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+        .filter(|m| targets.contains(&m.as_str()))
+        .collect();
+    v.sort();
+    v
+}
+
+/// The command names of the agent's child processes (its warm spawn helper is
+/// `ember-agent`; container processes are re-parented to the agent).
+pub fn agent_children(agent_pid: u32) -> Vec<String> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        let Some((head, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        if rest.split(' ').nth(1) == Some(agent_pid.to_string().as_str()) {
+            v.push(head.split_once(" (").map(|x| x.1).unwrap_or("").to_string());
+        }
+    }
+    v.sort();
+    v
+}
+
+/// Connects to the agent's ttrpc socket, retrying while it appears (the socket file exists
+/// between bind and listen).
+pub async fn connect(sock: &Path) -> Client {
+    let addr = format!("unix://{}", sock.display());
+    let mut last = None;
+    for _ in 0..500 {
+        match Client::connect(&addr).await {
+            Ok(c) => return c,
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the agent socket {addr} never accepted a connection: {last:?}");
 }
