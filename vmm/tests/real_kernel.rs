@@ -109,6 +109,7 @@ fn guest_kernel_boots_to_the_ext4_root_mount() {
     }];
     config.serial = SerialSink::File(serial.clone());
     config.memory_mib = 256;
+    config.rng = true;
 
     let hardware = Virtualization::detect(Path::new("/")).is_hardware();
     let want = if hardware {
@@ -153,6 +154,12 @@ fn guest_kernel_boots_to_the_ext4_root_mount() {
     );
     assert!(cmdline.contains("virtio_mmio.device=4K@0xd0000000:5"));
     assert!(log.contains("[vda]"), "virtio-blk probed vda");
+    let crng = log.find("random: crng init done");
+    let root = log.find("VFS: Mounted root");
+    assert!(
+        matches!((crng, root), (Some(c), Some(r)) if c < r),
+        "virtio-rng seeds the CRNG before the root mount; log:\n{tail}"
+    );
     if !hardware {
         assert!(
             cmdline.contains("noxsave nosmap nosmep"),
