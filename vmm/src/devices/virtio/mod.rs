@@ -222,11 +222,20 @@ impl DeviceState {
         }
     }
 
-    /// Register every queue eventfd with the event loop, with the queue index as data.
-    pub fn register_queue_events(&self, ops: &mut event_manager::EventOps, device: &str) {
+    /// Register every queue eventfd with the event loop, with `base + queue index` as the
+    /// event data (devices that also watch other fds pick a base that cannot clash).
+    pub fn register_queue_events(
+        &self,
+        ops: &mut event_manager::EventOps,
+        base: u32,
+        device: &str,
+    ) {
         for (i, evt) in self.queue_events.iter().enumerate() {
-            let events =
-                event_manager::Events::with_data(evt, i as u32, vmm_sys_util::epoll::EventSet::IN);
+            let events = event_manager::Events::with_data(
+                evt,
+                base + i as u32,
+                vmm_sys_util::epoll::EventSet::IN,
+            );
             if let Err(e) = ops.add(events) {
                 log::error!("{device}: cannot watch queue {i}'s eventfd: {e}");
             }

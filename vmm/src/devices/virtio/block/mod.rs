@@ -144,6 +144,6 @@ impl MutEventSubscriber for Block {
     }
 
     fn init(&mut self, ops: &mut EventOps) {
-        self.state.register_queue_events(ops, "virtio-blk");
+        self.state.register_queue_events(ops, 0, "virtio-blk");
     }
 }

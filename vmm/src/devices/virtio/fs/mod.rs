@@ -183,6 +183,6 @@ impl MutEventSubscriber for Fs {
     }
 
     fn init(&mut self, ops: &mut EventOps) {
-        self.state.register_queue_events(ops, "virtio-fs");
+        self.state.register_queue_events(ops, 0, "virtio-fs");
     }
 }

@@ -228,15 +228,8 @@ impl MutEventSubscriber for Net {
     }
 
     fn init(&mut self, ops: &mut EventOps) {
-        for (i, evt) in self.state.queue_events.iter().enumerate() {
-            if let Err(e) = ops.add(Events::with_data(
-                evt,
-                TOKEN_QUEUE_BASE + i as u32,
-                EventSet::IN,
-            )) {
-                log::error!("virtio-net: cannot watch queue {i}: {e}");
-            }
-        }
+        self.state
+            .register_queue_events(ops, TOKEN_QUEUE_BASE, "virtio-net");
         self.sync_tap_watch(ops);
     }
 }

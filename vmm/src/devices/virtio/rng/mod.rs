@@ -112,6 +112,6 @@ impl MutEventSubscriber for Rng {
     }
 
     fn init(&mut self, ops: &mut EventOps) {
-        self.state.register_queue_events(ops, "virtio-rng");
+        self.state.register_queue_events(ops, 0, "virtio-rng");
     }
 }
