@@ -5,3 +5,13 @@
 //! Debian's busybox-static ([`fixtures`]). The tests live in `tests/tests/`.
 
 pub mod fixtures;
+
+/// Report that `test` is skipped and why, as `SKIP <test>: <why>`.
+///
+/// Written to the process's stderr directly, not through `eprintln!` (which the test
+/// harness captures and shows only for failures), so a skip is never silent;
+/// `scripts/run-tests.sh` lists and counts these lines. Every crate's tests use this one.
+pub fn skip(test: &str, why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIP {test}: {why}");
+}

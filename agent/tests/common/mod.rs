@@ -38,9 +38,8 @@ pub fn skip_reason() -> Option<String> {
     None
 }
 
-/// Reports `SKIP <test>: <why>` and returns true when the test must be skipped. Written to
-/// the process's stderr directly (not through `eprintln!`, which the test harness
-/// captures), so the notice is always seen; `scripts/run-tests.sh` counts these lines.
+/// Reports `SKIP <test>: <why>` (through [`ember_tests::skip`]) and returns true when the
+/// test must be skipped.
 pub fn skip(test: &str) -> bool {
     match skip_reason() {
         Some(why) => {
@@ -51,11 +50,7 @@ pub fn skip(test: &str) -> bool {
     }
 }
 
-/// Writes `SKIP <test>: <why>` to stderr, past the test harness's capture.
-pub fn report_skip(test: &str, why: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "SKIP {test}: {why}");
-}
+pub use ember_tests::skip as report_skip;
 
 pub fn ctx() -> context::Context {
     context::with_timeout(0)

@@ -13,12 +13,7 @@ use std::sync::OnceLock;
 /// `kernel-manifest.json` (e.g. `build/guest`), used instead of the cache.
 pub const GUEST_DIR_ENV: &str = "EMBER_GUEST_DIR";
 
-/// Prints a skip notice that names what is missing, straight to the process's stderr
-/// (not through the test harness's output capture), so a skip is never silent.
-pub fn skip(test: &str, why: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "SKIP {test}: {why}");
-}
+pub use ember_tests::skip;
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {

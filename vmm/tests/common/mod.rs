@@ -121,13 +121,7 @@ pub fn bzimage(code: &[u8]) -> Vec<u8> {
     f
 }
 
-/// Report that `test` is skipped and why. Written to the process's stderr directly (not
-/// through `eprintln!`, which the test harness captures), so the notice is always seen;
-/// `scripts/run-tests.sh` counts these lines.
-pub fn skip(test: &str, why: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "SKIP {test}: {why}");
-}
+pub use ember_tests::skip;
 
 /// Whether /dev/kvm can be used; reports the skip when not.
 pub fn kvm_available(test: &str) -> bool {

@@ -25,8 +25,6 @@ pub struct Pending {
     pub response: bool,
     /// OP_CREDIT_UPDATE.
     pub credit_update: bool,
-    /// OP_SHUTDOWN with SEND (host socket reached EOF).
-    pub shutdown_send: bool,
     /// OP_RST; the connection is removed once sent.
     pub rst: bool,
 }
@@ -34,7 +32,7 @@ pub struct Pending {
 impl Pending {
     /// Whether any control packet is owed.
     pub fn any(&self) -> bool {
-        self.request || self.response || self.credit_update || self.shutdown_send || self.rst
+        self.request || self.response || self.credit_update || self.rst
     }
 }
 

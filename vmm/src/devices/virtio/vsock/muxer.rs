@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use virtio_vsock::packet::{VsockPacket, PKT_HEADER_SIZE};
 use vm_memory::bitmap::BitmapSlice;
-use vm_memory::{ReadVolatile, WriteVolatile};
+use vm_memory::WriteVolatile;
 use vmm_sys_util::epoll::EventSet;
 
 /// Event-loop token of the listening socket (socket fds use their fd as token).
@@ -440,34 +440,60 @@ impl Muxer {
     }
 
     /// Fill RX buffers with what is owed to the guest; returns how many were used.
+    ///
+    /// Control packets (RST, REQUEST, RESPONSE, a credit update with no data to carry it)
+    /// take one buffer each; data goes through [`Muxer::read_batch`].
     pub fn fill_rx(&mut self, mem: &GuestMemory, queue: &mut Queue) -> usize {
         let mut used = 0;
-        while self.has_rx_work() {
-            if let Some(key) = self.data_ready_front() {
-                match self.read_batch(mem, queue, key) {
-                    Some(n) => {
-                        used += n;
-                        continue;
+        loop {
+            let (key, local, peer, op) = if let Some(&(local, peer)) = self.stray_rsts.front() {
+                (None, local, peer, op::RST)
+            } else {
+                let Some(&key) = self.rx_ready.front() else {
+                    break;
+                };
+                let Some(c) = self.conns.get(&key) else {
+                    self.pop_ready();
+                    continue;
+                };
+                let data = c.readable && c.wants_to_read();
+                let p = c.pending;
+                let op = if p.rst {
+                    op::RST
+                } else if p.request {
+                    op::REQUEST
+                } else if p.response {
+                    op::RESPONSE
+                } else if p.credit_update && !data {
+                    op::CREDIT_UPDATE
+                } else if data {
+                    match self.read_batch(mem, queue, key) {
+                        Some(n) => {
+                            used += n;
+                            continue;
+                        }
+                        None => break,
                     }
-                    None => break,
-                }
-            }
+                } else {
+                    // Nothing owed after all: untracked until an event says otherwise.
+                    self.pop_ready();
+                    self.dirty.insert(key);
+                    continue;
+                };
+                (Some(key), c.local_port, c.peer_port, op)
+            };
             let Some(mut chain) = queue.pop_descriptor_chain(mem) else {
                 self.rx_starved = true;
                 break;
             };
             let head = chain.head_index();
             let len = match VsockPacket::from_rx_virtq_chain(mem, &mut chain, MAX_PKT_DATA) {
-                Ok(mut pkt) => match self.next_rx_packet(&mut pkt) {
-                    Some(len) => len,
-                    None => {
-                        // Nothing to send after all (the socket had no data): give the
-                        // buffer back untouched.
-                        queue.go_to_previous_position();
-                        break;
-                    }
-                },
+                Ok(mut pkt) => {
+                    self.send_control(&mut pkt, key, local, peer, op);
+                    PKT_HEADER_SIZE as u32
+                }
                 Err(e) => {
+                    // The packet stays owed; this buffer goes back unused.
                     log::warn!("vsock: bad RX buffer {head}: {e}");
                     0
                 }
@@ -484,14 +510,45 @@ impl Muxer {
         used
     }
 
-    /// The first ready connection, if what it owes the guest is only data.
-    fn data_ready_front(&self) -> Option<ConnKey> {
-        if !self.stray_rsts.is_empty() {
-            return None;
+    fn pop_ready(&mut self) {
+        if let Some(key) = self.rx_ready.pop_front() {
+            self.rx_ready_set.remove(&key);
         }
-        let key = *self.rx_ready.front()?;
-        let c = self.conns.get(&key)?;
-        (!c.pending.any() && c.readable && c.wants_to_read()).then_some(key)
+    }
+
+    /// Write control packet `op` of connection `key` (a stray RST when `None`) and update
+    /// the connection for it.
+    fn send_control<B: BitmapSlice>(
+        &mut self,
+        pkt: &mut VsockPacket<'_, B>,
+        key: Option<ConnKey>,
+        local: u32,
+        peer: u32,
+        op: u16,
+    ) {
+        let Some(key) = key else {
+            self.stray_rsts.pop_front();
+            write_header(pkt, self.cid, local, peer, op, 0, Wrapping(0));
+            return;
+        };
+        self.pop_ready();
+        let conn = self.conns.get_mut(&key).expect("ready connection exists");
+        match op {
+            op::REQUEST => conn.pending.request = false,
+            op::RESPONSE => conn.pending.response = false,
+            _ => {}
+        }
+        // Every packet carries our fwd_cnt, so any of them is a credit update.
+        conn.pending.credit_update = false;
+        conn.last_fwd_cnt_sent = conn.fwd_cnt;
+        write_header(pkt, self.cid, local, peer, op, 0, conn.fwd_cnt);
+        let again = conn.pending.any() || (conn.readable && conn.wants_to_read());
+        if op == op::RST {
+            self.close(key);
+        } else if again {
+            self.mark_rx(key);
+        }
+        self.dirty.insert(key);
     }
 
     /// Move data from `key`'s host socket into as many RX buffers as its credit allows,
@@ -560,7 +617,15 @@ impl Muxer {
                 let take = left.min(*room);
                 left -= take;
                 conn.rx_cnt += Wrapping(take as u32);
-                write_header(pkt, self.cid, conn, op::RW, 0);
+                write_header(
+                    pkt,
+                    self.cid,
+                    conn.local_port,
+                    conn.peer_port,
+                    op::RW,
+                    0,
+                    conn.fwd_cnt,
+                );
                 pkt.set_len(take as u32);
                 let _ = queue.add_used(mem, *head, (PKT_HEADER_SIZE + take) as u32);
                 filled += 1;
@@ -581,7 +646,15 @@ impl Muxer {
         };
         if let Some((op, flags)) = result {
             let (head, pkt, _) = &mut batch[0];
-            write_header(pkt, self.cid, conn, op, flags);
+            write_header(
+                pkt,
+                self.cid,
+                conn.local_port,
+                conn.peer_port,
+                op,
+                flags,
+                conn.fwd_cnt,
+            );
             let _ = queue.add_used(mem, *head, PKT_HEADER_SIZE as u32);
             filled = 1;
         }
@@ -594,8 +667,7 @@ impl Muxer {
         }
         let again = conn.pending.any() || (conn.readable && conn.wants_to_read());
         let rst = conn.pending.rst && result.is_some_and(|(op, _)| op == op::RST);
-        self.rx_ready.pop_front();
-        self.rx_ready_set.remove(&key);
+        self.pop_ready();
         if rst {
             self.close(key);
         } else if again {
@@ -605,104 +677,6 @@ impl Muxer {
         // Progress either way: buffers were filled, or (nothing to read) the connection
         // left the ready queue.
         Some(used + filled)
-    }
-
-    /// Write the next owed packet into `pkt`; its used length, or `None` if nothing is owed.
-    fn next_rx_packet<B: BitmapSlice>(&mut self, pkt: &mut VsockPacket<'_, B>) -> Option<u32> {
-        if let Some((local, peer)) = self.stray_rsts.pop_front() {
-            self.header(pkt, local, peer, op::RST, 0, Wrapping(0));
-            return Some(PKT_HEADER_SIZE as u32);
-        }
-        while let Some(key) = self.rx_ready.pop_front() {
-            self.rx_ready_set.remove(&key);
-            let Some(conn) = self.conns.get_mut(&key) else {
-                continue;
-            };
-            let (op, flags, data_len) = if conn.pending.rst {
-                (op::RST, 0, 0)
-            } else if conn.pending.request {
-                conn.pending.request = false;
-                (op::REQUEST, 0, 0)
-            } else if conn.pending.response {
-                conn.pending.response = false;
-                (op::RESPONSE, 0, 0)
-            } else if conn.readable && conn.wants_to_read() {
-                let room = pkt.data_slice().map_or(0, |d| d.len());
-                let want = (conn.peer_credit() as usize).min(room);
-                let read = match pkt.data_slice() {
-                    Some(d) if want > 0 => {
-                        let mut dst = d.subslice(0, want).expect("within slice");
-                        conn.stream.read_volatile(&mut dst)
-                    }
-                    _ => Err(vm_memory::VolatileMemoryError::IOError(
-                        ErrorKind::WouldBlock.into(),
-                    )),
-                };
-                match read {
-                    Ok(0) => {
-                        conn.host_eof = true;
-                        (op::SHUTDOWN, SHUTDOWN_SEND, 0)
-                    }
-                    Ok(n) => {
-                        conn.rx_cnt += Wrapping(n as u32);
-                        (op::RW, 0, n as u32)
-                    }
-                    Err(e) if would_block(&e) => {
-                        conn.readable = false;
-                        if conn.pending.credit_update {
-                            (op::CREDIT_UPDATE, 0, 0)
-                        } else {
-                            self.dirty.insert(key);
-                            continue;
-                        }
-                    }
-                    Err(_) => {
-                        conn.pending.rst = true;
-                        (op::RST, 0, 0)
-                    }
-                }
-            } else if conn.pending.credit_update {
-                (op::CREDIT_UPDATE, 0, 0)
-            } else {
-                self.dirty.insert(key);
-                continue;
-            };
-            conn.pending.credit_update = false;
-            conn.last_fwd_cnt_sent = conn.fwd_cnt;
-            let (local, peer, fwd) = (conn.local_port, conn.peer_port, conn.fwd_cnt);
-            let again = conn.pending.any() || (conn.readable && conn.wants_to_read());
-            self.header(pkt, local, peer, op, flags, fwd);
-            pkt.set_len(data_len);
-            if op == op::RST {
-                self.close(key);
-            } else if again {
-                self.mark_rx(key);
-            }
-            self.dirty.insert(key);
-            return Some(PKT_HEADER_SIZE as u32 + data_len);
-        }
-        None
-    }
-
-    fn header<B: BitmapSlice>(
-        &self,
-        pkt: &mut VsockPacket<'_, B>,
-        local: u32,
-        peer: u32,
-        op: u16,
-        flags: u32,
-        fwd: Wrapping<u32>,
-    ) {
-        pkt.set_src_cid(HOST_CID)
-            .set_dst_cid(self.cid)
-            .set_src_port(local)
-            .set_dst_port(peer)
-            .set_type(TYPE_STREAM)
-            .set_op(op)
-            .set_flags(flags)
-            .set_len(0)
-            .set_buf_alloc(CONN_BUF_ALLOC)
-            .set_fwd_cnt(fwd.0);
     }
 
     /// Forget a connection. Its socket stays open (in `closed`) until `sync_watches` has
@@ -773,24 +747,26 @@ impl Muxer {
     }
 }
 
-/// Fill `pkt`'s header for a packet of `conn` (host → guest), without payload length.
+/// Fill `pkt`'s header for a host → guest packet from `local` to `peer` (length 0).
 fn write_header<B: BitmapSlice>(
     pkt: &mut VsockPacket<'_, B>,
     cid: u64,
-    conn: &Connection,
+    local: u32,
+    peer: u32,
     op: u16,
     flags: u32,
+    fwd_cnt: Wrapping<u32>,
 ) {
     pkt.set_src_cid(HOST_CID)
         .set_dst_cid(cid)
-        .set_src_port(conn.local_port)
-        .set_dst_port(conn.peer_port)
+        .set_src_port(local)
+        .set_dst_port(peer)
         .set_type(TYPE_STREAM)
         .set_op(op)
         .set_flags(flags)
         .set_len(0)
         .set_buf_alloc(CONN_BUF_ALLOC)
-        .set_fwd_cnt(conn.fwd_cnt.0);
+        .set_fwd_cnt(fwd_cnt.0);
 }
 
 fn would_block(e: &vm_memory::VolatileMemoryError) -> bool {
