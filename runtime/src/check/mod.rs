@@ -164,11 +164,13 @@ pub fn run(inputs: &Inputs) -> Report {
         ),
     };
     let backend = config.sandbox.backend;
-    findings.extend(host_findings(inputs, &config, backend));
+    // Probe the host once (ioctls, `containerd --version`); judge it per backend.
+    let facts = Facts::gather(inputs);
+    findings.extend(host_findings(&facts, &config, backend));
     let runnable_backends = [Backend::Microvm, Backend::Process]
         .into_iter()
         .filter(|b| {
-            host_findings(inputs, &config, *b)
+            host_findings(&facts, &config, *b)
                 .iter()
                 .all(|f| f.status != Status::Fail)
         })
@@ -184,17 +186,49 @@ pub fn run(inputs: &Inputs) -> Report {
     }
 }
 
+/// What the host has, probed once per `ember check`.
+struct Facts {
+    device: KvmDevice,
+    virt: Virtualization,
+    /// Capability answers; `None` when the device does not open.
+    caps: Option<Result<Vec<(Capability, bool)>, String>>,
+    tun: bool,
+    cgroups: CgroupMode,
+    uid: Option<u32>,
+    /// containerd's path and its `--version` line.
+    containerd: Option<(std::path::PathBuf, Result<String, String>)>,
+}
+
+impl Facts {
+    fn gather(inputs: &Inputs) -> Self {
+        let host = &inputs.host;
+        let device = host.kvm_device();
+        let caps = (device == KvmDevice::Usable)
+            .then(|| kvm::probe(&inputs.capabilities, &host.kvm_path()));
+        Self {
+            device,
+            virt: host.virtualization(),
+            caps,
+            tun: host.has_tun(),
+            cgroups: host.cgroup_mode(),
+            uid: host.effective_uid(),
+            containerd: containerd::find(&inputs.path_var).map(|bin| {
+                let line = containerd::version_line(&bin);
+                (bin, line)
+            }),
+        }
+    }
+}
+
 /// The host findings, judged for `backend`.
-fn host_findings(inputs: &Inputs, config: &Config, backend: Backend) -> Vec<Finding> {
+fn host_findings(facts: &Facts, config: &Config, backend: Backend) -> Vec<Finding> {
     let vm = backend == Backend::Microvm;
     // A requirement of the microvm backend is only a warning for the process backend.
     let need = |needed: bool| if needed { Status::Fail } else { Status::Warn };
-    let host = &inputs.host;
     let mut out = Vec::new();
 
     // /dev/kvm access.
-    let device = host.kvm_device();
-    out.push(match &device {
+    out.push(match &facts.device {
         KvmDevice::Usable => Finding::new("kvm-device", Status::Ok, "/dev/kvm opens read-write"),
         KvmDevice::NoAccess(e) => Finding::new(
             "kvm-device",
@@ -207,7 +241,7 @@ fn host_findings(inputs: &Inputs, config: &Config, backend: Backend) -> Vec<Find
     });
 
     // Virtualization kind.
-    let virt = host.virtualization();
+    let virt = facts.virt;
     let emulation_note = "stock guest kernels run only under KVM's instruction emulator here \
                           (slow; the guest stops at its first user-space instruction)";
     out.push(match virt {
@@ -242,8 +276,8 @@ fn host_findings(inputs: &Inputs, config: &Config, backend: Backend) -> Vec<Find
     });
 
     // KVM capabilities (only meaningful when the device opens).
-    if device == KvmDevice::Usable {
-        out.push(match kvm::probe(&inputs.capabilities, &host.kvm_path()) {
+    if let Some(caps) = &facts.caps {
+        out.push(match caps {
             Ok(caps) => {
                 let missing: Vec<&str> = caps
                     .iter()
@@ -271,7 +305,7 @@ fn host_findings(inputs: &Inputs, config: &Config, backend: Backend) -> Vec<Find
     }
 
     // /dev/net/tun for pod networking in the VM.
-    out.push(if host.has_tun() {
+    out.push(if facts.tun {
         Finding::new(
             "tun",
             Status::Ok,
@@ -287,8 +321,7 @@ fn host_findings(inputs: &Inputs, config: &Config, backend: Backend) -> Vec<Find
     });
 
     // cgroups.
-    let cg = host.cgroup_mode();
-    out.push(match cg {
+    out.push(match facts.cgroups {
         CgroupMode::Unified => Finding::new("cgroups", Status::Ok, "cgroup v2 (unified)"),
         CgroupMode::Hybrid => Finding::new(
             "cgroups",
@@ -305,7 +338,7 @@ fn host_findings(inputs: &Inputs, config: &Config, backend: Backend) -> Vec<Find
     });
 
     // Privileges: creating namespaces, mounts and taps needs root.
-    out.push(match host.effective_uid() {
+    out.push(match facts.uid {
         Some(0) => Finding::new("privileges", Status::Ok, "running as root"),
         Some(uid) => Finding::new(
             "privileges",
@@ -339,12 +372,12 @@ fn host_findings(inputs: &Inputs, config: &Config, backend: Backend) -> Vec<Find
     }
 
     // containerd.
-    out.push(match containerd::find(&inputs.path_var) {
+    out.push(match &facts.containerd {
         None => Finding::new("containerd", Status::Warn, "containerd not found on PATH")
             .fix("install it (`apt-get install containerd`) to use ember as a containerd runtime; `ember run` works without it"),
-        Some(bin) => match containerd::version_line(&bin) {
-            Err(e) => Finding::new("containerd", Status::Warn, e),
-            Ok(line) => match containerd::parse_version(&line) {
+        Some((bin, line)) => match line {
+            Err(e) => Finding::new("containerd", Status::Warn, e.clone()),
+            Ok(line) => match containerd::parse_version(line) {
                 Some((maj, min, v)) if (maj, min) >= containerd::MIN_VERSION => Finding::new(
                     "containerd",
                     Status::Ok,
