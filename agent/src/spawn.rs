@@ -138,6 +138,16 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
 
 fn run_request(req: SpawnRequest) -> Result<i32, String> {
     let chain = |e: libcontainer::error::LibcontainerError| error_chain(&e);
+    // The part of the builder that create and exec share.
+    let builder = |id: String, root: PathBuf, console_socket| -> Result<ContainerBuilder, String> {
+        ContainerBuilder::new(id, SyscallType::default())
+            .with_executor(libcontainer::workload::default::DefaultExecutor {})
+            .with_root_path(root)
+            .map_err(chain)?
+            .with_console_socket(console_socket)
+            .validate_id()
+            .map_err(chain)
+    };
     match req {
         SpawnRequest::Create {
             id,
@@ -145,13 +155,7 @@ fn run_request(req: SpawnRequest) -> Result<i32, String> {
             bundle,
             console_socket,
         } => {
-            let container = ContainerBuilder::new(id, SyscallType::default())
-                .with_executor(libcontainer::workload::default::DefaultExecutor {})
-                .with_root_path(root)
-                .map_err(chain)?
-                .with_console_socket(console_socket)
-                .validate_id()
-                .map_err(chain)?
+            let container = builder(id, root, console_socket)?
                 .as_init(bundle)
                 .with_systemd(false)
                 .with_detach(true)
@@ -167,13 +171,7 @@ fn run_request(req: SpawnRequest) -> Result<i32, String> {
             root,
             process,
             console_socket,
-        } => ContainerBuilder::new(id, SyscallType::default())
-            .with_executor(libcontainer::workload::default::DefaultExecutor {})
-            .with_root_path(root)
-            .map_err(chain)?
-            .with_console_socket(console_socket)
-            .validate_id()
-            .map_err(chain)?
+        } => builder(id, root, console_socket)?
             .as_tenant()
             .with_process(Some(process))
             .with_detach(true)

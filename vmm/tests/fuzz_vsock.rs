@@ -19,9 +19,10 @@ fn arb_header() -> impl Strategy<Value = Vec<u8>> {
         any::<u32>(),
         any::<u32>(),
         any::<u32>(),
-        0usize..50,
+        // A header cut short (malformed) one time in four.
+        prop_oneof![3 => Just(None), 1 => (0usize..44).prop_map(Some)],
     )
-        .prop_map(|(sc, dc, sp, dp, len, ty, op, flags, ba, fc, cut)| {
+        .prop_map(|(sc, dc, sp, dp, len, ty, op, flags, ba, fc, short)| {
             let h = Hdr {
                 src_cid: sc,
                 dst_cid: dc,
@@ -35,7 +36,9 @@ fn arb_header() -> impl Strategy<Value = Vec<u8>> {
                 fwd_cnt: fc,
             };
             let mut b = h.bytes();
-            b.truncate(44usize.saturating_sub(cut % 8 * (cut / 45))); // sometimes short
+            if let Some(n) = short {
+                b.truncate(n);
+            }
             b
         })
 }
