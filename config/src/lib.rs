@@ -12,7 +12,7 @@ mod spans;
 
 pub use error::{ConfigError, Location};
 pub use load::{
-    check_assets, load, locate, parse, AssetCheck, LoadOptions, Loaded, Source, AGENT_PORT_RANGE,
+    load, locate, parse, AssetCheck, LoadOptions, Loaded, Source, AGENT_PORT_RANGE,
     DIAL_TIMEOUT_MS_RANGE, ENV_VAR, MEMORY_MIB_RANGE, SYSTEM_CONFIG, VCPUS_RANGE,
 };
 pub use schema::{

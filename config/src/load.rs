@@ -113,22 +113,23 @@ pub struct Loaded {
 /// Find the configuration by the load order, parse and validate it.
 pub fn load(opts: &LoadOptions) -> Result<Loaded, ConfigError> {
     let source = locate(opts)?;
-    let config = match source.path() {
+    let (config, src) = match source.path() {
         None => {
             let config = Config::default();
             validate(&config, None, None)?;
-            config
+            (config, None)
         }
         Some(path) => {
             let src = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
                 path: path.to_path_buf(),
                 source,
             })?;
-            parse(&src, Some(path))?
+            (parse(&src, Some(path))?, Some(src))
         }
     };
     if opts.assets == AssetCheck::Require {
-        check_assets(&config, &source)?;
+        let index = src.as_deref().and_then(KeyIndex::build);
+        check_assets(&config, source.path(), index.as_ref())?;
     }
     Ok(Loaded { config, source })
 }
@@ -278,10 +279,7 @@ fn validate(
     file: Option<&Path>,
     index: Option<&KeyIndex>,
 ) -> Result<(), ConfigError> {
-    let at = |key: &str| Location {
-        file: file.map(Path::to_path_buf),
-        line: index.and_then(|i| i.get(key).map(|e| i.line_of(e.value_span.start))),
-    };
+    let at = |key: &str| location(file, index, key);
     let range = |key: &str, value: u64, (lo, hi): (u64, u64), unit: &str| {
         if (lo..=hi).contains(&value) {
             Ok(())
@@ -339,6 +337,14 @@ fn validate(
     Ok(())
 }
 
+/// Where `key` is written: the file, and the line when the index has the key.
+fn location(file: Option<&Path>, index: Option<&KeyIndex>, key: &str) -> Location {
+    Location {
+        file: file.map(Path::to_path_buf),
+        line: index.and_then(|i| i.get(key).map(|e| i.line_of(e.value_span.start))),
+    }
+}
+
 fn widen((lo, hi): (u32, u32)) -> (u64, u64) {
     (lo.into(), hi.into())
 }
@@ -347,21 +353,16 @@ fn widen((lo, hi): (u32, u32)) -> (u64, u64) {
 ///
 /// With `backend = "microvm"` that is the kernel and the initrd or image; the process
 /// backend boots no guest and needs neither.
-pub fn check_assets(config: &Config, source: &Source) -> Result<(), ConfigError> {
+fn check_assets(
+    config: &Config,
+    file: Option<&Path>,
+    index: Option<&KeyIndex>,
+) -> Result<(), ConfigError> {
     if config.sandbox.backend != Backend::Microvm {
         return Ok(());
     }
-    let file = source.path();
-    let index = file
-        .and_then(|f| std::fs::read_to_string(f).ok())
-        .and_then(|s| KeyIndex::build(&s));
     let missing = |key: &str, path: &Path| ConfigError::MissingFile {
-        at: Location {
-            file: file.map(Path::to_path_buf),
-            line: index
-                .as_ref()
-                .and_then(|i| i.get(key).map(|e| i.line_of(e.value_span.start))),
-        },
+        at: location(file, index, key),
         key: key.to_string(),
         path: path.to_path_buf(),
         why: "required when sandbox.backend = \"microvm\"; build the guest assets with \

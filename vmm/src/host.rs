@@ -33,12 +33,12 @@ impl Virtualization {
     pub fn detect(root: &Path) -> Self {
         let at = |p: &str| -> PathBuf { root.join(p) };
         let cpuinfo = fs::read_to_string(at("proc/cpuinfo")).unwrap_or_default();
-        let mut flags = cpuinfo
+        let flags = cpuinfo
             .lines()
             .filter(|l| l.starts_with("flags"))
             .flat_map(|l| l.split(':').nth(1).unwrap_or("").split_whitespace());
         let (mut vmx, mut svm) = (false, false);
-        for f in flags.by_ref() {
+        for f in flags {
             vmx |= f == "vmx";
             svm |= f == "svm";
         }
