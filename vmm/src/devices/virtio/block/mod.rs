@@ -43,6 +43,8 @@ pub struct Block {
     read_only: bool,
     id: [u8; ID_LEN],
     state: DeviceState,
+    /// Reused transfer buffer (no allocation per request).
+    bounce: Vec<u8>,
 }
 
 impl Block {
@@ -67,6 +69,7 @@ impl Block {
             read_only,
             id: id_bytes,
             state: DeviceState::new(&[QUEUE_SIZE]).map_err(BlockError::EventFd)?,
+            bounce: Vec::new(),
         })
     }
 
@@ -91,7 +94,7 @@ impl Block {
         while let Some(chain) = queue.pop_descriptor_chain(mem) {
             let head = chain.head_index();
             let used = match (chain.clone().reader(mem), chain.writer(mem)) {
-                (Ok(mut r), Ok(mut w)) => request::execute(&disk, &mut r, &mut w),
+                (Ok(mut r), Ok(mut w)) => request::execute(&disk, &mut r, &mut w, &mut self.bounce),
                 _ => {
                     log::warn!("virtio-blk: descriptor chain {head} is malformed; dropped");
                     0

@@ -118,12 +118,15 @@ fn check_range(disk: &Disk<'_>, sector: u64, len: usize) -> Result<u64, RequestE
 }
 
 /// Execute one request. `reader`/`writer` are the chain's device-readable and
-/// device-writable parts. Returns the number of bytes written to the guest (including
-/// the status byte), or 0 when not even a status byte could be written.
+/// device-writable parts; `bounce` is the device's reusable transfer buffer (it grows to
+/// the largest request seen, at most [`MAX_TRANSFER`]). Returns the number of bytes
+/// written to the guest (including the status byte), or 0 when not even a status byte
+/// could be written.
 pub fn execute<B: BitmapSlice>(
     disk: &Disk<'_>,
     reader: &mut Reader<'_, B>,
     writer: &mut Writer<'_, B>,
+    bounce: &mut Vec<u8>,
 ) -> u32 {
     let writable = writer.available_bytes();
     if writable == 0 {
@@ -135,7 +138,7 @@ pub fn execute<B: BitmapSlice>(
         Ok(status_writer) => std::mem::replace(writer, status_writer),
         Err(_) => return 0,
     };
-    let (st, data_len) = match run(disk, reader, &mut data_writer) {
+    let (st, data_len) = match run(disk, reader, &mut data_writer, bounce) {
         Ok(n) => (status::OK, n),
         Err(e) => {
             log::debug!("virtio-blk: request failed: {e}");
@@ -148,10 +151,19 @@ pub fn execute<B: BitmapSlice>(
     (data_len + 1) as u32
 }
 
+/// The first `len` bytes of `bounce`, growing it (zero-filled) only when needed.
+fn bounce_slice(bounce: &mut Vec<u8>, len: usize) -> &mut [u8] {
+    if bounce.len() < len {
+        bounce.resize(len, 0);
+    }
+    &mut bounce[..len]
+}
+
 fn run<B: BitmapSlice>(
     disk: &Disk<'_>,
     reader: &mut Reader<'_, B>,
     data: &mut Writer<'_, B>,
+    bounce: &mut Vec<u8>,
 ) -> Result<usize, RequestError> {
     let mut header = [0u8; 16];
     if reader.available_bytes() < header.len() {
@@ -166,11 +178,11 @@ fn run<B: BitmapSlice>(
         types::IN => {
             let len = data.available_bytes();
             let offset = check_range(disk, sector, len)?;
-            let mut buf = vec![0u8; len];
+            let buf = bounce_slice(bounce, len);
             disk.file
-                .read_exact_at(&mut buf, offset)
+                .read_exact_at(buf, offset)
                 .map_err(|e| RequestError::Io(e.to_string()))?;
-            data.write_all(&buf).map_err(|_| RequestError::Memory)?;
+            data.write_all(buf).map_err(|_| RequestError::Memory)?;
             Ok(len)
         }
         types::OUT => {
@@ -179,12 +191,10 @@ fn run<B: BitmapSlice>(
             }
             let len = reader.available_bytes();
             let offset = check_range(disk, sector, len)?;
-            let mut buf = vec![0u8; len];
-            reader
-                .read_exact(&mut buf)
-                .map_err(|_| RequestError::Memory)?;
+            let buf = bounce_slice(bounce, len);
+            reader.read_exact(buf).map_err(|_| RequestError::Memory)?;
             disk.file
-                .write_all_at(&buf, offset)
+                .write_all_at(buf, offset)
                 .map_err(|e| RequestError::Io(e.to_string()))?;
             Ok(0)
         }

@@ -42,8 +42,10 @@ pub struct Net {
     tap: Tap,
     mac: [u8; 6],
     state: DeviceState,
-    /// A frame read from the tap that found no RX buffer yet.
-    pending: Option<Vec<u8>>,
+    /// Buffer frames are read into from the tap (allocated once).
+    rx_buf: Vec<u8>,
+    /// Length of a frame in `rx_buf` that found no RX buffer yet.
+    pending: Option<usize>,
     /// Whether the tap fd is on the event loop (off while the guest has no RX buffers).
     tap_watched: bool,
 }
@@ -55,6 +57,7 @@ impl Net {
             tap,
             mac,
             state: DeviceState::new(&[QUEUE_SIZE, QUEUE_SIZE]).map_err(NetError::EventFd)?,
+            rx_buf: vec![0u8; MAX_FRAME],
             pending: None,
             tap_watched: false,
         })
@@ -111,35 +114,30 @@ impl Net {
         let queue = &mut self.state.queues[RXQ];
         let mut done = 0;
         loop {
-            let frame = match self.pending.take() {
-                Some(f) => f,
-                None => {
-                    let mut buf = vec![0u8; MAX_FRAME];
-                    match self.tap.read_frame(&mut buf) {
-                        Ok(n) if n >= VNET_HDR_LEN => {
-                            buf.truncate(n);
-                            buf
-                        }
-                        Ok(_) => continue,
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                        Err(e) => {
-                            log::warn!("virtio-net: tap {} read: {e}", self.tap.name());
-                            break;
-                        }
+            // The frame is read into the one reused buffer and stays there while it waits.
+            let len = match self.pending.take() {
+                Some(len) => len,
+                None => match self.tap.read_frame(&mut self.rx_buf) {
+                    Ok(n) if n >= VNET_HDR_LEN => n,
+                    Ok(_) => continue,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        log::warn!("virtio-net: tap {} read: {e}", self.tap.name());
+                        break;
                     }
-                }
+                },
             };
             let Some(chain) = queue.pop_descriptor_chain(mem) else {
-                self.pending = Some(frame);
+                self.pending = Some(len);
                 break;
             };
             let head = chain.head_index();
+            let frame = &mut self.rx_buf[..len];
             let written = match chain.writer(mem) {
-                Ok(mut w) if w.available_bytes() >= frame.len() => {
-                    let mut frame = frame;
+                Ok(mut w) if w.available_bytes() >= len => {
                     frame[..VNET_HDR_LEN].fill(0);
                     frame[10..12].copy_from_slice(&1u16.to_le_bytes()); // num_buffers
-                    w.write_all(&frame).map(|_| frame.len() as u32).unwrap_or(0)
+                    w.write_all(frame).map(|_| len as u32).unwrap_or(0)
                 }
                 _ => {
                     log::debug!(
