@@ -1,8 +1,18 @@
 //! `ember-runtime`: the sandbox runtime and the `ember` CLI.
 //!
-//! It owns the `Sandbox` (a microVM or, on hosts without hardware virtualization, the
-//! `process` backend), the agent client, the OCI spec translation for the guest, the
-//! sandbox's shared filesystem, network and resource sizing, and `ember check`, which
-//! tells a user what their host can run ([`check`]).
+//! It owns the [`sandbox::Sandbox`] (a microVM or, on hosts without hardware
+//! virtualization, the `process` backend), the agent client ([`endpoint`]), the OCI spec
+//! translation for the guest ([`oci`]), the sandbox's shared directory and host mounts
+//! ([`mounts`]), cgroups ([`cgroups`]), network ([`network`]), the per-sandbox record of
+//! host resources that makes cleanup after a crash possible ([`state`], [`cleanup`]), and
+//! `ember check`, which tells a user what their host can run ([`check`]).
 
+pub mod cgroups;
 pub mod check;
+pub mod cleanup;
+pub mod endpoint;
+pub mod mounts;
+pub mod network;
+pub mod oci;
+pub mod sandbox;
+pub mod state;

@@ -1,0 +1,389 @@
+//! OCI spec handling on the host: reading a bundle's `config.json` with errors that name the
+//! bad field, and translating the spec for the sandbox's agent.
+//!
+//! Translation (the agent sees the sandbox, not the host):
+//! - `root.path` becomes the container's rootfs inside the sandbox's shared directory;
+//! - `linux.cgroupsPath` becomes `/ember/<sandbox>/<container>` so that two sandboxes never
+//!   collide and delete can remove the sandbox's cgroups as one tree;
+//! - namespaces with a `path` (CRI's "join the pod's namespace") are dropped: the pod's
+//!   network, IPC and UTS namespaces are the agent's own, so a container joins them simply by
+//!   not asking for new ones;
+//! - in a microVM: host device nodes, hooks (host programs) and the network namespace are
+//!   dropped (the guest's network is the pod network), and bind mounts of host paths are
+//!   shared through the sandbox's shared directory.
+//!
+//! The spec is edited as JSON so fields this crate does not model pass through unchanged.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+/// Errors reading or translating a spec.
+#[derive(Debug, thiserror::Error)]
+pub enum OciError {
+    /// config.json could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// config.json is not valid JSON or not a valid OCI spec.
+    #[error("{path}: {field}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The JSON path of the bad field (`.` for the document itself).
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The rootfs named by `root.path` is missing.
+    #[error("{path}: root.path: {rootfs} does not exist or is not a directory")]
+    MissingRootfs {
+        /// config.json.
+        path: PathBuf,
+        /// The resolved rootfs path.
+        rootfs: PathBuf,
+    },
+}
+
+/// A bundle's spec, validated against the OCI runtime schema.
+#[derive(Debug, Clone)]
+pub struct BundleSpec {
+    /// The spec as JSON (every field kept).
+    pub json: Value,
+    /// The bundle directory.
+    pub bundle: PathBuf,
+}
+
+impl BundleSpec {
+    /// Reads and validates `BUNDLE/config.json`.
+    pub fn load(bundle: &Path) -> Result<BundleSpec, OciError> {
+        let path = bundle.join("config.json");
+        let text = std::fs::read_to_string(&path).map_err(|source| OciError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        Self::parse(&text, bundle)
+    }
+
+    /// Validates spec text of `bundle`.
+    pub fn parse(text: &str, bundle: &Path) -> Result<BundleSpec, OciError> {
+        let path = bundle.join("config.json");
+        let invalid = |field: String, message: String| OciError::Invalid {
+            path: path.clone(),
+            field,
+            message,
+        };
+        let json: Value = serde_json::from_str(text)
+            .map_err(|e| invalid(".".into(), format!("invalid JSON: {e}")))?;
+        let de = json.clone();
+        serde_path_to_error::deserialize::<_, oci_spec::runtime::Spec>(de).map_err(|e| {
+            let field = e.path().to_string();
+            invalid(field, e.into_inner().to_string())
+        })?;
+        Ok(BundleSpec {
+            json,
+            bundle: bundle.to_path_buf(),
+        })
+    }
+
+    /// The host path of the rootfs (`root.path` relative to the bundle).
+    pub fn rootfs(&self) -> PathBuf {
+        let p = self
+            .json
+            .pointer("/root/path")
+            .and_then(Value::as_str)
+            .unwrap_or("rootfs");
+        self.bundle.join(p)
+    }
+
+    /// Checks that the rootfs exists.
+    pub fn check_rootfs(&self) -> Result<(), OciError> {
+        let rootfs = self.rootfs();
+        if rootfs.is_dir() {
+            Ok(())
+        } else {
+            Err(OciError::MissingRootfs {
+                path: self.bundle.join("config.json"),
+                rootfs,
+            })
+        }
+    }
+
+    /// An annotation's value.
+    pub fn annotation(&self, key: &str) -> Option<&str> {
+        self.json.get("annotations")?.get(key)?.as_str()
+    }
+
+    /// `hostname`, when set.
+    pub fn hostname(&self) -> Option<&str> {
+        self.json
+            .get("hostname")
+            .and_then(Value::as_str)
+            .filter(|h| !h.is_empty())
+    }
+
+    /// The path of the network namespace to join, when the spec names one.
+    pub fn network_namespace_path(&self) -> Option<PathBuf> {
+        namespaces(&self.json)?
+            .iter()
+            .find(|n| n.get("type").and_then(Value::as_str) == Some("network"))?
+            .get("path")
+            .and_then(Value::as_str)
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+    }
+
+    /// Whether `process.terminal` is set.
+    pub fn terminal(&self) -> bool {
+        self.json
+            .pointer("/process/terminal")
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
+    }
+}
+
+fn namespaces(spec: &Value) -> Option<&Vec<Value>> {
+    spec.pointer("/linux/namespaces")?.as_array()
+}
+
+/// A host path the sandbox must share with a microVM guest before the container starts:
+/// `host` is bind-mounted at `shared_rel` under the sandbox's shared directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedBind {
+    /// The host source.
+    pub host: PathBuf,
+    /// Path relative to the shared directory.
+    pub shared_rel: PathBuf,
+    /// Whether the mount asked for `ro`.
+    pub read_only: bool,
+}
+
+/// Inputs of [`translate`].
+#[derive(Debug, Clone)]
+pub struct Translation<'a> {
+    /// The sandbox id.
+    pub sandbox_id: &'a str,
+    /// The container id.
+    pub container_id: &'a str,
+    /// Where the agent sees the sandbox's shared directory.
+    pub agent_shared_dir: &'a Path,
+    /// Whether the agent runs in a microVM (else on the host, `process` backend).
+    pub vm: bool,
+}
+
+/// The translated spec and what the caller must share for it.
+#[derive(Debug, Clone)]
+pub struct Translated {
+    /// The spec for the agent.
+    pub spec: Value,
+    /// Host paths to bind into the shared directory (microVM only).
+    pub binds: Vec<SharedBind>,
+    /// What was dropped or changed, for the log.
+    pub notes: Vec<String>,
+}
+
+/// Where a container's rootfs lives, relative to the shared directory.
+pub fn rootfs_rel(container_id: &str) -> PathBuf {
+    PathBuf::from(container_id).join("rootfs")
+}
+
+/// Translates a validated spec for the agent (see the module docs).
+pub fn translate(spec: &BundleSpec, t: &Translation) -> Translated {
+    let mut json = spec.json.clone();
+    let mut notes = Vec::new();
+    let mut binds = Vec::new();
+    let agent_rootfs = t.agent_shared_dir.join(rootfs_rel(t.container_id));
+    let root = json
+        .as_object_mut()
+        .expect("a validated spec is an object")
+        .entry("root")
+        .or_insert_with(|| Value::Object(Default::default()));
+    root["path"] = Value::String(agent_rootfs.display().to_string());
+
+    let linux = json
+        .as_object_mut()
+        .expect("object")
+        .entry("linux")
+        .or_insert_with(|| Value::Object(Default::default()));
+    linux["cgroupsPath"] = Value::String(format!(
+        "{}/{}",
+        crate::cgroups::sandbox_parent(t.sandbox_id),
+        t.container_id
+    ));
+    if let Some(nss) = linux.get_mut("namespaces").and_then(Value::as_array_mut) {
+        nss.retain(|n| {
+            let typ = n.get("type").and_then(Value::as_str).unwrap_or("");
+            let joins = n
+                .get("path")
+                .and_then(Value::as_str)
+                .is_some_and(|p| !p.is_empty());
+            if joins {
+                notes.push(format!(
+                    "linux.namespaces: {typ} namespace path dropped (the pod's {typ} namespace is the sandbox's)"
+                ));
+                false
+            } else if t.vm && typ == "network" {
+                notes.push("linux.namespaces: network dropped (the guest's network is the pod network)".into());
+                false
+            } else {
+                true
+            }
+        });
+    }
+    if t.vm {
+        if let Some(devs) = linux.as_object_mut().and_then(|l| l.remove("devices")) {
+            if devs.as_array().is_some_and(|d| !d.is_empty()) {
+                notes.push("linux.devices: host devices dropped (not present in the guest)".into());
+            }
+        }
+        if json.as_object_mut().and_then(|o| o.remove("hooks")).is_some() {
+            notes.push("hooks: dropped (host programs cannot run in the guest)".into());
+        }
+        if let Some(mounts) = json.get_mut("mounts").and_then(Value::as_array_mut) {
+            for (i, m) in mounts.iter_mut().enumerate() {
+                let is_bind = m.get("type").and_then(Value::as_str) == Some("bind")
+                    || m.get("options")
+                        .and_then(Value::as_array)
+                        .is_some_and(|o| o.iter().any(|x| x == "bind" || x == "rbind"));
+                let Some(src) = m.get("source").and_then(Value::as_str).map(PathBuf::from) else {
+                    continue;
+                };
+                if !is_bind || !src.is_absolute() {
+                    continue;
+                }
+                let read_only = m
+                    .get("options")
+                    .and_then(Value::as_array)
+                    .is_some_and(|o| o.iter().any(|x| x == "ro"));
+                let rel = PathBuf::from(t.container_id)
+                    .join("mounts")
+                    .join(i.to_string());
+                m["source"] = Value::String(t.agent_shared_dir.join(&rel).display().to_string());
+                binds.push(SharedBind {
+                    host: src,
+                    shared_rel: rel,
+                    read_only,
+                });
+            }
+        }
+    }
+    Translated {
+        spec: json,
+        binds,
+        notes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn spec(v: Value) -> BundleSpec {
+        BundleSpec::parse(&v.to_string(), Path::new("/b")).unwrap()
+    }
+
+    fn base() -> Value {
+        json!({
+            "ociVersion": "1.0.2",
+            "root": {"path": "rootfs"},
+            "process": {"args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+            "hostname": "h1",
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/etc/hosts", "type": "bind", "source": "/var/lib/x/hosts", "options": ["rbind", "ro"]}
+            ],
+            "hooks": {"prestart": [{"path": "/bin/true"}]},
+            "linux": {
+                "cgroupsPath": "/k8s/pod",
+                "namespaces": [
+                    {"type": "pid"}, {"type": "mount"}, {"type": "network"},
+                    {"type": "ipc", "path": "/proc/42/ns/ipc"}
+                ],
+                "devices": [{"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229}]
+            }
+        })
+    }
+
+    #[test]
+    fn invalid_json_and_bad_fields_are_named() {
+        let e = BundleSpec::parse("{\"ociVersion\": ", Path::new("/b"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/b/config.json") && e.contains("invalid JSON"), "{e}");
+        let mut v = base();
+        v["linux"]["namespaces"][0]["type"] = json!("bogus");
+        let e = BundleSpec::parse(&v.to_string(), Path::new("/b"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("linux.namespaces[0].type"), "{e}");
+        assert!(e.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn process_backend_keeps_host_fields_and_drops_joined_namespaces() {
+        let s = spec(base());
+        assert_eq!(s.hostname(), Some("h1"));
+        assert_eq!(s.rootfs(), PathBuf::from("/b/rootfs"));
+        let t = translate(
+            &s,
+            &Translation {
+                sandbox_id: "sb",
+                container_id: "c1",
+                agent_shared_dir: Path::new("/run/ember/sandboxes/sb/shared"),
+                vm: false,
+            },
+        );
+        assert_eq!(t.spec["root"]["path"], "/run/ember/sandboxes/sb/shared/c1/rootfs");
+        assert_eq!(t.spec["linux"]["cgroupsPath"], "/ember/sb/c1");
+        let types: Vec<&str> = t.spec["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(types, ["pid", "mount", "network"]);
+        assert!(t.spec.get("hooks").is_some());
+        assert_eq!(t.spec["linux"]["devices"].as_array().unwrap().len(), 1);
+        assert!(t.binds.is_empty());
+        assert_eq!(t.spec["mounts"][1]["source"], "/var/lib/x/hosts");
+    }
+
+    #[test]
+    fn microvm_shares_binds_and_drops_host_only_fields() {
+        let s = spec(base());
+        let t = translate(
+            &s,
+            &Translation {
+                sandbox_id: "sb",
+                container_id: "c1",
+                agent_shared_dir: Path::new("/run/ember/shared"),
+                vm: true,
+            },
+        );
+        assert!(t.spec.get("hooks").is_none());
+        assert!(t.spec["linux"].get("devices").is_none());
+        let types: Vec<&str> = t.spec["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(types, ["pid", "mount"]);
+        assert_eq!(
+            t.binds,
+            [SharedBind {
+                host: "/var/lib/x/hosts".into(),
+                shared_rel: "c1/mounts/1".into(),
+                read_only: true
+            }]
+        );
+        assert_eq!(t.spec["mounts"][1]["source"], "/run/ember/shared/c1/mounts/1");
+        assert_eq!(t.spec["mounts"][0]["source"], "proc");
+        assert!(t.notes.len() >= 3, "{:?}", t.notes);
+    }
+}

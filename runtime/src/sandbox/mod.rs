@@ -1,0 +1,477 @@
+//! The sandbox: one per pod (or per standalone container). It owns the isolation boundary
+//! (a microVM, or the agent in fresh namespaces on the host), the agent connection, the
+//! shared directory through which container rootfs and volumes reach the agent, and the
+//! state record of every host resource it made.
+//!
+//! Both backends sit behind [`Backend`]; everything above it (the shim, `ember run`) is the
+//! same code for both.
+
+pub mod microvm;
+pub mod process;
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ember_agent_protocol::agent::{
+    CreateContainerRequest, CreateSandboxRequest, RemoveContainerRequest, StdioStreams, Storage,
+};
+use ember_agent_protocol::AgentConnection;
+use ember_config::{Backend as BackendKind, Config};
+use log::{info, warn};
+
+use crate::endpoint::{AgentEndpoint, EndpointError};
+use crate::mounts::{self, MountError, MountSpec};
+use crate::oci::{self, BundleSpec, OciError, Translation};
+use crate::state::{Resource, SandboxState, StateError};
+
+/// Errors of sandbox operations.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// State directory trouble.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// A host mount failed.
+    #[error(transparent)]
+    Mount(#[from] MountError),
+    /// The bundle's spec is invalid.
+    #[error(transparent)]
+    Spec(#[from] OciError),
+    /// The agent could not be reached.
+    #[error("sandbox {id}: {source}{}", log_tail(.agent_log))]
+    Agent {
+        /// Sandbox id.
+        id: String,
+        /// Why.
+        source: EndpointError,
+        /// The last lines of the agent's log, when there is one.
+        agent_log: String,
+    },
+    /// The agent (or VM) ended while starting.
+    #[error("sandbox {id}: the {what} exited while starting ({status}){}", log_tail(.log))]
+    Died {
+        /// Sandbox id.
+        id: String,
+        /// Agent or VM.
+        what: &'static str,
+        /// How it ended.
+        status: String,
+        /// Its log tail.
+        log: String,
+    },
+    /// The backend could not start.
+    #[error("sandbox {id}: {message}")]
+    Backend {
+        /// Sandbox id.
+        id: String,
+        /// What failed, naming the path or setting.
+        message: String,
+    },
+    /// An agent RPC failed.
+    #[error("sandbox {id}: agent {rpc}: {message}")]
+    Rpc {
+        /// Sandbox id.
+        id: String,
+        /// The RPC.
+        rpc: &'static str,
+        /// The agent's error.
+        message: String,
+    },
+}
+
+fn log_tail(log: &str) -> String {
+    if log.trim().is_empty() {
+        String::new()
+    } else {
+        format!("; its log ends with:\n{}", log.trim_end())
+    }
+}
+
+/// The last `n` lines of a log file (empty when unreadable).
+pub fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// What the runtime tells a backend when starting it.
+#[derive(Debug)]
+pub struct StartContext<'a> {
+    /// Sandbox id.
+    pub id: &'a str,
+    /// The configuration.
+    pub config: &'a Config,
+    /// The sandbox's state (record resources here before making them).
+    pub state: &'a mut SandboxState,
+    /// The host side of the shared directory.
+    pub shared_dir: &'a Path,
+    /// The pod's network namespace to join, if any.
+    pub netns: Option<&'a Path>,
+}
+
+/// How a sandbox ended on its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxExit {
+    /// A human-readable description (`exit status 1`, `killed by signal 9`).
+    pub status: String,
+}
+
+/// An isolation backend: where the agent runs.
+#[async_trait]
+pub trait Backend: Send + Sync {
+    /// Which backend this is.
+    fn kind(&self) -> BackendKind;
+    /// Starts the agent's environment, records what it made in the state, and returns where
+    /// the agent listens.
+    async fn start(&mut self, ctx: StartContext<'_>) -> Result<AgentEndpoint, SandboxError>;
+    /// Where the agent sees the shared directory.
+    fn agent_shared_dir(&self) -> PathBuf;
+    /// Storages the agent mounts at CreateSandbox (the microVM's virtio-fs share).
+    fn sandbox_storages(&self) -> Vec<Storage>;
+    /// The host pid that stands for the sandbox (reported to containerd as the task pid).
+    fn pid(&self) -> u32;
+    /// The agent's (or VM's) log file, for error messages.
+    fn log_path(&self) -> Option<PathBuf>;
+    /// Resolves when the agent or VM ends on its own.
+    async fn wait(&self) -> SandboxExit;
+    /// Stops the agent or VM: politely, then by force after `grace`.
+    async fn stop(&self, grace: Duration);
+}
+
+/// What to create a sandbox with.
+#[derive(Debug, Clone)]
+pub struct SandboxOptions {
+    /// Sandbox id (the pod's id, or the container's for a standalone container).
+    pub id: String,
+    /// The configuration (its `sandbox.backend` picks the backend).
+    pub config: Config,
+    /// The pod's network namespace, if any (from the sandbox container's spec).
+    pub netns: Option<PathBuf>,
+    /// Hostname for the sandbox's UTS namespace.
+    pub hostname: Option<String>,
+    /// containerd namespace, recorded in the state for `ember list`.
+    pub namespace: String,
+}
+
+/// A container to create.
+#[derive(Debug, Clone)]
+pub struct ContainerRequest {
+    /// Container id.
+    pub id: String,
+    /// Its validated bundle spec.
+    pub spec: BundleSpec,
+    /// containerd's rootfs mounts; empty means `root.path` of the bundle is used as is.
+    pub rootfs_mounts: Vec<MountSpec>,
+    /// Stream ids for its stdio.
+    pub stdio: StdioStreams,
+}
+
+/// A running sandbox.
+pub struct Sandbox {
+    id: String,
+    config: Config,
+    backend: Box<dyn Backend>,
+    endpoint: AgentEndpoint,
+    agent: AgentConnection,
+    shared_dir: PathBuf,
+    state: Mutex<Option<SandboxState>>,
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox")
+            .field("id", &self.id)
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The default timeout of agent RPCs that do not wait for a process.
+pub const RPC_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A ttrpc context with [`RPC_TIMEOUT`].
+pub fn ctx() -> ttrpc::context::Context {
+    ttrpc::context::with_timeout(RPC_TIMEOUT.as_nanos() as i64)
+}
+
+/// A ttrpc context without a timeout (for Wait and the OOM long poll).
+pub fn ctx_no_timeout() -> ttrpc::context::Context {
+    ttrpc::context::Context::default()
+}
+
+fn new_backend(kind: BackendKind) -> Box<dyn Backend> {
+    match kind {
+        BackendKind::Process => Box::new(process::ProcessBackend::default()),
+        BackendKind::Microvm => Box::new(microvm::MicrovmBackend::default()),
+    }
+}
+
+impl Sandbox {
+    /// Creates and starts a sandbox: state directory, shared directory, the backend, the
+    /// agent connection (retried until `agent.dial_timeout_ms`, version-checked) and
+    /// CreateSandbox. On any failure everything made so far is removed again.
+    pub async fn start(opts: SandboxOptions) -> Result<Sandbox, SandboxError> {
+        let kind = opts.config.sandbox.backend;
+        let mut state =
+            SandboxState::create(&opts.config.sandbox.state_dir, &opts.id, kind.as_str())?;
+        if !opts.namespace.is_empty() {
+            state.set_namespace(&opts.namespace)?;
+        }
+        let mut backend = new_backend(kind);
+        match Self::start_with(&opts, &mut state, backend.as_mut()).await {
+            Ok((endpoint, agent, shared_dir)) => Ok(Sandbox {
+                id: opts.id,
+                config: opts.config,
+                backend,
+                endpoint,
+                agent,
+                shared_dir,
+                state: Mutex::new(Some(state)),
+            }),
+            Err(e) => {
+                backend.stop(Duration::from_millis(200)).await;
+                if let Err(c) = state.cleanup() {
+                    warn!("sandbox={}: cleanup after failed start: {c}", opts.id);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn start_with(
+        opts: &SandboxOptions,
+        state: &mut SandboxState,
+        backend: &mut dyn Backend,
+    ) -> Result<(AgentEndpoint, AgentConnection, PathBuf), SandboxError> {
+        let id = opts.id.as_str();
+        let shared_dir = state.dir().join("shared");
+        std::fs::create_dir_all(&shared_dir).map_err(|source| StateError::Io {
+            path: shared_dir.clone(),
+            source,
+        })?;
+        state.add(Resource::Mount {
+            path: shared_dir.clone(),
+        })?;
+        mounts::make_shared_mount_point(&shared_dir)?;
+        state.add(Resource::Cgroup {
+            path: crate::cgroups::sandbox_parent(id),
+        })?;
+        let endpoint = backend
+            .start(StartContext {
+                id,
+                config: &opts.config,
+                state,
+                shared_dir: &shared_dir,
+                netns: opts.netns.as_deref(),
+            })
+            .await?;
+        let timeout = Duration::from_millis(opts.config.agent.dial_timeout_ms);
+        let log = || {
+            backend
+                .log_path()
+                .map(|p| tail(&p, 20))
+                .unwrap_or_default()
+        };
+        let agent = tokio::select! {
+            r = endpoint.connect(timeout) => r.map_err(|source| SandboxError::Agent {
+                id: id.to_string(),
+                source,
+                agent_log: log(),
+            })?,
+            exit = backend.wait() => {
+                return Err(SandboxError::Died {
+                    id: id.to_string(),
+                    what: if backend.kind() == BackendKind::Process { "agent" } else { "VM" },
+                    status: exit.status,
+                    log: log(),
+                })
+            }
+        };
+        let mut req = CreateSandboxRequest::new();
+        req.sandbox_id = id.to_string();
+        req.hostname = opts.hostname.clone().unwrap_or_default();
+        req.storages = backend.sandbox_storages();
+        agent
+            .agent
+            .create_sandbox(ctx(), &req)
+            .await
+            .map_err(|e| SandboxError::Rpc {
+                id: id.to_string(),
+                rpc: "CreateSandbox",
+                message: rpc_message(&e),
+            })?;
+        info!(
+            "sandbox={id}: started ({} backend, agent at {endpoint:?})",
+            backend.kind().as_str()
+        );
+        Ok((endpoint, agent, shared_dir))
+    }
+
+    /// The sandbox id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The agent connection, for RPCs the runtime passes through unchanged.
+    pub fn agent(&self) -> &AgentConnection {
+        &self.agent
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The host pid that stands for the sandbox.
+    pub fn pid(&self) -> u32 {
+        self.backend.pid()
+    }
+
+    /// Resolves when the agent or VM ends on its own.
+    pub async fn wait(&self) -> SandboxExit {
+        self.backend.wait().await
+    }
+
+    /// The sandbox's state directory.
+    pub fn state_dir(&self) -> PathBuf {
+        self.with_state(|s| s.dir().to_path_buf())
+    }
+
+    fn with_state<T>(&self, f: impl FnOnce(&mut SandboxState) -> T) -> T {
+        let mut g = self.state.lock().expect("state lock");
+        f(g.as_mut().expect("sandbox not destroyed"))
+    }
+
+    /// Opens the stdio stream `id` of a process.
+    pub async fn open_stream(&self, id: &str) -> Result<tokio::net::UnixStream, SandboxError> {
+        self.endpoint
+            .open_stream(id)
+            .await
+            .map_err(|source| SandboxError::Agent {
+                id: self.id.clone(),
+                source,
+                agent_log: String::new(),
+            })
+    }
+
+    /// Shares the container's rootfs (and, in a microVM, its bind-mount sources) through the
+    /// shared directory, translates its spec and creates it in the agent. Returns the
+    /// agent's pid of its init process. On failure the shared mounts are removed again.
+    pub async fn create_container(&self, req: ContainerRequest) -> Result<i32, SandboxError> {
+        let cid = req.id.clone();
+        crate::state::check_id(&cid)?;
+        let container_dir = self.shared_dir.join(&cid);
+        self.with_state(|s| {
+            s.add_container(&cid)?;
+            s.add(Resource::Mount {
+                path: container_dir.clone(),
+            })
+        })?;
+        match self.create_inner(req).await {
+            Ok(pid) => Ok(pid),
+            Err(e) => {
+                if let Err(c) = mounts::remove_dir_safely(&container_dir) {
+                    warn!("sandbox={} container={cid}: cleanup: {c}", self.id);
+                }
+                let _ = self.with_state(|s| s.remove_container(&cid));
+                Err(e)
+            }
+        }
+    }
+
+    async fn create_inner(&self, req: ContainerRequest) -> Result<i32, SandboxError> {
+        let cid = req.id.as_str();
+        let rootfs = self.shared_dir.join(oci::rootfs_rel(cid));
+        if req.rootfs_mounts.is_empty() {
+            req.spec.check_rootfs()?;
+            mounts::bind(&req.spec.rootfs(), &rootfs, false)?;
+        } else {
+            mounts::mount_all(&req.rootfs_mounts, &rootfs)?;
+        }
+        let agent_shared = self.backend.agent_shared_dir();
+        let t = oci::translate(
+            &req.spec,
+            &Translation {
+                sandbox_id: &self.id,
+                container_id: cid,
+                agent_shared_dir: &agent_shared,
+                vm: self.backend.kind() == BackendKind::Microvm,
+            },
+        );
+        for note in &t.notes {
+            info!("sandbox={} container={cid}: {note}", self.id);
+        }
+        for b in &t.binds {
+            mounts::bind(&b.host, &self.shared_dir.join(&b.shared_rel), b.read_only)?;
+        }
+        let mut r = CreateContainerRequest::new();
+        r.container_id = cid.to_string();
+        r.spec_json = t.spec.to_string();
+        r.stdio = Some(req.stdio).into();
+        let resp = self
+            .agent
+            .agent
+            .create_container(ctx(), &r)
+            .await
+            .map_err(|e| SandboxError::Rpc {
+                id: self.id.clone(),
+                rpc: "CreateContainer",
+                message: rpc_message(&e),
+            })?;
+        Ok(resp.pid)
+    }
+
+    /// Removes a container from the agent (killing it when `force`) and unshares its
+    /// rootfs and mounts.
+    pub async fn remove_container(&self, cid: &str, force: bool) -> Result<(), SandboxError> {
+        let mut r = RemoveContainerRequest::new();
+        r.container_id = cid.to_string();
+        r.force = force;
+        let rpc = self.agent.agent.remove_container(ctx(), &r).await;
+        let container_dir = self.shared_dir.join(cid);
+        mounts::remove_dir_safely(&container_dir)?;
+        self.with_state(|s| -> Result<(), StateError> {
+            s.remove_container(cid)?;
+            s.release(&Resource::Mount {
+                path: container_dir.clone(),
+            })
+        })?;
+        match rpc {
+            Ok(_) => Ok(()),
+            Err(ttrpc::Error::RpcStatus(s)) if s.code() == ttrpc::Code::NOT_FOUND => Ok(()),
+            Err(e) => Err(SandboxError::Rpc {
+                id: self.id.clone(),
+                rpc: "RemoveContainer",
+                message: rpc_message(&e),
+            }),
+        }
+    }
+
+    /// Stops the agent or VM and removes every host resource of the sandbox (state
+    /// directory included).
+    pub async fn destroy(&self) -> Result<(), SandboxError> {
+        let mut r = ember_agent_protocol::agent::DestroySandboxRequest::new();
+        r.sandbox_id = self.id.clone();
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            self.agent.agent.destroy_sandbox(ctx(), &r),
+        )
+        .await;
+        self.backend.stop(Duration::from_secs(2)).await;
+        let state = self.state.lock().expect("state lock").take();
+        if let Some(state) = state {
+            state.cleanup()?;
+        }
+        info!("sandbox={}: destroyed", self.id);
+        Ok(())
+    }
+}
+
+/// The message of a ttrpc error (the agent's status message, without ttrpc's wrapping).
+pub fn rpc_message(e: &ttrpc::Error) -> String {
+    match e {
+        ttrpc::Error::RpcStatus(s) => s.message().to_string(),
+        other => other.to_string(),
+    }
+}
