@@ -52,6 +52,12 @@ struct Cli {
     /// Least severe log level shown: critical, error, warning, info, debug, trace.
     #[arg(long, default_value = "info")]
     log_level: String,
+    /// What to set up at start: `vm` (the guest's init: /proc, /sys, /dev, cgroup2, lo),
+    /// `namespace` (the process sandbox backend: PID 1 of fresh namespaces on the host,
+    /// mounts /proc and makes / rslave), `none` (an ordinary host process), or `auto`
+    /// (`vm` when PID 1, else `none`).
+    #[arg(long, value_enum, default_value = "auto")]
+    init: pid1::InitMode,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -175,9 +181,12 @@ fn serve_streams(listener: Listener, streams: stdio::StreamRegistry, log: Logger
 }
 
 async fn serve(cli: Cli, log: Logger) -> Result<(), AgentError> {
-    let pid1 = pid1::is_pid1();
-    if pid1 {
-        pid1::setup(&log)?;
+    let mode = cli.init.resolve();
+    let pid1 = mode == pid1::InitMode::Vm;
+    match mode {
+        pid1::InitMode::Vm => pid1::setup(&log)?,
+        pid1::InitMode::Namespace => pid1::setup_namespace(&log)?,
+        _ => {}
     }
     let addr: Address = match &cli.listen {
         Some(a) => a.parse()?,

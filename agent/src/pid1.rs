@@ -137,6 +137,61 @@ pub fn setup(log: &Logger) -> Result<(), Pid1Error> {
     Ok(())
 }
 
+/// What the agent sets up around itself at start (`--init`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum InitMode {
+    /// `vm` when the agent is PID 1, `none` otherwise.
+    Auto,
+    /// The guest's init: pseudo filesystems, loopback (see [`setup`]).
+    Vm,
+    /// The `process` sandbox backend: the agent was started by the runtime as PID 1 of fresh
+    /// PID and mount namespaces on the host. It makes its mount namespace a slave of the
+    /// host's (so its container mounts never propagate back, while the sandbox's shared
+    /// directory still receives the runtime's new mounts) and mounts a /proc for its PID
+    /// namespace (libcontainer looks up its children by their pids there).
+    Namespace,
+    /// Nothing: an ordinary host process (tests).
+    None,
+}
+
+impl InitMode {
+    /// Resolves `auto`.
+    pub fn resolve(self) -> InitMode {
+        match self {
+            InitMode::Auto if is_pid1() => InitMode::Vm,
+            InitMode::Auto => InitMode::None,
+            m => m,
+        }
+    }
+}
+
+/// Setup of [`InitMode::Namespace`].
+pub fn setup_namespace(log: &Logger) -> Result<(), Pid1Error> {
+    let err = |target, fstype, errno| Pid1Error::Mount {
+        fstype,
+        target,
+        errno,
+    };
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None::<&str>,
+    )
+    .map_err(|e| err("/", "(propagation rslave)", e))?;
+    mount(
+        Some("proc"),
+        "/proc",
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(|e| err("/proc", "proc", e))?;
+    info!(log, "namespace init: / is rslave, /proc mounted for this PID namespace");
+    Ok(())
+}
+
 /// Sets IFF_UP on `lo`.
 pub fn loopback_up() -> Result<(), Pid1Error> {
     let sock = nix::sys::socket::socket(

@@ -1,13 +1,33 @@
-//! `containerd-shim-ember-v2`: the containerd shim (task API v2) that runs containers in
-//! ember sandboxes.
+//! `containerd-shim-ember-v2`: containerd's runtime `io.containerd.ember.v2`.
 //!
-//! It owns the containerd-facing side: the Task service, grouping containers of one pod
-//! into one sandbox, forwarding containerd's stdio FIFOs to the agent's streams, and
-//! publishing task events back to containerd.
+//! containerd starts one shim per pod (CRI groups containers by
+//! `io.kubernetes.cri.sandbox-id`; a container without it is its own pod). The shim serves
+//! the task v2 API over ttrpc, runs the pod's sandbox through `ember-runtime` (a microVM, or
+//! the `process` backend), connects containerd's stdio FIFOs to the agent's stream
+//! connections, and publishes task events back to containerd.
 
-fn main() {
-    eprintln!(
-        "containerd-shim-ember-v2: the shim is not built yet (see the runtime and shim issue)"
-    );
-    std::process::exit(1);
+mod metrics;
+mod options;
+mod process;
+mod service;
+mod stdio;
+mod task;
+
+use containerd_shim::asynchronous::run;
+use containerd_shim::Config;
+
+/// The runtime name containerd knows this shim by.
+pub const RUNTIME_ID: &str = "io.containerd.ember.v2";
+
+#[tokio::main]
+async fn main() {
+    let config = Config {
+        // The shim waits for its own children (the process backend's agent) through pidfds;
+        // the crate's SIGCHLD reaper would steal their exit statuses. Orphans of a sandbox
+        // that dies belong to the host's init, not to the shim.
+        no_reaper: true,
+        no_sub_reaper: true,
+        ..Default::default()
+    };
+    run::<service::EmberShim>(RUNTIME_ID, Some(config)).await;
 }

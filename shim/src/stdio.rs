@@ -1,0 +1,218 @@
+//! Stdio: containerd's FIFOs connected to the agent's stream connections, one connection per
+//! stream and no RPC per chunk. Output is copied until the agent closes the stream (the
+//! process and every child holding it are gone); stdin is copied until containerd's
+//! CloseIO, then the stream is half-closed so the process reads EOF.
+
+use std::sync::Arc;
+
+use ember_agent_protocol::agent::StdioStreams;
+use ember_runtime::sandbox::{Sandbox, SandboxError};
+use log::warn;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::pipe;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+/// Copy buffer size: large enough that a fast writer is not limited by syscall count.
+const BUF: usize = 256 * 1024;
+
+/// The FIFO paths containerd gave for a process (empty: not connected).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StdioPaths {
+    /// stdin FIFO.
+    pub stdin: String,
+    /// stdout FIFO (the terminal's output with `terminal`).
+    pub stdout: String,
+    /// stderr FIFO (empty with `terminal`).
+    pub stderr: String,
+    /// Whether the process has a terminal.
+    pub terminal: bool,
+}
+
+/// Errors connecting stdio.
+#[derive(Debug, thiserror::Error)]
+pub enum StdioError {
+    /// A FIFO could not be opened.
+    #[error("{path}: {source}")]
+    Fifo {
+        /// The FIFO.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The agent stream could not be opened.
+    #[error(transparent)]
+    Stream(#[from] SandboxError),
+}
+
+/// The stream ids for a process: `<container>.<exec or "init">.<stream>`, only for the
+/// streams containerd wants.
+pub fn stream_ids(container_id: &str, exec_id: &str, paths: &StdioPaths) -> StdioStreams {
+    let proc = if exec_id.is_empty() { "init" } else { exec_id };
+    let id = |name: &str, path: &str| {
+        if path.is_empty() {
+            String::new()
+        } else {
+            format!("{container_id}.{proc}.{name}")
+        }
+    };
+    let mut s = StdioStreams::new();
+    s.stdin = id("stdin", &paths.stdin);
+    s.stdout = id("stdout", &paths.stdout);
+    if !paths.terminal {
+        s.stderr = id("stderr", &paths.stderr);
+    }
+    s
+}
+
+/// The running copies of one process's stdio.
+#[derive(Debug, Default)]
+pub struct Copiers {
+    close_stdin: Option<Arc<Notify>>,
+    outputs: Vec<JoinHandle<()>>,
+}
+
+impl Copiers {
+    /// Ends stdin after what containerd already wrote (CloseIO).
+    pub fn close_stdin(&self) {
+        if let Some(n) = &self.close_stdin {
+            n.notify_one();
+        }
+    }
+
+    /// Waits until every output stream has been copied to the end.
+    pub async fn wait_outputs(&mut self) {
+        for h in self.outputs.drain(..) {
+            let _ = h.await;
+        }
+    }
+
+    /// Stops the copies (after delete, when nobody reads any more).
+    pub fn abort(&mut self) {
+        for h in self.outputs.drain(..) {
+            h.abort();
+        }
+        self.close_stdin();
+    }
+}
+
+/// Opens the agent's streams named in `ids` and starts copying between them and the FIFOs.
+pub async fn attach(
+    sandbox: &Sandbox,
+    ids: &StdioStreams,
+    paths: &StdioPaths,
+    log_ctx: String,
+) -> Result<Copiers, StdioError> {
+    let mut copiers = Copiers::default();
+    let fifo_err = |path: &str| {
+        let path = path.to_string();
+        move |source| StdioError::Fifo { path, source }
+    };
+    if !ids.stdin.is_empty() {
+        // Opened read-write so the FIFO never reports EOF on its own: containerd ends stdin
+        // with CloseIO, which may come before or after its writer opens.
+        let fifo = pipe::OpenOptions::new()
+            .read_write(true)
+            .open_receiver(&paths.stdin)
+            .map_err(fifo_err(&paths.stdin))?;
+        let stream = sandbox.open_stream(&ids.stdin).await?;
+        let close = Arc::new(Notify::new());
+        copiers.close_stdin = Some(close.clone());
+        let ctx = log_ctx.clone();
+        tokio::spawn(async move {
+            if let Err(e) = copy_stdin(fifo, stream, close).await {
+                warn!("{ctx}: stdin copy ended: {e}");
+            }
+        });
+    }
+    for (id, path) in [(&ids.stdout, &paths.stdout), (&ids.stderr, &paths.stderr)] {
+        if id.is_empty() {
+            continue;
+        }
+        let fifo = pipe::OpenOptions::new()
+            .read_write(true)
+            .open_sender(path)
+            .map_err(fifo_err(path))?;
+        let stream = sandbox.open_stream(id).await?;
+        let ctx = log_ctx.clone();
+        copiers.outputs.push(tokio::spawn(async move {
+            if let Err(e) = copy_output(stream, fifo).await {
+                warn!("{ctx}: output copy ended: {e}");
+            }
+        }));
+    }
+    Ok(copiers)
+}
+
+async fn copy_output(
+    mut stream: tokio::net::UnixStream,
+    mut fifo: pipe::Sender,
+) -> std::io::Result<()> {
+    let mut buf = vec![0u8; BUF];
+    loop {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        fifo.write_all(&buf[..n]).await?;
+    }
+}
+
+async fn copy_stdin(
+    mut fifo: pipe::Receiver,
+    mut stream: tokio::net::UnixStream,
+    close: Arc<Notify>,
+) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        tokio::select! {
+            r = fifo.read(&mut buf) => {
+                let n = r?;
+                if n == 0 {
+                    break;
+                }
+                stream.write_all(&buf[..n]).await?;
+            }
+            _ = close.notified() => {
+                // Drain what is already in the FIFO, then give the process EOF.
+                loop {
+                    match fifo.try_read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => stream.write_all(&buf[..n]).await?,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(e) => return Err(e),
+                    }
+                }
+                break;
+            }
+        }
+    }
+    stream.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_ids_follow_what_containerd_asked_for() {
+        let paths = StdioPaths {
+            stdin: String::new(),
+            stdout: "/fifo/out".into(),
+            stderr: "/fifo/err".into(),
+            terminal: false,
+        };
+        let s = stream_ids("c1", "", &paths);
+        assert_eq!(s.stdin, "");
+        assert_eq!(s.stdout, "c1.init.stdout");
+        assert_eq!(s.stderr, "c1.init.stderr");
+        let tty = StdioPaths {
+            stdin: "/fifo/in".into(),
+            terminal: true,
+            ..paths
+        };
+        let s = stream_ids("c1", "e1", &tty);
+        assert_eq!(s.stdin, "c1.e1.stdin");
+        assert_eq!(s.stderr, "", "a terminal has no separate stderr stream");
+    }
+}
