@@ -582,21 +582,11 @@ impl Drop for Containerd {
             std::thread::sleep(Duration::from_millis(20));
         }
         unmount_under(self.dir.path());
-        // The runc shim and ctr use fixed host paths under /run/containerd (runc's state per
-        // namespace, FIFOs, shim sockets); remove the ones left empty (rmdir only).
-        let namespaces = self.namespaces.lock().unwrap().clone();
-        let run = Path::new(HOST_RUN_DIR);
-        for ns in &namespaces {
-            let _ = std::fs::remove_dir(run.join("runc").join(ns));
-        }
-        for d in ["runc", "fifo", "s", ""] {
-            let _ = std::fs::remove_dir(run.join(d));
-        }
+        // Not removed: the empty directories the runc shim and ctr create under the fixed
+        // host path /run/containerd (runc/<namespace>, fifo, s), which another containerd
+        // (or a parallel test) may be using at the same moment.
     }
 }
-
-/// The state directory containerd's shims and ctr use whatever containerd's own `state` is.
-const HOST_RUN_DIR: &str = "/run/containerd";
 
 /// Mount points under `dir` (from /proc/self/mountinfo), deepest first.
 pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
