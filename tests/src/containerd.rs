@@ -167,11 +167,12 @@ pub fn which(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// The directory holding the built `containerd-shim-ember-v2`: `$EMBER_SHIM_DIR` if set,
+/// The directory holding the built `containerd-shim-ember-v2`: `$EMBER_SHIM_DIR` if set
+/// (and not empty),
 /// else the workspace's `target/debug` or `target/release` (debug first, honoring
 /// `$CARGO_TARGET_DIR`), else the directory of one on `PATH`. `None` if there is none.
 pub fn ember_shim_dir() -> Option<PathBuf> {
-    if let Some(d) = std::env::var_os("EMBER_SHIM_DIR") {
+    if let Some(d) = std::env::var_os("EMBER_SHIM_DIR").filter(|d| !d.is_empty()) {
         let d = PathBuf::from(d);
         return d.join(EMBER_SHIM).is_file().then_some(d);
     }

@@ -154,3 +154,42 @@ fn start_fails_with_the_log_when_containerd_cannot_start() {
         "{err}"
     );
 }
+
+#[test]
+fn ember_runtime_resolves_to_a_shim_in_path_prepend() {
+    let test = "ember_runtime_resolves_to_a_shim_in_path_prepend";
+    if !can_run(test) {
+        return;
+    }
+    let Some(runc_shim) = containerd::which("containerd-shim-runc-v2") else {
+        skip(test, "containerd-shim-runc-v2 not on PATH");
+        return;
+    };
+    // Stand in for the ember shim: containerd maps io.containerd.ember.v2 to the binary
+    // containerd-shim-ember-v2, here the runc shim under that name, only in `shims`.
+    let shims = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(&runc_shim, shims.path().join(containerd::EMBER_SHIM)).unwrap();
+    let ctrd = Containerd::start(Options {
+        path_prepend: vec![shims.path().to_path_buf()],
+        ..Options::default()
+    })
+    .unwrap();
+    let tar = ctrd.scratch().join("busybox.tar");
+    busybox_image_tar(&tar, IMAGE).unwrap();
+    ctrd.import_image(&tar, containerd::DEFAULT_NAMESPACE)
+        .unwrap();
+    let id = cid("via-ember-name");
+    let out = ctrd
+        .ctr_ok(&[
+            "run",
+            "--rm",
+            "--runtime",
+            containerd::EMBER_RUNTIME,
+            IMAGE,
+            &id,
+            "echo",
+            "found",
+        ])
+        .unwrap();
+    assert_eq!(out.trim(), "found");
+}
