@@ -147,16 +147,20 @@ impl Options {
 /// Why the private containerd cannot run here (not root, containerd or ctr missing), or
 /// `None` when it can: tests pass this to [`crate::skip`].
 pub fn unavailable() -> Option<String> {
+    check_host().err().map(|e| e.to_string())
+}
+
+fn check_host() -> Result<(), ContainerdError> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        return Some(ContainerdError::NotRoot.to_string());
+        return Err(ContainerdError::NotRoot);
     }
     for bin in ["containerd", "ctr"] {
         if which(bin).is_none() {
-            return Some(ContainerdError::NotInstalled(bin.into()).to_string());
+            return Err(ContainerdError::NotInstalled(bin.into()));
         }
     }
-    None
+    Ok(())
 }
 
 /// The first `name` on `PATH`.
@@ -303,13 +307,7 @@ impl Containerd {
     /// Writes the config, starts containerd and waits until `ctr version` answers. With
     /// `opts.cri`, also imports [`SANDBOX_IMAGE`] into [`CRI_NAMESPACE`].
     pub fn start(opts: Options) -> Result<Containerd, ContainerdError> {
-        if let Some(why) = unavailable() {
-            return Err(if why.contains("root") {
-                ContainerdError::NotRoot
-            } else {
-                ContainerdError::NotInstalled(why)
-            });
-        }
+        check_host()?;
         let dir = tempfile::Builder::new()
             .prefix("ember-containerd-")
             .tempdir()
