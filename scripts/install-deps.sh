@@ -13,7 +13,8 @@ packages=(
     bc bison flex perl patch libelf-dev libssl-dev cpio xz-utils  # guest kernel build
     e2fsprogs                    # mkfs.ext4 -d for guest and test disk images
     libseccomp-dev               # seccomp in the agent (libcontainer)
-    protobuf-compiler            # CRI test client
+    protobuf-compiler            # protoc for prost/tonic builds
+    python3 python3-venv         # the CRI test client (a venv, see below)
     iproute2 util-linux          # netns/tap tests, unshare for the crun baseline
 )
 
@@ -45,3 +46,17 @@ for c in rustfmt clippy; do
         rustup component add "$c"
     fi
 done
+
+# The CRI test client (ember_tests::cri): a Python venv outside the repository with the
+# PyPI package container-runtime-interface-api (pre-generated CRI v1 gRPC stubs, grpcio,
+# protobuf). Tests that need it skip with a message when it is missing.
+cri_venv="${XDG_CACHE_HOME:-$HOME/.cache}/ember/cri-venv"
+cri_pkg="container-runtime-interface-api==2.0.1"
+if "$cri_venv/bin/python" -c 'import grpc, cri_api.v1.api_pb2_grpc' 2>/dev/null; then
+    echo "install-deps: CRI client present in $cri_venv"
+else
+    echo "install-deps: installing the CRI client ($cri_pkg) into $cri_venv"
+    mkdir -p "$(dirname "$cri_venv")"
+    python3 -m venv "$cri_venv"
+    "$cri_venv/bin/pip" install -q "$cri_pkg"
+fi

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# make demo: run a busybox container through containerd with ember's shim.
+#
+# Builds the shim and the offline busybox image (from Debian's busybox-static), starts a
+# private containerd (own root, state and sockets; the same config as the tests use) whose
+# PATH starts with the shim's directory, imports the image, runs
+#   ctr run --rm --runtime io.containerd.ember.v2 IMAGE demo echo "hello from ember"
+# and cleans everything up.
+#
+# Environment:
+#   EMBER_SHIM_DIR          directory holding containerd-shim-ember-v2 (default: target/debug,
+#                           built here)
+#   EMBER_CONTAINERD_SOCK   use this running containerd instead of a private one (its own
+#                           PATH must then find containerd-shim-ember-v2)
+#   EMBER_CONFIG            ember config file, passed as ctr --runtime-config-path
+#   EMBER_DEMO_RUNTIME      runtime type to run with (default io.containerd.ember.v2;
+#                           io.containerd.runc.v2 shows the demo's plumbing without ember)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo=${CARGO:-cargo}
+image=docker.io/library/busybox:ember
+runtime=${EMBER_DEMO_RUNTIME:-io.containerd.ember.v2}
+ns=ember-demo
+target=${CARGO_TARGET_DIR:-target}
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "demo: containerd needs root; run as root (sudo make demo)" >&2
+    exit 1
+fi
+
+if [ -z "${EMBER_SHIM_DIR:-}" ] && [ "$runtime" = io.containerd.ember.v2 ]; then
+    echo "demo: building containerd-shim-ember-v2"
+    "$cargo" build -q --bin containerd-shim-ember-v2
+    EMBER_SHIM_DIR=$(cd "$target/debug" && pwd)
+fi
+export EMBER_SHIM_DIR="${EMBER_SHIM_DIR:-}"
+"$cargo" build -q -p ember-tests --example busybox-image --example private-containerd
+
+tmp=$(mktemp -d)
+server_pid=
+cleanup() {
+    # Closing fd 3 (the private containerd's stdin) makes it stop and clean up.
+    exec 3>&- 2>/dev/null || true
+    if [ -n "$server_pid" ]; then wait "$server_pid" 2>/dev/null || true; fi
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+echo "demo: building the busybox image $image"
+"$target/debug/examples/busybox-image" "$tmp/busybox.tar" "$image"
+
+if [ -n "${EMBER_CONTAINERD_SOCK:-}" ]; then
+    sock=$EMBER_CONTAINERD_SOCK
+    echo "demo: using the containerd at $sock"
+else
+    echo "demo: starting a private containerd (shims from ${EMBER_SHIM_DIR:-its PATH} first)"
+    mkfifo "$tmp/ctl"
+    "$target/debug/examples/private-containerd" "$tmp/address" <"$tmp/ctl" &
+    server_pid=$!
+    exec 3>"$tmp/ctl"
+    while [ ! -s "$tmp/address" ]; do
+        if ! kill -0 "$server_pid" 2>/dev/null; then
+            server_pid=
+            echo "demo: the private containerd failed to start (see above)" >&2
+            exit 1
+        fi
+        sleep 0.1
+    done
+    sock=$(cat "$tmp/address")
+fi
+
+ctr=(ctr --address "$sock" --namespace "$ns")
+"${ctr[@]}" image import "$tmp/busybox.tar" >/dev/null
+extra=()
+if [ -n "${EMBER_CONFIG:-}" ]; then extra=(--runtime-config-path "$EMBER_CONFIG"); fi
+id="demo-$$"
+echo "demo: ctr run --rm --runtime $runtime $image $id echo \"hello from ember\""
+set +e
+"${ctr[@]}" run --rm --runtime "$runtime" "${extra[@]}" "$image" "$id" echo "hello from ember"
+status=$?
+set -e
+if [ -n "${EMBER_CONTAINERD_SOCK:-}" ]; then
+    "${ctr[@]}" image rm "$image" >/dev/null || true
+fi
+if [ "$status" -ne 0 ]; then
+    echo "demo: ctr run failed with status $status" >&2
+fi
+exit "$status"

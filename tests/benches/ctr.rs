@@ -1,0 +1,200 @@
+//! `ctr run --rm` through each shim, against one private containerd: the median wall time
+//! of `ctr run --rm --runtime R IMAGE id /bin/true` over `EMBER_BENCH_RUNS` runs (default
+//! 10, runtimes interleaved), and the stdout throughput of a container writing 1 GiB
+//! (`dd if=/dev/zero bs=1M count=1024`) through ctr to a reader on the host
+//! (`EMBER_BENCH_TP_RUNS` runs, default 3). Prints a table and the ember/runc ratios.
+//!
+//! Runtimes: containerd's runc shim (`io.containerd.runc.v2`) always, and ember's
+//! (`io.containerd.ember.v2`) when `containerd-shim-ember-v2` is built (see
+//! [`ember_tests::containerd::ember_shim_dir`]); otherwise a note says it was skipped.
+//! `EMBER_CONFIG` is passed to the ember runtime as `--runtime-config-path`.
+//!
+//! Run: `cargo bench -p ember-tests --bench ctr`.
+
+use std::io::Read;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use ember_tests::containerd::{self, Containerd, Options, EMBER_RUNTIME, RUNC_RUNTIME};
+use ember_tests::image::busybox_image_tar;
+use ember_tests::{fixtures, skip};
+
+const IMAGE: &str = "docker.io/library/busybox:ember";
+const GIB: u64 = 1 << 30;
+const BENCH: &str = "ctr bench";
+
+struct Runtime {
+    name: &'static str,
+    runtime_type: &'static str,
+    extra: Vec<String>,
+    runs: Vec<Duration>,
+    throughput: Vec<f64>,
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(default)
+}
+
+fn median<T: PartialOrd + Copy>(v: &[T]) -> T {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    v[v.len() / 2]
+}
+
+fn ctr_args<'a>(rt: &'a Runtime, id: &'a str, cmd: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["run", "--rm", "--runtime", rt.runtime_type];
+    args.extend(rt.extra.iter().map(String::as_str));
+    args.extend([IMAGE, id]);
+    args.extend(cmd);
+    args
+}
+
+/// One `ctr run --rm ... /bin/true`, timed.
+fn run_true(ctrd: &Containerd, rt: &Runtime, id: &str) -> Duration {
+    let args = ctr_args(rt, id, &["/bin/true"]);
+    let start = Instant::now();
+    let out = ctrd.ctr(&args).expect("running ctr");
+    let took = start.elapsed();
+    assert!(
+        out.status.success(),
+        "ctr {} failed: {}\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr),
+        ctrd.log_tail(20)
+    );
+    took
+}
+
+/// MiB/s of 1 GiB of container stdout, first byte to end of stream.
+fn throughput(ctrd: &Containerd, rt: &Runtime, id: &str) -> f64 {
+    let args = ctr_args(rt, id, &["dd", "if=/dev/zero", "bs=1M", "count=1024"]);
+    let mut child = ctrd
+        .ctr_command(containerd::DEFAULT_NAMESPACE)
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawning ctr");
+    let mut stdout = child.stdout.take().expect("piped");
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    let mut first = None;
+    loop {
+        let n = stdout.read(&mut buf).expect("reading ctr's stdout");
+        if n == 0 {
+            break;
+        }
+        first.get_or_insert_with(Instant::now);
+        total += n as u64;
+    }
+    let secs = first.map(|f| f.elapsed().as_secs_f64()).unwrap_or(0.0);
+    let status = child.wait().expect("waiting for ctr");
+    assert!(status.success(), "ctr {} failed: {status}", args.join(" "));
+    assert_eq!(total, GIB, "{} stdout bytes, expected 1 GiB", rt.name);
+    (total as f64 / (1 << 20) as f64) / secs.max(1e-9)
+}
+
+fn main() {
+    if let Some(why) = containerd::unavailable() {
+        skip(BENCH, &why);
+        return;
+    }
+    if !fixtures::busybox_available() {
+        skip(BENCH, "busybox-static is not installed");
+        return;
+    }
+    let runs = env_usize("EMBER_BENCH_RUNS", 10);
+    let tp_runs = env_usize("EMBER_BENCH_TP_RUNS", 3);
+
+    let mut runtimes = vec![Runtime {
+        name: "runc",
+        runtime_type: RUNC_RUNTIME,
+        extra: vec![],
+        runs: vec![],
+        throughput: vec![],
+    }];
+    let shim_dir = containerd::ember_shim_dir();
+    match &shim_dir {
+        Some(dir) => {
+            let mut extra = vec![];
+            if let Some(cfg) = std::env::var_os("EMBER_CONFIG") {
+                extra = vec![
+                    "--runtime-config-path".into(),
+                    cfg.to_string_lossy().into_owned(),
+                ];
+            }
+            println!("ember shim: {}", dir.join(containerd::EMBER_SHIM).display());
+            runtimes.push(Runtime {
+                name: "ember",
+                runtime_type: EMBER_RUNTIME,
+                extra,
+                runs: vec![],
+                throughput: vec![],
+            });
+        }
+        None => println!(
+            "note: {} not built (target/debug, target/release, $EMBER_SHIM_DIR, PATH); \
+             measuring runc only",
+            containerd::EMBER_SHIM
+        ),
+    }
+
+    let ctrd = Containerd::start(Options {
+        path_prepend: shim_dir.into_iter().collect(),
+        ..Options::default()
+    })
+    .expect("starting containerd");
+    let tar = ctrd.scratch().join("busybox.tar");
+    busybox_image_tar(&tar, IMAGE).expect("building the image");
+    ctrd.import_image(&tar, containerd::DEFAULT_NAMESPACE)
+        .expect("importing the image");
+
+    let pid = std::process::id();
+    for rt in &runtimes {
+        run_true(&ctrd, rt, &format!("warm-{}-{pid}", rt.name));
+    }
+    for i in 0..runs {
+        for rt in &mut runtimes {
+            let d = run_true(&ctrd, rt, &format!("true-{}-{pid}-{i}", rt.name));
+            rt.runs.push(d);
+        }
+    }
+    for i in 0..tp_runs {
+        for rt in &mut runtimes {
+            let t = throughput(&ctrd, rt, &format!("dd-{}-{pid}-{i}", rt.name));
+            rt.throughput.push(t);
+        }
+    }
+    drop(ctrd);
+
+    println!();
+    println!("ctr run --rm /bin/true ({runs} runs) and 1 GiB stdout ({tp_runs} runs), medians");
+    println!(
+        "{:<8} {:<24} {:>10} {:>10} {:>12}",
+        "runtime", "type", "run ms", "min ms", "stdout MiB/s"
+    );
+    for rt in &runtimes {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let min = rt.runs.iter().min().copied().unwrap_or_default();
+        println!(
+            "{:<8} {:<24} {:>10.1} {:>10.1} {:>12.0}",
+            rt.name,
+            rt.runtime_type,
+            ms(median(&rt.runs)),
+            ms(min),
+            median(&rt.throughput)
+        );
+    }
+    if let [runc, ember] = runtimes.as_slice() {
+        println!(
+            "ratio ember/runc: run {:.2}x, stdout throughput {:.2}x",
+            median(&ember.runs).as_secs_f64() / median(&runc.runs).as_secs_f64(),
+            median(&ember.throughput) / median(&runc.throughput)
+        );
+    }
+}

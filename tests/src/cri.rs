@@ -1,0 +1,528 @@
+//! A small CRI (Kubernetes Container Runtime Interface, v1) client for tests.
+//!
+//! Each call runs `tests/cri/cri_client.py` (embedded in this crate) with the Python of a
+//! venv that holds the PyPI package `container-runtime-interface-api` (pre-generated gRPC
+//! stubs of the CRI `api.proto`, plus `grpcio` and `protobuf` wheels): JSON request in,
+//! JSON response out, proto field names. `scripts/install-deps.sh` creates that venv at
+//! `${XDG_CACHE_HOME:-$HOME/.cache}/ember/cri-venv`; `$EMBER_CRI_PYTHON` names another
+//! interpreter. When it is missing, [`unavailable`] says so and tests [`crate::skip`].
+//!
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use ember_tests::containerd::{Containerd, Options};
+//! use ember_tests::cri::{ContainerConfig, Cri, PodConfig};
+//! let ctrd = Containerd::start(Options::with_cri())?;
+//! let cri = Cri::connect(&ctrd.address())?;
+//! let pod = PodConfig::host_network("p", "ember");
+//! let pod_id = cri.run_pod_sandbox(&pod)?;
+//! let c = ContainerConfig::new("c", "docker.io/library/busybox:ember", &["sleep", "60"]);
+//! let id = cri.create_container(&pod_id, &pod, &c)?;
+//! cri.start_container(&id)?;
+//! let out = cri.exec_sync(&id, &["echo", "hi"], std::time::Duration::from_secs(10))?;
+//! # Ok(()) }
+//! ```
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+/// The client script, run with `python -c`.
+const SCRIPT: &str = include_str!("../cri/cri_client.py");
+
+/// The PyPI package that provides the CRI stubs, with the version tested.
+pub const PYPI_PACKAGE: &str = "container-runtime-interface-api==2.0.1";
+
+/// Errors from the CRI client.
+#[derive(Debug, thiserror::Error)]
+pub enum CriError {
+    /// The Python venv with the CRI stubs is missing.
+    #[error("CRI client not installed: no Python with the `cri_api` module at {0} (run scripts/install-deps.sh, which installs {PYPI_PACKAGE} into a venv there, or set EMBER_CRI_PYTHON)")]
+    NotInstalled(PathBuf),
+    /// Running the client failed.
+    #[error("running the CRI client {python}: {source}")]
+    Spawn {
+        /// The interpreter.
+        python: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The client crashed or printed something that is not its JSON answer.
+    #[error("CRI client failed for {method} ({status}): {stderr}")]
+    Client {
+        /// The CRI method.
+        method: String,
+        /// The client's exit status.
+        status: std::process::ExitStatus,
+        /// Its stderr (a Python traceback, usually).
+        stderr: String,
+    },
+    /// The runtime answered with a gRPC error.
+    #[error("CRI {method} failed: {code}: {details}")]
+    Rpc {
+        /// The CRI method.
+        method: String,
+        /// The gRPC status code name (`NOT_FOUND`, `UNKNOWN`, ...).
+        code: String,
+        /// The error message.
+        details: String,
+    },
+    /// The response lacks a field the caller needs.
+    #[error("CRI {method} response has no {field}: {response}")]
+    Missing {
+        /// The CRI method.
+        method: String,
+        /// The field.
+        field: String,
+        /// The whole response.
+        response: Value,
+    },
+    /// Waiting for something timed out.
+    #[error("timed out after {0:?} waiting for {1}")]
+    Timeout(Duration, String),
+}
+
+/// The default venv of the CRI client: `${XDG_CACHE_HOME:-$HOME/.cache}/ember/cri-venv`.
+pub fn default_venv() -> PathBuf {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cache")
+        });
+    cache.join("ember").join("cri-venv")
+}
+
+/// The interpreter the client runs with: `$EMBER_CRI_PYTHON`, else the default venv's.
+pub fn python() -> PathBuf {
+    std::env::var_os("EMBER_CRI_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| default_venv().join("bin").join("python"))
+}
+
+/// Why the CRI client cannot run here, or `None` when it can.
+pub fn unavailable() -> Option<String> {
+    let py = python();
+    let ok = Command::new(&py)
+        .args(["-c", "import grpc, cri_api.v1.api_pb2_grpc"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    (!ok).then(|| CriError::NotInstalled(py).to_string())
+}
+
+/// A pod sandbox's config (the parts tests vary).
+#[derive(Debug, Clone)]
+pub struct PodConfig {
+    /// `metadata.name`.
+    pub name: String,
+    /// `metadata.uid`.
+    pub uid: String,
+    /// `metadata.namespace`.
+    pub namespace: String,
+    /// The runtime handler (`""`: containerd's default, `runc`; `ember`).
+    pub runtime_handler: String,
+    /// Share the host's network namespace (`NamespaceOption.network = NODE`); needed here,
+    /// since there is no CNI.
+    pub host_network: bool,
+    /// The pod's log directory; container log paths are relative to it.
+    pub log_directory: Option<PathBuf>,
+}
+
+impl PodConfig {
+    /// A host-network pod `name` (uid `<name>-uid`, namespace `default`) for
+    /// `runtime_handler`, without a log directory.
+    pub fn host_network(name: &str, runtime_handler: &str) -> Self {
+        PodConfig {
+            name: name.into(),
+            uid: format!("{name}-uid"),
+            namespace: "default".into(),
+            runtime_handler: runtime_handler.into(),
+            host_network: true,
+            log_directory: None,
+        }
+    }
+
+    /// The `PodSandboxConfig` message.
+    pub fn to_json(&self) -> Value {
+        let mut c = json!({
+            "metadata": {
+                "name": self.name, "uid": self.uid, "namespace": self.namespace, "attempt": 0
+            },
+            "linux": {"security_context": {"namespace_options": {
+                "network": if self.host_network { "NODE" } else { "POD" },
+            }}},
+        });
+        // A host-network pod shares the host's UTS namespace, where runc refuses to set a
+        // hostname ("unable to set hostname without a private UTS namespace"); kubelet
+        // leaves it empty for such pods too.
+        if !self.host_network {
+            c["hostname"] = json!(self.name);
+        }
+        if let Some(d) = &self.log_directory {
+            c["log_directory"] = json!(d.to_string_lossy());
+        }
+        c
+    }
+}
+
+/// A container's config (the parts tests vary).
+#[derive(Debug, Clone)]
+pub struct ContainerConfig {
+    /// `metadata.name`.
+    pub name: String,
+    /// The image reference (already in containerd's `k8s.io` namespace).
+    pub image: String,
+    /// The command (replaces the image's entrypoint; empty: the image's).
+    pub command: Vec<String>,
+    /// The arguments (replace the image's cmd).
+    pub args: Vec<String>,
+    /// The log file, relative to the pod's log directory.
+    pub log_path: Option<String>,
+    /// Environment variables.
+    pub env: Vec<(String, String)>,
+}
+
+impl ContainerConfig {
+    /// A container `name` running `command` from `image`.
+    pub fn new(name: &str, image: &str, command: &[&str]) -> Self {
+        ContainerConfig {
+            name: name.into(),
+            image: image.into(),
+            command: command.iter().map(|s| s.to_string()).collect(),
+            args: Vec::new(),
+            log_path: None,
+            env: Vec::new(),
+        }
+    }
+
+    /// The `ContainerConfig` message.
+    pub fn to_json(&self) -> Value {
+        let mut c = json!({
+            "metadata": {"name": self.name, "attempt": 0},
+            "image": {"image": self.image},
+            "command": self.command,
+            "args": self.args,
+            "envs": self.env.iter().map(|(k, v)| json!({"key": k, "value": v})).collect::<Vec<_>>(),
+            "linux": {},
+        });
+        if let Some(p) = &self.log_path {
+            c["log_path"] = json!(p);
+        }
+        c
+    }
+}
+
+/// What `ExecSync` returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutput {
+    /// The command's stdout.
+    pub stdout: Vec<u8>,
+    /// The command's stderr.
+    pub stderr: Vec<u8>,
+    /// Its exit code.
+    pub exit_code: i32,
+}
+
+impl ExecOutput {
+    /// stdout as text (lossy).
+    pub fn stdout_str(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+}
+
+/// A CRI client bound to one runtime socket.
+#[derive(Debug, Clone)]
+pub struct Cri {
+    address: PathBuf,
+    python: PathBuf,
+    /// The gRPC deadline of each call.
+    pub timeout: Duration,
+}
+
+impl Cri {
+    /// A client for the CRI server at `address` (containerd's gRPC socket); fails with
+    /// [`CriError::NotInstalled`] when the Python client is missing. Does not connect yet.
+    pub fn connect(address: &Path) -> Result<Cri, CriError> {
+        if unavailable().is_some() {
+            return Err(CriError::NotInstalled(python()));
+        }
+        Ok(Cri {
+            address: address.to_path_buf(),
+            python: python(),
+            timeout: Duration::from_secs(120),
+        })
+    }
+
+    /// A client for `ctrd`'s CRI plugin (started with [`crate::containerd::Options::cri`]),
+    /// once the plugin sees the sandbox image [`crate::containerd::SANDBOX_IMAGE`].
+    pub fn for_containerd(ctrd: &crate::containerd::Containerd) -> Result<Cri, CriError> {
+        let cri = Cri::connect(&ctrd.address())?;
+        cri.wait_for_image(crate::containerd::SANDBOX_IMAGE, Duration::from_secs(30))?;
+        Ok(cri)
+    }
+
+    /// Calls `method` (e.g. `RunPodSandbox`) with `request` (the `<method>Request` message as
+    /// JSON, proto field names) and returns the response message.
+    pub fn call(&self, method: &str, request: Value) -> Result<Value, CriError> {
+        let input = json!({
+            "address": self.address.to_string_lossy(),
+            "method": method,
+            "request": request,
+            "timeout": self.timeout.as_secs_f64(),
+        });
+        let spawn = |source| CriError::Spawn {
+            python: self.python.clone(),
+            source,
+        };
+        let mut child = Command::new(&self.python)
+            .args(["-c", SCRIPT])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(spawn)?;
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        stdin
+            .write_all(input.to_string().as_bytes())
+            .map_err(spawn)?;
+        drop(stdin);
+        let out = child.wait_with_output().map_err(spawn)?;
+        let answer: Option<Value> = serde_json::from_slice(&out.stdout).ok();
+        let Some(answer) = answer.filter(|_| out.status.success()) else {
+            return Err(CriError::Client {
+                method: method.into(),
+                status: out.status,
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        };
+        if answer["ok"] == json!(true) {
+            Ok(answer["response"].clone())
+        } else {
+            Err(CriError::Rpc {
+                method: method.into(),
+                code: answer["code"].as_str().unwrap_or("?").into(),
+                details: answer["details"].as_str().unwrap_or("").into(),
+            })
+        }
+    }
+
+    fn field(&self, method: &str, resp: &Value, field: &str) -> Result<String, CriError> {
+        resp[field]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| CriError::Missing {
+                method: method.into(),
+                field: field.into(),
+                response: resp.clone(),
+            })
+    }
+
+    /// `Version`: the response (`runtime_name`, `runtime_version`, `runtime_api_version`).
+    pub fn version(&self) -> Result<Value, CriError> {
+        self.call("Version", json!({}))
+    }
+
+    /// `RunPodSandbox`; returns the pod sandbox id.
+    pub fn run_pod_sandbox(&self, pod: &PodConfig) -> Result<String, CriError> {
+        let resp = self.call(
+            "RunPodSandbox",
+            json!({"config": pod.to_json(), "runtime_handler": pod.runtime_handler}),
+        )?;
+        self.field("RunPodSandbox", &resp, "pod_sandbox_id")
+    }
+
+    /// `CreateContainer` in pod `pod_id` (created from `pod`); returns the container id.
+    pub fn create_container(
+        &self,
+        pod_id: &str,
+        pod: &PodConfig,
+        container: &ContainerConfig,
+    ) -> Result<String, CriError> {
+        let resp = self.call(
+            "CreateContainer",
+            json!({
+                "pod_sandbox_id": pod_id,
+                "config": container.to_json(),
+                "sandbox_config": pod.to_json(),
+            }),
+        )?;
+        self.field("CreateContainer", &resp, "container_id")
+    }
+
+    /// `StartContainer`.
+    pub fn start_container(&self, id: &str) -> Result<(), CriError> {
+        self.call("StartContainer", json!({"container_id": id}))
+            .map(drop)
+    }
+
+    /// `ExecSync`: runs `cmd` in container `id`, waits up to `timeout`.
+    pub fn exec_sync(
+        &self,
+        id: &str,
+        cmd: &[&str],
+        timeout: Duration,
+    ) -> Result<ExecOutput, CriError> {
+        let resp = self.call(
+            "ExecSync",
+            json!({"container_id": id, "cmd": cmd, "timeout": timeout.as_secs().max(1)}),
+        )?;
+        let bytes = |f: &str| base64_decode(resp[f].as_str().unwrap_or(""));
+        Ok(ExecOutput {
+            stdout: bytes("stdout"),
+            stderr: bytes("stderr"),
+            exit_code: resp["exit_code"].as_i64().unwrap_or(0) as i32,
+        })
+    }
+
+    /// `ContainerStatus`: the `status` message (`state` is e.g. `CONTAINER_RUNNING`,
+    /// `CONTAINER_EXITED`; `exit_code`, `log_path`, ...).
+    pub fn container_status(&self, id: &str) -> Result<Value, CriError> {
+        let resp = self.call("ContainerStatus", json!({"container_id": id}))?;
+        Ok(resp["status"].clone())
+    }
+
+    /// Polls `ContainerStatus` until the container's state is `state` (e.g.
+    /// `CONTAINER_EXITED`); returns that status.
+    pub fn wait_container_state(
+        &self,
+        id: &str,
+        state: &str,
+        timeout: Duration,
+    ) -> Result<Value, CriError> {
+        let start = Instant::now();
+        loop {
+            let status = self.container_status(id)?;
+            if status["state"] == state {
+                return Ok(status);
+            }
+            if start.elapsed() > timeout {
+                return Err(CriError::Timeout(
+                    timeout,
+                    format!("container {id} to be {state}, last status {status}"),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `StopContainer`, with `timeout` for the graceful stop.
+    pub fn stop_container(&self, id: &str, timeout: Duration) -> Result<(), CriError> {
+        self.call(
+            "StopContainer",
+            json!({"container_id": id, "timeout": timeout.as_secs()}),
+        )
+        .map(drop)
+    }
+
+    /// `RemoveContainer`.
+    pub fn remove_container(&self, id: &str) -> Result<(), CriError> {
+        self.call("RemoveContainer", json!({"container_id": id}))
+            .map(drop)
+    }
+
+    /// `StopPodSandbox`.
+    pub fn stop_pod_sandbox(&self, pod_id: &str) -> Result<(), CriError> {
+        self.call("StopPodSandbox", json!({"pod_sandbox_id": pod_id}))
+            .map(drop)
+    }
+
+    /// `RemovePodSandbox`.
+    pub fn remove_pod_sandbox(&self, pod_id: &str) -> Result<(), CriError> {
+        self.call("RemovePodSandbox", json!({"pod_sandbox_id": pod_id}))
+            .map(drop)
+    }
+
+    /// `ListPodSandbox` (no filter): the `PodSandbox` messages.
+    pub fn list_pod_sandbox(&self) -> Result<Vec<Value>, CriError> {
+        let resp = self.call("ListPodSandbox", json!({}))?;
+        Ok(resp["items"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// `ListContainers` (no filter): the `Container` messages.
+    pub fn list_containers(&self) -> Result<Vec<Value>, CriError> {
+        let resp = self.call("ListContainers", json!({}))?;
+        Ok(resp["containers"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// `ImageStatus`: the `Image` message, or `None` when the CRI plugin does not know it.
+    pub fn image_status(&self, image: &str) -> Result<Option<Value>, CriError> {
+        let resp = self.call("ImageStatus", json!({"image": {"image": image}}))?;
+        Ok(resp.get("image").cloned())
+    }
+
+    /// Waits until the CRI plugin sees `image` (imported with `ctr -n k8s.io image import`;
+    /// the CRI plugin learns of it from containerd's events, asynchronously), so that using
+    /// it never triggers a pull.
+    pub fn wait_for_image(&self, image: &str, timeout: Duration) -> Result<(), CriError> {
+        let start = Instant::now();
+        while self.image_status(image)?.is_none() {
+            if start.elapsed() > timeout {
+                return Err(CriError::Timeout(
+                    timeout,
+                    format!("the CRI plugin to see image {image}"),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+}
+
+/// Decodes standard base64 (how protobuf's JSON mapping writes `bytes`); invalid input
+/// characters are skipped.
+pub fn base64_decode(s: &str) -> Vec<u8> {
+    let val = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' | b'-' => 62,
+            b'/' | b'_' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0);
+    for v in s.bytes().filter_map(val) {
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_round_trips_known_values() {
+        assert_eq!(base64_decode("aGk="), b"hi");
+        assert_eq!(base64_decode("aGVsbG8K"), b"hello\n");
+        assert_eq!(base64_decode(""), b"");
+        assert_eq!(base64_decode("/w=="), [0xff]);
+    }
+
+    #[test]
+    fn pod_config_asks_for_host_network() {
+        let mut p = PodConfig::host_network("p", "");
+        p.log_directory = Some("/logs".into());
+        let j = p.to_json();
+        assert_eq!(
+            j["linux"]["security_context"]["namespace_options"]["network"],
+            "NODE"
+        );
+        assert_eq!(j["log_directory"], "/logs");
+        assert_eq!(j["metadata"]["uid"], "p-uid");
+    }
+}
