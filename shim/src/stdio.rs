@@ -109,10 +109,10 @@ pub async fn attach(
         move |source| StdioError::Fifo { path, source }
     };
     if !ids.stdin.is_empty() {
-        // Opened read-write so the FIFO never reports EOF on its own: containerd ends stdin
-        // with CloseIO, which may come before or after its writer opens.
+        // Opened read-only and non-blocking: Linux reports no readiness on a FIFO whose
+        // writer has not opened yet, and hang-up (EOF) once every writer that opened has
+        // closed it, which is how containerd's clients end stdin; CloseIO ends it too.
         let fifo = pipe::OpenOptions::new()
-            .read_write(true)
             .open_receiver(&paths.stdin)
             .map_err(fifo_err(&paths.stdin))?;
         let stream = sandbox.open_stream(&ids.stdin).await?;
