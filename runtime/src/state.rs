@@ -360,7 +360,7 @@ impl SandboxState {
             let mut left = self;
             let record_dir_exists = left.dir.exists();
             if record_dir_exists {
-                left.record.resources.retain(|r| exists(r));
+                left.record.resources.retain(exists);
                 let _ = left.save();
             }
             Err(StateError::Cleanup {
