@@ -94,6 +94,48 @@ fn empty_initramfs(dir: &Path) -> PathBuf {
     p
 }
 
+/// A named network namespace with a veth end as `eth0` (as a CNI plugin leaves it), made
+/// with iproute2; deleted on drop. `None` when iproute2 is missing.
+struct Netns(String);
+
+impl Netns {
+    fn new() -> Option<Netns> {
+        let name = format!("ember-vm-{}", std::process::id());
+        let ip = |args: &[&str]| {
+            std::process::Command::new("ip")
+                .args(args)
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &name])
+            .output();
+        if !ip(&["netns", "add", &name]) {
+            return None;
+        }
+        let ns = Netns(name);
+        let n = ns.0.as_str();
+        let ok = ip(&[
+            "-n", n, "link", "add", "eth0", "type", "veth", "peer", "name", "peer0",
+        ]) && ip(&["-n", n, "addr", "add", "10.124.0.2/24", "dev", "eth0"])
+            && ip(&["-n", n, "link", "set", "peer0", "up"])
+            && ip(&["-n", n, "link", "set", "eth0", "up"]);
+        ok.then_some(ns)
+    }
+
+    fn path(&self) -> PathBuf {
+        Path::new("/run/netns").join(&self.0)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .status();
+    }
+}
+
 /// Waits until the console log shows `want`, the VM ends, or the timeout passes.
 async fn wait_for_console(
     backend: &MicrovmBackend,
@@ -169,6 +211,13 @@ async fn microvm_boots_the_guest_kernel_with_its_devices_then_stops_and_cleans_u
     let socket = state.dir().join(VSOCK_SOCKET);
     let console = state.dir().join(CONSOLE_LOG);
 
+    // The pod network too, when iproute2 can make a namespace for it.
+    let netns = Netns::new();
+    if netns.is_none() {
+        eprintln!("{TEST}: no network namespace (iproute2 missing?): testing without a NIC");
+    }
+    let netns_path = netns.as_ref().map(Netns::path);
+
     let mut backend = MicrovmBackend::default();
     let started = Instant::now();
     let endpoint = backend
@@ -177,7 +226,7 @@ async fn microvm_boots_the_guest_kernel_with_its_devices_then_stops_and_cleans_u
             config: &config,
             state: &mut state,
             shared_dir: &shared,
-            netns: None,
+            netns: netns_path.as_deref(),
         })
         .await
         .unwrap();
@@ -213,8 +262,25 @@ async fn microvm_boots_the_guest_kernel_with_its_devices_then_stops_and_cleans_u
         log.contains(&format!("Command line: {cmdline}")),
         "the kernel got our command line `{cmdline}`"
     );
-    // virtio-fs (the share), virtio-rng and virtio-vsock, in that order.
-    for i in 0..3 {
+    // [virtio-net,] virtio-fs (the share), virtio-rng and virtio-vsock, in that order.
+    let devices = if let Some(ns) = &netns_path {
+        let net = backend.network().expect("the pod network is exposed");
+        assert_eq!(net.interface.name, "eth0");
+        assert_eq!(net.interface.addresses[0].to_string(), "10.124.0.2/24");
+        assert!(ember_runtime::network::interface_index(ns, &net.tap)
+            .unwrap()
+            .is_some());
+        assert_eq!(
+            ember_runtime::network::redirect_filters(ns, "eth0")
+                .unwrap()
+                .len(),
+            1
+        );
+        4
+    } else {
+        3
+    };
+    for i in 0..devices {
         assert!(
             log.contains(&format!("Registering device virtio-mmio.{i} at")),
             "virtio-mmio.{i} registered; console:\n{log}"
@@ -248,6 +314,16 @@ async fn microvm_boots_the_guest_kernel_with_its_devices_then_stops_and_cleans_u
     let dir = state.dir().to_path_buf();
     state.cleanup().unwrap();
     assert!(!socket.exists() && !dir.exists(), "cleanup leaves nothing");
+    if let Some(ns) = &netns_path {
+        let tap = ember_runtime::network::TAP_NAME;
+        assert_eq!(
+            ember_runtime::network::interface_index(ns, tap).unwrap(),
+            None
+        );
+        assert!(ember_runtime::network::redirect_filters(ns, "eth0")
+            .unwrap()
+            .is_empty());
+    }
     drop(backend);
 }
 
