@@ -226,7 +226,11 @@ pub fn mount_all(mounts: &[MountSpec], target: &Path) -> Result<(), MountError> 
             Some(m.source.as_str()),
             target,
             fstype,
-            if ro { flags - MsFlags::MS_RDONLY } else { flags },
+            if ro {
+                flags - MsFlags::MS_RDONLY
+            } else {
+                flags
+            },
             (!data.is_empty()).then_some(data.as_str()),
         )
         .map_err(|errno| MountError::Mount {
@@ -292,7 +296,10 @@ mod tests {
         let target = state.join("shared/c1/rootfs");
         bind(&data, &target, true).unwrap();
         assert!(is_mount_point(&target));
-        assert!(std::fs::write(target.join("new"), b"y").is_err(), "read-only bind");
+        assert!(
+            std::fs::write(target.join("new"), b"y").is_err(),
+            "read-only bind"
+        );
         remove_dir_safely(&state).unwrap();
         assert!(!state.exists());
         assert!(

@@ -240,7 +240,11 @@ pub fn translate(spec: &BundleSpec, t: &Translation) -> Translated {
                 notes.push("linux.devices: host devices dropped (not present in the guest)".into());
             }
         }
-        if json.as_object_mut().and_then(|o| o.remove("hooks")).is_some() {
+        if json
+            .as_object_mut()
+            .and_then(|o| o.remove("hooks"))
+            .is_some()
+        {
             notes.push("hooks: dropped (host programs cannot run in the guest)".into());
         }
         if let Some(mounts) = json.get_mut("mounts").and_then(Value::as_array_mut) {
@@ -314,7 +318,10 @@ mod tests {
         let e = BundleSpec::parse("{\"ociVersion\": ", Path::new("/b"))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("/b/config.json") && e.contains("invalid JSON"), "{e}");
+        assert!(
+            e.contains("/b/config.json") && e.contains("invalid JSON"),
+            "{e}"
+        );
         let mut v = base();
         v["linux"]["namespaces"][0]["type"] = json!("bogus");
         let e = BundleSpec::parse(&v.to_string(), Path::new("/b"))
@@ -338,7 +345,10 @@ mod tests {
                 vm: false,
             },
         );
-        assert_eq!(t.spec["root"]["path"], "/run/ember/sandboxes/sb/shared/c1/rootfs");
+        assert_eq!(
+            t.spec["root"]["path"],
+            "/run/ember/sandboxes/sb/shared/c1/rootfs"
+        );
         assert_eq!(t.spec["linux"]["cgroupsPath"], "/ember/sb/c1");
         let types: Vec<&str> = t.spec["linux"]["namespaces"]
             .as_array()
@@ -382,7 +392,10 @@ mod tests {
                 read_only: true
             }]
         );
-        assert_eq!(t.spec["mounts"][1]["source"], "/run/ember/shared/c1/mounts/1");
+        assert_eq!(
+            t.spec["mounts"][1]["source"],
+            "/run/ember/shared/c1/mounts/1"
+        );
         assert_eq!(t.spec["mounts"][0]["source"], "proc");
         assert!(t.notes.len() >= 3, "{:?}", t.notes);
     }

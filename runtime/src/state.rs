@@ -39,7 +39,9 @@ pub enum StateError {
         source: serde_json::Error,
     },
     /// A sandbox id that cannot be a directory name.
-    #[error("sandbox id {0:?}: must be 1 to 128 characters of [A-Za-z0-9_.-] and not start with '.'")]
+    #[error(
+        "sandbox id {0:?}: must be 1 to 128 characters of [A-Za-z0-9_.-] and not start with '.'"
+    )]
     BadId(String),
     /// A sandbox with this id already has state.
     #[error("sandbox {id}: state already exists at {path} (another sandbox with this id runs, or run `ember cleanup`)")]
@@ -358,7 +360,7 @@ impl SandboxState {
             let mut left = self;
             let record_dir_exists = left.dir.exists();
             if record_dir_exists {
-                left.record.resources.retain(|r| exists(r));
+                left.record.resources.retain(exists);
                 let _ = left.save();
             }
             Err(StateError::Cleanup {

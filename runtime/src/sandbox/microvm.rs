@@ -1,44 +1,655 @@
-//! The `microvm` backend (being written).
+//! The `microvm` backend: the pod runs in a KVM microVM built by ember's VMM **in this
+//! process** (its vCPU and device threads are threads of the shim), booting the guest
+//! kernel with the agent as PID 1.
+//!
+//! The VM gets:
+//! - the `[hypervisor]` kernel and either the initramfs or the ext4 image (a read-only
+//!   virtio-blk root disk), vCPUs, memory and CPU profile;
+//! - a kernel command line that makes the agent PID 1 and tells it its vsock port
+//!   (`ember.agent_port=`), then `hypervisor.kernel_params`;
+//! - virtio-rng, and hybrid vsock whose Unix socket is `vsock.sock` in the sandbox's state
+//!   directory (the agent's [`AgentEndpoint::HybridVsock`]);
+//! - the sandbox's shared directory over virtio-fs, tag [`SHARED_TAG`], which the agent
+//!   mounts at [`AGENT_SHARED_DIR`] at CreateSandbox;
+//! - with a pod network namespace, a virtio-net NIC on a tap in that namespace, joined to
+//!   the pod's interface by tc redirects ([`crate::network`]); the NIC takes the pod
+//!   interface's MAC.
+//!
+//! The serial console goes to `console.log` in the state directory.
+//!
+//! Gap: the pod interface's addresses and routes are collected ([`MicrovmBackend::network`])
+//! but not yet configured in the guest, because the agent protocol has no interface/route
+//! RPC; a guest NIC without them does not reach the pod network.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use ember_agent_protocol::agent::Storage;
-use ember_config::Backend as BackendKind;
+use ember_agent_protocol::agent::{storage::Driver, Storage};
+use ember_config::{Backend as BackendKind, Config};
+use ember_vmm::config::{FsConfig, NetConfig, VsockConfig, MAX_VCPUS, MIN_MEMORY_MIB};
+use ember_vmm::devices::legacy::power::ExitLatch;
+use ember_vmm::{DiskConfig, ExitReason, SerialSink, Vm, VmConfig, VmError};
+use log::{info, warn};
+use tokio::sync::{oneshot, watch};
 
 use super::{Backend, SandboxError, SandboxExit, StartContext};
 use crate::endpoint::AgentEndpoint;
+use crate::network::{self, NetworkError, PodNetwork};
+use crate::state::Resource;
+
+/// The virtio-fs tag of the sandbox's shared directory.
+pub const SHARED_TAG: &str = "ember-shared";
+/// Where the agent mounts the shared directory in the guest.
+pub const AGENT_SHARED_DIR: &str = "/run/ember/shared";
+/// The hybrid-vsock Unix socket's name in the sandbox's state directory.
+pub const VSOCK_SOCKET: &str = "vsock.sock";
+/// The serial console log's name in the sandbox's state directory.
+pub const CONSOLE_LOG: &str = "console.log";
+/// The guest's vsock context id.
+pub const GUEST_CID: u64 = 3;
+/// Longest Unix socket path (sun_path holds 108 bytes with the terminating NUL).
+const MAX_SOCKET_PATH: usize = 107;
+/// The fixed part of the kernel command line: serial console, and a guest that panics
+/// reboots at once, which ends the VM (the VMM treats a reset as the VM's end).
+const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
+/// What an ext4 image root adds: the first disk, read-only, with the agent as init.
+const IMAGE_CMDLINE: &str = "root=/dev/vda ro rootfstype=ext4 init=/init";
+
+/// Errors of the `microvm` backend, each naming the setting or path to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum MicrovmError {
+    /// A guest asset the configuration names does not exist.
+    #[error("{key}: {path} does not exist (build the guest assets with `make guest` and install them with `make install`, or point {key} at them)")]
+    MissingFile {
+        /// The configuration key.
+        key: &'static str,
+        /// The path it names.
+        path: PathBuf,
+    },
+    /// A setting the VM cannot use.
+    #[error("{key}: {message}")]
+    Setting {
+        /// The configuration key.
+        key: &'static str,
+        /// What is wrong and what is allowed.
+        message: String,
+    },
+    /// KVM cannot be used.
+    #[error("{problem}: the microvm backend needs KVM; run `ember check` to see what this host can run, or set sandbox.backend = \"process\" (no VM isolation)")]
+    NoKvm {
+        /// What is wrong with /dev/kvm.
+        problem: String,
+    },
+    /// The vsock socket path does not fit a Unix socket address.
+    #[error("the vsock socket path {path} is {len} bytes, longer than the {MAX_SOCKET_PATH} a Unix socket allows; set a shorter sandbox.state_dir")]
+    SocketPath {
+        /// The path.
+        path: PathBuf,
+        /// Its length.
+        len: usize,
+    },
+    /// The pod network could not be set up.
+    #[error("pod network: {0}")]
+    Network(#[from] NetworkError),
+    /// The VMM could not build or start the VM.
+    #[error("cannot start the VM: {0}")]
+    Vm(VmError),
+}
+
+/// The kernel command line for `config`: ember's part (console, root, agent port) then
+/// `hypervisor.kernel_params`, so that a user's parameter comes last and wins. (The VMM
+/// appends its virtio-mmio device parameters and, under `cpu_profile = auto` on a host
+/// without hardware virtualization, the emulation-safe ones.)
+pub fn kernel_cmdline(config: &Config) -> String {
+    let mut c = String::from(BASE_CMDLINE);
+    if config.hypervisor.image.is_some() {
+        c.push(' ');
+        c.push_str(IMAGE_CMDLINE);
+    }
+    c.push_str(&format!(" ember.agent_port={}", config.agent.port));
+    let extra = config.hypervisor.kernel_params.trim();
+    if !extra.is_empty() {
+        c.push(' ');
+        c.push_str(extra);
+    }
+    c
+}
+
+fn existing(key: &'static str, path: &Path) -> Result<PathBuf, MicrovmError> {
+    if path.is_file() {
+        Ok(path.to_path_buf())
+    } else {
+        Err(MicrovmError::MissingFile {
+            key,
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+/// The VM of a sandbox whose state directory is `state_dir` and whose shared directory
+/// is `shared_dir`, with a NIC on the pod network when there is one. Checks every path and
+/// size against the configuration keys that name them; touches nothing.
+pub fn vm_config(
+    config: &Config,
+    state_dir: &Path,
+    shared_dir: &Path,
+    network: Option<&PodNetwork>,
+) -> Result<VmConfig, MicrovmError> {
+    let h = &config.hypervisor;
+    let mut vm = VmConfig::new(existing("hypervisor.kernel", &h.kernel)?);
+    match (&h.initrd, &h.image) {
+        (Some(_), Some(_)) => {
+            return Err(MicrovmError::Setting {
+                key: "hypervisor.image",
+                message: "set either hypervisor.initrd or hypervisor.image, not both".into(),
+            })
+        }
+        (None, None) => {
+            return Err(MicrovmError::Setting {
+                key: "hypervisor.initrd",
+                message: "neither hypervisor.initrd nor hypervisor.image is set: the guest needs one, holding the agent as /init".into(),
+            })
+        }
+        (Some(initrd), None) => vm.initrd = Some(existing("hypervisor.initrd", initrd)?),
+        (None, Some(image)) => vm.disks.push(DiskConfig {
+            path: existing("hypervisor.image", image)?,
+            read_only: true,
+        }),
+    }
+    vm.vcpus = match u8::try_from(h.vcpus) {
+        Ok(n) if (1..=MAX_VCPUS).contains(&n) => n,
+        _ => {
+            return Err(MicrovmError::Setting {
+                key: "hypervisor.vcpus",
+                message: format!("{} is out of range: allowed 1 to {MAX_VCPUS}", h.vcpus),
+            })
+        }
+    };
+    if u64::from(h.memory_mib) < MIN_MEMORY_MIB {
+        return Err(MicrovmError::Setting {
+            key: "hypervisor.memory_mib",
+            message: format!(
+                "{} MiB is too small: the VM needs at least {MIN_MEMORY_MIB} MiB",
+                h.memory_mib
+            ),
+        });
+    }
+    vm.memory_mib = u64::from(h.memory_mib);
+    vm.cpu_profile = h.cpu_profile;
+    vm.cmdline = kernel_cmdline(config);
+    vm.serial = SerialSink::File(state_dir.join(CONSOLE_LOG));
+    vm.rng = true;
+    let socket = state_dir.join(VSOCK_SOCKET);
+    let len = socket.as_os_str().len();
+    if len > MAX_SOCKET_PATH {
+        return Err(MicrovmError::SocketPath { path: socket, len });
+    }
+    vm.vsock = Some(VsockConfig {
+        path: socket,
+        cid: GUEST_CID,
+    });
+    vm.fs.push(FsConfig {
+        tag: SHARED_TAG.into(),
+        dir: shared_dir.to_path_buf(),
+        read_only: false,
+    });
+    if let Some(n) = network {
+        vm.net.push(NetConfig {
+            tap: n.tap.clone(),
+            mac: Some(n.interface.mac_string()),
+            netns: Some(n.netns.clone()),
+        });
+    }
+    Ok(vm)
+}
+
+/// How a VM exit reads in messages.
+pub fn describe_exit(reason: ExitReason) -> String {
+    match reason {
+        ExitReason::PowerOff => "the guest powered off".into(),
+        ExitReason::Reset => {
+            "the guest reset (a reboot, or a kernel panic: see console.log)".into()
+        }
+        ExitReason::TripleFault => "a vCPU triple-faulted (see console.log)".into(),
+        ExitReason::Stopped => "stopped by the host".into(),
+        ExitReason::Error => "a vCPU hit an error KVM could not handle".into(),
+    }
+}
+
+/// Checks that /dev/kvm can be opened.
+fn check_kvm() -> Result<(), MicrovmError> {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(MicrovmError::NoKvm {
+            problem: "this host has no /dev/kvm".into(),
+        }),
+        Err(e) => Err(MicrovmError::NoKvm {
+            problem: format!("cannot open /dev/kvm ({e})"),
+        }),
+    }
+}
+
+/// The running VM: its exit latch (to stop it) and its exit, published by the thread that
+/// owns the [`Vm`].
+struct VmHandle {
+    latch: Arc<ExitLatch>,
+    exit: watch::Receiver<Option<SandboxExit>>,
+    cmdline: String,
+}
 
 /// The `microvm` backend.
 #[derive(Default)]
-pub struct MicrovmBackend {}
+pub struct MicrovmBackend {
+    log: Option<PathBuf>,
+    network: Option<PodNetwork>,
+    vm: Option<VmHandle>,
+}
+
+impl MicrovmBackend {
+    /// The pod network the VM is joined to: the tap, the pod interface (its MAC is the
+    /// guest NIC's) and the addresses and routes the guest has to configure. `None` without
+    /// a pod network namespace.
+    ///
+    /// Nothing pushes these into the guest yet: the agent protocol has no interface/route
+    /// RPC.
+    pub fn network(&self) -> Option<&PodNetwork> {
+        self.network.as_ref()
+    }
+
+    /// The full kernel command line the guest got (with the VMM's additions), once started.
+    pub fn cmdline(&self) -> Option<&str> {
+        self.vm.as_ref().map(|v| v.cmdline.as_str())
+    }
+
+    async fn start_vm(&mut self, ctx: StartContext<'_>) -> Result<AgentEndpoint, SandboxError> {
+        let id = ctx.id.to_string();
+        let fail = |e: MicrovmError| SandboxError::Backend {
+            id: id.clone(),
+            message: e.to_string(),
+        };
+        let dir = ctx.state.dir().to_path_buf();
+        // Check the configuration before making anything.
+        vm_config(ctx.config, &dir, ctx.shared_dir, None).map_err(fail)?;
+        check_kvm().map_err(fail)?;
+        let socket = dir.join(VSOCK_SOCKET);
+        self.log = Some(dir.join(CONSOLE_LOG));
+        ctx.state.add(Resource::Socket {
+            path: socket.clone(),
+        })?;
+        if let Some(ns) = ctx.netns {
+            ctx.state.add(Resource::Tap {
+                name: network::TAP_NAME.into(),
+                netns: Some(ns.to_path_buf()),
+            })?;
+            let ns = ns.to_path_buf();
+            let net = tokio::task::spawn_blocking(move || {
+                network::setup_pod_network(&ns, network::TAP_NAME)
+            })
+            .await
+            .expect("network setup does not panic")
+            .map_err(|e| fail(e.into()))?;
+            info!(
+                "sandbox={id}: pod network: {} joined to {} (mac {}, mtu {}), addresses [{}], routes [{}]",
+                net.tap,
+                net.interface.name,
+                net.interface.mac_string(),
+                net.interface.mtu,
+                net.interface.addresses.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+                net.routes.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+            );
+            warn!("sandbox={id}: the guest NIC is not configured with the pod's addresses and routes yet (the agent protocol has no interface RPC)");
+            self.network = Some(net);
+        }
+        let config =
+            vm_config(ctx.config, &dir, ctx.shared_dir, self.network.as_ref()).map_err(fail)?;
+
+        // The Vm lives on its own thread, which builds it, starts it and waits for its
+        // end; the backend keeps its exit latch to stop it.
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let (exit_tx, exit_rx) = watch::channel(None);
+        std::thread::Builder::new()
+            .name(format!("vm-{}", ctx.id))
+            .spawn(move || {
+                let mut vm = match Vm::new(&config) {
+                    Ok(vm) => vm,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let latch = vm.exit_latch();
+                let cmdline = vm.cmdline().to_string();
+                if let Err(e) = vm.start() {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+                let _ = ready_tx.send(Ok((latch, cmdline)));
+                let reason = vm.wait();
+                exit_tx.send_replace(Some(SandboxExit {
+                    status: describe_exit(reason),
+                }));
+            })
+            .map_err(|e| SandboxError::Backend {
+                id: id.clone(),
+                message: format!("cannot start the VM thread: {e}"),
+            })?;
+        let (latch, cmdline) = match ready_rx.await {
+            Ok(Ok(v)) => v,
+            Ok(Err(VmError::OpenKvm(e))) => {
+                return Err(fail(MicrovmError::NoKvm {
+                    problem: format!("cannot open /dev/kvm ({e})"),
+                }))
+            }
+            Ok(Err(e)) => return Err(fail(MicrovmError::Vm(e))),
+            Err(_) => {
+                return Err(SandboxError::Backend {
+                    id,
+                    message: "the VM thread ended before the VM started".into(),
+                })
+            }
+        };
+        info!(
+            "sandbox={id}: VM started ({} vCPU, {} MiB), console at {}, kernel command line `{cmdline}`",
+            ctx.config.hypervisor.vcpus,
+            ctx.config.hypervisor.memory_mib,
+            dir.join(CONSOLE_LOG).display()
+        );
+        self.vm = Some(VmHandle {
+            latch,
+            exit: exit_rx,
+            cmdline,
+        });
+        Ok(AgentEndpoint::HybridVsock {
+            socket,
+            port: ctx.config.agent.port,
+        })
+    }
+}
+
+impl Drop for MicrovmBackend {
+    fn drop(&mut self) {
+        // Never leave vCPU threads running behind a dropped backend.
+        if let Some(vm) = &self.vm {
+            vm.latch.trigger(ExitReason::Stopped);
+        }
+    }
+}
 
 #[async_trait]
 impl Backend for MicrovmBackend {
     fn kind(&self) -> BackendKind {
         BackendKind::Microvm
     }
+
     async fn start(&mut self, ctx: StartContext<'_>) -> Result<AgentEndpoint, SandboxError> {
-        Err(SandboxError::Backend {
-            id: ctx.id.to_string(),
-            message: "microvm backend not built yet".into(),
-        })
+        self.start_vm(ctx).await
     }
+
     fn agent_shared_dir(&self) -> PathBuf {
-        PathBuf::from("/run/ember/shared")
+        PathBuf::from(AGENT_SHARED_DIR)
     }
+
     fn sandbox_storages(&self) -> Vec<Storage> {
-        Vec::new()
+        let mut s = Storage::new();
+        s.driver = Driver::VIRTIO_FS.into();
+        s.source = SHARED_TAG.into();
+        s.fstype = "virtiofs".into();
+        s.mount_point = AGENT_SHARED_DIR.into();
+        vec![s]
     }
+
     fn pid(&self) -> u32 {
+        // The VMM runs in this process.
         std::process::id()
     }
+
     fn log_path(&self) -> Option<PathBuf> {
-        None
+        self.log.clone()
     }
+
     async fn wait(&self) -> SandboxExit {
-        std::future::pending().await
+        let Some(mut rx) = self.vm.as_ref().map(|v| v.exit.clone()) else {
+            return std::future::pending().await;
+        };
+        let exit = match rx.wait_for(|e| e.is_some()).await {
+            Ok(e) => e.clone().expect("checked"),
+            // The VM thread ended without publishing (it panicked).
+            Err(_) => SandboxExit {
+                status: "the VM thread ended unexpectedly".into(),
+            },
+        };
+        exit
     }
-    async fn stop(&self, _grace: Duration) {}
+
+    /// A VM has no polite stop of its own (the agent was told DestroySandbox before): the
+    /// vCPUs are stopped at once, and this waits up to `grace` for the VM's threads to end.
+    async fn stop(&self, grace: Duration) {
+        let Some(vm) = &self.vm else { return };
+        let mut rx = vm.exit.clone();
+        if rx.borrow().is_some() {
+            return;
+        }
+        vm.latch.trigger(ExitReason::Stopped);
+        let done = tokio::time::timeout(grace, rx.wait_for(|e| e.is_some()))
+            .await
+            .is_ok();
+        if !done {
+            warn!("the VM's threads did not end within {grace:?} of the stop");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::network::{IpNet, PodInterface};
+
+    struct Assets {
+        _dir: tempfile::TempDir,
+        kernel: PathBuf,
+        initrd: PathBuf,
+        image: PathBuf,
+        state: PathBuf,
+        shared: PathBuf,
+    }
+
+    fn assets() -> Assets {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |n: &str| dir.path().join(n);
+        for f in ["vmlinux", "initramfs.cpio", "rootfs.ext4"] {
+            std::fs::write(p(f), b"x").unwrap();
+        }
+        std::fs::create_dir(p("shared")).unwrap();
+        Assets {
+            kernel: p("vmlinux"),
+            initrd: p("initramfs.cpio"),
+            image: p("rootfs.ext4"),
+            state: dir.path().to_path_buf(),
+            shared: p("shared"),
+            _dir: dir,
+        }
+    }
+
+    fn config(a: &Assets) -> Config {
+        let mut c = Config::default();
+        c.hypervisor.kernel = a.kernel.clone();
+        c.hypervisor.initrd = Some(a.initrd.clone());
+        c.hypervisor.vcpus = 2;
+        c.hypervisor.memory_mib = 512;
+        c.agent.port = 2048;
+        c
+    }
+
+    #[test]
+    fn initramfs_vm_has_agent_port_rng_vsock_share_and_console() {
+        let a = assets();
+        let mut c = config(&a);
+        c.hypervisor.kernel_params = " loglevel=4 ".into();
+        let vm = vm_config(&c, &a.state, &a.shared, None).unwrap();
+        assert_eq!(vm.kernel, a.kernel);
+        assert_eq!(vm.initrd.as_deref(), Some(a.initrd.as_path()));
+        assert!(vm.disks.is_empty());
+        assert_eq!((vm.vcpus, vm.memory_mib), (2, 512));
+        assert_eq!(
+            vm.cmdline,
+            "console=ttyS0 reboot=k panic=1 ember.agent_port=2048 loglevel=4"
+        );
+        assert!(vm.rng);
+        assert_eq!(
+            vm.vsock,
+            Some(VsockConfig {
+                path: a.state.join("vsock.sock"),
+                cid: 3
+            })
+        );
+        assert_eq!(
+            vm.fs,
+            vec![FsConfig {
+                tag: "ember-shared".into(),
+                dir: a.shared.clone(),
+                read_only: false
+            }]
+        );
+        assert_eq!(vm.serial, SerialSink::File(a.state.join("console.log")));
+        assert!(vm.net.is_empty());
+        assert_eq!(vm.cpu_profile, ember_config::CpuProfile::Auto);
+        vm.validate().unwrap();
+    }
+
+    #[test]
+    fn image_vm_boots_a_read_only_root_disk_with_the_agent_as_init() {
+        let a = assets();
+        let mut c = config(&a);
+        c.hypervisor.initrd = None;
+        c.hypervisor.image = Some(a.image.clone());
+        c.hypervisor.cpu_profile = ember_config::CpuProfile::Host;
+        let vm = vm_config(&c, &a.state, &a.shared, None).unwrap();
+        assert_eq!(vm.initrd, None);
+        assert_eq!(
+            vm.disks,
+            vec![DiskConfig {
+                path: a.image.clone(),
+                read_only: true
+            }]
+        );
+        assert!(vm
+            .cmdline
+            .contains("root=/dev/vda ro rootfstype=ext4 init=/init ember.agent_port=2048"));
+        assert_eq!(vm.cpu_profile, ember_config::CpuProfile::Host);
+    }
+
+    #[test]
+    fn pod_network_adds_a_nic_with_the_pod_mac_in_the_netns() {
+        let a = assets();
+        let net = PodNetwork {
+            netns: "/run/netns/pod".into(),
+            tap: "ember_tap0".into(),
+            interface: PodInterface {
+                name: "eth0".into(),
+                index: 2,
+                mac: [0x0a, 0x58, 0x0a, 0x58, 0, 5],
+                mtu: 1450,
+                addresses: vec![IpNet {
+                    addr: "10.88.0.5".parse().unwrap(),
+                    prefix_len: 16,
+                }],
+            },
+            routes: Vec::new(),
+        };
+        let vm = vm_config(&config(&a), &a.state, &a.shared, Some(&net)).unwrap();
+        assert_eq!(
+            vm.net,
+            vec![NetConfig {
+                tap: "ember_tap0".into(),
+                mac: Some("0a:58:0a:58:00:05".into()),
+                netns: Some("/run/netns/pod".into())
+            }]
+        );
+    }
+
+    #[test]
+    fn errors_name_the_setting_or_path() {
+        let a = assets();
+        let err = |c: &Config| {
+            vm_config(c, &a.state, &a.shared, None)
+                .unwrap_err()
+                .to_string()
+        };
+        let mut c = config(&a);
+        c.hypervisor.kernel = a.state.join("nope");
+        let e = err(&c);
+        assert!(
+            e.starts_with(&format!(
+                "hypervisor.kernel: {} does not exist",
+                a.state.join("nope").display()
+            )),
+            "{e}"
+        );
+        let mut c = config(&a);
+        c.hypervisor.initrd = Some(a.state.join("gone.cpio"));
+        assert!(err(&c).starts_with("hypervisor.initrd: "), "{}", err(&c));
+        let mut c = config(&a);
+        c.hypervisor.image = Some(a.image.clone());
+        assert!(err(&c).contains("not both"), "{}", err(&c));
+        c.hypervisor.initrd = None;
+        c.hypervisor.image = None;
+        assert!(err(&c).contains("neither"), "{}", err(&c));
+        let mut c = config(&a);
+        c.hypervisor.vcpus = 300;
+        assert!(
+            err(&c).starts_with("hypervisor.vcpus: 300 is out of range"),
+            "{}",
+            err(&c)
+        );
+        c.hypervisor.vcpus = 0;
+        assert!(err(&c).starts_with("hypervisor.vcpus: 0"), "{}", err(&c));
+        let mut c = config(&a);
+        c.hypervisor.memory_mib = 16;
+        assert!(
+            err(&c).starts_with("hypervisor.memory_mib: 16 MiB"),
+            "{}",
+            err(&c)
+        );
+        let long = a.state.join("x".repeat(120));
+        let e = vm_config(&config(&a), &long, &a.shared, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("sandbox.state_dir") && e.contains("vsock.sock"),
+            "{e}"
+        );
+        let e = MicrovmError::NoKvm {
+            problem: "this host has no /dev/kvm".into(),
+        }
+        .to_string();
+        assert!(
+            e.contains("ember check") && e.contains("backend = \"process\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn shared_dir_storage_mounts_the_tag_at_the_agent_path() {
+        let b = MicrovmBackend::default();
+        let s = b.sandbox_storages();
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].driver.enum_value_or_default(), Driver::VIRTIO_FS);
+        assert_eq!(s[0].source, SHARED_TAG);
+        assert_eq!(s[0].mount_point, AGENT_SHARED_DIR);
+        assert_eq!(b.agent_shared_dir(), PathBuf::from("/run/ember/shared"));
+        assert_eq!(b.pid(), std::process::id());
+        assert!(b.network().is_none() && b.cmdline().is_none());
+    }
+
+    #[test]
+    fn exits_are_described() {
+        assert!(describe_exit(ExitReason::Reset).contains("panic"));
+        assert_eq!(describe_exit(ExitReason::Stopped), "stopped by the host");
+    }
 }

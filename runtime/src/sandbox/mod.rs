@@ -267,12 +267,7 @@ impl Sandbox {
             })
             .await?;
         let timeout = Duration::from_millis(opts.config.agent.dial_timeout_ms);
-        let log = || {
-            backend
-                .log_path()
-                .map(|p| tail(&p, 20))
-                .unwrap_or_default()
-        };
+        let log = || backend.log_path().map(|p| tail(&p, 20)).unwrap_or_default();
         let agent = tokio::select! {
             r = endpoint.connect(timeout) => r.map_err(|source| SandboxError::Agent {
                 id: id.to_string(),

@@ -121,8 +121,8 @@ impl Backend for ProcessBackend {
             .append(true)
             .open(&log_path)
             .map_err(|e| fail(format!("{}: {e}", log_path.display())))?;
-        let devnull = std::fs::File::open("/dev/null")
-            .map_err(|e| fail(format!("/dev/null: {e}")))?;
+        let devnull =
+            std::fs::File::open("/dev/null").map_err(|e| fail(format!("/dev/null: {e}")))?;
 
         // Everything the child needs is prepared here: between clone and execve it only
         // makes async-signal-safe system calls (setns, dup2, execve), which is what makes

@@ -1,0 +1,400 @@
+//! The `microvm` backend booting the real guest kernel (built by `make guest`) in-process.
+//!
+//! On a host without hardware virtualization (PVM KVM, see DESIGN.md) guest user space
+//! cannot run, so the agent never answers: the backend is tested directly, up to the guest
+//! kernel having probed the VM's virtio devices and its vsock driver answering, then
+//! stopped and cleaned up. With hardware KVM the full `Sandbox::start` is also run (it needs
+//! the agent's initramfs). Needs root and /dev/kvm; skips, saying why, otherwise.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use ember_config::{Backend as BackendKind, Config};
+use ember_runtime::endpoint::AgentEndpoint;
+use ember_runtime::sandbox::microvm::{MicrovmBackend, CONSOLE_LOG, VSOCK_SOCKET};
+use ember_runtime::sandbox::{Backend, Sandbox, SandboxOptions, StartContext};
+use ember_runtime::state::{Resource, SandboxState};
+use ember_vmm::host::Virtualization;
+
+/// How long the guest kernel may take to get there under KVM's instruction emulator.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("runtime/ is in the workspace")
+        .to_path_buf()
+}
+
+/// Root and a usable /dev/kvm, or the reason to skip.
+fn host_problem() -> Option<&'static str> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("needs root (KVM, taps, the state directory)");
+    }
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
+        return Some("needs /dev/kvm (run `ember check`)");
+    }
+    None
+}
+
+/// The guest kernel: `EMBER_GUEST_KERNEL`, `build/guest/vmlinux`, or the newest one in
+/// rootfs-builder's cache (`make guest` puts it in both).
+fn guest_kernel() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("EMBER_GUEST_KERNEL") {
+        return Some(PathBuf::from(p));
+    }
+    let built = workspace().join("build/guest/vmlinux");
+    if built.is_file() {
+        return Some(built);
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?
+        .join("ember/kernel");
+    std::fs::read_dir(cache)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("vmlinux"))
+        .filter(|p| p.is_file())
+        .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok())
+}
+
+/// The agent's initramfs: `EMBER_GUEST_INITRD` or `build/guest/initramfs.cpio`.
+fn guest_initramfs() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("EMBER_GUEST_INITRD") {
+        return Some(PathBuf::from(p));
+    }
+    Some(workspace().join("build/guest/initramfs.cpio")).filter(|p| p.is_file())
+}
+
+/// A newc cpio holding only its trailer: an initramfs without `/init`, after which the
+/// kernel goes on to mount a root device, and `rootdelay` keeps it waiting (with every
+/// driver probed) long enough for the test.
+fn empty_initramfs(dir: &Path) -> PathBuf {
+    let name = b"TRAILER!!!\0";
+    let mut h = format!("070701{:08X}", 0); // ino
+    for v in [0, 0, 0, 1, 0, 0, 0, 0, 0, 0, name.len(), 0] {
+        h.push_str(&format!("{v:08X}"));
+    }
+    let mut out = h.into_bytes();
+    out.extend_from_slice(name);
+    while out.len() % 4 != 0 {
+        out.push(0);
+    }
+    out.resize(512, 0);
+    let p = dir.join("empty.cpio");
+    std::fs::write(&p, out).unwrap();
+    p
+}
+
+/// A named network namespace with a veth end as `eth0` (as a CNI plugin leaves it), made
+/// with iproute2; deleted on drop. `None` when iproute2 is missing.
+struct Netns(String);
+
+impl Netns {
+    fn new() -> Option<Netns> {
+        let name = format!("ember-vm-{}", std::process::id());
+        let ip = |args: &[&str]| {
+            std::process::Command::new("ip")
+                .args(args)
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &name])
+            .output();
+        if !ip(&["netns", "add", &name]) {
+            return None;
+        }
+        let ns = Netns(name);
+        let n = ns.0.as_str();
+        let ok = ip(&[
+            "-n", n, "link", "add", "eth0", "type", "veth", "peer", "name", "peer0",
+        ]) && ip(&["-n", n, "addr", "add", "10.124.0.2/24", "dev", "eth0"])
+            && ip(&["-n", n, "link", "set", "peer0", "up"])
+            && ip(&["-n", n, "link", "set", "eth0", "up"]);
+        ok.then_some(ns)
+    }
+
+    fn path(&self) -> PathBuf {
+        Path::new("/run/netns").join(&self.0)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .status();
+    }
+}
+
+/// Waits until the console log shows `want`, the VM ends, or the timeout passes.
+async fn wait_for_console(
+    backend: &MicrovmBackend,
+    log: &Path,
+    want: &str,
+) -> Result<String, String> {
+    let start = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.contains(want) {
+            return Ok(text);
+        }
+        let tail = || ember_runtime::sandbox::tail(log, 20);
+        if start.elapsed() > BOOT_TIMEOUT {
+            return Err(format!(
+                "`{want}` not on the console after {:?}; it ends with:\n{}",
+                start.elapsed(),
+                tail()
+            ));
+        }
+        tokio::select! {
+            exit = backend.wait() => {
+                return Err(format!("the VM ended ({}) before `{want}`; console:\n{}", exit.status, tail()));
+            }
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn microvm_boots_the_guest_kernel_with_its_devices_then_stops_and_cleans_up() {
+    const TEST: &str = "microvm_boots_the_guest_kernel_with_its_devices_then_stops_and_cleans_up";
+    if let Some(why) = host_problem() {
+        ember_tests::skip(TEST, why);
+        return;
+    }
+    let Some(kernel) = guest_kernel() else {
+        ember_tests::skip(
+            TEST,
+            "no guest kernel (run `make guest`, or set EMBER_GUEST_KERNEL)",
+        );
+        return;
+    };
+    let hardware = Virtualization::detect(Path::new("/")).is_hardware();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = Config::default();
+    config.sandbox.backend = BackendKind::Microvm;
+    config.sandbox.state_dir = tmp.path().to_path_buf();
+    config.hypervisor.kernel = kernel;
+    // With the agent's initramfs the kernel runs it as /init (and on this kind of host stops
+    // at its first instruction); without it, an empty initramfs and rootdelay keep the
+    // kernel waiting with its drivers probed.
+    let (initrd, want) = match guest_initramfs() {
+        Some(i) => (i, "Run /init as init process"),
+        None => {
+            eprintln!("{TEST}: no build/guest/initramfs.cpio (`make guest`): booting an empty initramfs instead");
+            config.hypervisor.kernel_params = "rootdelay=600".into();
+            (
+                empty_initramfs(tmp.path()),
+                "Waiting 600 sec before mounting root device",
+            )
+        }
+    };
+    config.hypervisor.initrd = Some(initrd);
+    let mut state = SandboxState::create(tmp.path(), "vm1", "microvm").unwrap();
+    let shared = state.dir().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    state
+        .add(Resource::Dir {
+            path: shared.clone(),
+        })
+        .unwrap();
+    let socket = state.dir().join(VSOCK_SOCKET);
+    let console = state.dir().join(CONSOLE_LOG);
+
+    // The pod network too, when iproute2 can make a namespace for it.
+    let netns = Netns::new();
+    if netns.is_none() {
+        eprintln!("{TEST}: no network namespace (iproute2 missing?): testing without a NIC");
+    }
+    let netns_path = netns.as_ref().map(Netns::path);
+
+    let mut backend = MicrovmBackend::default();
+    let started = Instant::now();
+    let endpoint = backend
+        .start(StartContext {
+            id: "vm1",
+            config: &config,
+            state: &mut state,
+            shared_dir: &shared,
+            netns: netns_path.as_deref(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        endpoint,
+        AgentEndpoint::HybridVsock {
+            socket: socket.clone(),
+            port: config.agent.port
+        }
+    );
+    assert!(state.record().resources.contains(&Resource::Socket {
+        path: socket.clone()
+    }));
+    assert!(socket.exists(), "the VMM listens on {}", socket.display());
+    assert_eq!(backend.log_path(), Some(console.clone()));
+    assert_eq!(backend.pid(), std::process::id());
+    let cmdline = backend.cmdline().unwrap().to_string();
+    assert!(cmdline.contains("ember.agent_port=1024"), "{cmdline}");
+
+    let result = wait_for_console(&backend, &console, want).await;
+    let log = match result {
+        Ok(log) => log,
+        Err(e) => {
+            backend.stop(Duration::from_secs(5)).await;
+            panic!("{e}");
+        }
+    };
+    eprintln!("{TEST}: `{want}` after {:?}", started.elapsed());
+    if std::env::var_os("EMBER_SHOW_CONSOLE").is_some() {
+        eprintln!("{log}");
+    }
+    assert!(
+        log.contains(&format!("Command line: {cmdline}")),
+        "the kernel got our command line `{cmdline}`"
+    );
+    // [virtio-net,] virtio-fs (the share), virtio-rng and virtio-vsock, in that order.
+    let devices = if let Some(ns) = &netns_path {
+        let net = backend.network().expect("the pod network is exposed");
+        assert_eq!(net.interface.name, "eth0");
+        assert_eq!(net.interface.addresses[0].to_string(), "10.124.0.2/24");
+        assert!(ember_runtime::network::interface_index(ns, &net.tap)
+            .unwrap()
+            .is_some());
+        assert_eq!(
+            ember_runtime::network::redirect_filters(ns, "eth0")
+                .unwrap()
+                .len(),
+            1
+        );
+        4
+    } else {
+        3
+    };
+    for i in 0..devices {
+        assert!(
+            log.contains(&format!("Registering device virtio-mmio.{i} at")),
+            "virtio-mmio.{i} registered; console:\n{log}"
+        );
+    }
+    if !hardware {
+        // The guest's vsock driver is up: with no agent listening (user space cannot run
+        // here) it answers the agent port with a reset, which the VMM turns into EOF.
+        let mut c = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        c.write_all(format!("CONNECT {}\n", config.agent.port).as_bytes())
+            .unwrap();
+        let mut buf = [0u8; 32];
+        match c.read(&mut buf) {
+            Ok(0) => {}
+            Ok(n) => panic!(
+                "unexpected vsock answer {:?}",
+                String::from_utf8_lossy(&buf[..n])
+            ),
+            Err(e) => panic!("no answer from the guest's vsock driver: {e}"),
+        }
+    }
+
+    let t = Instant::now();
+    backend.stop(Duration::from_secs(10)).await;
+    let exit = tokio::time::timeout(Duration::from_secs(10), backend.wait())
+        .await
+        .expect("wait() resolves once stopped");
+    assert_eq!(exit.status, "stopped by the host");
+    eprintln!("{TEST}: stopped in {:?}", t.elapsed());
+    let dir = state.dir().to_path_buf();
+    state.cleanup().unwrap();
+    assert!(!socket.exists() && !dir.exists(), "cleanup leaves nothing");
+    if let Some(ns) = &netns_path {
+        let tap = ember_runtime::network::TAP_NAME;
+        assert_eq!(
+            ember_runtime::network::interface_index(ns, tap).unwrap(),
+            None
+        );
+        assert!(ember_runtime::network::redirect_filters(ns, "eth0")
+            .unwrap()
+            .is_empty());
+    }
+    drop(backend);
+}
+
+#[tokio::test]
+async fn missing_kernel_is_reported_by_its_key_before_anything_is_made() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = Config::default();
+    config.hypervisor.kernel = tmp.path().join("no-vmlinux");
+    let mut state = SandboxState::create(tmp.path(), "vm2", "microvm").unwrap();
+    let shared = state.dir().join("shared");
+    let mut backend = MicrovmBackend::default();
+    let e = backend
+        .start(StartContext {
+            id: "vm2",
+            config: &config,
+            state: &mut state,
+            shared_dir: &shared,
+            netns: None,
+        })
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&format!(
+            "hypervisor.kernel: {} does not exist",
+            tmp.path().join("no-vmlinux").display()
+        )),
+        "{e}"
+    );
+    assert_eq!(state.record().resources.len(), 1, "only the state dir");
+    state.cleanup().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn microvm_sandbox_reaches_the_agent_with_hardware_kvm() {
+    const TEST: &str = "microvm_sandbox_reaches_the_agent_with_hardware_kvm";
+    if let Some(why) = host_problem() {
+        ember_tests::skip(TEST, why);
+        return;
+    }
+    if !Virtualization::detect(Path::new("/")).is_hardware() {
+        ember_tests::skip(
+            TEST,
+            "no hardware virtualization (no vmx/svm in /proc/cpuinfo): guest user space, and so the agent, cannot run here (DESIGN.md)",
+        );
+        return;
+    }
+    let (Some(kernel), Some(initrd)) = (guest_kernel(), guest_initramfs()) else {
+        ember_tests::skip(
+            TEST,
+            "no guest kernel or agent initramfs (run `make guest`)",
+        );
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = Config::default();
+    config.sandbox.backend = BackendKind::Microvm;
+    config.sandbox.state_dir = tmp.path().to_path_buf();
+    config.hypervisor.kernel = kernel;
+    config.hypervisor.initrd = Some(initrd);
+    config.agent.dial_timeout_ms = 60_000;
+    let sandbox = Sandbox::start(SandboxOptions {
+        id: "vm3".into(),
+        config,
+        netns: None,
+        hostname: Some("vm3".into()),
+        namespace: String::new(),
+    })
+    .await
+    .unwrap();
+    let dir = sandbox.state_dir();
+    sandbox.destroy().await.unwrap();
+    assert!(!dir.exists());
+}
