@@ -240,7 +240,9 @@ async fn serve(cli: Cli, log: Logger) -> Result<(), AgentError> {
         _ = int.recv() => {}
     }
     info!(log, "shutting down: removing containers");
-    let _ = server.shutdown().await;
+    // No new requests; the server's full shutdown is not awaited: it waits for clients to
+    // hang up, and the runtime that sent the signal keeps its connection open.
+    let _ = tokio::time::timeout(std::time::Duration::from_millis(50), server.shutdown()).await;
     for id in containers.ids() {
         if let Err(e) = containers.remove(&id, true).await {
             error!(log, "remove on shutdown failed"; "container" => id, "error" => %e);
@@ -269,7 +271,12 @@ fn main() {
         .enable_all()
         .build()
         .map_err(AgentError::Runtime)
-        .and_then(|rt| rt.block_on(serve(cli, log.clone())));
+        .and_then(|rt| {
+            let r = rt.block_on(serve(cli, log.clone()));
+            // Do not wait for idle connection tasks or blocking threads.
+            rt.shutdown_background();
+            r
+        });
     if let Err(e) = result {
         error!(log, "agent failed"; "error" => %e);
         drop(log);

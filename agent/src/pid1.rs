@@ -188,7 +188,10 @@ pub fn setup_namespace(log: &Logger) -> Result<(), Pid1Error> {
         None::<&str>,
     )
     .map_err(|e| err("/proc", "proc", e))?;
-    info!(log, "namespace init: / is rslave, /proc mounted for this PID namespace");
+    info!(
+        log,
+        "namespace init: / is rslave, /proc mounted for this PID namespace"
+    );
     Ok(())
 }
 

@@ -2,8 +2,7 @@
 //! type `ctr task metrics` and the CRI plugin decode).
 
 use containerd_shim_protos::cgroups::metrics::{
-    BlkIOEntry, BlkIOStat, CPUStat, CPUUsage, MemoryEntry, MemoryStat, Metrics, PidsStat,
-    Throttle,
+    BlkIOEntry, BlkIOStat, CPUStat, CPUUsage, MemoryEntry, MemoryStat, Metrics, PidsStat, Throttle,
 };
 use ember_agent_protocol::agent::StatsContainerResponse;
 use protobuf::well_known_types::any::Any;
@@ -53,7 +52,8 @@ pub fn to_metrics(s: &StatsContainerResponse) -> Metrics {
             e
         };
         let mut b = BlkIOStat::new();
-        b.io_service_bytes_recursive = vec![entry("Read", io.read_bytes), entry("Write", io.write_bytes)];
+        b.io_service_bytes_recursive =
+            vec![entry("Read", io.read_bytes), entry("Write", io.write_bytes)];
         b.io_serviced_recursive = vec![entry("Read", io.read_ops), entry("Write", io.write_ops)];
         m.blkio = Some(b).into();
     }

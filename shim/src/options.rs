@@ -73,7 +73,8 @@ mod tests {
     fn encode(type_url: &str, config_path: &str) -> Any {
         let mut value = Vec::new();
         let mut os = protobuf::CodedOutputStream::vec(&mut value);
-        os.write_string(1, "io.containerd.ember.v1.Options").unwrap();
+        os.write_string(1, "io.containerd.ember.v1.Options")
+            .unwrap();
         os.write_string(2, config_path).unwrap();
         os.write_string(3, "body").unwrap();
         os.flush().unwrap();

@@ -63,10 +63,7 @@ impl Proc {
         if let Some(e) = self.exit() {
             return e;
         }
-        let e = Exit {
-            status,
-            at: now(),
-        };
+        let e = Exit { status, at: now() };
         self.status = Status::STOPPED;
         self.exit_tx.send_replace(Some(e.clone()));
         e

@@ -73,7 +73,9 @@ impl Shim for EmberShim {
                 if let Some(dir) = v.get("state_dir").and_then(|d| d.as_str()) {
                     match SandboxState::open(Path::new(dir)) {
                         Ok(s) if !s.owner_alive() => match s.cleanup() {
-                            Ok(()) => info!("container={}: cleaned up sandbox state {dir}", self.id),
+                            Ok(()) => {
+                                info!("container={}: cleaned up sandbox state {dir}", self.id)
+                            }
                             Err(e) => warn!("container={}: cleanup of {dir}: {e}", self.id),
                         },
                         Ok(_) => info!(

@@ -14,8 +14,8 @@ use containerd_shim::asynchronous::ExitSignal;
 use containerd_shim::TtrpcResult;
 use containerd_shim_protos::api::{self, ProcessInfo, Status};
 use containerd_shim_protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM,
-    TaskPaused, TaskResumed, TaskStart,
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskPaused,
+    TaskResumed, TaskStart,
 };
 use containerd_shim_protos::protobuf::MessageDyn;
 use containerd_shim_protos::shim_async::Task;
@@ -118,12 +118,12 @@ impl EmberTask {
     }
 
     async fn sandbox(&self) -> TtrpcResult<Arc<Sandbox>> {
-        self.inner
-            .sandbox
-            .lock()
-            .await
-            .clone()
-            .ok_or_else(|| status(Code::FAILED_PRECONDITION, "the pod's sandbox is not running"))
+        self.inner.sandbox.lock().await.clone().ok_or_else(|| {
+            status(
+                Code::FAILED_PRECONDITION,
+                "the pod's sandbox is not running",
+            )
+        })
     }
 
     fn with_proc<T>(
@@ -133,7 +133,9 @@ impl EmberTask {
         f: impl FnOnce(&mut Proc, &str) -> TtrpcResult<T>,
     ) -> TtrpcResult<T> {
         let mut cs = self.inner.containers.lock().expect("containers lock");
-        let c = cs.get_mut(id).ok_or_else(|| not_found(&format!("container {id}")))?;
+        let c = cs
+            .get_mut(id)
+            .ok_or_else(|| not_found(&format!("container {id}")))?;
         let bundle = c.bundle.clone();
         let p = if exec_id.is_empty() {
             &mut c.init
@@ -169,8 +171,8 @@ impl EmberTask {
             }
             return Ok(sb.clone());
         }
-        let opts = crate::options::decode(options)
-            .map_err(|e| status(Code::INVALID_ARGUMENT, e))?;
+        let opts =
+            crate::options::decode(options).map_err(|e| status(Code::INVALID_ARGUMENT, e))?;
         let loaded = ember_config::load(
             &LoadOptions::from_env(opts.config_path).assets(AssetCheck::Require),
         )
@@ -201,6 +203,9 @@ impl EmberTask {
         let this = self.clone();
         tokio::spawn(async move {
             let exit = sb.wait().await;
+            if sb.stopping() {
+                return;
+            }
             error!("sandbox={}: ended unexpectedly ({})", sb.id(), exit.status);
             let mut exited = Vec::new();
             {
@@ -234,7 +239,8 @@ impl EmberTask {
                         info!("sandbox={} container={}: OOM", sb.id(), ev.container_id);
                         let mut e = TaskOOM::new();
                         e.container_id = ev.container_id;
-                        this.publish(topics::TASK_OOM_EVENT_TOPIC, Box::new(e)).await;
+                        this.publish(topics::TASK_OOM_EVENT_TOPIC, Box::new(e))
+                            .await;
                     }
                     Err(_) => return,
                 }
@@ -249,7 +255,8 @@ impl EmberTask {
         ev.pid = pid;
         ev.exit_status = e.status;
         ev.exited_at = Some(e.at.clone()).into();
-        self.publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(ev)).await;
+        self.publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(ev))
+            .await;
     }
 
     /// Waits in the agent for a started process and records its exit.
@@ -334,7 +341,10 @@ impl Task for EmberTask {
             .expect("containers lock")
             .contains_key(&id)
         {
-            return Err(status(Code::ALREADY_EXISTS, format!("container {id}: already exists")));
+            return Err(status(
+                Code::ALREADY_EXISTS,
+                format!("container {id}: already exists"),
+            ));
         }
         let spec = BundleSpec::load(std::path::Path::new(&req.bundle))
             .map_err(|e| status(Code::INVALID_ARGUMENT, e))?;
@@ -400,7 +410,8 @@ impl Task for EmberTask {
         io.terminal = req.terminal;
         ev.io = Some(io).into();
         ev.pid = sb.pid();
-        self.publish(topics::TASK_CREATE_EVENT_TOPIC, Box::new(ev)).await;
+        self.publish(topics::TASK_CREATE_EVENT_TOPIC, Box::new(ev))
+            .await;
         Ok(api::CreateTaskResponse {
             pid: sb.pid(),
             ..Default::default()
@@ -439,7 +450,8 @@ impl Task for EmberTask {
             let mut ev = TaskStart::new();
             ev.container_id = cid;
             ev.pid = pid;
-            self.publish(topics::TASK_START_EVENT_TOPIC, Box::new(ev)).await;
+            self.publish(topics::TASK_START_EVENT_TOPIC, Box::new(ev))
+                .await;
             Ok(api::StartResponse {
                 pid,
                 ..Default::default()
@@ -473,7 +485,10 @@ impl Task for EmberTask {
             })?;
             self.attach_stdio(&sb, &cid, &exec_id, &paths).await?;
             self.spawn_waiter(sb.clone(), cid.clone(), exec_id.clone(), pid);
-            info!("sandbox={} container={cid} exec={exec_id}: started", sb.id());
+            info!(
+                "sandbox={} container={cid} exec={exec_id}: started",
+                sb.id()
+            );
             let mut ev = TaskExecStarted::new();
             ev.container_id = cid;
             ev.exec_id = exec_id;
@@ -566,7 +581,8 @@ impl Task for EmberTask {
         ev.pid = c.init.pid;
         ev.exit_status = e.status;
         ev.exited_at = Some(e.at.clone()).into();
-        self.publish(topics::TASK_DELETE_EVENT_TOPIC, Box::new(ev)).await;
+        self.publish(topics::TASK_DELETE_EVENT_TOPIC, Box::new(ev))
+            .await;
         Ok(api::DeleteResponse {
             pid: c.init.pid,
             exit_status: e.status,
@@ -617,7 +633,8 @@ impl Task for EmberTask {
         })?;
         let mut ev = TaskPaused::new();
         ev.container_id = req.id;
-        self.publish(topics::TASK_PAUSED_EVENT_TOPIC, Box::new(ev)).await;
+        self.publish(topics::TASK_PAUSED_EVENT_TOPIC, Box::new(ev))
+            .await;
         Ok(api::Empty::new())
     }
 
@@ -642,7 +659,8 @@ impl Task for EmberTask {
         })?;
         let mut ev = TaskResumed::new();
         ev.container_id = req.id;
-        self.publish(topics::TASK_RESUMED_EVENT_TOPIC, Box::new(ev)).await;
+        self.publish(topics::TASK_RESUMED_EVENT_TOPIC, Box::new(ev))
+            .await;
         Ok(api::Empty::new())
     }
 

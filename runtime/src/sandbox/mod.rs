@@ -176,6 +176,7 @@ pub struct Sandbox {
     agent: AgentConnection,
     shared_dir: PathBuf,
     state: Mutex<Option<SandboxState>>,
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -213,8 +214,25 @@ impl Sandbox {
     /// CreateSandbox. On any failure everything made so far is removed again.
     pub async fn start(opts: SandboxOptions) -> Result<Sandbox, SandboxError> {
         let kind = opts.config.sandbox.backend;
-        let mut state =
-            SandboxState::create(&opts.config.sandbox.state_dir, &opts.id, kind.as_str())?;
+        let state_dir = &opts.config.sandbox.state_dir;
+        let mut state = match SandboxState::create(state_dir, &opts.id, kind.as_str()) {
+            Err(StateError::Exists { path, .. }) => {
+                // Left behind by an owner that died (a killed shim whose containerd never
+                // ran `delete`): remove it and start afresh. A live owner's state is kept.
+                let old = SandboxState::open(&path)?;
+                if old.owner_alive() {
+                    return Err(StateError::Exists {
+                        id: opts.id.clone(),
+                        path,
+                    }
+                    .into());
+                }
+                warn!("sandbox={}: removing state left by a dead owner", opts.id);
+                old.cleanup()?;
+                SandboxState::create(state_dir, &opts.id, kind.as_str())?
+            }
+            r => r?,
+        };
         if !opts.namespace.is_empty() {
             state.set_namespace(&opts.namespace)?;
         }
@@ -228,6 +246,7 @@ impl Sandbox {
                 agent,
                 shared_dir,
                 state: Mutex::new(Some(state)),
+                stopping: Default::default(),
             }),
             Err(e) => {
                 backend.stop(Duration::from_millis(200)).await;
@@ -326,6 +345,11 @@ impl Sandbox {
     /// Resolves when the agent or VM ends on its own.
     pub async fn wait(&self) -> SandboxExit {
         self.backend.wait().await
+    }
+
+    /// Whether [`Sandbox::destroy`] was called (so an exit of the agent or VM is expected).
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The sandbox's state directory.
@@ -446,6 +470,8 @@ impl Sandbox {
     /// Stops the agent or VM and removes every host resource of the sandbox (state
     /// directory included).
     pub async fn destroy(&self) -> Result<(), SandboxError> {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let mut r = ember_agent_protocol::agent::DestroySandboxRequest::new();
         r.sandbox_id = self.id.clone();
         let _ = tokio::time::timeout(
@@ -453,7 +479,10 @@ impl Sandbox {
             self.agent.agent.destroy_sandbox(ctx(), &r),
         )
         .await;
-        self.backend.stop(Duration::from_secs(2)).await;
+        // Every container is gone by now and DestroySandbox unmounted the sandbox storages,
+        // so the agent has nothing left to tidy: it is stopped at once (its mount and PID
+        // namespaces go with it).
+        self.backend.stop(Duration::ZERO).await;
         let state = self.state.lock().expect("state lock").take();
         if let Some(state) = state {
             state.cleanup()?;
