@@ -14,5 +14,6 @@ pub mod endpoint;
 pub mod mounts;
 pub mod network;
 pub mod oci;
+pub mod run;
 pub mod sandbox;
 pub mod state;

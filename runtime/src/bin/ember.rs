@@ -1,7 +1,8 @@
 //! `ember`: ember's command-line tool.
 //!
-//! Subcommands: `check` (what this host can run). Running containers without containerd
-//! (`run`), listing and cleaning up sandboxes (`list`, `cleanup`) come with the runtime.
+//! Subcommands: `check` (what this host can run), `run` (a container from an OCI bundle,
+//! without containerd), `list` (sandboxes on this host) and `cleanup` (remove what crashed
+//! sandboxes left behind).
 
 use clap::{Parser, Subcommand};
 use ember_config::{AssetCheck, LoadOptions};
@@ -38,6 +39,65 @@ enum Command {
         #[arg(long, value_name = "DIR", default_value = "/", hide = true)]
         host_root: PathBuf,
     },
+    /// Run one container from an OCI bundle with this terminal's stdio attached.
+    ///
+    /// The container gets its own sandbox (microVM, or the agent in fresh namespaces with
+    /// `sandbox.backend = "process"`), which is removed when it ends. Exits with the
+    /// container's exit status (128 + N when killed by signal N); Ctrl-C and SIGTERM are
+    /// passed to the container.
+    Run {
+        /// The bundle: a directory with `config.json` and the rootfs it names.
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        bundle: PathBuf,
+        /// Container id (default: `ember-run-<pid>`).
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// List the sandboxes on this host (from their state directories).
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove what sandboxes whose owner (shim or `ember run`) died left behind: agent
+    /// processes, mounts, sockets, taps, cgroups and state directories.
+    Cleanup {
+        /// Also remove sandboxes whose owner still runs (kills their agents).
+        #[arg(long)]
+        force: bool,
+        /// Only these sandbox ids (default: every stale sandbox).
+        ids: Vec<String>,
+    },
+}
+
+fn load_config(
+    explicit: Option<PathBuf>,
+    assets: AssetCheck,
+) -> Result<ember_config::Config, ExitCode> {
+    ember_config::load(&LoadOptions::from_env(explicit).assets(assets))
+        .map(|l| l.config)
+        .map_err(|e| {
+            eprintln!("ember: {e}");
+            ExitCode::from(2)
+        })
+}
+
+fn init_logging(level: ember_config::LogLevel) {
+    let filter = match serde_json::to_value(level)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .as_deref()
+    {
+        Some("critical") | Some("error") => "error",
+        Some("warning") => "warn",
+        Some("debug") => "debug",
+        Some("trace") => "trace",
+        _ => "info",
+    };
+    env_logger::Builder::new()
+        .parse_filters(&std::env::var("EMBER_LOG").unwrap_or_else(|_| filter.to_string()))
+        .format_timestamp(None)
+        .init();
 }
 
 fn main() -> ExitCode {
@@ -64,6 +124,99 @@ fn main() -> ExitCode {
                 print!("{}", report.to_text());
             }
             ExitCode::from(report.exit_code() as u8)
+        }
+        Command::Run { bundle, id } => {
+            let config = match load_config(cli.config, AssetCheck::Require) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            init_logging(config.log.level);
+            let id = id.unwrap_or_else(|| format!("ember-run-{}", std::process::id()));
+            let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+            match rt.block_on(ember_runtime::run::run(ember_runtime::run::RunOptions {
+                bundle,
+                id,
+                config,
+            })) {
+                Ok(status) => ExitCode::from(status.clamp(0, 255) as u8),
+                Err(e) => {
+                    eprintln!("ember run: {e}");
+                    ExitCode::from(125)
+                }
+            }
+        }
+        Command::List { json } => {
+            let config = match load_config(cli.config, AssetCheck::Skip) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let list = match ember_runtime::cleanup::list(&config.sandbox.state_dir) {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("ember list: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&list).expect("serializes")
+                );
+            } else {
+                println!(
+                    "{:<24} {:<8} {:<10} {:<8} CONTAINERS",
+                    "SANDBOX", "BACKEND", "NAMESPACE", "OWNER"
+                );
+                for s in &list {
+                    match &s.record {
+                        Some(r) => println!(
+                            "{:<24} {:<8} {:<10} {:<8} {}",
+                            r.sandbox_id,
+                            r.backend,
+                            if r.namespace.is_empty() {
+                                "-"
+                            } else {
+                                &r.namespace
+                            },
+                            if s.owner_alive {
+                                r.owner.pid.to_string()
+                            } else {
+                                "dead".into()
+                            },
+                            r.containers.iter().cloned().collect::<Vec<_>>().join(",")
+                        ),
+                        None => println!(
+                            "{:<24} unreadable: {}",
+                            s.dir.display(),
+                            s.error.as_deref().unwrap_or("")
+                        ),
+                    }
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Command::Cleanup { force, ids } => {
+            let config = match load_config(cli.config, AssetCheck::Skip) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let out = ember_runtime::cleanup::cleanup(&config.sandbox.state_dir, &ids, force);
+            let mut failed = false;
+            for o in &out {
+                println!("{}: {}", o.dir.display(), o.result);
+                failed |= !o.removed && !o.result.starts_with("skipped");
+            }
+            if out.is_empty() {
+                println!(
+                    "nothing to clean up in {}",
+                    config.sandbox.state_dir.display()
+                );
+            }
+            if failed {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            }
         }
     }
 }
