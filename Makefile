@@ -37,18 +37,22 @@ install: build guest
 	install -D -m 0755 target/release/ember $(DESTDIR)$(PREFIX)/bin/ember
 	install -D -m 0755 target/release/ember-vmm $(DESTDIR)$(PREFIX)/bin/ember-vmm
 	install -D -m 0755 target/release/ember-agent $(DESTDIR)$(PREFIX)/bin/ember-agent
+	install -D -m 0755 target/release/containerd-shim-ember-v2 $(DESTDIR)$(PREFIX)/bin/containerd-shim-ember-v2
 	install -D -m 0644 build/guest/vmlinux $(DESTDIR)/usr/share/ember/vmlinux
 	install -D -m 0644 build/guest/initramfs.cpio $(DESTDIR)/usr/share/ember/initramfs.cpio
 	install -D -m 0644 build/guest/rootfs.ext4 $(DESTDIR)/usr/share/ember/rootfs.ext4
 	install -D -m 0644 config/ember.toml.example $(DESTDIR)/usr/share/ember/config.toml.example
+	@cat scripts/install-notes.txt
 
 bench: deps
 	$(CARGO) bench -p ember-vmm --bench coldstart
 	$(CARGO) bench -p ember-vmm --bench devices
 	$(CARGO) bench -p ember-agent --bench container_lifecycle
+	$(CARGO) build --release -p ember-shim -p ember-agent
+	EMBER_SHIM_DIR=$(CURDIR)/target/release $(CARGO) bench -p ember-tests --bench ctr
 
-demo:
-	@echo "make demo: not built yet (the runtime and shim issue builds it)"; exit 1
+demo: deps
+	scripts/demo.sh
 
 clean:
 	$(CARGO) clean

@@ -30,8 +30,8 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 if [ -z "${EMBER_SHIM_DIR:-}" ] && [ "$runtime" = io.containerd.ember.v2 ]; then
-    echo "demo: building containerd-shim-ember-v2"
-    "$cargo" build -q --bin containerd-shim-ember-v2
+    echo "demo: building containerd-shim-ember-v2, ember-agent and ember"
+    "$cargo" build -q --bin containerd-shim-ember-v2 --bin ember-agent --bin ember
     EMBER_SHIM_DIR=$(cd "$target/debug" && pwd)
 fi
 export EMBER_SHIM_DIR="${EMBER_SHIM_DIR:-}"
@@ -39,6 +39,15 @@ export EMBER_SHIM_DIR="${EMBER_SHIM_DIR:-}"
 
 tmp=$(mktemp -d)
 server_pid=
+if [ -z "${EMBER_CONFIG:-}" ] && [ "$runtime" = io.containerd.ember.v2 ]; then
+    ember="$EMBER_SHIM_DIR/ember"
+    if [ -x "$ember" ] && ! "$ember" check >/dev/null 2>&1; then
+        echo "demo: this host cannot run ember's microVMs (see \`ember check\`): using the"
+        echo "      process backend, which runs the agent in namespaces and gives NO VM isolation"
+        printf '[sandbox]\nbackend = "process"\nstate_dir = "/run/ember-demo"\n' >"$tmp/ember.toml"
+        export EMBER_CONFIG="$tmp/ember.toml"
+    fi
+fi
 cleanup() {
     # Closing fd 3 (the private containerd's stdin) makes it stop and clean up.
     exec 3>&- 2>/dev/null || true

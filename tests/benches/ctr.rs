@@ -12,6 +12,7 @@
 //! Run: `cargo bench -p ember-tests --bench ctr`.
 
 use std::io::Read;
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -121,13 +122,29 @@ fn main() {
     let shim_dir = containerd::ember_shim_dir();
     match &shim_dir {
         Some(dir) => {
-            let mut extra = vec![];
-            if let Some(cfg) = std::env::var_os("EMBER_CONFIG") {
-                extra = vec![
-                    "--runtime-config-path".into(),
-                    cfg.to_string_lossy().into_owned(),
-                ];
-            }
+            // The reference measurement is the process backend; a microVM config
+            // can be given with EMBER_CONFIG.
+            let cfg = match std::env::var_os("EMBER_CONFIG") {
+                Some(cfg) => PathBuf::from(cfg),
+                None => {
+                    let p = std::env::temp_dir()
+                        .join(format!("ember-bench-{}.toml", std::process::id()));
+                    std::fs::write(
+                        &p,
+                        format!(
+                            "[sandbox]\nbackend = \"process\"\nstate_dir = \"/run/ember-bench-{}\"\n",
+                            std::process::id()
+                        ),
+                    )
+                    .expect("writing the bench config");
+                    p
+                }
+            };
+            println!("ember config: {}", cfg.display());
+            let extra = vec![
+                "--runtime-config-path".into(),
+                cfg.to_string_lossy().into_owned(),
+            ];
             println!("ember shim: {}", dir.join(containerd::EMBER_SHIM).display());
             runtimes.push(Runtime {
                 name: "ember",
