@@ -8,6 +8,12 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
+# The end-to-end tests start the shim and the agent binaries of the workspace (containerd
+# finds the shim next to the agent in target/debug): build every binary first.
+if ! cargo build --workspace --bins 2>&1 | tee "$log"; then
+    echo "run-tests: building the binaries failed" >&2
+    exit 1
+fi
 cargo test --workspace --no-fail-fast "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 grep -E '^SKIP ' "$log" | sort -u
