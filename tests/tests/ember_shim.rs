@@ -657,8 +657,9 @@ fn unknown_config_key_is_named() {
         "true",
     ]);
     let err = text(&out.stderr);
+    eprintln!("ctr run with a bad config: {err}");
     assert!(!out.status.success(), "ran with a bad config");
-    assert!(err.contains("no_such_knob"), "key not named: {err}");
+    assert!(err.contains("sandbox.no_such_knob"), "key not named: {err}");
     assert!(
         err.contains(&*bad.to_string_lossy()),
         "file not named: {err}"
@@ -687,9 +688,10 @@ fn missing_rootfs_is_reported_and_leaves_nothing() {
         "true",
     ]);
     let err = text(&out.stderr);
+    eprintln!("ctr run without a rootfs: {err}");
     assert!(!out.status.success(), "ran without a rootfs");
     assert!(
-        err.contains("no-such-rootfs"),
+        err.contains(&*missing.to_string_lossy()) && err.contains("does not exist"),
         "the missing rootfs is not named: {err}\n{}",
         env.ctrd.log_tail(30)
     );
@@ -804,4 +806,40 @@ fn cri_pod_runs_in_one_shim() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+#[test]
+fn missing_executable_is_named_and_leaves_nothing() {
+    let Some(env) = Env::start("missing_executable_is_named_and_leaves_nothing", "m", false) else {
+        return;
+    };
+    let id = cid("noexe");
+    let out = env.run(&["--rm"], &id, &["/no/such/program", "arg"]);
+    let err = text(&out.stderr);
+    eprintln!("ctr run of a missing program: {err}");
+    assert!(!out.status.success(), "ran a missing program");
+    assert!(
+        err.contains("/no/such/program"),
+        "the program is not named: {err}\n{}",
+        env.ctrd.log_tail(30)
+    );
+    let _ = env.ctr(&["containers", "rm", &id]);
+    env.assert_no_leftovers(&id, None);
+
+    // The same in an exec: the exec fails, the container keeps running.
+    let id = cid("noexe-exec");
+    env.run_detached(&id, &["sleep", "1000"]);
+    let out = env.ctr(&["task", "exec", "--exec-id", "bad", &id, "/no/such/program"]);
+    let err = text(&out.stderr);
+    eprintln!("ctr task exec of a missing program: {err}");
+    assert!(!out.status.success(), "exec'd a missing program");
+    assert!(err.contains("/no/such/program"), "not named: {err}");
+    assert_eq!(env.task_status(&id).as_deref(), Some("RUNNING"));
+    let out = env.ctr(&["task", "exec", "--exec-id", "good", &id, "echo", "ok"]);
+    assert_eq!(text(&out.stdout), "ok\n", "{}", text(&out.stderr));
+    env.ctr_ok(&["task", "kill", "-s", "KILL", &id]);
+    env.wait_status(&id, Some("STOPPED"));
+    env.ctr_ok(&["task", "rm", &id]);
+    env.ctr_ok(&["containers", "rm", &id]);
+    env.assert_no_leftovers(&id, None);
 }
