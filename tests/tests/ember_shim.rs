@@ -172,6 +172,23 @@ impl Env {
         self.ctr(&args)
     }
 
+    /// `ctr ARGS` with a terminal as its stdin and stdout (ctr's `-t` needs one), under
+    /// util-linux's `script`, whose exit code is ctr's (`-e`).
+    fn ctr_in_terminal(&self, args: &[String]) -> Output {
+        let cmd = self.ctrd.ctr_command(DEFAULT_NAMESPACE);
+        let line = std::iter::once(cmd.get_program().to_string_lossy().into_owned())
+            .chain(cmd.get_args().map(|a| a.to_string_lossy().into_owned()))
+            .chain(args.iter().cloned())
+            .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
+            .collect::<Vec<_>>()
+            .join(" ");
+        std::process::Command::new("script")
+            .args(["-qec", &line, "/dev/null"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
     /// `ctr run -d`, then waits until the task runs.
     fn run_detached(&self, id: &str, cmd: &[&str]) {
         let out = self.run(&["-d"], id, cmd);
@@ -389,6 +406,30 @@ fn run_passes_stdout_and_exit_codes() {
         "stderr: {}",
         text(&out.stderr)
     );
+    // stdout and stderr stay apart.
+    let out = env.run(
+        &["--rm"],
+        &cid("streams"),
+        &["sh", "-c", "echo to-out; echo to-err >&2"],
+    );
+    assert_eq!(text(&out.stdout), "to-out\n");
+    assert!(
+        text(&out.stderr).contains("to-err"),
+        "{}",
+        text(&out.stderr)
+    );
+    // 8 MiB of output arrive whole.
+    let out = env.run(
+        &["--rm"],
+        &cid("bulk"),
+        &["head", "-c", "8388608", "/dev/urandom"],
+    );
+    assert_eq!(
+        (out.status.code(), out.stdout.len()),
+        (Some(0), 8 << 20),
+        "{}",
+        text(&out.stderr)
+    );
     let out = env.run(&["--rm"], &cid("true"), &["/bin/true"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(
@@ -484,22 +525,9 @@ fn tty_gives_the_container_a_pty() {
     let Some(env) = Env::start(test, "t", false) else {
         return;
     };
-    // ctr -t needs a terminal on its stdin: `script` gives it one.
     let id = cid("tty");
-    let mut cmd = env.ctrd.ctr_command(DEFAULT_NAMESPACE);
-    let args = env.run_args(&["--rm", "-t"], &id, &["sh", "-c", "tty; exit 5"]);
-    let line = std::iter::once(cmd.get_program().to_string_lossy().into_owned())
-        .chain(cmd.get_args().map(|a| a.to_string_lossy().into_owned()))
-        .chain(args)
-        .map(|a| format!("'{a}'"))
-        .collect::<Vec<_>>()
-        .join(" ");
-    cmd = std::process::Command::new("script");
-    let out = cmd
-        .args(["-qec", &line, "/dev/null"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out =
+        env.ctr_in_terminal(&env.run_args(&["--rm", "-t"], &id, &["sh", "-c", "tty; exit 5"]));
     let stdout = text(&out.stdout);
     assert!(
         stdout.contains("/dev/pts/"),
@@ -508,6 +536,31 @@ fn tty_gives_the_container_a_pty() {
         env.ctrd.log_tail(30)
     );
     assert_eq!(out.status.code(), Some(5), "{stdout:?}");
+
+    // An exec with a TTY in a container without one.
+    let id = cid("tty-exec");
+    env.run_detached(&id, &["sleep", "1000"]);
+    let args: Vec<String> = ["task", "exec", "-t", "--exec-id", "t1", &id, "sh", "-c"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(["tty; exit 4".to_string()])
+        .collect();
+    let out = env.ctr_in_terminal(&args);
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("/dev/pts/"), "no pty in exec: {stdout:?}");
+    assert_eq!(out.status.code(), Some(4), "{stdout:?}");
+    // The container's own stdio is no terminal.
+    let out = env.ctr(&["task", "exec", "--exec-id", "t2", &id, "sh", "-c", "tty"]);
+    assert!(
+        text(&out.stdout).contains("not a tty"),
+        "{}",
+        text(&out.stdout)
+    );
+    env.ctr_ok(&["task", "kill", "-s", "KILL", &id]);
+    env.wait_status(&id, Some("STOPPED"));
+    env.ctr_ok(&["task", "rm", &id]);
+    env.ctr_ok(&["containers", "rm", &id]);
+    env.assert_no_leftovers(&id, None);
 }
 
 #[test]
@@ -666,6 +719,38 @@ fn unknown_config_key_is_named() {
     );
     let _ = env.ctr(&["containers", "rm", &id]);
     env.assert_no_leftovers(&id, None);
+
+    // A state_dir so long that the agent's socket path cannot fit: refused up front with
+    // a message that says what to change, and nothing left.
+    let long_dir = env.state_dir().join("x".repeat(80));
+    let long = env.ctrd.scratch().join("long-ember.toml");
+    write_config(&long, &long_dir, "");
+    let id = cid("longdir");
+    let out = env.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        EMBER_RUNTIME,
+        "--runtime-config-path",
+        &long.to_string_lossy(),
+        IMAGE,
+        &id,
+        "true",
+    ]);
+    let err = text(&out.stderr);
+    eprintln!("ctr run with a long state_dir: {err}");
+    assert!(
+        !out.status.success(),
+        "ran with a socket path over the limit"
+    );
+    assert!(
+        err.contains("shorter sandbox.state_dir"),
+        "no hint to shorten state_dir: {err}"
+    );
+    let _ = env.ctr(&["containers", "rm", &id]);
+    env.assert_no_leftovers(&id, None);
+    let sb = long_dir.join("sandboxes").join(&id);
+    assert!(!sb.exists(), "{} left behind", sb.display());
 }
 
 #[test]
