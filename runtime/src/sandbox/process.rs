@@ -27,6 +27,9 @@ use crate::state::{ProcessId, Resource};
 
 /// Longest Unix socket path (sun_path holds 108 bytes with the terminating NUL).
 const MAX_SOCKET_PATH: usize = 107;
+/// The agent binds each socket as `<path>.tmp<its pid>` first and renames it when it
+/// listens; it is PID 1 of its new PID namespace, so that name is 5 bytes longer.
+const AGENT_BIND_SUFFIX: &str = ".tmp1";
 
 /// The agent binary: `$EMBER_AGENT`, else `ember-agent` next to the running executable,
 /// else on `PATH`.
@@ -85,13 +88,18 @@ impl Backend for ProcessBackend {
             fail("ember-agent not found (looked at $EMBER_AGENT, next to this program, and on PATH); install it with `make install`".into())
         })?;
         let dir = ctx.state.dir().to_path_buf();
-        let socket = dir.join("a.sock");
-        if socket.as_os_str().len() + ember_agent_protocol::address::UNIX_STREAM_SUFFIX.len()
+        // A one-letter name: with CRI's 64-character sandbox ids, every byte of the
+        // socket path counts against the 107-byte limit.
+        let socket = dir.join("a");
+        if socket.as_os_str().len()
+            + ember_agent_protocol::address::UNIX_STREAM_SUFFIX.len()
+            + AGENT_BIND_SUFFIX.len()
             > MAX_SOCKET_PATH
         {
             return Err(fail(format!(
-                "agent socket path {}.stdio is longer than {MAX_SOCKET_PATH} bytes; set a shorter sandbox.state_dir",
-                socket.display()
+                "agent socket path {}{}{AGENT_BIND_SUFFIX} is longer than {MAX_SOCKET_PATH} bytes; set a shorter sandbox.state_dir",
+                socket.display(),
+                ember_agent_protocol::address::UNIX_STREAM_SUFFIX,
             )));
         }
         let agent_state = dir.join("agent");
