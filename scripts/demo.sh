@@ -53,6 +53,7 @@ cleanup() {
     exec 3>&- 2>/dev/null || true
     if [ -n "$server_pid" ]; then wait "$server_pid" 2>/dev/null || true; fi
     rm -rf "$tmp"
+    rmdir /run/ember-demo/sandboxes /run/ember-demo 2>/dev/null || true
 }
 trap cleanup EXIT
 

@@ -928,3 +928,68 @@ fn missing_executable_is_named_and_leaves_nothing() {
     env.ctr_ok(&["containers", "rm", &id]);
     env.assert_no_leftovers(&id, None);
 }
+
+/// Why the `microvm` backend cannot run a container here, if it cannot: it needs hardware
+/// virtualization (guest user space, and so the agent, does not run under KVM's emulator,
+/// see DESIGN.md) and the guest assets of `make guest`.
+fn microvm_unavailable() -> Option<String> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    if !cpuinfo.split_whitespace().any(|f| f == "vmx" || f == "svm") {
+        return Some(
+            "no hardware virtualization (no vmx/svm in /proc/cpuinfo): the agent cannot run in a microVM here"
+                .into(),
+        );
+    }
+    if !Path::new("/dev/kvm").exists() {
+        return Some("/dev/kvm is missing".into());
+    }
+    let guest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../build/guest");
+    for f in ["vmlinux", "initramfs.cpio"] {
+        if !guest.join(f).is_file() {
+            return Some(format!(
+                "{} is missing: run `make guest`",
+                guest.join(f).display()
+            ));
+        }
+    }
+    None
+}
+
+#[test]
+fn microvm_backend_runs_a_container_with_hardware_kvm() {
+    const TEST: &str = "microvm_backend_runs_a_container_with_hardware_kvm";
+    if let Some(why) = microvm_unavailable() {
+        return skip(TEST, &why);
+    }
+    let Some(env) = Env::start(TEST, "v", false) else {
+        return;
+    };
+    let guest = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../build/guest")
+        .canonicalize()
+        .unwrap();
+    std::fs::write(
+        &env.config,
+        format!(
+            "[sandbox]\nbackend = \"microvm\"\nstate_dir = \"{}\"\n[hypervisor]\nkernel = \"{}\"\ninitrd = \"{}\"\n",
+            env.state_dir().display(),
+            guest.join("vmlinux").display(),
+            guest.join("initramfs.cpio").display()
+        ),
+    )
+    .unwrap();
+    let id = cid("vm");
+    let out = env.run(&["--rm"], &id, &["sh", "-c", "echo from-the-vm; exit 7"]);
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "stderr: {}\n{}",
+        text(&out.stderr),
+        env.ctrd.log_tail(40)
+    );
+    assert_eq!(text(&out.stdout), "from-the-vm\n");
+    assert!(
+        !env.sandbox_dir(&id).exists(),
+        "the microVM sandbox's state is removed with the container"
+    );
+}
