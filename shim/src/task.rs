@@ -292,6 +292,17 @@ impl EmberTask {
         });
     }
 
+    /// A sandbox made for container `id` alone goes again when that container could not be
+    /// created, so a failed create leaves nothing behind.
+    async fn drop_unused_sandbox(&self, sb: &Sandbox, id: &str) {
+        if self.inner.containers.lock().expect("lock").is_empty() && sb.id() == id {
+            if let Err(e) = sb.destroy().await {
+                warn!("sandbox={id}: destroy after a failed create: {e}");
+            }
+            *self.inner.sandbox.lock().await = None;
+        }
+    }
+
     async fn attach_stdio(
         &self,
         sb: &Sandbox,
@@ -376,11 +387,7 @@ impl Task for EmberTask {
             })
             .await;
         if let Err(e) = created {
-            // A sandbox made for this container alone goes again with it.
-            if self.inner.containers.lock().expect("lock").is_empty() && sb.id() == id {
-                let _ = sb.destroy().await;
-                *self.inner.sandbox.lock().await = None;
-            }
+            self.drop_unused_sandbox(&sb, &id).await;
             return Err(status(Code::INVALID_ARGUMENT, e));
         }
         let mut init = Proc::new("", paths.clone());
@@ -396,6 +403,7 @@ impl Task for EmberTask {
         if let Err(e) = self.attach_stdio(&sb, &id, "", &paths).await {
             let _ = sb.remove_container(&id, true).await;
             self.inner.containers.lock().expect("lock").remove(&id);
+            self.drop_unused_sandbox(&sb, &id).await;
             return Err(e);
         }
         info!("sandbox={} container={id}: created", sb.id());
