@@ -13,6 +13,7 @@
 
 mod cgroup;
 mod container;
+mod network;
 mod pid1;
 mod reaper;
 mod sandbox;

@@ -307,4 +307,26 @@ impl agent_ttrpc::Agent for AgentService {
         ev.container_id = id;
         Ok(ev)
     }
+
+    async fn update_network(
+        &self,
+        _ctx: &TtrpcContext,
+        req: pb::UpdateNetworkRequest,
+    ) -> ttrpc::Result<pb::Empty> {
+        debug!(self.log, "UpdateNetwork"; "interfaces" => req.interfaces.len(), "routes" => req.routes.len());
+        let (nics, routes) = crate::network::plan(&req)
+            .map_err(|e| status(Code::INVALID_ARGUMENT, e.to_string()))?;
+        // Blocking netlink calls, off the async threads.
+        tokio::task::spawn_blocking(move || crate::network::apply(&nics, &routes))
+            .await
+            .map_err(|e| status(Code::INTERNAL, e.to_string()))?
+            .map_err(|e| {
+                let code = match e {
+                    crate::network::NetworkError::NoSuchNic { .. } => Code::NOT_FOUND,
+                    _ => Code::INTERNAL,
+                };
+                status(code, e.to_string())
+            })?;
+        Ok(pb::Empty::new())
+    }
 }

@@ -58,6 +58,11 @@ pub fn ctx() -> context::Context {
 
 impl TestAgent {
     pub async fn start() -> TestAgent {
+        Self::start_in(None).await
+    }
+
+    /// Starts the agent inside network namespace `netns` (a bind-mounted nsfs path).
+    pub async fn start_in(netns: Option<&Path>) -> TestAgent {
         let dir = tempfile::Builder::new()
             .prefix("ember-agent-test")
             .tempdir()
@@ -67,9 +72,16 @@ impl TestAgent {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ember-agent"));
         // SAFETY: prctl is async-signal-safe. The agent dies with the test process, so an
         // aborted test leaves no agent behind.
+        let ns = netns.map(|p| std::fs::File::open(p).unwrap());
+        let ns_fd = ns.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                if let Some(fd) = ns_fd {
+                    if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 Ok(())
             });
         }

@@ -26,7 +26,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use ember_agent_protocol::agent::{storage::Driver, Storage};
+use ember_agent_protocol::agent::{
+    storage::Driver, Interface, Route, Storage, UpdateNetworkRequest,
+};
 use ember_config::{Backend as BackendKind, Config};
 use ember_vmm::config::{FsConfig, NetConfig, VsockConfig, MAX_VCPUS, MIN_MEMORY_MIB};
 use ember_vmm::devices::legacy::power::ExitLatch;
@@ -243,6 +245,36 @@ struct VmHandle {
     cmdline: String,
 }
 
+/// The agent's UpdateNetwork for a pod network: the guest NIC (which has the pod
+/// interface's MAC) gets the pod interface's MTU and addresses, and the pod's routes.
+pub fn update_network_request(net: &PodNetwork) -> UpdateNetworkRequest {
+    let mac = net.interface.mac_string();
+    let mut nic = Interface::new();
+    nic.mac = mac.clone();
+    nic.mtu = net.interface.mtu;
+    nic.addresses = net
+        .interface
+        .addresses
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let mut req = UpdateNetworkRequest::new();
+    req.interfaces.push(nic);
+    req.routes = net
+        .routes
+        .iter()
+        .map(|r| {
+            let mut route = Route::new();
+            route.destination = r.destination.map(|d| d.to_string()).unwrap_or_default();
+            route.gateway = r.gateway.map(|g| g.to_string()).unwrap_or_default();
+            route.source = r.source.map(|s| s.to_string()).unwrap_or_default();
+            route.interface_mac = mac.clone();
+            route
+        })
+        .collect();
+    req
+}
+
 /// The `microvm` backend.
 #[derive(Default)]
 pub struct MicrovmBackend {
@@ -254,10 +286,8 @@ pub struct MicrovmBackend {
 impl MicrovmBackend {
     /// The pod network the VM is joined to: the tap, the pod interface (its MAC is the
     /// guest NIC's) and the addresses and routes the guest has to configure. `None` without
-    /// a pod network namespace.
-    ///
-    /// Nothing pushes these into the guest yet: the agent protocol has no interface/route
-    /// RPC.
+    /// a pod network namespace. [`Backend::network_request`] turns it into the agent's
+    /// UpdateNetwork call.
     pub fn network(&self) -> Option<&PodNetwork> {
         self.network.as_ref()
     }
@@ -303,7 +333,6 @@ impl MicrovmBackend {
                 net.interface.addresses.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
                 net.routes.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
             );
-            warn!("sandbox={id}: the guest NIC is not configured with the pod's addresses and routes yet (the agent protocol has no interface RPC)");
             self.network = Some(net);
         }
         let config =
@@ -402,6 +431,10 @@ impl Backend for MicrovmBackend {
         s.fstype = "virtiofs".into();
         s.mount_point = AGENT_SHARED_DIR.into();
         vec![s]
+    }
+
+    fn network_request(&self) -> Option<UpdateNetworkRequest> {
+        self.network.as_ref().map(update_network_request)
     }
 
     fn pid(&self) -> u32 {
@@ -560,8 +593,19 @@ mod tests {
                     prefix_len: 16,
                 }],
             },
-            routes: Vec::new(),
+            routes: vec![crate::network::PodRoute {
+                destination: None,
+                gateway: Some("10.88.0.1".parse().unwrap()),
+                source: None,
+            }],
         };
+        let req = update_network_request(&net);
+        assert_eq!(req.interfaces[0].mac, "0a:58:0a:58:00:05");
+        assert_eq!(req.interfaces[0].mtu, 1450);
+        assert_eq!(req.interfaces[0].addresses, ["10.88.0.5/16"]);
+        assert_eq!(req.routes[0].destination, "", "default route");
+        assert_eq!(req.routes[0].gateway, "10.88.0.1");
+        assert_eq!(req.routes[0].interface_mac, "0a:58:0a:58:00:05");
         let vm = vm_config(&config(&a), &a.state, &a.shared, Some(&net)).unwrap();
         assert_eq!(
             vm.net,

@@ -16,6 +16,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use ember_agent_protocol::agent::{
     CreateContainerRequest, CreateSandboxRequest, RemoveContainerRequest, StdioStreams, Storage,
+    UpdateNetworkRequest,
 };
 use ember_agent_protocol::AgentConnection;
 use ember_config::{Backend as BackendKind, Config};
@@ -129,6 +130,11 @@ pub trait Backend: Send + Sync {
     fn agent_shared_dir(&self) -> PathBuf;
     /// Storages the agent mounts at CreateSandbox (the microVM's virtio-fs share).
     fn sandbox_storages(&self) -> Vec<Storage>;
+    /// The agent's UpdateNetwork for the pod network, when the agent must configure the
+    /// guest's NICs itself (a microVM in a pod network namespace).
+    fn network_request(&self) -> Option<UpdateNetworkRequest> {
+        None
+    }
     /// The host pid that stands for the sandbox (reported to containerd as the task pid).
     fn pid(&self) -> u32;
     /// The agent's (or VM's) log file, for error messages.
@@ -315,6 +321,17 @@ impl Sandbox {
                 rpc: "CreateSandbox",
                 message: rpc_message(&e),
             })?;
+        if let Some(net) = backend.network_request() {
+            agent
+                .agent
+                .update_network(ctx(), &net)
+                .await
+                .map_err(|e| SandboxError::Rpc {
+                    id: id.to_string(),
+                    rpc: "UpdateNetwork",
+                    message: rpc_message(&e),
+                })?;
+        }
         info!(
             "sandbox={id}: started ({} backend, agent at {endpoint:?})",
             backend.kind().as_str()
