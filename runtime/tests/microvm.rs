@@ -20,13 +20,6 @@ use ember_vmm::host::Virtualization;
 /// How long the guest kernel may take to get there under KVM's instruction emulator.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("runtime/ is in the workspace")
-        .to_path_buf()
-}
-
 /// Root and a usable /dev/kvm, or the reason to skip.
 fn host_problem() -> Option<&'static str> {
     // SAFETY: geteuid has no preconditions.
@@ -44,35 +37,7 @@ fn host_problem() -> Option<&'static str> {
     None
 }
 
-/// The guest kernel: `EMBER_GUEST_KERNEL`, `build/guest/vmlinux`, or the newest one in
-/// rootfs-builder's cache (`make guest` puts it in both).
-fn guest_kernel() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("EMBER_GUEST_KERNEL") {
-        return Some(PathBuf::from(p));
-    }
-    let built = workspace().join("build/guest/vmlinux");
-    if built.is_file() {
-        return Some(built);
-    }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?
-        .join("ember/kernel");
-    std::fs::read_dir(cache)
-        .ok()?
-        .filter_map(|e| e.ok())
-        .map(|e| e.path().join("vmlinux"))
-        .filter(|p| p.is_file())
-        .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok())
-}
-
-/// The agent's initramfs: `EMBER_GUEST_INITRD` or `build/guest/initramfs.cpio`.
-fn guest_initramfs() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("EMBER_GUEST_INITRD") {
-        return Some(PathBuf::from(p));
-    }
-    Some(workspace().join("build/guest/initramfs.cpio")).filter(|p| p.is_file())
-}
+use ember_tests::guest::{initramfs as guest_initramfs, kernel as guest_kernel};
 
 /// A newc cpio holding only its trailer: an initramfs without `/init`, after which the
 /// kernel goes on to mount a root device, and `rootdelay` keeps it waiting (with every

@@ -12,6 +12,7 @@
 pub mod containerd;
 pub mod cri;
 pub mod fixtures;
+pub mod guest;
 pub mod image;
 
 /// Report that `test` is skipped and why, as `SKIP <test>: <why>`.

@@ -19,28 +19,7 @@ use std::time::{Duration, Instant};
 
 const TIMEOUT: Duration = Duration::from_secs(400);
 
-/// The guest kernel: `EMBER_GUEST_KERNEL`, `build/guest/vmlinux`, or the newest one in
-/// rootfs-builder's cache.
-fn find_kernel() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("EMBER_GUEST_KERNEL") {
-        return Some(PathBuf::from(p));
-    }
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent()?;
-    let built = repo.join("build/guest/vmlinux");
-    if built.is_file() {
-        return Some(built);
-    }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?
-        .join("ember/kernel");
-    std::fs::read_dir(cache)
-        .ok()?
-        .filter_map(|e| e.ok())
-        .map(|e| e.path().join("vmlinux"))
-        .filter(|p| p.is_file())
-        .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok())
-}
+use ember_tests::guest::kernel as find_kernel;
 
 /// A root tree whose /sbin/init prints a marker and reboots (busybox-static).
 fn make_tree(dir: &Path) -> PathBuf {
