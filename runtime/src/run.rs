@@ -85,6 +85,18 @@ async fn run_in(sb: &Sandbox, id: &str, spec: BundleSpec, terminal: bool) -> Res
     } else {
         Some(sb.open_stream(&streams.stderr).await?)
     };
+    // With a terminal, ours goes raw (the container's terminal does the line editing and
+    // echo) and the container's gets our window size; restored when this guard drops.
+    let _raw = if terminal { RawTerminal::enter() } else { None };
+    if terminal {
+        if let Some((rows, cols)) = window_size() {
+            let mut r = ember_agent_protocol::agent::TtyWinResizeRequest::new();
+            r.container_id = id.to_string();
+            r.rows = rows;
+            r.cols = cols;
+            let _ = sb.agent().agent.tty_win_resize(ctx(), &r).await;
+        }
+    }
     // stdin: copied until our stdin ends, then half-closed (the process reads EOF).
     tokio::spawn(async move {
         let mut stdin_stream = stdin;
@@ -167,4 +179,38 @@ async fn copy_out(mut stream: tokio::net::UnixStream, stderr: bool) {
             }
         }
     }
+}
+
+/// This process's terminal in raw mode, restored on drop.
+struct RawTerminal(nix::sys::termios::Termios);
+
+impl RawTerminal {
+    /// Makes stdin raw when it is a terminal.
+    fn enter() -> Option<RawTerminal> {
+        use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
+        let stdin = std::io::stdin();
+        let saved = tcgetattr(&stdin).ok()?;
+        let mut raw = saved.clone();
+        cfmakeraw(&mut raw);
+        tcsetattr(&stdin, SetArg::TCSANOW, &raw).ok()?;
+        Some(RawTerminal(saved))
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        let _ = nix::sys::termios::tcsetattr(
+            std::io::stdin(),
+            nix::sys::termios::SetArg::TCSANOW,
+            &self.0,
+        );
+    }
+}
+
+/// The size of this process's terminal (rows, columns).
+fn window_size() -> Option<(u32, u32)> {
+    // SAFETY: TIOCGWINSZ fills a winsize struct we own.
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::ioctl(libc::STDIN_FILENO, libc::TIOCGWINSZ, &mut ws) };
+    (r == 0 && ws.ws_row > 0).then_some((ws.ws_row as u32, ws.ws_col as u32))
 }

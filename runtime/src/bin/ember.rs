@@ -82,7 +82,9 @@ fn load_config(
         })
 }
 
-fn init_logging(level: ember_config::LogLevel) {
+/// Logs to stderr at `log.level`; `ember run` shares stderr with the container, so there
+/// `info` is raised to `warn` (EMBER_LOG overrides both, e.g. EMBER_LOG=debug).
+fn init_logging(level: ember_config::LogLevel, attached: bool) {
     let filter = match serde_json::to_value(level)
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
@@ -92,6 +94,7 @@ fn init_logging(level: ember_config::LogLevel) {
         Some("warning") => "warn",
         Some("debug") => "debug",
         Some("trace") => "trace",
+        _ if attached => "warn",
         _ => "info",
     };
     env_logger::Builder::new()
@@ -130,14 +133,17 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            init_logging(config.log.level);
+            init_logging(config.log.level, true);
             let id = id.unwrap_or_else(|| format!("ember-run-{}", std::process::id()));
             let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
-            match rt.block_on(ember_runtime::run::run(ember_runtime::run::RunOptions {
+            let result = rt.block_on(ember_runtime::run::run(ember_runtime::run::RunOptions {
                 bundle,
                 id,
                 config,
-            })) {
+            }));
+            // The stdin copy may still sit in a blocking read of the terminal: do not wait.
+            rt.shutdown_background();
+            match result {
                 Ok(status) => ExitCode::from(status.clamp(0, 255) as u8),
                 Err(e) => {
                     eprintln!("ember run: {e}");
