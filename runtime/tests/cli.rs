@@ -263,3 +263,37 @@ fn cleanup_removes_what_a_killed_run_left() {
     assert!(!process_alive(agent_pid), "cleanup kills the agent");
     assert_nothing_left(&env, "crash1");
 }
+
+#[test]
+fn run_gives_a_terminal_its_window_size() {
+    const TEST: &str = "run_gives_a_terminal_its_window_size";
+    if let Some(why) = missing() {
+        return skip(TEST, &why);
+    }
+    if Command::new("script").arg("-V").output().is_err() {
+        return skip(TEST, "needs util-linux's `script` for a terminal");
+    }
+    let env = env("tty");
+    let b = bundle(&env, &["sh", "-c", "tty; stty size; exit 3"]);
+    let mut spec = default_spec(&["sh", "-c", "tty; stty size; exit 3"]);
+    spec["process"]["terminal"] = true.into();
+    write_spec(&b, &spec).unwrap();
+    let line = format!(
+        "stty rows 33 cols 91; {EMBER} --config {} run --id tty1 --bundle {}",
+        env.config.display(),
+        b.display()
+    );
+    let out = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{text}");
+    assert!(text.contains("/dev/pts/"), "a terminal: {text}");
+    assert!(
+        text.contains("33 91"),
+        "the window size reaches the container: {text}"
+    );
+    assert_nothing_left(&env, "tty1");
+}
