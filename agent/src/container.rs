@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use ember_agent_protocol::agent::{StatsContainerResponse, Storage};
-use libcontainer::container::Container as LcContainer;
+use libcontainer::container::{Container as LcContainer, ContainerStatus};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use slog::{info, o, warn, Logger};
@@ -192,6 +192,29 @@ impl Drop for Reservation<'_> {
     fn drop(&mut self) {
         self.set.lock().expect("reserved lock").remove(&self.id);
     }
+}
+
+/// Deletes a hook-less container's libcontainer state and cgroup. A stopped container on a
+/// cgroup v1 or hybrid host is deleted here: its cgroup through [`cgroup::remove_v1`] (which
+/// does not re-read the mount table for each controller, as a libcontainer delete does),
+/// then its state directory; anything else (a process still alive, Intel RDT, cgroup v2)
+/// goes through libcontainer's own delete.
+fn delete_state(id: &str, dir: PathBuf, cgroup: &Path) -> Result<(), ContainerError> {
+    let mut c = LcContainer::load(dir.clone()).map_err(|e| lc_err(id, "delete", e))?;
+    if c.status() == ContainerStatus::Stopped && c.intel_rdt_dir().is_none() {
+        let removed = cgroup::remove_v1(cgroup).map_err(|source| ContainerError::Cgroup {
+            id: id.to_string(),
+            source,
+        })?;
+        if removed {
+            return std::fs::remove_dir_all(&dir).map_err(|source| ContainerError::Io {
+                id: id.to_string(),
+                path: dir,
+                source,
+            });
+        }
+    }
+    c.delete(true).map_err(|e| lc_err(id, "delete", e))
 }
 
 impl Containers {
@@ -721,15 +744,11 @@ impl Containers {
             )
             .await?;
         } else if dir.exists() {
+            let cg = self.with(id, |c| Ok(c.cgroup.clone()))?;
             let mut attempt = 0;
             loop {
-                let (d, idc) = (dir.clone(), id.to_string());
-                let r = blocking(move || {
-                    LcContainer::load(d)
-                        .and_then(|mut c| c.delete(true))
-                        .map_err(|e| lc_err(&idc, "delete", e))
-                })
-                .await;
+                let (d, idc, cg) = (dir.clone(), id.to_string(), cg.clone());
+                let r = blocking(move || delete_state(&idc, d, &cg)).await;
                 match r {
                     Ok(()) => break,
                     // A process in uninterruptible sleep can hold the cgroup a while longer.
