@@ -30,7 +30,9 @@
 //! child subreaper; the helper is neither) when the worker exits; the agent reaps it and so
 //! learns its exact exit status. The helper reaps its workers. The agent does not wait for
 //! a worker to exit. Kill, pause, resume, and start and delete of hook-less containers do
-//! not fork and run in the agent. If the helper dies, the next request starts a new one.
+//! not fork and run in the agent. If the helper dies, its waiting worker (re-parented to
+//! the agent) still serves one request; the next send then finds no reader (`EPIPE`) and
+//! the agent starts a new helper.
 
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
