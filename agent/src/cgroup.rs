@@ -1,7 +1,9 @@
 //! Reading and changing a container's cgroup: stats, pids, resource updates and the OOM-kill
 //! counter, for cgroup v1, hybrid and v2 hosts (through libcgroups).
 
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
 
 use ember_agent_protocol::agent::{
     CpuStats, IoStats, MemoryStats, PidsStats, StatsContainerResponse,
@@ -10,6 +12,9 @@ use libcgroups::common::{
     create_cgroup_manager, get_cgroup_setup, AnyCgroupManager, CgroupConfig, CgroupManager,
     CgroupSetup, ControllerOpt,
 };
+use libcgroups::v1::ControllerType;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use oci_spec::runtime::LinuxResources;
 
 /// Where cgroup filesystems are mounted.
@@ -106,6 +111,97 @@ pub fn update(id: &str, path: &Path, resources: &LinuxResources) -> Result<(), C
             freezer_state: None,
         })
         .map_err(|e| err(path, &e))
+}
+
+/// The v1 controllers whose hierarchies libcgroups' v1 manager uses (its `CONTROLLERS`).
+const V1_CONTROLLERS: [ControllerType; 12] = [
+    ControllerType::Cpu,
+    ControllerType::CpuAcct,
+    ControllerType::CpuSet,
+    ControllerType::Devices,
+    ControllerType::HugeTlb,
+    ControllerType::Memory,
+    ControllerType::Pids,
+    ControllerType::PerfEvent,
+    ControllerType::Blkio,
+    ControllerType::NetworkPriority,
+    ControllerType::NetworkClassifier,
+    ControllerType::Freezer,
+];
+
+/// How often an rmdir of a busy v1 cgroup is tried (as libcgroups does).
+const RMDIR_ATTEMPTS: u32 = 4;
+
+/// The mount points of the v1 hierarchies libcgroups would use, found once per agent (with
+/// libcgroups' own lookup); `None` on a unified (v2-only) host.
+fn v1_mount_points() -> Option<&'static [PathBuf]> {
+    static MOUNTS: OnceLock<Option<Vec<PathBuf>>> = OnceLock::new();
+    MOUNTS
+        .get_or_init(|| match get_cgroup_setup() {
+            Ok(CgroupSetup::Legacy | CgroupSetup::Hybrid) => {
+                let mut v: Vec<PathBuf> = Vec::new();
+                for c in &V1_CONTROLLERS {
+                    if let Ok(m) = libcgroups::v1::util::get_subsystem_mount_point(c) {
+                        if !v.contains(&m) {
+                            v.push(m);
+                        }
+                    }
+                }
+                Some(v)
+            }
+            _ => None,
+        })
+        .as_deref()
+}
+
+/// Removes the cgroup at `path` from every v1 hierarchy the way libcgroups' v1 manager
+/// does (SIGKILL whatever is still in it, then rmdir, retried while busy), but with the
+/// hierarchies' mount points looked up once per agent instead of by re-reading
+/// /proc/self/mountinfo for each controller on every removal. Returns `Ok(false)`, having
+/// done nothing, on a unified (v2) host or for a path it does not handle (relative, or
+/// with `..`); the caller then lets libcgroups remove the cgroup.
+pub fn remove_v1(path: &Path) -> Result<bool, CgroupError> {
+    let Some(mounts) = v1_mount_points() else {
+        return Ok(false);
+    };
+    let Ok(rel) = path.strip_prefix("/") else {
+        return Ok(false);
+    };
+    if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
+        return Ok(false);
+    }
+    for m in mounts {
+        let dir = m.join(rel);
+        if !dir.exists() {
+            continue;
+        }
+        let procs = dir.join("cgroup.procs");
+        if let Ok(text) = std::fs::read_to_string(&procs) {
+            for pid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+        let mut delay = Duration::from_millis(10);
+        let mut attempt = 0;
+        loop {
+            match std::fs::remove_dir(&dir) {
+                Ok(()) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                Err(e) if attempt + 1 >= RMDIR_ATTEMPTS => {
+                    return Err(CgroupError::Cgroup {
+                        path: dir,
+                        message: format!("cannot remove the cgroup: {e}"),
+                    })
+                }
+                Err(_) => {
+                    std::thread::sleep(delay);
+                    attempt += 1;
+                    delay = (delay * attempt).min(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+    Ok(true)
 }
 
 /// The file that counts OOM kills of the cgroup at `path`, and whether it is v2's

@@ -5,11 +5,11 @@
 use std::collections::{HashMap, HashSet};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ember_agent_protocol::agent::{StatsContainerResponse, Storage};
-use libcontainer::container::Container as LcContainer;
+use libcontainer::container::{Container as LcContainer, ContainerStatus};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use slog::{info, o, warn, Logger};
@@ -30,6 +30,10 @@ const OOM_POLL: Duration = Duration::from_millis(100);
 const REAP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often removal retries libcontainer's delete when the cgroup is still busy.
 const DELETE_RETRIES: u32 = 5;
+/// How many emptied bundle directories are kept for reuse.
+const SPARE_BUNDLES: usize = 8;
+/// Where they are kept, under the bundles directory.
+const SPARES_DIR: &str = ".spare";
 
 /// Errors of container operations; each names the container (and exec) concerned.
 #[derive(Debug, thiserror::Error)]
@@ -139,6 +143,14 @@ struct Container {
     oom_task: JoinHandle<()>,
 }
 
+/// The pool of reusable bundle directories.
+#[derive(Default)]
+struct SpareBundles {
+    dirs: Vec<PathBuf>,
+    /// Names the next directory put into the pool.
+    next: u64,
+}
+
 /// Stdio stream ids of a new process.
 #[derive(Debug, Clone, Default)]
 pub struct StreamIds {
@@ -160,6 +172,14 @@ pub struct Containers {
     root: PathBuf,
     /// The agent's bundle copies.
     bundles: PathBuf,
+    /// Bundle directories of removed containers (each with its `config.json`), reused by
+    /// the next creates: renaming a directory into place and overwriting its file is much
+    /// cheaper than creating and deleting both on a disk file system (ext4 scans past
+    /// every recently deleted inode when it allocates one).
+    spares: Arc<Mutex<SpareBundles>>,
+    /// Containers being cleaned up in the background (see [`Containers::remove`]); done
+    /// when the value turns true.
+    cleanups: Arc<Mutex<HashMap<String, watch::Receiver<bool>>>>,
     /// Console sockets.
     consoles: PathBuf,
     table: Mutex<HashMap<String, Container>>,
@@ -194,6 +214,54 @@ impl Drop for Reservation<'_> {
     }
 }
 
+/// Keeps a removed container's bundle directory for reuse in `spares`, or deletes it when
+/// the pool is full. Only a directory holding nothing but `config.json` is kept.
+fn recycle_bundle(spares: &Mutex<SpareBundles>, bundles: &Path, bundle: &Path) {
+    let mut pool = spares.lock().expect("spares lock");
+    if pool.dirs.len() < SPARE_BUNDLES && only_config_json(bundle) {
+        let spare = bundles.join(SPARES_DIR).join(pool.next.to_string());
+        pool.next += 1;
+        if std::fs::rename(bundle, &spare).is_ok() {
+            pool.dirs.push(spare);
+            return;
+        }
+    }
+    drop(pool);
+    let _ = std::fs::remove_dir_all(bundle);
+}
+
+/// Whether `dir` holds exactly one entry, `config.json`.
+fn only_config_json(dir: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    let names: Vec<_> = entries.flatten().map(|e| e.file_name()).take(2).collect();
+    names.len() == 1 && names[0] == "config.json"
+}
+
+/// Deletes a hook-less container's libcontainer state and cgroup. A stopped container on a
+/// cgroup v1 or hybrid host is deleted here: its cgroup through [`cgroup::remove_v1`] (which
+/// does not re-read the mount table for each controller, as a libcontainer delete does),
+/// then its state directory; anything else (a process still alive, Intel RDT, cgroup v2)
+/// goes through libcontainer's own delete.
+fn delete_state(id: &str, dir: PathBuf, cgroup: &Path) -> Result<(), ContainerError> {
+    let mut c = LcContainer::load(dir.clone()).map_err(|e| lc_err(id, "delete", e))?;
+    if c.status() == ContainerStatus::Stopped && c.intel_rdt_dir().is_none() {
+        let removed = cgroup::remove_v1(cgroup).map_err(|source| ContainerError::Cgroup {
+            id: id.to_string(),
+            source,
+        })?;
+        if removed {
+            return std::fs::remove_dir_all(&dir).map_err(|source| ContainerError::Io {
+                id: id.to_string(),
+                path: dir,
+                source,
+            });
+        }
+    }
+    c.delete(true).map_err(|e| lc_err(id, "delete", e))
+}
+
 impl Containers {
     /// A table keeping its state under `state_dir`.
     pub fn new(
@@ -208,6 +276,10 @@ impl Containers {
         for d in [&root, &bundles, &consoles] {
             std::fs::create_dir_all(d)?;
         }
+        // Spares left by an agent that did not shut down cleanly are not reused.
+        let spares = bundles.join(SPARES_DIR);
+        let _ = std::fs::remove_dir_all(&spares);
+        std::fs::create_dir_all(&spares)?;
         let (oom_tx, oom_rx) = mpsc::unbounded_channel();
         Ok(Containers {
             log,
@@ -216,6 +288,8 @@ impl Containers {
             streams,
             root,
             bundles,
+            spares: Arc::new(Mutex::new(SpareBundles::default())),
+            cleanups: Arc::new(Mutex::new(HashMap::new())),
             consoles,
             table: Mutex::new(HashMap::new()),
             reserved: Mutex::new(HashSet::new()),
@@ -355,6 +429,16 @@ impl Containers {
         ids: &StreamIds,
     ) -> Result<i32, ContainerError> {
         spec::check_id("container_id", id)?;
+        // A removed container with this id may still be being cleaned up.
+        let pending = self
+            .cleanups
+            .lock()
+            .expect("cleanups lock")
+            .get(id)
+            .cloned();
+        if let Some(mut done) = pending {
+            let _ = done.wait_for(|d| *d).await;
+        }
         let _reservation = self.reserve(id)?;
         let log = self.log.new(o!("container" => id.to_string()));
         let (spec, cgroup) = spec::prepare(id, spec_json, bundle_path)?;
@@ -378,6 +462,7 @@ impl Containers {
         let mounted = storage::mount_all(storages)?;
         let bundle = self.bundles.join(id);
         let result = async {
+            self.take_spare_bundle(&bundle);
             spec::write_bundle(&bundle, &spec)?;
             let (root, bundle_c, id_s) = (self.root.clone(), bundle.clone(), id.to_string());
             self.spawn_process(
@@ -672,6 +757,9 @@ impl Containers {
                 c.init.exit.clone(),
             ))
         })?;
+        // The init had exited by itself: nothing is left to kill, and the cgroup and state
+        // are deleted in the background.
+        let exited = init_exit.borrow().is_some();
         if running && !force {
             return Err(ContainerError::State {
                 id: id.to_string(),
@@ -710,7 +798,12 @@ impl Containers {
         for w in waits.iter_mut() {
             let _ = tokio::time::timeout(REAP_TIMEOUT, w.wait_for(|s| s.is_some())).await;
         }
-        let hooks = self.with(id, |c| Ok(c.hooks))?;
+        let (hooks, execs_done) = self.with(id, |c| {
+            Ok((c.hooks, c.execs.values().all(|p| p.exit.borrow().is_some())))
+        })?;
+        if exited && execs_done && !hooks && dir.exists() {
+            return self.remove_in_background(id, dir);
+        }
         if dir.exists() && hooks {
             self.in_helper(
                 id,
@@ -721,15 +814,11 @@ impl Containers {
             )
             .await?;
         } else if dir.exists() {
+            let cg = self.with(id, |c| Ok(c.cgroup.clone()))?;
             let mut attempt = 0;
             loop {
-                let (d, idc) = (dir.clone(), id.to_string());
-                let r = blocking(move || {
-                    LcContainer::load(d)
-                        .and_then(|mut c| c.delete(true))
-                        .map_err(|e| lc_err(&idc, "delete", e))
-                })
-                .await;
+                let (d, idc, cg) = (dir.clone(), id.to_string(), cg.clone());
+                let r = blocking(move || delete_state(&idc, d, &cg)).await;
                 match r {
                     Ok(()) => break,
                     // A process in uninterruptible sleep can hold the cgroup a while longer.
@@ -754,9 +843,101 @@ impl Containers {
             self.streams.release(&p.stdio.ids);
         }
         storage::unmount_all(&c.storages);
-        let _ = std::fs::remove_dir_all(&c.bundle);
+        recycle_bundle(&self.spares, &self.bundles, &c.bundle);
         info!(self.log, "container removed"; "container" => id);
         Ok(())
+    }
+
+    /// Removes a hook-less container whose processes have all exited and been reaped: it
+    /// leaves the table, its streams and storages are released at once, and its cgroup,
+    /// libcontainer state and bundle copy are deleted by a background task. Nothing of the
+    /// container is running any more, so the client need not wait for that; a create with
+    /// the same id waits for it, and [`Containers::settle`] waits for every pending one.
+    fn remove_in_background(&self, id: &str, dir: PathBuf) -> Result<(), ContainerError> {
+        let (tx, rx) = watch::channel(false);
+        let c = {
+            let mut table = self.table.lock().expect("table lock");
+            let c = table
+                .remove(id)
+                .ok_or_else(|| ContainerError::NotFound(id.to_string()))?;
+            // Registered before the table lock is released: the id is always either in
+            // the table or pending, so a create with it either fails or waits.
+            self.cleanups
+                .lock()
+                .expect("cleanups lock")
+                .insert(id.to_string(), rx);
+            c
+        };
+        c.oom_task.abort();
+        self.streams.release(&c.init.stdio.ids);
+        for p in c.execs.values() {
+            self.streams.release(&p.stdio.ids);
+        }
+        storage::unmount_all(&c.storages);
+        // Its pipes and terminal close now, as with a synchronous removal.
+        let Container { cgroup, bundle, .. } = c;
+        let (log, cleanups, spares, bundles) = (
+            self.log.new(o!("container" => id.to_string())),
+            self.cleanups.clone(),
+            self.spares.clone(),
+            self.bundles.clone(),
+        );
+        let id = id.to_string();
+        tokio::spawn(async move {
+            let mut attempt = 0;
+            loop {
+                let (d, idc, cg) = (dir.clone(), id.clone(), cgroup.clone());
+                match blocking(move || delete_state(&idc, d, &cg)).await {
+                    Ok(()) => break,
+                    // A process in uninterruptible sleep can hold the cgroup a while longer.
+                    Err(e) if attempt < DELETE_RETRIES && dir.exists() => {
+                        warn!(log, "delete failed, retrying"; "error" => %e);
+                        attempt += 1;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Err(e) => {
+                        warn!(log, "delete failed"; "error" => %e);
+                        break;
+                    }
+                }
+            }
+            recycle_bundle(&spares, &bundles, &bundle);
+            cleanups.lock().expect("cleanups lock").remove(&id);
+            let _ = tx.send(true);
+            info!(log, "container removed");
+        });
+        Ok(())
+    }
+
+    /// Waits until every background cleanup of removed containers has finished.
+    pub async fn settle(&self) {
+        let pending: Vec<_> = self
+            .cleanups
+            .lock()
+            .expect("cleanups lock")
+            .values()
+            .cloned()
+            .collect();
+        for mut done in pending {
+            let _ = done.wait_for(|d| *d).await;
+        }
+    }
+
+    /// Moves a spare bundle directory (if there is one) to `bundle`, where
+    /// [`spec::write_bundle`] then overwrites its `config.json`.
+    fn take_spare_bundle(&self, bundle: &Path) {
+        let spare = self.spares.lock().expect("spares lock").dirs.pop();
+        if let Some(spare) = spare {
+            if std::fs::rename(&spare, bundle).is_err() {
+                let _ = std::fs::remove_dir_all(&spare);
+            }
+        }
+    }
+
+    /// Deletes the spare bundle directories (on shutdown).
+    pub fn remove_spare_bundles(&self) {
+        self.spares.lock().expect("spares lock").dirs.clear();
+        let _ = std::fs::remove_dir_all(self.bundles.join(SPARES_DIR));
     }
 
     /// Ids of every container.

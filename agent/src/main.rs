@@ -249,6 +249,8 @@ async fn serve(cli: Cli, log: Logger) -> Result<(), AgentError> {
             error!(log, "remove on shutdown failed"; "container" => id, "error" => %e);
         }
     }
+    containers.settle().await;
+    containers.remove_spare_bundles();
     for p in sockets {
         let _ = std::fs::remove_file(p);
     }

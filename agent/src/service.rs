@@ -121,6 +121,7 @@ impl agent_ttrpc::Agent for AgentService {
             let r = self.containers.remove(&id, true).await;
             self.log_err("DestroySandbox", &id, r)?;
         }
+        self.containers.settle().await;
         self.sandbox.destroy();
         Ok(pb::Empty::new())
     }

@@ -12,23 +12,34 @@
 //! of containers with hooks (libcontainer waits for each hook child, which the agent's
 //! reaper would otherwise reap first).
 //!
-//! One helper is always started ahead of time ("warm"), so that its exec, dynamic linking
-//! and start-up are off the container's critical path. It waits on fd 3, one end of a
-//! `SOCK_SEQPACKET` socket pair, for one message: the JSON request with the new process's
-//! stdin, stdout and stderr attached (`SCM_RIGHTS`), which it installs as its own fds 0-2
-//! for libcontainer to hand down. It answers `{"Ok": pid}` or `{"Err": message}` in one
-//! message on the same socket and exits; the agent then starts the next warm helper. The container process, a child of the helper, is then re-parented to
-//! the agent (PID 1 or a child subreaper), which reaps it and so learns its exact exit
-//! status. Kill, pause, resume, and start and delete of hook-less containers do not fork
-//! and run in the agent.
+//! The helper is a fork server started once with the agent (through `posix_spawn`, so the
+//! agent's memory is not copied). It keeps one forked worker waiting on fd 3, one end of a
+//! `SOCK_SEQPACKET` socket pair, for a request: one message, the JSON request with four fds
+//! attached (`SCM_RIGHTS`): the new process's stdin, stdout and stderr, and the worker's end
+//! of a fresh reply socket pair. The worker tells the helper it has taken a request, and the
+//! helper forks the next worker at once, so requests run concurrently and a request never
+//! waits for a process to start: a worker costs one fork of the small helper, off the
+//! critical path, instead of a fork of the agent plus an exec, dynamic linking and start-up
+//! of its binary. The worker installs the stdio fds as its fds 0-2 for libcontainer to hand
+//! down, runs the request, answers `{"Ok": pid}` or `{"Err": message}` in one message on
+//! the reply socket and exits. The helper opens libpathrs' cached procfs handle once; the
+//! workers and libcontainer's intermediate and init processes inherit it instead of
+//! mounting a private procfs each.
+//!
+//! The container process, a child of the worker, is re-parented to the agent (PID 1 or a
+//! child subreaper; the helper is neither) when the worker exits; the agent reaps it and so
+//! learns its exact exit status. The helper reaps its workers. The agent does not wait for
+//! a worker to exit. Kill, pause, resume, and start and delete of hook-less containers do
+//! not fork and run in the agent. If the helper dies, its waiting worker (re-parented to
+//! the agent) still serves one request; the next send then finds no reader (`EPIPE`) and
+//! the agent starts a new helper.
 
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 use nix::sys::socket::{
     recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
     SockFlag, SockType, UnixAddr,
@@ -106,9 +117,9 @@ pub enum SpawnError {
     /// libcontainer refused or failed; the message is libcontainer's error chain.
     #[error("{0}")]
     Container(String),
-    /// The helper died without reporting.
-    #[error("the spawn helper exited with status {0} without reporting a result")]
-    NoResult(i32),
+    /// The helper's worker died without reporting.
+    #[error("the spawn helper exited without reporting a result")]
+    NoResult,
     /// Sending the request to the helper failed.
     #[error("cannot hand the request to the spawn helper: {0}")]
     Send(nix::Error),
@@ -191,23 +202,128 @@ fn run_request(req: SpawnRequest) -> Result<i32, String> {
     }
 }
 
-/// The helper's `main`: receives one request on fd 3, runs it and answers there. Must be
-/// called before any thread is started.
+/// The helper's `main`: keeps one forked worker waiting for a request on fd 3 and forks
+/// the next as soon as that one has taken its request; returns when the agent closes fd 3.
+/// Must be called before any thread is started.
 pub fn helper_main() -> i32 {
-    // SAFETY: the agent hands the helper fd 3 as its end of the socket pair.
+    // Opened once, inherited by every worker and by libcontainer's clones (libpathrs caches
+    // the handle in a static), so that none of them mounts a procfs of its own.
+    let _ = pathrs::procfs::ProcfsHandle::new();
+    // A worker's exit interrupts the helper's wait so that it is reaped at once.
+    // SAFETY: the handler does nothing, which is async-signal-safe.
+    unsafe {
+        let _ = sigaction(
+            Signal::SIGCHLD,
+            &SigAction::new(
+                SigHandler::Handler(on_sigchld),
+                SaFlags::SA_NOCLDSTOP,
+                SigSet::empty(),
+            ),
+        );
+    }
+    loop {
+        reap_workers();
+        let (taken_r, taken_w) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+            Ok(p) => p,
+            Err(_) => return 1,
+        };
+        // SAFETY: the helper is single-threaded, so the child may run any code.
+        match unsafe { libc::fork() } {
+            0 => {
+                drop(taken_r);
+                // SAFETY: restores the default disposition for libcontainer's waits.
+                unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) };
+                let code = worker(taken_w);
+                // SAFETY: the worker ends here without the helper's exit handlers.
+                unsafe { libc::_exit(code) }
+            }
+            -1 => return 1,
+            _ => {}
+        }
+        drop(taken_w);
+        // One byte once the worker has its request (then the next worker is forked), or
+        // 'Q' when the agent closed the socket, or EOF when the worker died first.
+        let mut b = [0u8; 1];
+        let n = loop {
+            match nix::unistd::read(taken_r.as_raw_fd(), &mut b) {
+                Err(nix::errno::Errno::EINTR) => reap_workers(),
+                Err(_) => break 0,
+                Ok(n) => break n,
+            }
+        };
+        if n == 1 && b[0] == b'Q' {
+            return 0;
+        }
+    }
+}
+
+extern "C" fn on_sigchld(_: libc::c_int) {}
+
+/// Reaps every exited worker.
+fn reap_workers() {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    while let Ok(ws) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+        if ws == WaitStatus::StillAlive {
+            break;
+        }
+    }
+}
+
+/// A worker: takes one request from fd 3, tells the helper on `taken`, installs the stdio
+/// fds, runs the request and answers on the request's reply socket. Returns the exit code.
+fn worker(taken: OwnedFd) -> i32 {
+    // SAFETY: fd 3 is the helper's end of the agent's socket pair, inherited.
     let sock = unsafe { OwnedFd::from_raw_fd(HELPER_FD) };
-    let result = match receive_request(&sock) {
+    let received = loop {
+        match receive_request(&sock) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            r => break r,
+        }
+    };
+    // The socket belongs to the next worker now.
+    drop(sock);
+    let (json, fds) = match received {
+        Ok(Some(r)) => r,
+        Ok(None) | Err(_) => {
+            let _ = nix::unistd::write(&taken, b"Q");
+            return 0;
+        }
+    };
+    let _ = nix::unistd::write(&taken, b"T");
+    drop(taken);
+    if fds.len() != 4 {
+        // Not from the agent; the reply socket (if any) closes and the agent sees no result.
+        return 1;
+    }
+    let mut fds = fds.into_iter();
+    let stdio: Vec<OwnedFd> = fds.by_ref().take(3).collect();
+    let reply_sock = fds.next().expect("four fds checked");
+    for (i, fd) in stdio.iter().enumerate() {
+        // SAFETY: dup2 onto the standard fds (the copies are not close-on-exec).
+        if unsafe { libc::dup2(fd.as_raw_fd(), i as i32) } < 0 {
+            let e = std::io::Error::last_os_error();
+            return reply(
+                &reply_sock,
+                SpawnResult::Err(format!("spawn helper: dup2: {e}")),
+            );
+        }
+    }
+    drop(stdio);
+    let result = match serde_json::from_slice::<SpawnRequest>(&json) {
         Ok(req) => match run_request(req) {
             Ok(pid) => SpawnResult::Ok(pid),
             Err(e) => SpawnResult::Err(e),
         },
-        // The agent closed the socket without a request (it is shutting down or dropped
-        // this warm helper): nothing to do.
-        Err(None) => return 0,
-        Err(Some(e)) => SpawnResult::Err(format!("spawn helper: {e}")),
+        Err(e) => SpawnResult::Err(format!("spawn helper: bad request: {e}")),
     };
-    // One message: the container process inherits fd 3 (clone without exec) and keeps it
-    // open until it execs, so the agent reads one message instead of waiting for EOF.
+    // One message: the container process inherits the reply socket (clone without exec)
+    // and keeps it open until it execs, so the agent reads one message instead of waiting
+    // for EOF.
+    reply(&reply_sock, result)
+}
+
+/// Sends the result; returns the worker's exit code.
+fn reply(sock: &OwnedFd, result: SpawnResult) -> i32 {
     let json = serde_json::to_vec(&result).unwrap_or_default();
     match nix::sys::socket::send(sock.as_raw_fd(), &json, MsgFlags::empty()) {
         Ok(_) => 0,
@@ -215,42 +331,126 @@ pub fn helper_main() -> i32 {
     }
 }
 
-/// Receives the request and installs the attached fds as stdin, stdout and stderr.
-/// `Err(None)` means the agent closed the socket.
-fn receive_request(sock: &OwnedFd) -> Result<SpawnRequest, Option<String>> {
+/// Receives one request with its fds (stdin, stdout, stderr, reply socket). `Ok(None)`
+/// means the agent closed the socket.
+#[allow(clippy::type_complexity)]
+fn receive_request(sock: &OwnedFd) -> Result<Option<(Vec<u8>, Vec<OwnedFd>)>, nix::errno::Errno> {
     let mut buf = vec![0u8; MAX_MESSAGE];
     let mut iov = [IoSliceMut::new(&mut buf)];
-    let mut cmsg = nix::cmsg_space!([RawFd; 3]);
+    let mut cmsg = nix::cmsg_space!([RawFd; 4]);
     let msg = recvmsg::<UnixAddr>(
         sock.as_raw_fd(),
         &mut iov,
         Some(&mut cmsg),
-        MsgFlags::empty(),
-    )
-    .map_err(|e| Some(format!("receiving the request: {e}")))?;
-    if msg.bytes == 0 {
-        return Err(None);
-    }
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
     let len = msg.bytes;
     let mut fds = Vec::new();
-    for c in msg.cmsgs().map_err(|e| Some(e.to_string()))? {
+    for c in msg.cmsgs()? {
         if let ControlMessageOwned::ScmRights(f) = c {
-            fds.extend(f);
+            // SAFETY: the kernel just installed these fds for us.
+            fds.extend(f.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
         }
     }
-    if fds.len() != 3 {
-        return Err(Some(format!("expected 3 stdio fds, got {}", fds.len())));
+    if len == 0 && fds.is_empty() {
+        return Ok(None);
     }
-    for (i, fd) in fds.iter().enumerate() {
-        // SAFETY: dup2 onto the standard fds; the received fds are ours to close.
-        unsafe {
-            if libc::dup2(*fd, i as i32) < 0 {
-                return Err(Some(format!("dup2: {}", std::io::Error::last_os_error())));
+    buf.truncate(len);
+    Ok(Some((buf, fds)))
+}
+
+/// Starts `exe spawn` with `sock` as its fd 3 and /dev/null as stdio. Through `posix_spawn` (a vfork: the agent's memory is not copied, so its
+/// other threads are not stalled while its page tables would be), not `fork`.
+fn posix_spawn_helper(exe: &Path, sock: RawFd) -> std::io::Result<i32> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let cstr = |b: &[u8]| CString::new(b).map_err(std::io::Error::other);
+    let path = cstr(exe.as_os_str().as_bytes())?;
+    let arg = cstr(b"spawn")?;
+    let dev_null = cstr(b"/dev/null")?;
+    let env: Vec<CString> = std::env::vars_os()
+        .filter_map(|(k, v)| {
+            let mut kv = k.as_bytes().to_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            CString::new(kv).ok()
+        })
+        .collect();
+    let argv = [
+        path.as_ptr() as *mut libc::c_char,
+        arg.as_ptr() as *mut _,
+        std::ptr::null_mut(),
+    ];
+    let mut envp: Vec<*mut libc::c_char> = env.iter().map(|e| e.as_ptr() as *mut _).collect();
+    envp.push(std::ptr::null_mut());
+    let check = |rc: libc::c_int| {
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::from_raw_os_error(rc))
+        }
+    };
+    // SAFETY: the attribute and file-action objects are initialised before use and
+    // destroyed on every path; every pointer handed to posix_spawn outlives the call.
+    unsafe {
+        let mut actions: libc::posix_spawn_file_actions_t = std::mem::zeroed();
+        let mut attr: libc::posix_spawnattr_t = std::mem::zeroed();
+        check(libc::posix_spawn_file_actions_init(&mut actions))?;
+        if let Err(e) = check(libc::posix_spawnattr_init(&mut attr)) {
+            libc::posix_spawn_file_actions_destroy(&mut actions);
+            return Err(e);
+        }
+        let result = (|| {
+            check(libc::posix_spawn_file_actions_addopen(
+                &mut actions,
+                0,
+                dev_null.as_ptr(),
+                libc::O_RDONLY,
+                0,
+            ))?;
+            for fd in [1, 2] {
+                check(libc::posix_spawn_file_actions_addopen(
+                    &mut actions,
+                    fd,
+                    dev_null.as_ptr(),
+                    libc::O_WRONLY,
+                    0,
+                ))?;
             }
-            libc::close(*fd);
-        }
+            // dup2 clears close-on-exec on fd 3 (also when sock is 3 already).
+            check(libc::posix_spawn_file_actions_adddup2(
+                &mut actions,
+                sock,
+                HELPER_FD,
+            ))?;
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            let mut pipe_only: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut pipe_only);
+            // The agent ignores SIGPIPE (Rust does); the helper starts like any program.
+            libc::sigaddset(&mut pipe_only, libc::SIGPIPE);
+            check(libc::posix_spawnattr_setsigmask(&mut attr, &empty))?;
+            check(libc::posix_spawnattr_setsigdefault(&mut attr, &pipe_only))?;
+            let flags = libc::POSIX_SPAWN_SETSIGMASK | libc::POSIX_SPAWN_SETSIGDEF;
+            check(libc::posix_spawnattr_setflags(
+                &mut attr,
+                flags as libc::c_short,
+            ))?;
+            let mut pid: libc::pid_t = 0;
+            check(libc::posix_spawn(
+                &mut pid,
+                path.as_ptr(),
+                &actions,
+                &attr,
+                argv.as_ptr(),
+                envp.as_ptr(),
+            ))?;
+            Ok(pid)
+        })();
+        libc::posix_spawnattr_destroy(&mut attr);
+        libc::posix_spawn_file_actions_destroy(&mut actions);
+        result
     }
-    serde_json::from_slice(&buf[..len]).map_err(|e| Some(format!("bad request: {e}")))
 }
 
 /// The three stdio fds of a new process.
@@ -263,34 +463,38 @@ pub struct ChildStdio {
     pub stderr: OwnedFd,
 }
 
-/// A started helper waiting for its request.
-struct WarmHelper {
+/// The running helper.
+struct Helper {
     sock: OwnedFd,
-    exit: oneshot::Receiver<i32>,
+    /// Claims the helper's exit status from the reaper.
+    _exit: oneshot::Receiver<i32>,
 }
 
-/// Runs requests in helper processes, keeping one started ahead of time.
+/// Runs requests in the helper's workers, starting the helper (again) when needed.
 #[derive(Clone)]
 pub struct Spawner {
     reaper: Reaper,
     exe: PathBuf,
-    warm: Arc<Mutex<Option<WarmHelper>>>,
+    helper: Arc<Mutex<Option<Arc<Helper>>>>,
 }
 
 impl Spawner {
-    /// A spawner re-executing the agent's own binary; starts the first warm helper.
+    /// A spawner re-executing the agent's own binary; starts the helper in the background.
     pub fn new(reaper: Reaper) -> Spawner {
         let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
         let s = Spawner {
             reaper,
             exe,
-            warm: Arc::new(Mutex::new(None)),
+            helper: Arc::new(Mutex::new(None)),
         };
-        s.refill();
+        let me = s.clone();
+        tokio::task::spawn_blocking(move || {
+            let _ = me.helper();
+        });
         s
     }
 
-    fn start_helper(&self) -> Result<WarmHelper, SpawnError> {
+    fn start_helper(&self) -> Result<Helper, SpawnError> {
         let (ours, theirs) = socketpair(
             AddressFamily::Unix,
             SockType::SeqPacket,
@@ -298,87 +502,99 @@ impl Spawner {
             SockFlag::SOCK_CLOEXEC,
         )
         .map_err(|e| SpawnError::Io(e.into()))?;
-        let mut cmd = Command::new(&self.exe);
-        cmd.arg("spawn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let fd = theirs.as_raw_fd();
-        // SAFETY: between fork and exec only async-signal-safe calls (dup2, fcntl) are made.
-        unsafe {
-            cmd.pre_exec(move || {
-                if fd == HELPER_FD {
-                    if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                } else if libc::dup2(fd, HELPER_FD) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().map_err(|source| SpawnError::Helper {
-            exe: self.exe.display().to_string(),
-            source,
+        let pid = posix_spawn_helper(&self.exe, theirs.as_raw_fd()).map_err(|source| {
+            SpawnError::Helper {
+                exe: self.exe.display().to_string(),
+                source,
+            }
         })?;
-        let exit = self.reaper.watch(child.id() as i32);
-        drop(theirs);
-        Ok(WarmHelper { sock: ours, exit })
+        let exit = self.reaper.watch(pid);
+        Ok(Helper {
+            sock: ours,
+            _exit: exit,
+        })
     }
 
-    /// Starts the next warm helper in the background (if none is waiting).
-    fn refill(&self) {
-        let me = self.clone();
-        tokio::task::spawn_blocking(move || {
-            if me.warm.lock().expect("spawner lock").is_some() {
-                return;
-            }
-            if let Ok(h) = me.start_helper() {
-                let mut slot = me.warm.lock().expect("spawner lock");
-                if slot.is_none() {
-                    *slot = Some(h);
+    /// The running helper, started if there is none.
+    fn helper(&self) -> Result<Arc<Helper>, SpawnError> {
+        let mut slot = self.helper.lock().expect("spawner lock");
+        if let Some(h) = slot.as_ref() {
+            return Ok(h.clone());
+        }
+        let h = Arc::new(self.start_helper()?);
+        *slot = Some(h.clone());
+        Ok(h)
+    }
+
+    /// Forgets a helper that has died (unless it was replaced already).
+    fn discard(&self, dead: &Arc<Helper>) {
+        let mut slot = self.helper.lock().expect("spawner lock");
+        if slot.as_ref().is_some_and(|h| Arc::ptr_eq(h, dead)) {
+            *slot = None;
+        }
+    }
+
+    /// Hands the request and its fds to the helper, starting a new helper once if the
+    /// current one has died.
+    fn send(&self, json: &[u8], fds: &[RawFd; 4]) -> Result<(), SpawnError> {
+        let mut retried = false;
+        loop {
+            let helper = self.helper()?;
+            let iov = [IoSlice::new(json)];
+            let cmsg = [ControlMessage::ScmRights(fds)];
+            match sendmsg::<UnixAddr>(
+                helper.sock.as_raw_fd(),
+                &iov,
+                &cmsg,
+                MsgFlags::empty(),
+                None,
+            ) {
+                Ok(_) => return Ok(()),
+                Err(nix::errno::Errno::EPIPE | nix::errno::Errno::ECONNRESET) if !retried => {
+                    self.discard(&helper);
+                    retried = true;
                 }
-                // else: dropping `h` closes its socket and that helper exits.
+                Err(e) => return Err(SpawnError::Send(e)),
             }
-        });
+        }
     }
 
-    /// Runs `req` in a helper with `stdio` as the new process's stdio; returns the pid
-    /// the helper reports.
+    /// Runs `req` in a worker of the helper with `stdio` as the new process's stdio;
+    /// returns the pid the worker reports.
     pub async fn spawn(&self, req: &SpawnRequest, stdio: ChildStdio) -> Result<i32, SpawnError> {
         let json = serde_json::to_vec(req).expect("spawn request serializes");
-        let warm = self.warm.lock().expect("spawner lock").take();
-        let helper = match warm {
-            Some(h) => h,
-            None => self.start_helper()?,
-        };
-        self.refill();
-        let WarmHelper { sock, exit } = helper;
+        let me = self.clone();
         let answer = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, SpawnError> {
+            let (ours, theirs) = socketpair(
+                AddressFamily::Unix,
+                SockType::SeqPacket,
+                None,
+                SockFlag::SOCK_CLOEXEC,
+            )
+            .map_err(|e| SpawnError::Io(e.into()))?;
             let fds = [
                 stdio.stdin.as_raw_fd(),
                 stdio.stdout.as_raw_fd(),
                 stdio.stderr.as_raw_fd(),
+                theirs.as_raw_fd(),
             ];
-            let iov = [IoSlice::new(&json)];
-            let cmsg = [ControlMessage::ScmRights(&fds)];
-            sendmsg::<UnixAddr>(sock.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None)
-                .map_err(SpawnError::Send)?;
-            // The agent's copies close now, so pipe EOF depends only on the process.
+            me.send(&json, &fds)?;
+            // The agent's copies close now, so pipe EOF depends only on the process, and
+            // the reply socket reads EOF if the worker dies without answering.
             drop(stdio);
+            drop(theirs);
             let mut buf = vec![0u8; MAX_MESSAGE];
-            let n = nix::sys::socket::recv(sock.as_raw_fd(), &mut buf, MsgFlags::empty())
+            let n = nix::sys::socket::recv(ours.as_raw_fd(), &mut buf, MsgFlags::empty())
                 .map_err(|e| SpawnError::Io(e.into()))?;
             buf.truncate(n);
             Ok(buf)
         })
         .await
         .map_err(|e| SpawnError::Io(std::io::Error::other(e)))??;
-        let status = exit.await.unwrap_or(-1);
         match serde_json::from_slice::<SpawnResult>(&answer) {
             Ok(SpawnResult::Ok(pid)) => Ok(pid),
             Ok(SpawnResult::Err(msg)) => Err(SpawnError::Container(msg)),
-            Err(_) => Err(SpawnError::NoResult(status)),
+            Err(_) => Err(SpawnError::NoResult),
         }
     }
 }

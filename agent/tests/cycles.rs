@@ -77,8 +77,21 @@ async fn two_hundred_cycles_leave_nothing_behind() {
     // Warm up: the first container creates the parent cgroups and the runtime's threads.
     let (s, out, _) = a.run("cyc-warm", &sh("echo warm")).await;
     assert_eq!((s, out.as_str()), (0, "warm\n"));
-    let before = footprint(&a, "cyc-");
+    // Removal deletes an exited container's cgroup and state in the background: let the
+    // warm-up container's cleanup finish before taking the reference footprint.
+    let mut before = footprint(&a, "cyc-");
+    for _ in 0..100 {
+        if !before.state_files.iter().any(|f| f.contains("cyc-warm")) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        before = footprint(&a, "cyc-");
+    }
     assert!(before.cgroups.is_empty(), "{before:?}");
+    assert!(
+        !before.state_files.iter().any(|f| f.contains("cyc-warm")),
+        "{before:?}"
+    );
     for i in 0..200 {
         let id = format!("cyc-{i}");
         match i % 4 {

@@ -341,3 +341,62 @@ async fn agent_keeps_serving_after_a_container_crashes() {
     let (s, out, _) = a.run("after", &sh("echo alive")).await;
     assert_eq!((s, out.as_str()), (0, "alive\n"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_is_reusable_right_after_removal() {
+    if skip("an_id_is_reusable_right_after_removal") {
+        return;
+    }
+    let a = TestAgent::start().await;
+    // Removal of an exited container returns before its cgroup and state are deleted; a
+    // create with the same id at once waits for that and then succeeds.
+    for i in 0..5 {
+        let (s, out, _) = a.run("again", &sh(&format!("echo run{i}"))).await;
+        assert_eq!((s, out.as_str()), (0, format!("run{i}\n").as_str()));
+    }
+    // Once settled, nothing of it is left.
+    let state = a.dir.path().join("state");
+    for _ in 0..100 {
+        if !state.join("containers").join("again").exists() && cgroup_dirs("again").is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(!state.join("containers").join("again").exists());
+    assert!(!state.join("bundles").join("again").exists());
+    assert_eq!(cgroup_dirs("again"), Vec::<std::path::PathBuf>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_spawn_helper_is_replaced() {
+    if skip("a_killed_spawn_helper_is_replaced") {
+        return;
+    }
+    let a = TestAgent::start().await;
+    let (s, _, _) = a.run("before", &sh("true")).await;
+    assert_eq!(s, 0);
+    // The agent's child named ember-agent is the spawn helper (containers have exited).
+    let mut helpers = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        let Some((head, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        if rest.split(' ').nth(1) == Some(a.pid().to_string().as_str())
+            && head.ends_with("(ember-agent")
+        {
+            helpers.push(head.split(' ').next().unwrap().parse::<i32>().unwrap());
+        }
+    }
+    assert_eq!(helpers.len(), 1, "one spawn helper: {helpers:?}");
+    // SAFETY: kill on the agent's helper.
+    unsafe { libc::kill(helpers[0], libc::SIGKILL) };
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    // The helper's waiting worker may serve one more request; then a new helper does.
+    for id in ["after1", "after2", "after3"] {
+        let (s, out, _) = a.run(id, &sh("echo again")).await;
+        assert_eq!((s, out.as_str()), (0, "again\n"));
+    }
+}
