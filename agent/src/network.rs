@@ -7,27 +7,22 @@
 //! adds the subnet route of an address by itself) are not errors, so the call can be
 //! repeated.
 //!
-//! rtnetlink is spoken directly with `netlink-packet-route` over a `netlink-sys` socket
-//! (the versions libcontainer already links): the rtnetlink crate is async-only and would
-//! add a second copy of both. The runtime's pod-network code talks rtnetlink the same way on
-//! the host side; the agent keeps its own few lines so the guest binary does not link the
-//! runtime.
+//! rtnetlink goes through `ember-netlink`, the blocking request/answer socket the runtime's
+//! pod-network code uses too.
 
 use std::io;
 use std::net::IpAddr;
 
 use ember_agent_protocol::agent as pb;
-use netlink_packet_core::{
-    NetlinkBuffer, NetlinkMessage, NetlinkPayload, NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK,
-    NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST,
+use ember_netlink::netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
+use ember_netlink::netlink_packet_route::address::{
+    AddressAttribute, AddressMessage, AddressScope,
 };
-use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
-use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
-use netlink_packet_route::route::{
+use ember_netlink::netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use ember_netlink::netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
-use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
-use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+use ember_netlink::netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
 /// Errors of UpdateNetwork.
 #[derive(Debug, thiserror::Error)]
@@ -215,73 +210,12 @@ pub fn plan(
     Ok((nics, routes))
 }
 
-/// A blocking rtnetlink socket of this thread's network namespace.
-struct Rtnl {
-    socket: Socket,
-    seq: u32,
-}
+/// rtnetlink with the errors of this module.
+struct Rtnl(ember_netlink::Rtnl);
 
 impl Rtnl {
     fn open() -> io::Result<Rtnl> {
-        let mut socket = Socket::new(NETLINK_ROUTE)?;
-        socket.bind_auto()?;
-        socket.connect(&SocketAddr::new(0, 0))?;
-        Ok(Rtnl { socket, seq: 0 })
-    }
-
-    /// Sends one request and collects the answers until its ACK or the end of a dump.
-    fn exchange(
-        &mut self,
-        msg: RouteNetlinkMessage,
-        flags: u16,
-    ) -> io::Result<Vec<RouteNetlinkMessage>> {
-        self.seq = self.seq.wrapping_add(1);
-        let mut req = NetlinkMessage::from(msg);
-        req.header.flags = NLM_F_REQUEST | flags;
-        req.header.sequence_number = self.seq;
-        req.finalize();
-        let mut buf = vec![0u8; req.buffer_len()];
-        req.serialize(&mut buf);
-        self.socket.send(&buf, 0)?;
-        let bad = |e: String| io::Error::new(io::ErrorKind::InvalidData, e);
-        let mut out = Vec::new();
-        loop {
-            let (data, _) = self.socket.recv_from_full()?;
-            let mut off = 0;
-            while off + 16 <= data.len() {
-                let nb =
-                    NetlinkBuffer::new_checked(&data[off..]).map_err(|e| bad(e.to_string()))?;
-                let len = nb.length() as usize;
-                let (ty, seq) = (nb.message_type(), nb.sequence_number());
-                let one = &data[off..off + len];
-                off += (len + 3) & !3;
-                if seq != self.seq {
-                    continue;
-                }
-                match ty {
-                    NLMSG_DONE => return Ok(out),
-                    NLMSG_ERROR => {
-                        let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(one)
-                            .map_err(|e| bad(e.to_string()))?;
-                        if let NetlinkPayload::Error(e) = m.payload {
-                            return match e.code {
-                                None => Ok(out),
-                                Some(_) => Err(e.to_io()),
-                            };
-                        }
-                    }
-                    _ => {
-                        if let Ok(NetlinkMessage {
-                            payload: NetlinkPayload::InnerMessage(m),
-                            ..
-                        }) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(one)
-                        {
-                            out.push(m);
-                        }
-                    }
-                }
-            }
-        }
+        ember_netlink::Rtnl::open().map(Rtnl)
     }
 
     /// A change answered by an ACK; `EEXIST` counts as done.
@@ -291,7 +225,7 @@ impl Rtnl {
         flags: u16,
         what: String,
     ) -> Result<(), NetworkError> {
-        match self.exchange(msg, flags | NLM_F_ACK) {
+        match self.0.request(msg, flags) {
             Ok(_) => Ok(()),
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
             Err(source) => Err(NetworkError::Netlink { what, source }),
@@ -301,10 +235,8 @@ impl Rtnl {
     /// (index, name, MAC) of every link.
     fn links(&mut self) -> Result<Vec<(u32, String, Vec<u8>)>, NetworkError> {
         let answers = self
-            .exchange(
-                RouteNetlinkMessage::GetLink(LinkMessage::default()),
-                NLM_F_DUMP,
-            )
+            .0
+            .dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))
             .map_err(|source| NetworkError::Netlink {
                 what: "list the network interfaces".into(),
                 source,

@@ -14,9 +14,8 @@
 //! ([`PodNetwork`]) are what the guest has to configure. (The `process` backend's agent
 //! joins the pod namespace directly and needs none of this.)
 //!
-//! Talks rtnetlink through `netlink-packet-route` (the rust-netlink crates, already in the
-//! workspace through libcontainer) over a blocking `netlink-sys` socket opened in a thread
-//! that entered the namespace: no async runtime is needed, so cleanup (synchronous, possibly
+//! Talks rtnetlink with `netlink-packet-route` messages over `ember-netlink`'s blocking
+//! socket (shared with the agent), opened in a thread that entered the namespace: no async runtime is needed, so cleanup (synchronous, possibly
 //! inside the shim's runtime) uses the same code. The tap itself is made with the tun
 //! ioctls, because the kernel does not create tun/tap devices over rtnetlink.
 
@@ -27,20 +26,20 @@ use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use netlink_packet_core::{
-    NetlinkBuffer, NetlinkMessage, NetlinkPayload, NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK,
-    NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST,
+use ember_netlink::netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
+use ember_netlink::netlink_packet_route::address::{
+    AddressAttribute, AddressMessage, AddressScope,
 };
-use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
-use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
-use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteType};
-use netlink_packet_route::tc::{
+use ember_netlink::netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use ember_netlink::netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteMessage, RouteType,
+};
+use ember_netlink::netlink_packet_route::tc::{
     TcAction, TcActionAttribute, TcActionGeneric, TcActionMirror, TcActionMirrorOption,
     TcActionOption, TcActionType, TcAttribute, TcFilterU32, TcFilterU32Option, TcHandle, TcMessage,
     TcMirror, TcMirrorActionType, TcOption, TcU32Key, TcU32Selector, TcU32SelectorFlags,
 };
-use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
-use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+use ember_netlink::netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
 /// The tap ember creates in a pod's network namespace (one VM per pod namespace).
 pub const TAP_NAME: &str = "ember_tap0";
@@ -217,26 +216,21 @@ fn in_netns<T: Send>(
     })
 }
 
-/// A blocking rtnetlink socket of the calling thread's network namespace.
+/// ember-netlink's socket with the namespace named in errors.
 struct Rtnl {
-    socket: Socket,
-    seq: u32,
+    nl: ember_netlink::Rtnl,
     netns: Option<PathBuf>,
 }
 
 impl Rtnl {
     fn open(netns: Option<&Path>) -> Result<Rtnl, NetworkError> {
-        let err = |source| NetworkError::Netlink {
+        let nl = ember_netlink::Rtnl::open().map_err(|source| NetworkError::Netlink {
             what: "open an rtnetlink socket".into(),
             netns: netns.map(Path::to_path_buf),
             source,
-        };
-        let mut socket = Socket::new(NETLINK_ROUTE).map_err(err)?;
-        socket.bind_auto().map_err(err)?;
-        socket.connect(&SocketAddr::new(0, 0)).map_err(err)?;
+        })?;
         Ok(Rtnl {
-            socket,
-            seq: 0,
+            nl,
             netns: netns.map(Path::to_path_buf),
         })
     }
@@ -250,70 +244,14 @@ impl Rtnl {
         }
     }
 
-    /// Sends `msg` with `flags` and collects the answers until the ACK (or the end of a
-    /// dump). Answers that do not parse are skipped (a dump may hold attributes this
-    /// version of netlink-packet-route does not know).
-    fn exchange(
-        &mut self,
-        msg: RouteNetlinkMessage,
-        flags: u16,
-    ) -> io::Result<Vec<RouteNetlinkMessage>> {
-        self.seq = self.seq.wrapping_add(1);
-        let mut req = NetlinkMessage::from(msg);
-        req.header.flags = NLM_F_REQUEST | flags;
-        req.header.sequence_number = self.seq;
-        req.finalize();
-        let mut buf = vec![0u8; req.buffer_len()];
-        req.serialize(&mut buf);
-        self.socket.send(&buf, 0)?;
-        let mut out = Vec::new();
-        loop {
-            let (data, _) = self.socket.recv_from_full()?;
-            let mut off = 0;
-            while off + 16 <= data.len() {
-                let nb = NetlinkBuffer::new_checked(&data[off..])
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-                let len = nb.length() as usize;
-                let (ty, seq) = (nb.message_type(), nb.sequence_number());
-                let one = &data[off..off + len];
-                off += (len + 3) & !3;
-                if seq != self.seq {
-                    continue;
-                }
-                match ty {
-                    NLMSG_DONE => return Ok(out),
-                    NLMSG_ERROR => {
-                        let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(one).map_err(
-                            |e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()),
-                        )?;
-                        if let NetlinkPayload::Error(e) = m.payload {
-                            return match e.code {
-                                None => Ok(out),
-                                Some(_) => Err(e.to_io()),
-                            };
-                        }
-                    }
-                    _ => match NetlinkMessage::<RouteNetlinkMessage>::deserialize(one) {
-                        Ok(NetlinkMessage {
-                            payload: NetlinkPayload::InnerMessage(m),
-                            ..
-                        }) => out.push(m),
-                        Ok(_) => {}
-                        Err(e) => log::debug!("rtnetlink: skipped an answer: {e}"),
-                    },
-                }
-            }
-        }
-    }
-
     /// A request answered by an ACK.
     fn request(&mut self, msg: RouteNetlinkMessage, flags: u16) -> io::Result<()> {
-        self.exchange(msg, flags | NLM_F_ACK).map(|_| ())
+        self.nl.request(msg, flags)
     }
 
     /// A dump request.
     fn dump(&mut self, msg: RouteNetlinkMessage) -> io::Result<Vec<RouteNetlinkMessage>> {
-        self.exchange(msg, NLM_F_DUMP)
+        self.nl.dump(msg)
     }
 
     fn links(&mut self) -> Result<Vec<Link>, NetworkError> {
@@ -796,8 +734,8 @@ pub fn delete_tap(name: &str, netns: Option<&Path>) -> Result<(), NetworkError> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use netlink_packet_core::{Emitable, Parseable};
-    use netlink_packet_route::tc::TcMessageBuffer;
+    use ember_netlink::netlink_packet_core::{Emitable, Parseable};
+    use ember_netlink::netlink_packet_route::tc::TcMessageBuffer;
 
     fn round_trip(m: &TcMessage) -> TcMessage {
         let mut buf = vec![0u8; m.buffer_len()];
