@@ -120,6 +120,8 @@ fn main() {
         throughput: vec![],
     }];
     let shim_dir = containerd::ember_shim_dir();
+    // The config and state dir this bench makes for itself, removed at the end.
+    let mut own_files: Vec<PathBuf> = Vec::new();
     match &shim_dir {
         Some(dir) => {
             // The reference measurement is the process backend; a microVM config
@@ -137,6 +139,11 @@ fn main() {
                         ),
                     )
                     .expect("writing the bench config");
+                    own_files.push(p.clone());
+                    own_files.push(PathBuf::from(format!(
+                        "/run/ember-bench-{}",
+                        std::process::id()
+                    )));
                     p
                 }
             };
@@ -188,6 +195,15 @@ fn main() {
         }
     }
     drop(ctrd);
+    for f in &own_files {
+        if f.is_dir() {
+            // Only the empty `sandboxes/` folder is left once every sandbox was deleted.
+            let _ = std::fs::remove_dir(f.join("sandboxes"));
+            let _ = std::fs::remove_dir(f);
+        } else {
+            let _ = std::fs::remove_file(f);
+        }
+    }
 
     println!();
     println!("ctr run --rm /bin/true ({runs} runs) and 1 GiB stdout ({tp_runs} runs), medians");
