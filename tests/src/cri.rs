@@ -526,3 +526,106 @@ mod tests {
         assert_eq!(j["metadata"]["uid"], "p-uid");
     }
 }
+
+/// The pod both CRI end-to-end tests run: containers `one` and `two` in a host-network pod,
+/// each printing `hello from <name>` to its log and then sleeping.
+#[derive(Debug, Clone)]
+pub struct TwoContainerPod {
+    /// The pod's config (with its log directory).
+    pub pod: PodConfig,
+    /// The pod sandbox id.
+    pub pod_id: String,
+    /// The container ids, `one` then `two`.
+    pub ids: Vec<String>,
+    /// The pod's log directory on the host.
+    pub logs: PathBuf,
+}
+
+/// Runs the pod `name` with `runtime_handler` and starts both containers from `image`;
+/// returns once both run.
+pub fn start_two_container_pod(
+    cri: &Cri,
+    name: &str,
+    runtime_handler: &str,
+    image: &str,
+    logs: &Path,
+) -> Result<TwoContainerPod, CriError> {
+    let mut pod = PodConfig::host_network(name, runtime_handler);
+    pod.log_directory = Some(logs.to_path_buf());
+    let pod_id = cri.run_pod_sandbox(&pod)?;
+    let mut ids = Vec::new();
+    for c in ["one", "two"] {
+        let script = format!("echo hello from {c}; exec sleep 1000");
+        let mut config = ContainerConfig::new(c, image, &["sh", "-c", &script]);
+        config.log_path = Some(format!("{c}.log"));
+        let id = cri.create_container(&pod_id, &pod, &config)?;
+        cri.start_container(&id)?;
+        ids.push(id);
+    }
+    for id in &ids {
+        cri.wait_container_state(id, "CONTAINER_RUNNING", Duration::from_secs(30))?;
+    }
+    Ok(TwoContainerPod {
+        pod,
+        pod_id,
+        ids,
+        logs: logs.to_path_buf(),
+    })
+}
+
+impl TwoContainerPod {
+    /// Asserts ExecSync (stdout with exit 0 in `one`, stderr with exit 3 in `two`) and that
+    /// each container's log file holds its line in CRI's format (`<time> stdout F <line>`).
+    pub fn assert_exec_and_logs(&self, cri: &Cri) {
+        let out = cri
+            .exec_sync(
+                &self.ids[0],
+                &["echo", "exec works"],
+                Duration::from_secs(30),
+            )
+            .unwrap();
+        assert_eq!(
+            (out.stdout_str().as_str(), out.exit_code),
+            ("exec works\n", 0)
+        );
+        let out = cri
+            .exec_sync(
+                &self.ids[1],
+                &["sh", "-c", "echo oops >&2; exit 3"],
+                Duration::from_secs(30),
+            )
+            .unwrap();
+        assert_eq!((out.stderr.as_slice(), out.exit_code), (&b"oops\n"[..], 3));
+        for name in ["one", "two"] {
+            let path = self.logs.join(format!("{name}.log"));
+            let want = format!("stdout F hello from {name}");
+            let start = Instant::now();
+            loop {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                if text.contains(&want) {
+                    break;
+                }
+                assert!(
+                    start.elapsed() < Duration::from_secs(10),
+                    "{} lacks {want:?}: {text:?}",
+                    path.display()
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+
+    /// Stops and removes both containers (asserting they exited) and the pod, and asserts
+    /// that CRI lists no pod any more.
+    pub fn tear_down(&self, cri: &Cri) {
+        for id in &self.ids {
+            cri.stop_container(id, Duration::from_secs(1)).unwrap();
+            let status = cri.container_status(id).unwrap();
+            assert_eq!(status["state"], "CONTAINER_EXITED", "{status}");
+            cri.remove_container(id).unwrap();
+        }
+        cri.stop_pod_sandbox(&self.pod_id).unwrap();
+        cri.remove_pod_sandbox(&self.pod_id).unwrap();
+        assert!(cri.list_pod_sandbox().unwrap().is_empty());
+    }
+}

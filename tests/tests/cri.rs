@@ -1,7 +1,7 @@
 //! The CRI client against the private containerd's CRI plugin, with the default runtime
 //! (runc): a host-network pod with two containers, ExecSync, container logs, teardown.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ember_tests::containerd::{self, Containerd, Options, CRI_NAMESPACE};
 use ember_tests::cri::{self, ContainerConfig, Cri, PodConfig};
@@ -44,86 +44,27 @@ fn runc_pod_with_two_containers_execs_and_logs() {
     let version = cri.version().unwrap();
     assert_eq!(version["runtime_name"], "containerd", "{version}");
 
-    let logs = ctrd.scratch().join("pod-logs");
-    let mut pod = PodConfig::host_network(&format!("pod-{}", std::process::id()), "");
-    pod.log_directory = Some(logs.clone());
-    let pod_id = cri.run_pod_sandbox(&pod).unwrap();
+    let p = cri::start_two_container_pod(
+        &cri,
+        &format!("pod-{}", std::process::id()),
+        "",
+        IMAGE,
+        &ctrd.scratch().join("pod-logs"),
+    )
+    .unwrap();
     let pods = cri.list_pod_sandbox().unwrap();
     assert!(
         pods.iter()
-            .any(|p| p["id"] == pod_id.as_str() && p["state"] == "SANDBOX_READY"),
+            .any(|x| x["id"] == p.pod_id.as_str() && x["state"] == "SANDBOX_READY"),
         "{pods:?}"
     );
-
-    let mut ids = Vec::new();
-    for name in ["one", "two"] {
-        let mut c = ContainerConfig::new(
-            name,
-            IMAGE,
-            &[
-                "sh",
-                "-c",
-                &format!("echo hello from {name}; exec sleep 1000"),
-            ],
-        );
-        c.log_path = Some(format!("{name}.log"));
-        let id = cri.create_container(&pod_id, &pod, &c).unwrap();
-        cri.start_container(&id).unwrap();
-        ids.push(id);
+    for id in &p.ids {
+        assert_eq!(cri.container_status(id).unwrap()["id"], id.as_str());
     }
-    for id in &ids {
-        let status = cri
-            .wait_container_state(id, "CONTAINER_RUNNING", Duration::from_secs(30))
-            .unwrap();
-        assert_eq!(status["id"], id.as_str());
-    }
-
-    let out = cri
-        .exec_sync(&ids[0], &["echo", "exec works"], Duration::from_secs(30))
-        .unwrap();
-    assert_eq!(
-        (out.stdout_str().as_str(), out.exit_code),
-        ("exec works\n", 0)
-    );
-    let out = cri
-        .exec_sync(
-            &ids[1],
-            &["sh", "-c", "echo oops >&2; exit 3"],
-            Duration::from_secs(30),
-        )
-        .unwrap();
-    assert_eq!((out.stderr.as_slice(), out.exit_code), (&b"oops\n"[..], 3));
-
-    // The CRI log format: "<timestamp> stdout F <line>".
-    for name in ["one", "two"] {
-        let path = logs.join(format!("{name}.log"));
-        let want = format!("stdout F hello from {name}");
-        let start = Instant::now();
-        loop {
-            let text = std::fs::read_to_string(&path).unwrap_or_default();
-            if text.contains(&want) {
-                break;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "{} lacks {want:?}: {text:?}",
-                path.display()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    for id in &ids {
-        cri.stop_container(id, Duration::from_secs(1)).unwrap();
-        let status = cri.container_status(id).unwrap();
-        assert_eq!(status["state"], "CONTAINER_EXITED", "{status}");
-        cri.remove_container(id).unwrap();
-    }
+    p.assert_exec_and_logs(&cri);
+    p.tear_down(&cri);
     assert!(cri.list_containers().unwrap().is_empty());
-    cri.stop_pod_sandbox(&pod_id).unwrap();
-    cri.remove_pod_sandbox(&pod_id).unwrap();
-    assert!(cri.list_pod_sandbox().unwrap().is_empty());
-    let err = cri.container_status(&ids[0]).unwrap_err();
+    let err = cri.container_status(&p.ids[0]).unwrap_err();
     assert!(
         matches!(&err, cri::CriError::Rpc { code, .. } if code == "NOT_FOUND"),
         "{err}"

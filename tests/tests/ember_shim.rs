@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use ember_tests::containerd::{
     self, Containerd, Options, CRI_NAMESPACE, DEFAULT_NAMESPACE, EMBER_RUNTIME, EMBER_SHIM,
 };
-use ember_tests::cri::{self, ContainerConfig, Cri, PodConfig};
+use ember_tests::cri::{self, Cri};
 use ember_tests::image::busybox_image_tar;
 use ember_tests::{fixtures, skip};
 
@@ -792,35 +792,20 @@ fn cri_pod_runs_in_one_shim() {
     let cri = Cri::for_containerd(&env.ctrd).unwrap();
     cri.wait_for_image(IMAGE, Duration::from_secs(30)).unwrap();
 
-    let logs = env.ctrd.scratch().join("pod-logs");
-    let mut pod = PodConfig::host_network(&cid("pod"), "ember");
-    pod.log_directory = Some(logs.clone());
-    let pod_id = cri.run_pod_sandbox(&pod).unwrap();
+    let p = cri::start_two_container_pod(
+        &cri,
+        &cid("pod"),
+        "ember",
+        IMAGE,
+        &env.ctrd.scratch().join("pod-logs"),
+    )
+    .unwrap();
+    let (pod_id, ids) = (&p.pod_id, &p.ids);
     assert!(
-        env.sandbox_dir(&pod_id).join("state.json").is_file(),
+        env.sandbox_dir(pod_id).join("state.json").is_file(),
         "no ember sandbox for the pod under {}",
         env.state_dir().display()
     );
-    let mut ids = Vec::new();
-    for name in ["one", "two"] {
-        let mut c = ContainerConfig::new(
-            name,
-            IMAGE,
-            &[
-                "sh",
-                "-c",
-                &format!("echo hello from {name}; exec sleep 1000"),
-            ],
-        );
-        c.log_path = Some(format!("{name}.log"));
-        let id = cri.create_container(&pod_id, &pod, &c).unwrap();
-        cri.start_container(&id).unwrap();
-        ids.push(id);
-    }
-    for id in &ids {
-        cri.wait_container_state(id, "CONTAINER_RUNNING", Duration::from_secs(30))
-            .unwrap();
-    }
     let shims = env.ctrd.shim_pids();
     assert_eq!(
         shims.len(),
@@ -830,8 +815,8 @@ fn cri_pod_runs_in_one_shim() {
     );
     assert!(cmdline(shims[0]).contains(EMBER_SHIM));
     // Both containers live in the pod's one sandbox.
-    let record = std::fs::read_to_string(env.sandbox_dir(&pod_id).join("state.json")).unwrap();
-    for id in &ids {
+    let record = std::fs::read_to_string(env.sandbox_dir(pod_id).join("state.json")).unwrap();
+    for id in ids {
         assert!(record.contains(id.as_str()), "{id} not in {record}");
         assert!(
             !env.sandbox_dir(id).exists(),
@@ -839,50 +824,9 @@ fn cri_pod_runs_in_one_shim() {
         );
     }
 
-    let out = cri
-        .exec_sync(&ids[0], &["echo", "exec works"], Duration::from_secs(30))
-        .unwrap();
-    assert_eq!(
-        (out.stdout_str().as_str(), out.exit_code),
-        ("exec works\n", 0)
-    );
-    let out = cri
-        .exec_sync(
-            &ids[1],
-            &["sh", "-c", "echo oops >&2; exit 3"],
-            Duration::from_secs(30),
-        )
-        .unwrap();
-    assert_eq!((out.stderr.as_slice(), out.exit_code), (&b"oops\n"[..], 3));
-
-    for name in ["one", "two"] {
-        let path = logs.join(format!("{name}.log"));
-        let want = format!("stdout F hello from {name}");
-        let start = Instant::now();
-        loop {
-            let t = std::fs::read_to_string(&path).unwrap_or_default();
-            if t.contains(&want) {
-                break;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "{} lacks {want:?}: {t:?}",
-                path.display()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    for id in &ids {
-        cri.stop_container(id, Duration::from_secs(1)).unwrap();
-        let status = cri.container_status(id).unwrap();
-        assert_eq!(status["state"], "CONTAINER_EXITED", "{status}");
-        cri.remove_container(id).unwrap();
-    }
-    cri.stop_pod_sandbox(&pod_id).unwrap();
-    cri.remove_pod_sandbox(&pod_id).unwrap();
-    assert!(cri.list_pod_sandbox().unwrap().is_empty());
-    env.assert_no_leftovers(&pod_id, None);
+    p.assert_exec_and_logs(&cri);
+    p.tear_down(&cri);
+    env.assert_no_leftovers(pod_id, None);
     let start = Instant::now();
     while !env.ctrd.shim_pids().is_empty() {
         assert!(
