@@ -148,14 +148,22 @@ fn broken_bundles_fail_with_the_field_named_and_leave_nothing() {
     }
     let env = env("bad");
     let b = bundle(&env, &["true"]);
+    // `ember run` of bundle `b` as `id`: exit status and stderr.
+    let run = |id: &str| {
+        let out = ember(&env)
+            .args(["run", "--id", id, "--bundle"])
+            .arg(&b)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
     std::fs::write(b.join("config.json"), "{\"ociVersion\": ").unwrap();
-    let out = ember(&env)
-        .args(["run", "--id", "bad1", "--bundle"])
-        .arg(&b)
-        .output()
-        .unwrap();
-    let e = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(125), "{e}");
+    let (code, e) = run("bad1");
+    assert_eq!(code, Some(125), "{e}");
     assert!(
         e.contains("config.json") && e.contains("invalid JSON"),
         "{e}"
@@ -164,13 +172,8 @@ fn broken_bundles_fail_with_the_field_named_and_leave_nothing() {
     let mut spec = default_spec(&["true"]);
     spec["root"]["path"] = "no-such-rootfs".into();
     write_spec(&b, &spec).unwrap();
-    let out = ember(&env)
-        .args(["run", "--id", "bad2", "--bundle"])
-        .arg(&b)
-        .output()
-        .unwrap();
-    let e = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(125), "{e}");
+    let (code, e) = run("bad2");
+    assert_eq!(code, Some(125), "{e}");
     assert!(
         e.contains("root.path") && e.contains("no-such-rootfs"),
         "{e}"
@@ -179,13 +182,8 @@ fn broken_bundles_fail_with_the_field_named_and_leave_nothing() {
     let mut spec = default_spec(&["true"]);
     spec["linux"]["namespaces"] = serde_json::json!([{"type": "bogus"}]);
     write_spec(&b, &spec).unwrap();
-    let out = ember(&env)
-        .args(["run", "--id", "bad3", "--bundle"])
-        .arg(&b)
-        .output()
-        .unwrap();
-    let e = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(125), "{e}");
+    let (code, e) = run("bad3");
+    assert_eq!(code, Some(125), "{e}");
     assert!(e.contains("linux.namespaces[0].type"), "{e}");
 
     std::fs::write(
@@ -193,13 +191,8 @@ fn broken_bundles_fail_with_the_field_named_and_leave_nothing() {
         "[sandbox]\nbackend = \"process\"\nstat_dir = \"/x\"\n",
     )
     .unwrap();
-    let out = ember(&env)
-        .args(["run", "--bundle"])
-        .arg(&b)
-        .output()
-        .unwrap();
-    let e = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{e}");
+    let (code, e) = run("bad4");
+    assert_eq!(code, Some(2), "{e}");
     assert!(
         e.contains("stat_dir") && e.contains("state_dir"),
         "unknown key and suggestion: {e}"
