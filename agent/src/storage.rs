@@ -45,26 +45,11 @@ pub struct Mounted {
     pub target: PathBuf,
 }
 
-/// Splits mount(8)-style options into flags and filesystem data.
+/// Splits mount(8)-style options into flags and the data string (the protocol crate's
+/// [`ember_agent_protocol::mount_options::split`]).
 pub fn parse_options(options: &[String]) -> (MsFlags, String) {
-    let mut flags = MsFlags::empty();
-    let mut data = Vec::new();
-    for o in options {
-        match o.as_str() {
-            "ro" => flags |= MsFlags::MS_RDONLY,
-            "rw" => flags &= !MsFlags::MS_RDONLY,
-            "nosuid" => flags |= MsFlags::MS_NOSUID,
-            "nodev" => flags |= MsFlags::MS_NODEV,
-            "noexec" => flags |= MsFlags::MS_NOEXEC,
-            "relatime" => flags |= MsFlags::MS_RELATIME,
-            "noatime" => flags |= MsFlags::MS_NOATIME,
-            "sync" => flags |= MsFlags::MS_SYNCHRONOUS,
-            "rbind" => flags |= MsFlags::MS_BIND | MsFlags::MS_REC,
-            "bind" => flags |= MsFlags::MS_BIND,
-            other => data.push(other.to_string()),
-        }
-    }
-    (flags, data.join(","))
+    let (flags, data) = ember_agent_protocol::mount_options::split(options);
+    (MsFlags::from_bits_truncate(flags), data)
 }
 
 /// Finds the block device of a `mmio:<hex address>` or `serial:<serial>` source, or
@@ -248,18 +233,6 @@ pub fn unmount_all(mounted: &[Mounted]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn options_split_into_flags_and_data() {
-        let (f, d) = parse_options(&[
-            "ro".into(),
-            "nosuid".into(),
-            "size=64m".into(),
-            "mode=755".into(),
-        ]);
-        assert!(f.contains(MsFlags::MS_RDONLY | MsFlags::MS_NOSUID));
-        assert_eq!(d, "size=64m,mode=755");
-    }
 
     #[test]
     fn block_sources_are_checked() {

@@ -185,25 +185,11 @@ pub fn make_shared_mount_point(dir: &Path) -> Result<(), MountError> {
     })
 }
 
-/// Splits mount(8)-style options into flags and the data string.
+/// Splits mount(8)-style options into flags and the data string (the protocol crate's
+/// [`ember_agent_protocol::mount_options::split`], which the agent's storages use too).
 fn parse_options(options: &[String]) -> (MsFlags, String) {
-    let mut flags = MsFlags::empty();
-    let mut data = Vec::new();
-    for o in options {
-        match o.as_str() {
-            "ro" => flags |= MsFlags::MS_RDONLY,
-            "rw" | "defaults" => {}
-            "nosuid" => flags |= MsFlags::MS_NOSUID,
-            "nodev" => flags |= MsFlags::MS_NODEV,
-            "noexec" => flags |= MsFlags::MS_NOEXEC,
-            "bind" => flags |= MsFlags::MS_BIND,
-            "rbind" => flags |= MsFlags::MS_BIND | MsFlags::MS_REC,
-            "relatime" => flags |= MsFlags::MS_RELATIME,
-            "noatime" => flags |= MsFlags::MS_NOATIME,
-            other => data.push(other.to_string()),
-        }
-    }
-    (flags, data.join(","))
+    let (flags, data) = ember_agent_protocol::mount_options::split(options);
+    (MsFlags::from_bits_truncate(flags), data)
 }
 
 /// Mounts containerd's rootfs mounts on `target` in order (the usual case is one overlay or
@@ -262,18 +248,6 @@ pub fn mount_all(mounts: &[MountSpec], target: &Path) -> Result<(), MountError> 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn options_split_into_flags_and_data() {
-        let (f, d) = parse_options(&[
-            "ro".into(),
-            "nosuid".into(),
-            "lowerdir=/a:/b".into(),
-            "index=off".into(),
-        ]);
-        assert!(f.contains(MsFlags::MS_RDONLY | MsFlags::MS_NOSUID));
-        assert_eq!(d, "lowerdir=/a:/b,index=off");
-    }
 
     #[test]
     fn mountinfo_escapes_are_decoded() {

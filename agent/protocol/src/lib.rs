@@ -12,6 +12,7 @@
 
 pub mod address;
 pub mod client;
+pub mod mount_options;
 pub mod stream;
 pub mod version;
 
