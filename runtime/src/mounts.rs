@@ -153,16 +153,27 @@ pub fn bind(source: &Path, target: &Path, read_only: bool) -> Result<(), MountEr
     )
     .map_err(err)?;
     if read_only {
-        mount(
-            None::<&str>,
-            target,
-            None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-            None::<&str>,
-        )
-        .map_err(err)?;
+        remount_read_only(&source.display().to_string(), target)?;
     }
     Ok(())
+}
+
+/// Makes the bind mount at `target` read-only: a bind mount ignores MS_RDONLY until it is
+/// remounted.
+fn remount_read_only(source_desc: &str, target: &Path) -> Result<(), MountError> {
+    mount(
+        None::<&str>,
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+        None::<&str>,
+    )
+    .map_err(|errno| MountError::Mount {
+        source_desc: source_desc.to_string(),
+        target: target.to_path_buf(),
+        fstype: "bind (read-only remount)".into(),
+        errno,
+    })
 }
 
 /// Makes `dir` a mount point of its own with shared propagation, so that mounts made
@@ -226,20 +237,7 @@ pub fn mount_all(mounts: &[MountSpec], target: &Path) -> Result<(), MountError> 
             errno,
         })?;
         if ro {
-            // A bind mount ignores MS_RDONLY until remounted.
-            mount(
-                None::<&str>,
-                target,
-                None::<&str>,
-                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-                None::<&str>,
-            )
-            .map_err(|errno| MountError::Mount {
-                source_desc: m.source.clone(),
-                target: target.to_path_buf(),
-                fstype: "bind (read-only remount)".into(),
-                errno,
-            })?;
+            remount_read_only(&m.source, target)?;
         }
     }
     Ok(())
