@@ -330,12 +330,6 @@ impl SandboxState {
         self.record.owner.alive()
     }
 
-    /// Makes the current process the owner (a restarted shim adopting its sandbox).
-    pub fn adopt(&mut self) -> Result<(), StateError> {
-        self.record.owner = ProcessId::current();
-        self.save()
-    }
-
     fn save(&self) -> Result<(), StateError> {
         let path = self.dir.join(STATE_FILE);
         let tmp = self.dir.join(".state.json.tmp");

@@ -176,7 +176,6 @@ pub struct ContainerRequest {
 /// A running sandbox.
 pub struct Sandbox {
     id: String,
-    config: Config,
     backend: Box<dyn Backend>,
     endpoint: AgentEndpoint,
     agent: AgentConnection,
@@ -246,7 +245,6 @@ impl Sandbox {
         match Self::start_with(&opts, &mut state, backend.as_mut()).await {
             Ok((endpoint, agent, shared_dir)) => Ok(Sandbox {
                 id: opts.id,
-                config: opts.config,
                 backend,
                 endpoint,
                 agent,
@@ -349,11 +347,6 @@ impl Sandbox {
         &self.agent
     }
 
-    /// The configuration it runs with.
-    pub fn config(&self) -> &Config {
-        &self.config
-    }
-
     /// The host pid that stands for the sandbox.
     pub fn pid(&self) -> u32 {
         self.backend.pid()
@@ -407,10 +400,9 @@ impl Sandbox {
         match self.create_inner(req).await {
             Ok(pid) => Ok(pid),
             Err(e) => {
-                if let Err(c) = mounts::remove_dir_safely(&container_dir) {
+                if let Err(c) = self.unshare_container(&cid) {
                     warn!("sandbox={} container={cid}: cleanup: {c}", self.id);
                 }
-                let _ = self.with_state(|s| s.remove_container(&cid));
                 Err(e)
             }
         }
@@ -465,14 +457,7 @@ impl Sandbox {
         r.container_id = cid.to_string();
         r.force = force;
         let rpc = self.agent.agent.remove_container(ctx(), &r).await;
-        let container_dir = self.shared_dir.join(cid);
-        mounts::remove_dir_safely(&container_dir)?;
-        self.with_state(|s| -> Result<(), StateError> {
-            s.remove_container(cid)?;
-            s.release(&Resource::Mount {
-                path: container_dir.clone(),
-            })
-        })?;
+        self.unshare_container(cid)?;
         match rpc {
             Ok(_) => Ok(()),
             Err(ttrpc::Error::RpcStatus(s)) if s.code() == ttrpc::Code::NOT_FOUND => Ok(()),
@@ -482,6 +467,20 @@ impl Sandbox {
                 message: rpc_message(&e),
             }),
         }
+    }
+
+    /// Removes a container's part of the shared directory (its rootfs and shared binds) and
+    /// its entries in the state record.
+    fn unshare_container(&self, cid: &str) -> Result<(), SandboxError> {
+        let container_dir = self.shared_dir.join(cid);
+        mounts::remove_dir_safely(&container_dir)?;
+        self.with_state(|s| -> Result<(), StateError> {
+            s.remove_container(cid)?;
+            s.release(&Resource::Mount {
+                path: container_dir,
+            })
+        })?;
+        Ok(())
     }
 
     /// Stops the agent or VM and removes every host resource of the sandbox (state
