@@ -354,10 +354,14 @@ async fn an_id_is_reusable_right_after_removal() {
         let (s, out, _) = a.run("again", &sh(&format!("echo run{i}"))).await;
         assert_eq!((s, out.as_str()), (0, format!("run{i}\n").as_str()));
     }
-    // Once settled, nothing of it is left.
+    // Once settled (state, then the bundle moved to the spares, then the cgroups gone),
+    // nothing of it is left.
     let state = a.dir.path().join("state");
     for _ in 0..100 {
-        if !state.join("containers").join("again").exists() && cgroup_dirs("again").is_empty() {
+        if !state.join("containers").join("again").exists()
+            && !state.join("bundles").join("again").exists()
+            && cgroup_dirs("again").is_empty()
+        {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
