@@ -5,9 +5,13 @@
 //! - `root.path` becomes the container's rootfs inside the sandbox's shared directory;
 //! - `linux.cgroupsPath` becomes `/ember/<sandbox>/<container>` so that two sandboxes never
 //!   collide and delete can remove the sandbox's cgroups as one tree;
-//! - namespaces with a `path` (CRI's "join the pod's namespace") are dropped: the pod's
-//!   network, IPC and UTS namespaces are the agent's own, so a container joins them simply by
-//!   not asking for new ones;
+//! - namespaces with a `path` (CRI's "join the pod's namespace") name host paths the agent
+//!   cannot see. A pid, IPC or UTS namespace is rewritten to the same namespace of the pod's
+//!   sandbox ("pause") container inside the sandbox (`/proc/<its agent pid>/ns/<type>`), so a
+//!   pod that shares its process namespace sees the pause process as PID 1, as with runc.
+//!   Any other joined namespace (network above all), or one without a known pause container,
+//!   is dropped: the pod's network namespace is the agent's own, so a container joins it
+//!   simply by not asking for a new one;
 //! - in a microVM: host device nodes, hooks (host programs) and the network namespace are
 //!   dropped (the guest's network is the pod network), and bind mounts of host paths are
 //!   shared through the sandbox's shared directory.
@@ -17,6 +21,15 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
+
+/// CRI's annotation of the container kind: `sandbox` for the pod's pause container,
+/// `container` for the others.
+pub const CRI_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+/// CRI's annotation naming the pod sandbox of a container.
+pub const CRI_SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+/// The namespace types a pod's containers join in its sandbox container (with the name of
+/// the `/proc/<pid>/ns` file).
+const POD_NAMESPACES: [(&str, &str); 3] = [("pid", "pid"), ("ipc", "ipc"), ("uts", "uts")];
 
 /// Errors reading or translating a spec.
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +131,12 @@ impl BundleSpec {
         self.json.get("annotations")?.get(key)?.as_str()
     }
 
+    /// Whether this is a CRI pod's sandbox ("pause") container, whose namespaces the pod's
+    /// other containers join.
+    pub fn is_pod_sandbox(&self) -> bool {
+        self.annotation(CRI_CONTAINER_TYPE) == Some("sandbox")
+    }
+
     /// `hostname`, when set.
     pub fn hostname(&self) -> Option<&str> {
         self.json
@@ -173,6 +192,9 @@ pub struct Translation<'a> {
     pub agent_shared_dir: &'a Path,
     /// Whether the agent runs in a microVM (else on the host, `process` backend).
     pub vm: bool,
+    /// The pid, as the agent sees it, of the pod's sandbox ("pause") container, whose pid,
+    /// IPC and UTS namespaces a container joins when its spec names a path for them.
+    pub pod_sandbox_pid: Option<i32>,
 }
 
 /// The translated spec and what the caller must share for it.
@@ -215,13 +237,24 @@ pub fn translate(spec: &BundleSpec, t: &Translation) -> Translated {
         t.container_id
     ));
     if let Some(nss) = linux.get_mut("namespaces").and_then(Value::as_array_mut) {
-        nss.retain(|n| {
-            let typ = n.get("type").and_then(Value::as_str).unwrap_or("");
+        nss.retain_mut(|n| {
+            let typ = n
+                .get("type")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
             let joins = n
                 .get("path")
                 .and_then(Value::as_str)
                 .is_some_and(|p| !p.is_empty());
-            if joins {
+            let pod_ns = POD_NAMESPACES.iter().find(|(t, _)| *t == typ);
+            if let (true, Some((_, file)), Some(pid)) = (joins, pod_ns, t.pod_sandbox_pid) {
+                n["path"] = Value::String(format!("/proc/{pid}/ns/{file}"));
+                notes.push(format!(
+                    "linux.namespaces: joins the pod sandbox container's {typ} namespace"
+                ));
+                true
+            } else if joins {
                 notes.push(format!(
                     "linux.namespaces: {typ} namespace path dropped (the pod's {typ} namespace is the sandbox's)"
                 ));
@@ -343,6 +376,7 @@ mod tests {
                 container_id: "c1",
                 agent_shared_dir: Path::new("/run/ember/sandboxes/sb/shared"),
                 vm: false,
+                pod_sandbox_pid: None,
             },
         );
         assert_eq!(
@@ -364,6 +398,58 @@ mod tests {
     }
 
     #[test]
+    fn pod_namespaces_are_the_sandbox_containers() {
+        let mut v = base();
+        v["linux"]["namespaces"] = json!([
+            {"type": "pid", "path": "/proc/42/ns/pid"},
+            {"type": "ipc", "path": "/proc/42/ns/ipc"},
+            {"type": "uts", "path": "/proc/42/ns/uts"},
+            {"type": "network", "path": "/var/run/netns/cni-1"},
+            {"type": "mount"}
+        ]);
+        v["annotations"] = json!({CRI_CONTAINER_TYPE: "container", CRI_SANDBOX_ID: "pod"});
+        let s = spec(v);
+        assert!(!s.is_pod_sandbox());
+        for vm in [false, true] {
+            let t = translate(
+                &s,
+                &Translation {
+                    sandbox_id: "sb",
+                    container_id: "c1",
+                    agent_shared_dir: Path::new("/run/ember/shared"),
+                    vm,
+                    pod_sandbox_pid: Some(7),
+                },
+            );
+            assert_eq!(
+                t.spec["linux"]["namespaces"],
+                json!([
+                    {"type": "pid", "path": "/proc/7/ns/pid"},
+                    {"type": "ipc", "path": "/proc/7/ns/ipc"},
+                    {"type": "uts", "path": "/proc/7/ns/uts"},
+                    {"type": "mount"}
+                ]),
+                "vm: {vm}"
+            );
+        }
+        // Without a known pause container, joined namespaces are dropped (the agent's).
+        let t = translate(
+            &s,
+            &Translation {
+                sandbox_id: "sb",
+                container_id: "c1",
+                agent_shared_dir: Path::new("/run/ember/shared"),
+                vm: false,
+                pod_sandbox_pid: None,
+            },
+        );
+        assert_eq!(t.spec["linux"]["namespaces"], json!([{"type": "mount"}]));
+        let mut v = base();
+        v["annotations"] = json!({CRI_CONTAINER_TYPE: "sandbox"});
+        assert!(spec(v).is_pod_sandbox());
+    }
+
+    #[test]
     fn microvm_shares_binds_and_drops_host_only_fields() {
         let s = spec(base());
         let t = translate(
@@ -373,6 +459,7 @@ mod tests {
                 container_id: "c1",
                 agent_shared_dir: Path::new("/run/ember/shared"),
                 vm: true,
+                pod_sandbox_pid: None,
             },
         );
         assert!(t.spec.get("hooks").is_none());

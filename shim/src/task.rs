@@ -38,10 +38,7 @@ use log::{error, info, warn};
 use crate::process::{now, Exit, Proc};
 use crate::stdio::{self, StdioPaths};
 
-/// CRI's annotation of the container kind (`sandbox` or `container`).
-pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
-/// CRI's annotation naming the pod sandbox of a container.
-pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+pub use ember_runtime::oci::{CRI_CONTAINER_TYPE as CONTAINER_TYPE, CRI_SANDBOX_ID as SANDBOX_ID};
 
 /// Name of the file in a bundle that tells `containerd-shim-ember-v2 delete` where the
 /// container's sandbox state is.

@@ -132,6 +132,9 @@ pub struct PodConfig {
     pub host_network: bool,
     /// The pod's log directory; container log paths are relative to it.
     pub log_directory: Option<PathBuf>,
+    /// One process namespace for the whole pod (`NamespaceOption.pid = POD`,
+    /// `shareProcessNamespace: true`): the pause process is every container's PID 1.
+    pub share_process_namespace: bool,
 }
 
 impl PodConfig {
@@ -145,6 +148,7 @@ impl PodConfig {
             runtime_handler: runtime_handler.into(),
             host_network: true,
             log_directory: None,
+            share_process_namespace: false,
         }
     }
 
@@ -156,6 +160,7 @@ impl PodConfig {
             },
             "linux": {"security_context": {"namespace_options": {
                 "network": if self.host_network { "NODE" } else { "POD" },
+                "pid": if self.share_process_namespace { "POD" } else { "CONTAINER" },
             }}},
         });
         // A host-network pod shares the host's UTS namespace, where runc refuses to set a
@@ -527,8 +532,9 @@ mod tests {
     }
 }
 
-/// The pod both CRI end-to-end tests run: containers `one` and `two` in a host-network pod,
-/// each printing `hello from <name>` to its log and then sleeping.
+/// The pod both CRI end-to-end tests run: containers `one` and `two` in a host-network pod
+/// that shares one process namespace, each printing `hello from <name>` to its log and then
+/// sleeping.
 #[derive(Debug, Clone)]
 pub struct TwoContainerPod {
     /// The pod's config (with its log directory).
@@ -552,6 +558,7 @@ pub fn start_two_container_pod(
 ) -> Result<TwoContainerPod, CriError> {
     let mut pod = PodConfig::host_network(name, runtime_handler);
     pod.log_directory = Some(logs.to_path_buf());
+    pod.share_process_namespace = true;
     let pod_id = cri.run_pod_sandbox(&pod)?;
     let mut ids = Vec::new();
     for c in ["one", "two"] {
@@ -596,6 +603,31 @@ impl TwoContainerPod {
             )
             .unwrap();
         assert_eq!((out.stderr.as_slice(), out.exit_code), (&b"oops\n"[..], 3));
+        // The pod shares one process namespace: both containers see the pause process as
+        // PID 1, and each other's processes.
+        for id in &self.ids {
+            let out = cri
+                .exec_sync(
+                    id,
+                    &[
+                        "sh",
+                        "-c",
+                        "tr '\\0' ' ' < /proc/1/cmdline; echo; ps -o args",
+                    ],
+                    Duration::from_secs(30),
+                )
+                .unwrap();
+            let text = out.stdout_str();
+            let pid1 = text.lines().next().unwrap_or_default();
+            assert!(
+                pid1.contains(crate::image::PAUSE_SCRIPT),
+                "PID 1 of {id} is not the pause process: {text:?}"
+            );
+            assert!(
+                text.matches("sleep 1000").count() >= 2,
+                "{id} does not see both containers' processes: {text:?}"
+            );
+        }
         for name in ["one", "two"] {
             let path = self.logs.join(format!("{name}.log"));
             let want = format!("stdout F hello from {name}");

@@ -182,6 +182,9 @@ pub struct Sandbox {
     shared_dir: PathBuf,
     state: Mutex<Option<SandboxState>>,
     stopping: std::sync::atomic::AtomicBool,
+    /// The pod's sandbox ("pause") container and its pid in the agent, once created: the
+    /// pod's other containers join its pid, IPC and UTS namespaces.
+    pod_sandbox: std::sync::Mutex<Option<(String, i32)>>,
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -251,6 +254,7 @@ impl Sandbox {
                 shared_dir,
                 state: Mutex::new(Some(state)),
                 stopping: Default::default(),
+                pod_sandbox: Default::default(),
             }),
             Err(e) => {
                 backend.stop(Duration::from_millis(200)).await;
@@ -397,8 +401,14 @@ impl Sandbox {
                 path: container_dir.clone(),
             })
         })?;
+        let pod_sandbox = req.spec.is_pod_sandbox();
         match self.create_inner(req).await {
-            Ok(pid) => Ok(pid),
+            Ok(pid) => {
+                if pod_sandbox {
+                    *self.pod_sandbox.lock().expect("pod sandbox lock") = Some((cid, pid));
+                }
+                Ok(pid)
+            }
             Err(e) => {
                 if let Err(c) = self.unshare_container(&cid) {
                     warn!("sandbox={} container={cid}: cleanup: {c}", self.id);
@@ -425,6 +435,12 @@ impl Sandbox {
                 container_id: cid,
                 agent_shared_dir: &agent_shared,
                 vm: self.backend.kind() == BackendKind::Microvm,
+                pod_sandbox_pid: self
+                    .pod_sandbox
+                    .lock()
+                    .expect("pod sandbox lock")
+                    .as_ref()
+                    .map(|(_, pid)| *pid),
             },
         );
         for note in &t.notes {
@@ -457,6 +473,12 @@ impl Sandbox {
         r.container_id = cid.to_string();
         r.force = force;
         let rpc = self.agent.agent.remove_container(ctx(), &r).await;
+        {
+            let mut pod_sandbox = self.pod_sandbox.lock().expect("pod sandbox lock");
+            if pod_sandbox.as_ref().is_some_and(|(id, _)| id == cid) {
+                *pod_sandbox = None;
+            }
+        }
         self.unshare_container(cid)?;
         match rpc {
             Ok(_) => Ok(()),
