@@ -287,7 +287,7 @@ async fn bad_specs_name_the_field_and_leave_nothing_behind() {
 
     // No process is left: only the agent's warm spawn helper remains as its child.
     let mut children = common::agent_children(a.pid());
-    for _ in 0..100 {
+    for _ in 0..500 {
         if children.iter().all(|c| c == "ember-agent") {
             break;
         }

@@ -96,7 +96,7 @@ impl TestAgent {
             .spawn()
             .unwrap();
         let stdio = PathBuf::from(format!("{}.stdio", sock.display()));
-        for _ in 0..500 {
+        for _ in 0..1500 {
             if sock.exists() && stdio.exists() {
                 break;
             }
