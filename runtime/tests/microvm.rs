@@ -275,7 +275,9 @@ async fn microvm_boots_the_guest_kernel_with_its_devices_then_stops_and_cleans_u
         read_only: true,
         guest_path: "/run/ember/storage/c1/3".into(),
     };
-    let storages = backend.attach_block_volumes("c1", &[volume]).unwrap();
+    let storages = backend
+        .attach_block_volumes("c1", std::slice::from_ref(&volume))
+        .unwrap();
     assert_eq!(storages[0].source, "mmio:0xd0000000", "the first slot");
     assert_eq!(storages[0].mount_point, "/run/ember/storage/c1/3");
     if let Err(e) = wait_for_console(&backend, &console, "capacity change from 0 to 2048").await {
@@ -308,6 +310,14 @@ async fn microvm_boots_the_guest_kernel_with_its_devices_then_stops_and_cleans_u
 
     let t = Instant::now();
     backend.stop(Duration::from_secs(10)).await;
+    let e = backend
+        .attach_block_volumes("c2", &[volume])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.ends_with("no free virtio-blk slot (hypervisor.block_slots = 0)"),
+        "a stopped VM's slots are gone: {e}"
+    );
     let exit = tokio::time::timeout(Duration::from_secs(10), backend.wait())
         .await
         .expect("wait() resolves once stopped");

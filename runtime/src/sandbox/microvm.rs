@@ -523,19 +523,21 @@ impl Backend for MicrovmBackend {
 
     /// A VM has no polite stop of its own (the agent was told DestroySandbox before): the
     /// vCPUs are stopped at once, and this waits up to `grace` for the VM's threads to end.
+    /// The slot handles go too: they hold the VM's block devices, and with them its guest
+    /// memory, which would otherwise stay mapped until the backend is dropped.
     async fn stop(&self, grace: Duration) {
         let Some(vm) = &self.vm else { return };
         let mut rx = vm.exit.clone();
-        if rx.borrow().is_some() {
-            return;
+        if rx.borrow().is_none() {
+            vm.latch.trigger(ExitReason::Stopped);
+            let done = tokio::time::timeout(grace, rx.wait_for(|e| e.is_some()))
+                .await
+                .is_ok();
+            if !done {
+                warn!("the VM's threads did not end within {grace:?} of the stop");
+            }
         }
-        vm.latch.trigger(ExitReason::Stopped);
-        let done = tokio::time::timeout(grace, rx.wait_for(|e| e.is_some()))
-            .await
-            .is_ok();
-        if !done {
-            warn!("the VM's threads did not end within {grace:?} of the stop");
-        }
+        *self.slots() = BlockSlots::default();
     }
 }
 
