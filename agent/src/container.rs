@@ -459,7 +459,13 @@ impl Containers {
             .iter()
             .any(|l| l.as_ref().is_some_and(|l| !l.is_empty()))
         });
-        let mounted = storage::mount_all(storages)?;
+        let mounted = if storages.is_empty() {
+            Vec::new()
+        } else {
+            // A block storage may wait for its disk to show a capacity: off the async threads.
+            let storages = storages.to_vec();
+            blocking(move || storage::mount_all(&storages)).await?
+        };
         let bundle = self.bundles.join(id);
         let result = async {
             self.take_spare_bundle(&bundle);

@@ -1,7 +1,16 @@
 //! Storages: virtio-fs shares, block devices, bind paths and tmpfs mounted at guest paths
 //! for CreateSandbox/CreateContainer, and unmounted again on removal.
+//!
+//! A block storage named by `mmio:<address>` is usually a virtio-blk slot the host has just
+//! attached a disk to: the slot existed since boot with capacity 0, and the guest learns
+//! the new capacity from a configuration-change interrupt. The mount waits (up to
+//! [`CAPACITY_TIMEOUT`]) for the capacity to show, and fails clearly if it stays 0. On
+//! removal a block storage is synced before it is unmounted, because the host detaches the
+//! disk right after.
 
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use ember_agent_protocol::agent::{storage::Driver, Storage};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -10,6 +19,10 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 const MMIO_SYSFS: &str = "/sys/devices/platform";
 /// Where block devices appear in sysfs.
 const BLOCK_SYSFS: &str = "/sys/block";
+/// How long a block storage's device may show capacity 0 before the mount fails.
+pub const CAPACITY_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the capacity is read while waiting.
+const CAPACITY_POLL: Duration = Duration::from_millis(10);
 
 /// Errors mounting a storage.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +56,39 @@ pub enum StorageError {
 pub struct Mounted {
     /// The mount point.
     pub target: PathBuf,
+    /// Whether it is a block device's filesystem (synced before it is unmounted).
+    pub block: bool,
+}
+
+/// The size of block device `name` (`vdb`) in 512-byte sectors, from `<sys_block>/<name>/size`
+/// (`sys_block` is normally `/sys/block`).
+pub fn device_sectors(sys_block: &Path, name: &str) -> std::io::Result<u64> {
+    let path = sys_block.join(name).join("size");
+    let text = std::fs::read_to_string(&path)?;
+    text.trim().parse().map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{}: {text:?} is not a number: {e}", path.display()),
+        )
+    })
+}
+
+/// Waits until block device `name` has a non-zero capacity, reading its size every
+/// [`CAPACITY_POLL`] for up to `timeout`; returns the capacity in sectors, or the last
+/// reading (0, or why it could not be read) once the time is up.
+pub fn wait_for_capacity(sys_block: &Path, name: &str, timeout: Duration) -> Result<u64, String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let last = match device_sectors(sys_block, name) {
+            Ok(n) if n > 0 => return Ok(n),
+            Ok(_) => "its capacity is 0".to_string(),
+            Err(e) => format!("cannot read its size: {e}"),
+        };
+        if Instant::now() >= deadline {
+            return Err(last);
+        }
+        std::thread::sleep(CAPACITY_POLL);
+    }
 }
 
 /// Splits mount(8)-style options into flags and the data string (the protocol crate's
@@ -138,7 +184,24 @@ pub fn mount_storage(index: usize, s: &Storage) -> Result<Mounted, StorageError>
                     "empty; name the device's filesystem (e.g. ext4)".into(),
                 ));
             }
-            (resolve_block(index, &s.source)?, s.fstype.as_str())
+            let dev = resolve_block(index, &s.source)?;
+            if s.source.starts_with("mmio:") {
+                let name = dev.file_name().unwrap_or_default().to_string_lossy();
+                wait_for_capacity(Path::new(BLOCK_SYSFS), &name, CAPACITY_TIMEOUT).map_err(
+                    |why| {
+                        field(
+                            "source",
+                            format!(
+                                "{} ({}): {why} after {CAPACITY_TIMEOUT:?}; the host attached no \
+                                 disk to this virtio-blk slot",
+                                s.source,
+                                dev.display()
+                            ),
+                        )
+                    },
+                )?;
+            }
+            (dev, s.fstype.as_str())
         }
         Driver::BIND => {
             let src = PathBuf::from(&s.source);
@@ -205,7 +268,10 @@ pub fn mount_storage(index: usize, s: &Storage) -> Result<Mounted, StorageError>
     } else {
         mount(Some(&source), &target, Some(fstype), flags, data_opt).map_err(fail)?;
     }
-    Ok(Mounted { target })
+    Ok(Mounted {
+        target,
+        block: driver == Driver::BLOCK,
+    })
 }
 
 /// Mounts every storage in order; on failure unmounts the ones already mounted.
@@ -223,9 +289,19 @@ pub fn mount_all(storages: &[Storage]) -> Result<Vec<Mounted>, StorageError> {
     Ok(done)
 }
 
-/// Unmounts in reverse order (lazily, so a busy mount does not block removal).
+/// Unmounts in reverse order (lazily, so a busy mount does not block removal). A block
+/// storage is synced first and unmounted at once when nothing uses it any more, so its
+/// data is on the disk before the host detaches it.
 pub fn unmount_all(mounted: &[Mounted]) {
     for m in mounted.iter().rev() {
+        if m.block {
+            if let Ok(dir) = std::fs::File::open(&m.target) {
+                let _ = nix::unistd::syncfs(dir.as_raw_fd());
+            }
+            if umount2(&m.target, MntFlags::empty()).is_ok() {
+                continue;
+            }
+        }
         let _ = umount2(&m.target, MntFlags::MNT_DETACH);
     }
 }
@@ -233,6 +309,104 @@ pub fn unmount_all(mounted: &[Mounted]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A fake `/sys/block` with one device whose `size` file holds `sectors`.
+    fn sys_block(sectors: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("vdb")).unwrap();
+        std::fs::write(dir.path().join("vdb/size"), sectors).unwrap();
+        dir
+    }
+
+    #[test]
+    fn device_sectors_reads_sysfs_size() {
+        let d = sys_block("2048\n");
+        assert_eq!(device_sectors(d.path(), "vdb").unwrap(), 2048);
+        std::fs::write(d.path().join("vdb/size"), "junk\n").unwrap();
+        let e = device_sectors(d.path(), "vdb").unwrap_err().to_string();
+        assert!(e.contains("vdb/size") && e.contains("junk"), "{e}");
+        assert!(device_sectors(d.path(), "vdz").is_err());
+    }
+
+    #[test]
+    fn capacity_wait_returns_once_the_size_shows_and_gives_up_on_zero() {
+        let d = sys_block("0\n");
+        // Stays 0: fails after the timeout, saying so.
+        let t0 = Instant::now();
+        let e = wait_for_capacity(d.path(), "vdb", Duration::from_millis(150)).unwrap_err();
+        assert!(t0.elapsed() >= Duration::from_millis(150));
+        assert_eq!(e, "its capacity is 0");
+        // A missing device is reported as unreadable.
+        let e = wait_for_capacity(d.path(), "vdz", Duration::ZERO).unwrap_err();
+        assert!(e.starts_with("cannot read its size"), "{e}");
+        // The size appears a little later (the config-change interrupt was handled).
+        let size = d.path().join("vdb/size");
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            std::fs::write(size, "4096\n").unwrap();
+        });
+        let t0 = Instant::now();
+        assert_eq!(
+            wait_for_capacity(d.path(), "vdb", Duration::from_secs(5)).unwrap(),
+            4096
+        );
+        assert!(
+            t0.elapsed() < Duration::from_secs(4),
+            "returned when the size showed"
+        );
+        writer.join().unwrap();
+    }
+
+    /// The wait against a real block device: a free loop device has capacity 0 until a
+    /// file is bound to it, like an empty virtio-blk slot until the host attaches a disk.
+    #[test]
+    fn capacity_wait_sees_a_loop_device_get_its_file() {
+        const TEST: &str = "capacity_wait_sees_a_loop_device_get_its_file";
+        // linux/loop.h
+        const LOOP_SET_FD: libc::c_ulong = 0x4c00;
+        const LOOP_CLR_FD: libc::c_ulong = 0x4c01;
+        const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4c82;
+        let rw = |p: &str| std::fs::OpenOptions::new().read(true).write(true).open(p);
+        let ctl = match rw("/dev/loop-control") {
+            Ok(f) => f,
+            Err(e) => {
+                ember_tests::skip(TEST, &format!("/dev/loop-control: {e} (needs root)"));
+                return;
+            }
+        };
+        // SAFETY: LOOP_CTL_GET_FREE takes no argument and returns a device number.
+        let n = unsafe { libc::ioctl(ctl.as_raw_fd(), LOOP_CTL_GET_FREE) };
+        let dev = match (n >= 0).then(|| rw(&format!("/dev/loop{n}"))) {
+            Some(Ok(f)) => f,
+            _ => {
+                ember_tests::skip(TEST, "no free loop device to use");
+                return;
+            }
+        };
+        let name = format!("loop{n}");
+        let sys = Path::new(BLOCK_SYSFS);
+        let e = wait_for_capacity(sys, &name, Duration::from_millis(100)).unwrap_err();
+        assert_eq!(e, "its capacity is 0", "an unbound loop device");
+
+        let img = tempfile::NamedTempFile::new().unwrap();
+        img.as_file().set_len(1 << 20).unwrap();
+        let binder = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            // SAFETY: binds the open image file to the loop device; both fds stay open.
+            let rc =
+                unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_SET_FD, img.as_file().as_raw_fd()) };
+            (rc, std::io::Error::last_os_error(), dev, img)
+        });
+        let waited = wait_for_capacity(sys, &name, Duration::from_secs(5));
+        let (rc, err, dev, _img) = binder.join().unwrap();
+        if rc != 0 {
+            ember_tests::skip(TEST, &format!("cannot bind /dev/{name}: {err}"));
+            return;
+        }
+        // SAFETY: unbinds the loop device this test bound.
+        unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_CLR_FD, 0) };
+        assert_eq!(waited, Ok(2048), "1 MiB in 512-byte sectors");
+    }
 
     #[test]
     fn block_sources_are_checked() {

@@ -273,7 +273,7 @@ async fn container_storages_are_mounted_and_unmounted() {
         );
     }
 
-    let mut spec = sh("echo hi > /scratch/x && cat /scratch/x /bound/f; touch /bound/y || echo ro; test -d /disk/lost+found && echo ext4");
+    let mut spec = sh("echo hi > /scratch/x && cat /scratch/x /bound/f; touch /bound/y || echo ro; test -d /disk/lost+found && echo ext4 && echo kept > /disk/written");
     let mounts = spec["mounts"].as_array_mut().unwrap();
     mounts.push(json!({"destination": "/scratch", "type": "bind", "source": tmpfs_mp, "options": ["rbind"]}));
     mounts.push(
@@ -321,6 +321,20 @@ async fn container_storages_are_mounted_and_unmounted() {
     );
     if let Some(dev) = loopdev {
         let _ = Command::new("losetup").arg("-d").arg(dev).status();
+        // The block storage was synced and unmounted at removal, so what the container
+        // wrote is in the image (as it must be before a host detaches a virtio-blk slot).
+        if let Ok(o) = Command::new("debugfs")
+            .args(["-R", "cat /written"])
+            .arg(&img)
+            .output()
+        {
+            assert_eq!(
+                String::from_utf8_lossy(&o.stdout),
+                "kept\n",
+                "debugfs: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
     }
 
     // A bad storage names its index and field, and mounts nothing.

@@ -22,6 +22,9 @@ pub const ENV_VAR: &str = "EMBER_CONFIG";
 pub const VCPUS_RANGE: (u32, u32) = (1, 254);
 /// Accepted guest memory in MiB (the VMM also refuses more than the host has).
 pub const MEMORY_MIB_RANGE: (u32, u32) = (64, 1 << 20);
+/// Accepted number of empty virtio-blk slots per VM: the 19 IRQs the VMM gives virtio
+/// devices, less the 5 a sandbox VM may use itself (see `HypervisorConfig::block_slots`).
+pub const BLOCK_SLOTS_RANGE: (u32, u32) = (0, 14);
 /// Accepted agent vsock ports (`0xffffffff` is VMADDR_PORT_ANY).
 pub const AGENT_PORT_RANGE: (u32, u32) = (1, 0xffff_fffe);
 /// Accepted agent dial timeouts in milliseconds.
@@ -299,6 +302,12 @@ fn validate(
         h.memory_mib.into(),
         widen(MEMORY_MIB_RANGE),
         " MiB",
+    )?;
+    range(
+        "hypervisor.block_slots",
+        h.block_slots.into(),
+        widen(BLOCK_SLOTS_RANGE),
+        "",
     )?;
     range(
         "agent.port",

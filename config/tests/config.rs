@@ -37,6 +37,8 @@ fn defaults_are_documented_values() {
     assert_eq!(c.hypervisor.vcpus, 1);
     assert_eq!(c.hypervisor.memory_mib, 256);
     assert_eq!(c.hypervisor.cpu_profile, CpuProfile::Auto);
+    assert_eq!(c.hypervisor.block_slots, DEFAULT_BLOCK_SLOTS);
+    assert_eq!(DEFAULT_BLOCK_SLOTS, 4);
     assert_eq!(c.sandbox.backend, Backend::Microvm);
     assert_eq!(c.sandbox.state_dir, Path::new(DEFAULT_STATE_DIR));
     assert_eq!(c.agent.port, 1024);
@@ -133,6 +135,22 @@ fn tiny_memory_is_out_of_range() {
         msg.contains("hypervisor.memory_mib = 1 is out of range: allowed 64 to 1048576 MiB"),
         "{msg}"
     );
+}
+
+#[test]
+fn block_slots_are_read_and_range_checked() {
+    let c = parse("[hypervisor]\nblock_slots = 0\n", None).unwrap();
+    assert_eq!(c.hypervisor.block_slots, 0);
+    let c = parse("[hypervisor]\nblock_slots = 14\n", None).unwrap();
+    assert_eq!(c.hypervisor.block_slots, 14);
+    let msg = err("[hypervisor]\nvcpus = 1\nblock_slots = 15\n");
+    assert!(msg.contains("test.toml:3"), "{msg}");
+    assert!(
+        msg.contains("hypervisor.block_slots = 15 is out of range: allowed 0 to 14"),
+        "{msg}"
+    );
+    let msg = err("[hypervisor]\nblock_slot = 2\n");
+    assert!(msg.contains("did you mean `block_slots`?"), "{msg}");
 }
 
 #[test]

@@ -13,11 +13,16 @@
 //!   is dropped: the pod's network namespace is the agent's own, so a container joins it
 //!   simply by not asking for a new one;
 //! - in a microVM: host device nodes, hooks (host programs) and the network namespace are
-//!   dropped (the guest's network is the pod network), and bind mounts of host paths are
-//!   shared through the sandbox's shared directory.
+//!   dropped (the guest's network is the pod network), bind mounts of host paths are
+//!   shared through the sandbox's shared directory, and block volumes (a mount whose
+//!   `source` is a host block device or regular file and whose `type` is a disk filesystem
+//!   such as ext4) become [`BlockVolume`]s: the sandbox attaches the source to a free
+//!   virtio-blk slot, the agent mounts it at a guest path, and the mount becomes a bind of
+//!   that path.
 //!
 //! The spec is edited as JSON so fields this crate does not model pass through unchanged.
 
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
@@ -181,6 +186,34 @@ pub struct SharedBind {
     pub read_only: bool,
 }
 
+/// A block volume of a microVM container: the host `source` goes to a virtio-blk slot,
+/// and the agent mounts it (`fstype`, `options`) at `guest_path`, which the container's
+/// spec binds at the mount's destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockVolume {
+    /// Index of the mount in the spec's `mounts` (for messages: `mounts[3]`).
+    pub index: usize,
+    /// The mount's destination in the container (for messages).
+    pub destination: String,
+    /// The host block device or image file.
+    pub source: PathBuf,
+    /// The filesystem on it.
+    pub fstype: String,
+    /// mount(8) options for the agent's mount (bind and propagation options removed).
+    pub options: Vec<String>,
+    /// Whether the mount asked for `ro` (the disk is then attached read-only).
+    pub read_only: bool,
+    /// Where the agent mounts it in the guest.
+    pub guest_path: PathBuf,
+}
+
+impl BlockVolume {
+    /// `mounts[INDEX]: DESTINATION`, how messages name the volume.
+    pub fn describe(&self) -> String {
+        format!("mounts[{}]: {}", self.index, self.destination)
+    }
+}
+
 /// Inputs of [`translate`].
 #[derive(Debug, Clone)]
 pub struct Translation<'a> {
@@ -195,6 +228,11 @@ pub struct Translation<'a> {
     /// The pid, as the agent sees it, of the pod's sandbox ("pause") container, whose pid,
     /// IPC and UTS namespaces a container joins when its spec names a path for them.
     pub pod_sandbox_pid: Option<i32>,
+    /// Where the agent mounts block volumes (a microVM with virtio-blk slots); each volume
+    /// gets `<dir>/<container>/<mount index>`. `None` leaves filesystem mounts of block
+    /// devices and image files as they are (the `process` backend, where libcontainer
+    /// mounts them on the host).
+    pub block_volume_dir: Option<&'a Path>,
 }
 
 /// The translated spec and what the caller must share for it.
@@ -204,8 +242,110 @@ pub struct Translated {
     pub spec: Value,
     /// Host paths to bind into the shared directory (microVM only).
     pub binds: Vec<SharedBind>,
+    /// Block volumes to attach and have the agent mount (microVM only).
+    pub block_volumes: Vec<BlockVolume>,
     /// What was dropped or changed, for the log.
     pub notes: Vec<String>,
+}
+
+/// Filesystem types a block volume can carry: filesystems that live on a disk. Anything
+/// else (bind, none, proc, tmpfs, overlay, ...) is not a block volume.
+pub const DISK_FILESYSTEMS: &[&str] = &[
+    "ext2", "ext3", "ext4", "xfs", "btrfs", "vfat", "fat", "msdos", "exfat", "ntfs", "ntfs3",
+    "f2fs", "squashfs", "erofs", "iso9660", "udf", "jfs", "reiserfs", "nilfs2", "hfs", "hfsplus",
+    "minix",
+];
+
+/// Mount propagation options: they concern the container's bind, not the volume's mount.
+const PROPAGATION: &[&str] = &[
+    "private",
+    "rprivate",
+    "shared",
+    "rshared",
+    "slave",
+    "rslave",
+    "unbindable",
+    "runbindable",
+];
+
+/// Options that also restrict the container's bind of a volume.
+const BIND_FLAGS: &[&str] = &[
+    "ro",
+    "rw",
+    "nosuid",
+    "nodev",
+    "noexec",
+    "relatime",
+    "noatime",
+    "nodiratime",
+    "strictatime",
+];
+
+/// Whether `path` is a host block device or a regular file (following symlinks): what a
+/// virtio-blk slot can be backed by.
+pub fn is_disk_source(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() || m.file_type().is_block_device())
+}
+
+/// The block volume `m` (the `index`th mount) is, if it is one: not a bind, a disk
+/// filesystem type, and an absolute source that is a block device or regular file.
+fn block_volume(m: &Value, index: usize, guest_path: PathBuf) -> Option<BlockVolume> {
+    let fstype = m.get("type").and_then(Value::as_str)?;
+    if !DISK_FILESYSTEMS.contains(&fstype) {
+        return None;
+    }
+    let options: Vec<String> = m
+        .get("options")
+        .and_then(Value::as_array)
+        .map(|o| {
+            o.iter()
+                .filter_map(Value::as_str)
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default();
+    if options.iter().any(|o| o == "bind" || o == "rbind") {
+        return None;
+    }
+    let source = PathBuf::from(m.get("source").and_then(Value::as_str)?);
+    if !source.is_absolute() || !is_disk_source(&source) {
+        return None;
+    }
+    let (flags, _) = ember_agent_protocol::mount_options::split(&options);
+    Some(BlockVolume {
+        index,
+        destination: m
+            .get("destination")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+        source,
+        fstype: fstype.to_string(),
+        options: options
+            .iter()
+            .filter(|o| !PROPAGATION.contains(&o.as_str()))
+            .cloned()
+            .collect(),
+        read_only: flags & libc::MS_RDONLY != 0,
+        guest_path,
+    })
+}
+
+/// The container's side of a block volume: a recursive bind of the agent's mount, with the
+/// mount's access flags and propagation.
+fn volume_bind_options(m: &Value) -> Value {
+    let mut options = vec![Value::String("rbind".into())];
+    if let Some(o) = m.get("options").and_then(Value::as_array) {
+        options.extend(
+            o.iter()
+                .filter(|x| {
+                    x.as_str()
+                        .is_some_and(|x| BIND_FLAGS.contains(&x) || PROPAGATION.contains(&x))
+                })
+                .cloned(),
+        );
+    }
+    Value::Array(options)
 }
 
 /// Where a container's rootfs lives, relative to the shared directory.
@@ -218,6 +358,7 @@ pub fn translate(spec: &BundleSpec, t: &Translation) -> Translated {
     let mut json = spec.json.clone();
     let mut notes = Vec::new();
     let mut binds = Vec::new();
+    let mut block_volumes = Vec::new();
     let agent_rootfs = t.agent_shared_dir.join(rootfs_rel(t.container_id));
     let root = json
         .as_object_mut()
@@ -282,6 +423,24 @@ pub fn translate(spec: &BundleSpec, t: &Translation) -> Translated {
         }
         if let Some(mounts) = json.get_mut("mounts").and_then(Value::as_array_mut) {
             for (i, m) in mounts.iter_mut().enumerate() {
+                if let Some(dir) = t.block_volume_dir {
+                    let guest_path = dir.join(t.container_id).join(i.to_string());
+                    if let Some(v) = block_volume(m, i, guest_path) {
+                        notes.push(format!(
+                            "{}: {} ({}) is a block volume: attached over virtio-blk, mounted at {} in the guest{}",
+                            v.describe(),
+                            v.source.display(),
+                            v.fstype,
+                            v.guest_path.display(),
+                            if v.read_only { ", read-only" } else { "" }
+                        ));
+                        m["options"] = volume_bind_options(m);
+                        m["type"] = Value::String("bind".into());
+                        m["source"] = Value::String(v.guest_path.display().to_string());
+                        block_volumes.push(v);
+                        continue;
+                    }
+                }
                 let is_bind = m.get("type").and_then(Value::as_str) == Some("bind")
                     || m.get("options")
                         .and_then(Value::as_array)
@@ -311,6 +470,7 @@ pub fn translate(spec: &BundleSpec, t: &Translation) -> Translated {
     Translated {
         spec: json,
         binds,
+        block_volumes,
         notes,
     }
 }
@@ -377,6 +537,7 @@ mod tests {
                 agent_shared_dir: Path::new("/run/ember/sandboxes/sb/shared"),
                 vm: false,
                 pod_sandbox_pid: None,
+                block_volume_dir: None,
             },
         );
         assert_eq!(
@@ -419,6 +580,7 @@ mod tests {
                     agent_shared_dir: Path::new("/run/ember/shared"),
                     vm,
                     pod_sandbox_pid: Some(7),
+                    block_volume_dir: None,
                 },
             );
             assert_eq!(
@@ -441,6 +603,7 @@ mod tests {
                 agent_shared_dir: Path::new("/run/ember/shared"),
                 vm: false,
                 pod_sandbox_pid: None,
+                block_volume_dir: None,
             },
         );
         assert_eq!(t.spec["linux"]["namespaces"], json!([{"type": "mount"}]));
@@ -460,6 +623,7 @@ mod tests {
                 agent_shared_dir: Path::new("/run/ember/shared"),
                 vm: true,
                 pod_sandbox_pid: None,
+                block_volume_dir: Some(Path::new("/run/ember/storage")),
             },
         );
         assert!(t.spec.get("hooks").is_none());
@@ -485,5 +649,166 @@ mod tests {
         );
         assert_eq!(t.spec["mounts"][0]["source"], "proc");
         assert!(t.notes.len() >= 3, "{:?}", t.notes);
+    }
+
+    /// A spec with `base()`'s mounts plus `extra`, and a microVM translation of it.
+    fn translate_vm(extra: Vec<Value>, volumes: Option<&Path>) -> Translated {
+        let mut v = base();
+        v["mounts"].as_array_mut().unwrap().extend(extra);
+        translate(
+            &spec(v),
+            &Translation {
+                sandbox_id: "sb",
+                container_id: "c1",
+                agent_shared_dir: Path::new("/run/ember/shared"),
+                vm: true,
+                block_volume_dir: volumes,
+                pod_sandbox_pid: None,
+            },
+        )
+    }
+
+    #[test]
+    fn a_filesystem_on_an_image_file_becomes_a_block_volume_bound_into_the_container() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("data.ext4");
+        std::fs::write(&image, vec![0u8; 4096]).unwrap();
+        let t = translate_vm(
+            vec![json!({
+                "destination": "/data", "type": "ext4", "source": image,
+                "options": ["ro", "nosuid", "rprivate", "noatime", "errors=remount-ro"]
+            })],
+            Some(Path::new("/run/ember/storage")),
+        );
+        assert_eq!(
+            t.block_volumes,
+            [BlockVolume {
+                index: 2,
+                destination: "/data".into(),
+                source: image.clone(),
+                fstype: "ext4".into(),
+                options: vec![
+                    "ro".into(),
+                    "nosuid".into(),
+                    "noatime".into(),
+                    "errors=remount-ro".into()
+                ],
+                read_only: true,
+                guest_path: "/run/ember/storage/c1/2".into(),
+            }]
+        );
+        assert_eq!(t.block_volumes[0].describe(), "mounts[2]: /data");
+        assert_eq!(
+            t.spec["mounts"][2],
+            json!({
+                "destination": "/data", "type": "bind", "source": "/run/ember/storage/c1/2",
+                "options": ["rbind", "ro", "nosuid", "rprivate", "noatime"]
+            })
+        );
+        // Not also shared through the shared directory: only the hosts file is.
+        assert_eq!(t.binds.len(), 1);
+        assert_eq!(t.binds[0].host, PathBuf::from("/var/lib/x/hosts"));
+        assert!(
+            t.notes.iter().any(|n| n.contains("mounts[2]: /data")
+                && n.contains("block volume")
+                && n.contains("read-only")),
+            "{:?}",
+            t.notes
+        );
+        // Without `ro` the volume is writable.
+        let t = translate_vm(
+            vec![json!({"destination": "/w", "type": "xfs", "source": image})],
+            Some(Path::new("/vol")),
+        );
+        assert!(!t.block_volumes[0].read_only);
+        assert_eq!(t.spec["mounts"][2]["options"], json!(["rbind"]));
+        assert_eq!(t.spec["mounts"][2]["source"], "/vol/c1/2");
+    }
+
+    #[test]
+    fn a_host_block_device_is_a_block_volume_source() {
+        // Any block device of the host will do; the translation only looks at its type.
+        let dev = std::fs::read_dir("/sys/block")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| Path::new("/dev").join(e.file_name()))
+            .find(|p| p.exists());
+        let Some(dev) = dev else {
+            ember_tests::skip(
+                "a_host_block_device_is_a_block_volume_source",
+                "no block device under /dev",
+            );
+            return;
+        };
+        assert!(is_disk_source(&dev), "{}", dev.display());
+        assert!(
+            !is_disk_source(Path::new("/dev/null")),
+            "a character device"
+        );
+        assert!(!is_disk_source(Path::new("/")), "a directory");
+        let t = translate_vm(
+            vec![json!({"destination": "/d", "type": "ext4", "source": dev})],
+            Some(Path::new("/run/ember/storage")),
+        );
+        assert_eq!(t.block_volumes.len(), 1);
+        assert_eq!(t.block_volumes[0].source, dev);
+    }
+
+    #[test]
+    fn binds_pseudo_filesystems_and_missing_sources_are_not_block_volumes() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("data.img");
+        std::fs::write(&image, b"x").unwrap();
+        let extra = vec![
+            // A bind of an image file, even with a filesystem type.
+            json!({"destination": "/a", "type": "ext4", "source": image, "options": ["rbind"]}),
+            json!({"destination": "/b", "type": "bind", "source": image}),
+            // Not disk filesystems.
+            json!({"destination": "/c", "type": "tmpfs", "source": image}),
+            json!({"destination": "/d", "type": "none", "source": image}),
+            // Sources that are no disk.
+            json!({"destination": "/e", "type": "ext4", "source": dir.path().join("gone")}),
+            json!({"destination": "/f", "type": "ext4", "source": dir.path()}),
+            json!({"destination": "/g", "type": "ext4", "source": "relative.img"}),
+        ];
+        let t = translate_vm(extra.clone(), Some(Path::new("/run/ember/storage")));
+        assert!(t.block_volumes.is_empty(), "{:?}", t.block_volumes);
+        // The two binds are shared as before; the rest pass through unchanged.
+        assert_eq!(
+            t.binds
+                .iter()
+                .map(|b| b.shared_rel.clone())
+                .collect::<Vec<_>>(),
+            [
+                PathBuf::from("c1/mounts/1"),
+                "c1/mounts/2".into(),
+                "c1/mounts/3".into()
+            ]
+        );
+        for (i, m) in extra.iter().enumerate().skip(2) {
+            assert_eq!(&t.spec["mounts"][i + 2], m, "mounts[{}]", i + 2);
+        }
+        // Without a volume directory (process backend) a filesystem mount of an image
+        // file stays as it is, for libcontainer to mount.
+        let m = json!({"destination": "/data", "type": "ext4", "source": image, "options": ["ro"]});
+        let t = translate_vm(vec![m.clone()], None);
+        assert!(t.block_volumes.is_empty());
+        assert_eq!(t.spec["mounts"][2], m);
+        let mut v = base();
+        v["mounts"].as_array_mut().unwrap().push(m.clone());
+        let t = translate(
+            &spec(v),
+            &Translation {
+                sandbox_id: "sb",
+                container_id: "c1",
+                agent_shared_dir: Path::new("/run/ember/sandboxes/sb/shared"),
+                vm: false,
+                block_volume_dir: None,
+                pod_sandbox_pid: None,
+            },
+        );
+        assert!(t.block_volumes.is_empty());
+        assert_eq!(t.spec["mounts"][2], m);
     }
 }

@@ -4,7 +4,9 @@
 //! cannot run, so the agent never answers: the backend is tested directly, up to the guest
 //! kernel having probed the VM's virtio devices and its vsock driver answering, then
 //! stopped and cleaned up. With hardware KVM the full `Sandbox::start` is also run (it needs
-//! the agent's initramfs). Needs root and /dev/kvm; skips, saying why, otherwise.
+//! the agent's initramfs). A block volume is attached to one of the VM's virtio-blk slots
+//! and detached again while the guest kernel runs, which must see both capacity changes.
+//! Needs root and /dev/kvm; skips, saying why, otherwise.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -228,7 +230,10 @@ async fn microvm_boots_the_guest_kernel_with_its_devices_then_stops_and_cleans_u
         log.contains(&format!("Command line: {cmdline}")),
         "the kernel got our command line `{cmdline}`"
     );
-    // [virtio-net,] virtio-fs (the share), virtio-rng and virtio-vsock, in that order.
+    // The block slots, [virtio-net,] virtio-fs (the share), virtio-rng and virtio-vsock,
+    // in that order.
+    let slots = config.hypervisor.block_slots as usize;
+    assert_eq!(slots, 4, "the default");
     let devices = if let Some(ns) = &netns_path {
         let net = backend.network().expect("the pod network is exposed");
         assert_eq!(net.interface.name, "eth0");
@@ -242,9 +247,9 @@ async fn microvm_boots_the_guest_kernel_with_its_devices_then_stops_and_cleans_u
                 .len(),
             1
         );
-        4
+        slots + 4
     } else {
-        3
+        slots + 3
     };
     for i in 0..devices {
         assert!(
@@ -252,6 +257,39 @@ async fn microvm_boots_the_guest_kernel_with_its_devices_then_stops_and_cleans_u
             "virtio-mmio.{i} registered; console:\n{log}"
         );
     }
+    assert!(
+        log.contains("[vda] 0 512-byte logical blocks"),
+        "the first slot is probed empty; console:\n{log}"
+    );
+
+    // A block volume: attached to the first free slot while the guest runs, the guest's
+    // virtio_blk sees the new capacity; detached, it sees 0 again.
+    let image = tmp.path().join("volume.ext4");
+    std::fs::write(&image, vec![0u8; 1 << 20]).unwrap();
+    let volume = ember_runtime::oci::BlockVolume {
+        index: 3,
+        destination: "/data".into(),
+        source: image.clone(),
+        fstype: "ext4".into(),
+        options: vec!["ro".into()],
+        read_only: true,
+        guest_path: "/run/ember/storage/c1/3".into(),
+    };
+    let storages = backend
+        .attach_block_volumes("c1", std::slice::from_ref(&volume))
+        .unwrap();
+    assert_eq!(storages[0].source, "mmio:0xd0000000", "the first slot");
+    assert_eq!(storages[0].mount_point, "/run/ember/storage/c1/3");
+    if let Err(e) = wait_for_console(&backend, &console, "capacity change from 0 to 2048").await {
+        backend.stop(Duration::from_secs(5)).await;
+        panic!("attach: {e}");
+    }
+    backend.release_block_volumes("c1");
+    if let Err(e) = wait_for_console(&backend, &console, "capacity change from 2048 to 0").await {
+        backend.stop(Duration::from_secs(5)).await;
+        panic!("detach: {e}");
+    }
+    eprintln!("{TEST}: the guest saw the volume attached and detached");
     if !hardware {
         // The guest's vsock driver is up: with no agent listening (user space cannot run
         // here) it answers the agent port with a reset, which the VMM turns into EOF.
@@ -272,6 +310,14 @@ async fn microvm_boots_the_guest_kernel_with_its_devices_then_stops_and_cleans_u
 
     let t = Instant::now();
     backend.stop(Duration::from_secs(10)).await;
+    let e = backend
+        .attach_block_volumes("c2", &[volume])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.ends_with("no free virtio-blk slot (hypervisor.block_slots = 0)"),
+        "a stopped VM's slots are gone: {e}"
+    );
     let exit = tokio::time::timeout(Duration::from_secs(10), backend.wait())
         .await
         .expect("wait() resolves once stopped");

@@ -254,6 +254,10 @@ pub struct VmConfig {
     /// virtio-blk disks, in order (`/dev/vda`, `/dev/vdb`, ...).
     #[serde(default)]
     pub disks: Vec<DiskConfig>,
+    /// Empty virtio-blk slots after the disks: devices of capacity 0 whose backing
+    /// [`crate::Vm::block_slots`] handles attach and detach while the VM runs.
+    #[serde(default)]
+    pub block_slots: u8,
     /// COM1 output.
     #[serde(default)]
     pub serial: SerialSink,
@@ -294,6 +298,7 @@ impl VmConfig {
             vcpus: default_vcpus(),
             memory_mib: default_memory(),
             disks: Vec::new(),
+            block_slots: 0,
             serial: SerialSink::default(),
             rng: false,
             vsock: None,
@@ -318,6 +323,7 @@ impl VmConfig {
     /// How many virtio-mmio devices this configuration asks for.
     pub fn virtio_device_count(&self) -> usize {
         self.disks.len()
+            + usize::from(self.block_slots)
             + usize::from(self.rng)
             + usize::from(self.vsock.is_some())
             + self.fs.len()
@@ -531,5 +537,9 @@ mod tests {
         .unwrap();
         let c = VmConfig::from_file(&p).unwrap();
         assert_eq!((c.vcpus, c.disks.len(), c.disks[0].read_only), (2, 1, true));
+        assert_eq!(c.block_slots, 0, "no slots unless asked for");
+        std::fs::write(&p, "kernel = \"/k\"\nblock_slots = 3\n").unwrap();
+        let c = VmConfig::from_file(&p).unwrap();
+        assert_eq!((c.block_slots, c.virtio_device_count()), (3, 3));
     }
 }

@@ -43,6 +43,12 @@ struct Cli {
     /// A virtio-blk disk backed by a host file: PATH or PATH,ro. Repeat for more disks.
     #[arg(long = "disk", value_name = "PATH[,ro]")]
     disks: Vec<DiskConfig>,
+    /// Add N empty virtio-blk slots after the disks: devices of capacity 0 (reads and
+    /// writes fail) that the library API (`Vm::block_slots`) backs with a file or block
+    /// device while the VM runs; the guest sees the capacity change. From the command
+    /// line they stay empty.
+    #[arg(long, value_name = "N")]
+    block_slots: Option<u8>,
     /// A virtio-vsock device whose host side is the Unix socket PATH: connect and write
     /// `CONNECT <guest-port>\n` to reach a guest port; guest connections to host port P
     /// go to `PATH_P`. The guest CID defaults to 3.
@@ -68,7 +74,8 @@ struct Cli {
     #[arg(long, value_name = "PROFILE")]
     cpu_profile: Option<CpuProfile>,
     /// A vm.toml with the same settings (kernel, initrd, cmdline, vcpus, memory_mib,
-    /// [[disks]] path/read_only, serial, cpu_profile); options given here override it.
+    /// [[disks]] path/read_only, block_slots, serial, cpu_profile); options given here
+    /// override it.
     #[arg(long, value_name = "PATH")]
     config: Option<PathBuf>,
     /// Log level of the VMM's messages on stderr (error, warn, info, debug, trace).
@@ -99,6 +106,9 @@ impl Cli {
         }
         if !self.disks.is_empty() {
             c.disks = self.disks;
+        }
+        if let Some(v) = self.block_slots {
+            c.block_slots = v;
         }
         if self.rng {
             c.rng = true;

@@ -10,7 +10,7 @@ use crate::devices::legacy::i8042::{I8042, I8042_LEN, I8042_PORT};
 use crate::devices::legacy::power::{ExitLatch, ExitReason, PowerOffPort, POWER_OFF_PORT};
 use crate::devices::legacy::serial::{Serial, COM1_IRQ, COM1_LEN, COM1_PORT};
 use crate::devices::legacy::DebugPort;
-use crate::devices::virtio::block::{Block, BlockError};
+use crate::devices::virtio::block::{Block, BlockError, BlockSlot};
 use crate::devices::virtio::fs::{Fs, FsError};
 use crate::devices::virtio::mmio::{reg, MmioTransport};
 use crate::devices::virtio::net::tap::Tap;
@@ -129,6 +129,7 @@ pub struct Vm {
     subscribers: Vec<Subscriber>,
     exit: Arc<ExitLatch>,
     cmdline: String,
+    block_slots: Vec<BlockSlot>,
     _vm: VmFd,
     _memory: GuestMemory,
 }
@@ -223,6 +224,16 @@ impl Vm {
                 &format!("ember-disk{i}"),
             )?)?;
         }
+        let mut block_slots = Vec::new();
+        for i in 0..usize::from(config.block_slots) {
+            let added = devices.add(Block::slot(&format!("ember-slot{i}"))?)?;
+            block_slots.push(BlockSlot::new(
+                i,
+                added.mmio_addr,
+                added.device,
+                added.interrupt,
+            )?);
+        }
         for n in &config.net {
             let tap = Tap::open(&n.tap, n.netns.as_deref()).map_err(NetError::from)?;
             let mac = n.mac_bytes().map_err(ConfigError::Invalid)?;
@@ -310,6 +321,7 @@ impl Vm {
             subscribers,
             exit,
             cmdline,
+            block_slots,
             _vm: vm,
             _memory: mem,
         })
@@ -318,6 +330,13 @@ impl Vm {
     /// The full kernel command line the guest gets.
     pub fn cmdline(&self) -> &str {
         &self.cmdline
+    }
+
+    /// Handles on the VM's empty virtio-blk slots ([`VmConfig::block_slots`] of them, in
+    /// order), to attach and detach disks from any thread while the VM runs. They stay
+    /// valid after the VM ends (attaching then reaches no guest).
+    pub fn block_slots(&self) -> &[BlockSlot] {
+        &self.block_slots
     }
 
     /// The exit latch: `trigger(ExitReason::Stopped)` on it stops the VM from any thread.
@@ -406,12 +425,19 @@ struct VirtioSlots<'a> {
     cmdline: String,
 }
 
+/// A device [`VirtioSlots::add`] put on the bus.
+struct Added<D> {
+    device: Arc<Mutex<D>>,
+    interrupt: Arc<Interrupt>,
+    mmio_addr: u64,
+}
+
 impl VirtioSlots<'_> {
     /// Put `device` on the MMIO bus with its irqfd and one ioeventfd per queue.
     fn add<D: VirtioDevice + MutEventSubscriber + 'static>(
         &mut self,
         device: D,
-    ) -> Result<(), VmError> {
+    ) -> Result<Added<D>, VmError> {
         let slot = self.subscribers.len() as u64;
         let base = VIRTIO_MMIO_BASE + slot * VIRTIO_MMIO_SIZE;
         let irq = VIRTIO_IRQ_BASE + slot as u32;
@@ -429,16 +455,17 @@ impl VirtioSlots<'_> {
                 .map_err(kvm_err("KVM_IOEVENTFD"))?;
         }
         let device = Arc::new(Mutex::new(device));
-        let transport = MmioTransport::new(
-            device.clone(),
-            self.mem.clone(),
-            Arc::new(Interrupt::new(irqfd)),
-        );
+        let interrupt = Arc::new(Interrupt::new(irqfd));
+        let transport = MmioTransport::new(device.clone(), self.mem.clone(), interrupt.clone());
         self.mmio
             .insert(base, VIRTIO_MMIO_SIZE, Arc::new(Mutex::new(transport)))?;
-        self.subscribers.push(device);
+        self.subscribers.push(device.clone());
         self.cmdline
             .push_str(&format!(" virtio_mmio.device=4K@{base:#x}:{irq}"));
-        Ok(())
+        Ok(Added {
+            device,
+            interrupt,
+            mmio_addr: base,
+        })
     }
 }

@@ -1,12 +1,13 @@
 //! Property test of the virtqueue / virtio-blk request parser: arbitrary descriptor
 //! tables, chains and headers written by a hostile guest never crash the VMM, never make
 //! it write outside the buffers the guest marked writable, and every published chain is
-//! either completed or the queue stops cleanly.
+//! either completed or the queue stops cleanly. Half the cases run against an empty slot
+//! that gets its disk attached only for the final well-formed request.
 
 mod common;
 
 use common::driver::{Desc, Driver, DATA, F_NEXT, F_WRITE};
-use ember_vmm::devices::virtio::block::Block;
+use ember_vmm::devices::virtio::block::{Block, BlockSlot};
 use proptest::prelude::*;
 
 fn arb_desc() -> impl Strategy<Value = Desc> {
@@ -52,10 +53,16 @@ proptest! {
         descs in proptest::collection::vec(arb_desc(), 1..16),
         heads in proptest::collection::vec(0u16..16, 1..8),
         header in proptest::array::uniform16(any::<u8>()),
+        empty_slot in any::<bool>(),
     ) {
         let f = tempfile::NamedTempFile::new().unwrap();
         f.as_file().set_len(32 * 512).unwrap();
-        let mut d = Driver::new(Block::new(f.path(), false, "fuzz").unwrap(), 64);
+        let block = if empty_slot {
+            Block::slot("fuzz").unwrap()
+        } else {
+            Block::new(f.path(), false, "fuzz").unwrap()
+        };
+        let mut d = Driver::new(block, 64);
         d.init();
         d.poke(DATA, &header);
         // A sentinel page nothing may touch unless a descriptor names it writable.
@@ -80,6 +87,12 @@ proptest! {
             prop_assert!(d.peek(sentinel, 4096).iter().all(|b| *b == 0x5a), "wrote outside writable buffers");
         }
         // The device still serves a well-formed request afterwards.
+        if empty_slot {
+            BlockSlot::new(0, 0xd000_0000, d.device.clone(), d.interrupt.clone())
+                .unwrap()
+                .attach(f.path(), false)
+                .unwrap();
+        }
         let mut h = Vec::new();
         h.extend(0u32.to_le_bytes());
         h.extend(0u32.to_le_bytes());

@@ -82,6 +82,37 @@ fn rng_device_is_announced_after_the_disks() {
 }
 
 #[test]
+fn block_slots_follow_the_disks_as_empty_block_devices() {
+    if !kvm_available("block_slots_follow_the_disks_as_empty_block_devices") {
+        return;
+    }
+    // Print the DeviceID of the device in window 1 and the low byte of its capacity, as
+    // digits, then power off.
+    let code = vec![
+        0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+        0xbb, 0x08, 0x10, 0x00, 0xd0, // mov ebx, 0xd0001008 (DeviceID of window 1)
+        0x8b, 0x03, // mov eax, [rbx]
+        0x04, b'0', 0xee, // add al, '0'; out dx, al
+        0x8b, 0x83, 0xf8, 0x00, 0x00, 0x00, // mov eax, [rbx + 0xf8] (config: capacity)
+        0x04, b'0', 0xee, // add al, '0'; out dx, al
+        0xb0, b'\n', 0xee, // mov al, '\n'; out dx, al
+        0x66, 0xba, 0x01, 0x05, 0xee, // power off
+        0xf4, 0xeb, 0xfe,
+    ];
+    let (out, serial) = run_guest(&code, false, &["--block-slots", "2", "--rng"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(serial, "20\n", "a block device (2) of capacity 0; {stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains(
+            "virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6 \
+             virtio_mmio.device=4K@0xd0002000:7 virtio_mmio.device=4K@0xd0003000:8"
+        ),
+        "disk, two slots, then rng: {stderr}"
+    );
+}
+
+#[test]
 fn bzimage_guest_enters_at_its_64bit_entry() {
     if !kvm_available("bzimage_guest_enters_at_its_64bit_entry") {
         return;
@@ -212,6 +243,10 @@ fn bad_input_is_one_line_and_exit_2() {
         "disk /nonexistent/disk.img does not exist",
     );
     assert_bad_input(
+        &["--kernel", k, "--block-slots", "30"],
+        "30 virtio devices requested, but only 19 fit",
+    );
+    assert_bad_input(
         &["--kernel", k, "--vcpus", "0"],
         "vcpus = 0 is out of range",
     );
@@ -232,6 +267,7 @@ fn help_documents_exit_statuses() {
         "4 a vCPU triple-faulted",
         "--cpu-profile",
         "--disk",
+        "--block-slots",
     ] {
         assert!(text.contains(s), "--help lacks `{s}`:\n{text}");
     }

@@ -1,11 +1,12 @@
 //! virtio-blk through the virtio-mmio transport, driven by the simulated guest driver:
-//! every request type, read-only disks, and malformed requests that must fail alone.
+//! every request type, read-only disks, malformed requests that must fail alone, and
+//! slots whose disk is attached and detached while the queue runs.
 
 mod common;
 
 use common::driver::{Desc, Driver, DATA, F_NEXT, F_WRITE};
 use ember_vmm::devices::virtio::block::request::{status, types};
-use ember_vmm::devices::virtio::block::Block;
+use ember_vmm::devices::virtio::block::{Block, BlockSlot};
 use ember_vmm::devices::virtio::mmio::{reg, status as dev_status};
 use ember_vmm::devices::virtio::VirtioDevice;
 use std::io::Write;
@@ -337,4 +338,346 @@ fn queue_registers_are_ignored_after_driver_ok() {
     let (_, used) = std_request(&mut d, types::IN, 2, 512, true);
     assert_eq!(used.len(), 1, "the queue still uses the original table");
     assert_eq!(status_byte(&d), status::OK);
+}
+
+// ---- Slots: empty devices whose backing is attached and detached while the VM runs. ----
+
+const SLOT_ADDR: u64 = 0xd000_3000;
+
+/// An initialised driver of an empty slot and the slot's handle.
+fn slot() -> (Driver<Block>, BlockSlot) {
+    let mut d = Driver::new(Block::slot("ember-slot0").unwrap(), 64);
+    let st = d.init();
+    assert_ne!(st & dev_status::DRIVER_OK, 0);
+    let handle = BlockSlot::new(0, SLOT_ADDR, d.device.clone(), d.interrupt.clone()).unwrap();
+    (d, handle)
+}
+
+/// A file of `sectors` sectors, every byte `fill`.
+fn image(sectors: u64, fill: u8) -> tempfile::NamedTempFile {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    f.write_all(&vec![fill; (sectors * 512) as usize]).unwrap();
+    f.flush().unwrap();
+    f
+}
+
+fn capacity(d: &mut Driver<Block>) -> u64 {
+    // Linux reads the le64 as two 32-bit halves.
+    let mut lo = [0u8; 4];
+    let mut hi = [0u8; 4];
+    ember_vmm::devices::bus::BusDevice::read(&mut d.transport, reg::CONFIG, &mut lo);
+    ember_vmm::devices::bus::BusDevice::read(&mut d.transport, reg::CONFIG + 4, &mut hi);
+    u64::from(u32::from_le_bytes(lo)) | (u64::from(u32::from_le_bytes(hi)) << 32)
+}
+
+/// Drain the irqfd and acknowledge every InterruptStatus bit.
+fn clear_interrupts(d: &mut Driver<Block>) {
+    let _ = d.irq.read();
+    let st = d.read(reg::INTERRUPT_STATUS);
+    d.write(reg::INTERRUPT_ACK, st);
+    assert_eq!(d.read(reg::INTERRUPT_STATUS), 0);
+}
+
+#[test]
+fn empty_slot_has_capacity_zero_and_fails_reads_and_writes() {
+    let (mut d, handle) = slot();
+    assert_eq!(capacity(&mut d), 0);
+    assert_eq!(handle.attachment(), None);
+    assert_eq!(handle.mmio_addr(), SLOT_ADDR);
+    assert_eq!(
+        d.device_features() & (1 << 5),
+        0,
+        "a slot never offers RO: it cannot be renegotiated after boot"
+    );
+    std_request(&mut d, types::IN, 0, 512, true);
+    assert_eq!(status_byte(&d), status::IOERR, "read of an empty slot");
+    std_request(&mut d, types::IN, 0, 0, true);
+    assert_eq!(
+        status_byte(&d),
+        status::IOERR,
+        "even a zero-length read of an empty slot"
+    );
+    d.poke(BUF, &[0x11; 512]);
+    std_request(&mut d, types::OUT, 0, 512, false);
+    assert_eq!(status_byte(&d), status::IOERR, "write to an empty slot");
+    std_request(&mut d, types::FLUSH, 0, 0, false);
+    assert_eq!(status_byte(&d), status::OK, "nothing to flush");
+    let (_, used) = std_request(&mut d, types::GET_ID, 0, 20, true);
+    assert_eq!(status_byte(&d), status::OK, "GET_ID works on an empty slot");
+    assert_eq!(used[0].1, 21);
+    assert_eq!(&d.peek(BUF, 11), b"ember-slot0");
+}
+
+#[test]
+fn attach_raises_the_config_interrupt_and_serves_the_file() {
+    let (mut d, handle) = slot();
+    clear_interrupts(&mut d);
+    let generation = d.read(reg::CONFIG_GENERATION);
+    let f = {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        for s in 0..DISK_SECTORS {
+            f.write_all(&[s as u8; 512]).unwrap();
+        }
+        // A tail shorter than a sector is not part of the capacity.
+        f.write_all(&[0xff; 100]).unwrap();
+        f.flush().unwrap();
+        f
+    };
+    let a = handle.attach(f.path(), false).unwrap();
+    assert_eq!(a.path, f.path());
+    assert_eq!((a.capacity, a.read_only), (DISK_SECTORS, false));
+    assert_eq!(handle.attachment(), Some(a));
+    assert!(d.irq.read().unwrap() >= 1, "the IRQ was raised");
+    assert_eq!(
+        d.read(reg::INTERRUPT_STATUS) & 2,
+        2,
+        "InterruptStatus has the configuration-change bit"
+    );
+    assert_eq!(
+        d.read(reg::INTERRUPT_STATUS) & 1,
+        0,
+        "and not the used-ring bit"
+    );
+    assert_ne!(
+        d.read(reg::CONFIG_GENERATION),
+        generation,
+        "the config generation changed"
+    );
+    assert_eq!(capacity(&mut d), DISK_SECTORS);
+    d.write(reg::INTERRUPT_ACK, 2);
+    assert_eq!(d.read(reg::INTERRUPT_STATUS), 0);
+
+    let (head, used) = std_request(&mut d, types::IN, 3, 1024, true);
+    assert_eq!(used, vec![(u32::from(head), 1024 + 1)]);
+    assert_eq!(status_byte(&d), status::OK);
+    let data = d.peek(BUF, 1024);
+    assert!(data[..512].iter().all(|b| *b == 3) && data[512..].iter().all(|b| *b == 4));
+    // Writable: a write reaches the file.
+    d.poke(BUF, &[0xab; 512]);
+    std_request(&mut d, types::OUT, 9, 512, false);
+    assert_eq!(status_byte(&d), status::OK);
+    assert!(std::fs::read(f.path()).unwrap()[9 * 512..10 * 512]
+        .iter()
+        .all(|b| *b == 0xab));
+    // Past the new end still fails.
+    std_request(&mut d, types::IN, DISK_SECTORS, 512, true);
+    assert_eq!(status_byte(&d), status::IOERR);
+}
+
+#[test]
+fn read_only_attachment_rejects_writes_with_ioerr() {
+    let (mut d, handle) = slot();
+    let f = image(8, 0x5a);
+    let a = handle.attach(f.path(), true).unwrap();
+    assert!(a.read_only);
+    assert_eq!(
+        d.device_features() & (1 << 5),
+        0,
+        "features do not change after negotiation"
+    );
+    d.poke(BUF, &[0xee; 512]);
+    std_request(&mut d, types::OUT, 1, 512, false);
+    assert_eq!(
+        status_byte(&d),
+        status::IOERR,
+        "write to a read-only attachment"
+    );
+    assert!(
+        std::fs::read(f.path()).unwrap().iter().all(|b| *b == 0x5a),
+        "file unchanged"
+    );
+    std_request(&mut d, types::IN, 1, 512, true);
+    assert_eq!(status_byte(&d), status::OK, "reads work");
+    assert!(d.peek(BUF, 512).iter().all(|b| *b == 0x5a));
+    std_request(&mut d, types::FLUSH, 0, 0, false);
+    assert_eq!(status_byte(&d), status::OK);
+}
+
+#[test]
+fn detach_empties_the_slot_again() {
+    let (mut d, handle) = slot();
+    let f = image(16, 7);
+    handle.attach(f.path(), false).unwrap();
+    assert_eq!(capacity(&mut d), 16);
+    clear_interrupts(&mut d);
+    let generation = d.read(reg::CONFIG_GENERATION);
+    let old = handle.detach().expect("something was attached");
+    assert_eq!((old.path.as_path(), old.capacity), (f.path(), 16));
+    assert_eq!(capacity(&mut d), 0);
+    assert_eq!(d.read(reg::INTERRUPT_STATUS) & 2, 2, "config change raised");
+    assert!(d.irq.read().unwrap() >= 1);
+    assert_ne!(d.read(reg::CONFIG_GENERATION), generation);
+    assert_eq!(handle.attachment(), None);
+    std_request(&mut d, types::IN, 0, 512, true);
+    assert_eq!(status_byte(&d), status::IOERR, "reads fail once detached");
+
+    // Detaching an empty slot changes nothing and raises nothing.
+    clear_interrupts(&mut d);
+    let generation = d.read(reg::CONFIG_GENERATION);
+    assert_eq!(handle.detach(), None);
+    assert_eq!(d.read(reg::INTERRUPT_STATUS), 0);
+    assert_eq!(d.read(reg::CONFIG_GENERATION), generation);
+
+    // The slot can be reused for another file.
+    let g = image(4, 9);
+    handle.attach(g.path(), false).unwrap();
+    assert_eq!(capacity(&mut d), 4);
+    std_request(&mut d, types::IN, 3, 512, true);
+    assert_eq!(status_byte(&d), status::OK);
+    assert!(d.peek(BUF, 512).iter().all(|b| *b == 9));
+}
+
+#[test]
+fn failed_attach_names_the_path_and_leaves_the_slot_unchanged() {
+    let (mut d, handle) = slot();
+    clear_interrupts(&mut d);
+    let generation = d.read(reg::CONFIG_GENERATION);
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such.img");
+    let e = handle.attach(&missing, false).unwrap_err().to_string();
+    assert!(e.contains(&missing.display().to_string()), "{e}");
+    assert_eq!(handle.attachment(), None);
+    assert_eq!(capacity(&mut d), 0);
+    assert_eq!(d.read(reg::INTERRUPT_STATUS), 0, "no interrupt");
+    assert_eq!(d.read(reg::CONFIG_GENERATION), generation);
+    // A directory is not a disk.
+    let e = handle.attach(dir.path(), true).unwrap_err().to_string();
+    assert!(
+        e.contains("neither a regular file nor a block device"),
+        "{e}"
+    );
+    assert_eq!(handle.attachment(), None);
+
+    // An occupied slot keeps its disk.
+    let f = image(2, 1);
+    let g = image(3, 2);
+    handle.attach(f.path(), false).unwrap();
+    clear_interrupts(&mut d);
+    let e = handle.attach(g.path(), false).unwrap_err().to_string();
+    assert!(
+        e.contains("already holds") && e.contains(&f.path().display().to_string()),
+        "{e}"
+    );
+    assert_eq!(handle.attachment().unwrap().path, f.path());
+    assert_eq!(capacity(&mut d), 2);
+    assert_eq!(d.read(reg::INTERRUPT_STATUS), 0);
+}
+
+#[test]
+fn a_fixed_disk_is_not_a_slot() {
+    let (_f, d) = disk(false);
+    let e = BlockSlot::new(2, SLOT_ADDR, d.device.clone(), d.interrupt.clone())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not a slot"), "{e}");
+}
+
+#[test]
+fn attach_and_detach_race_the_event_loop_without_mixing_data() {
+    use ember_vmm::event_loop::{EventLoop, Subscriber};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    const SECTORS: u64 = 256;
+    const READ_LEN: u32 = 64 * 1024;
+    let (mut d, handle) = slot();
+    let a = image(SECTORS, 0xaa);
+    let b = image(SECTORS, 0xbb);
+    // The real event-loop thread processes the queue, as in a running VM.
+    let subscriber: Subscriber = d.device.clone();
+    let event_loop = EventLoop::start(vec![subscriber]).unwrap();
+
+    let done = Arc::new(AtomicBool::new(false));
+    let swapper = {
+        let (handle, done) = (handle.clone(), done.clone());
+        let (a, b) = (a.path().to_path_buf(), b.path().to_path_buf());
+        std::thread::spawn(move || {
+            let mut cycles = 0u32;
+            while !done.load(Ordering::SeqCst) {
+                for p in [&a, &b] {
+                    handle.attach(p, cycles.is_multiple_of(2)).unwrap();
+                    std::thread::yield_now();
+                    assert!(handle.detach().is_some());
+                }
+                cycles += 1;
+            }
+            cycles
+        })
+    };
+
+    let (mut ok_a, mut ok_b, mut ioerr) = (0u32, 0u32, 0u32);
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(1500) || ok_a == 0 || ok_b == 0 || ioerr == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no mix of outcomes after 30 s: {ok_a} A, {ok_b} B, {ioerr} IOERR"
+        );
+        d.poke(BUF, &vec![0u8; READ_LEN as usize]);
+        header(
+            &d,
+            types::IN,
+            (ok_a + ok_b + ioerr) as u64 % (SECTORS - 128),
+        );
+        let head = d.submit(&[
+            Desc {
+                addr: HDR,
+                len: 16,
+                flags: 0,
+                next: 0,
+            },
+            Desc {
+                addr: BUF,
+                len: READ_LEN,
+                flags: F_WRITE,
+                next: 0,
+            },
+            Desc {
+                addr: STATUS,
+                len: 1,
+                flags: F_WRITE,
+                next: 0,
+            },
+        ]);
+        d.kick(); // the ioeventfd the event loop watches
+        let used = loop {
+            let used = d.used();
+            if !used.is_empty() {
+                break used;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "the event loop answered no request"
+            );
+            std::thread::yield_now();
+        };
+        assert_eq!(used.len(), 1);
+        assert_eq!(used[0].0, u32::from(head));
+        match status_byte(&d) {
+            status::OK => {
+                assert_eq!(used[0].1, READ_LEN + 1);
+                let data = d.peek(BUF, READ_LEN as usize);
+                let first = data[0];
+                assert!(
+                    data.iter().all(|x| *x == first),
+                    "one read saw two disks (or a partial read)"
+                );
+                match first {
+                    0xaa => ok_a += 1,
+                    0xbb => ok_b += 1,
+                    other => panic!("read returned {other:#x}, from neither disk"),
+                }
+            }
+            status::IOERR => {
+                assert_eq!(used[0].1, 1, "a failed read returns only the status");
+                ioerr += 1
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    done.store(true, Ordering::SeqCst);
+    let cycles = swapper.join().expect("the swapper did not panic");
+    event_loop.stop();
+    assert!(cycles > 0);
+    eprintln!("{ok_a} reads of A, {ok_b} of B, {ioerr} IOERR over {cycles} swap cycles");
 }

@@ -13,7 +13,10 @@
 //!   mounts at [`AGENT_SHARED_DIR`] at CreateSandbox;
 //! - with a pod network namespace, a virtio-net NIC on a tap in that namespace, joined to
 //!   the pod's interface by tc redirects ([`crate::network`]); the NIC takes the pod
-//!   interface's MAC.
+//!   interface's MAC;
+//! - `hypervisor.block_slots` empty virtio-blk slots, right after the image disk, for the
+//!   containers' block volumes ([`super::block`]): each volume is attached to a free slot
+//!   and mounted by the agent under [`AGENT_STORAGE_DIR`].
 //!
 //! The serial console goes to `console.log` in the state directory.
 //!
@@ -22,7 +25,7 @@
 //! RPC; a guest NIC without them does not reach the pod network.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -36,15 +39,19 @@ use ember_vmm::{DiskConfig, ExitReason, SerialSink, Vm, VmConfig, VmError};
 use log::{info, warn};
 use tokio::sync::{oneshot, watch};
 
+use super::block::{BlockSlots, BlockVolumeError};
 use super::{Backend, SandboxError, SandboxExit, StartContext};
 use crate::endpoint::AgentEndpoint;
 use crate::network::{self, NetworkError, PodNetwork};
+use crate::oci::BlockVolume;
 use crate::state::Resource;
 
 /// The virtio-fs tag of the sandbox's shared directory.
 pub const SHARED_TAG: &str = "ember-shared";
 /// Where the agent mounts the shared directory in the guest.
 pub const AGENT_SHARED_DIR: &str = "/run/ember/shared";
+/// Where the agent mounts block volumes in the guest: `<dir>/<container>/<mount index>`.
+pub const AGENT_STORAGE_DIR: &str = "/run/ember/storage";
 /// The hybrid-vsock Unix socket's name in the sandbox's state directory.
 pub const VSOCK_SOCKET: &str = "vsock.sock";
 /// The serial console log's name in the sandbox's state directory.
@@ -179,6 +186,16 @@ pub fn vm_config(
         });
     }
     vm.memory_mib = u64::from(h.memory_mib);
+    let (lo, hi) = ember_config::BLOCK_SLOTS_RANGE;
+    vm.block_slots = match u8::try_from(h.block_slots) {
+        Ok(n) if (lo..=hi).contains(&h.block_slots) => n,
+        _ => {
+            return Err(MicrovmError::Setting {
+                key: "hypervisor.block_slots",
+                message: format!("{} is out of range: allowed {lo} to {hi}", h.block_slots),
+            })
+        }
+    };
     vm.cpu_profile = h.cpu_profile;
     vm.cmdline = kernel_cmdline(config);
     vm.serial = SerialSink::File(state_dir.join(CONSOLE_LOG));
@@ -281,9 +298,17 @@ pub struct MicrovmBackend {
     log: Option<PathBuf>,
     network: Option<PodNetwork>,
     vm: Option<VmHandle>,
+    /// The VM's virtio-blk slots and which container's volume each holds.
+    slots: Mutex<BlockSlots>,
 }
 
 impl MicrovmBackend {
+    fn slots(&self) -> std::sync::MutexGuard<'_, BlockSlots> {
+        self.slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// The pod network the VM is joined to: the tap, the pod interface (its MAC is the
     /// guest NIC's) and the addresses and routes the guest has to configure. `None` without
     /// a pod network namespace. [`Backend::network_request`] turns it into the agent's
@@ -354,11 +379,12 @@ impl MicrovmBackend {
                 };
                 let latch = vm.exit_latch();
                 let cmdline = vm.cmdline().to_string();
+                let slots = vm.block_slots().to_vec();
                 if let Err(e) = vm.start() {
                     let _ = ready_tx.send(Err(e));
                     return;
                 }
-                let _ = ready_tx.send(Ok((latch, cmdline)));
+                let _ = ready_tx.send(Ok((latch, cmdline, slots)));
                 let reason = vm.wait();
                 exit_tx.send_replace(Some(SandboxExit {
                     status: describe_exit(reason),
@@ -368,7 +394,7 @@ impl MicrovmBackend {
                 id: id.clone(),
                 message: format!("cannot start the VM thread: {e}"),
             })?;
-        let (latch, cmdline) = match ready_rx.await {
+        let (latch, cmdline, slots) = match ready_rx.await {
             Ok(Ok(v)) => v,
             Ok(Err(VmError::OpenKvm(e))) => {
                 return Err(fail(MicrovmError::NoKvm {
@@ -394,6 +420,7 @@ impl MicrovmBackend {
             exit: exit_rx,
             cmdline,
         });
+        self.slots = Mutex::new(BlockSlots::new(slots));
         Ok(AgentEndpoint::HybridVsock {
             socket,
             port: ctx.config.agent.port,
@@ -437,6 +464,40 @@ impl Backend for MicrovmBackend {
         self.network.as_ref().map(update_network_request)
     }
 
+    fn block_volume_dir(&self) -> Option<PathBuf> {
+        Some(PathBuf::from(AGENT_STORAGE_DIR))
+    }
+
+    fn attach_block_volumes(
+        &self,
+        container_id: &str,
+        volumes: &[BlockVolume],
+    ) -> Result<Vec<Storage>, BlockVolumeError> {
+        let mut slots = self.slots();
+        volumes
+            .iter()
+            .map(|v| {
+                let s = slots.attach(container_id, v)?;
+                info!(
+                    "container={container_id}: {}: {} attached at {} ({} of {} slots free)",
+                    v.describe(),
+                    v.source.display(),
+                    s.source,
+                    slots.free(),
+                    slots.len()
+                );
+                Ok(s)
+            })
+            .collect()
+    }
+
+    fn release_block_volumes(&self, container_id: &str) {
+        let freed = self.slots().release(container_id);
+        if freed > 0 {
+            info!("container={container_id}: {freed} block volume(s) detached");
+        }
+    }
+
     fn pid(&self) -> u32 {
         // The VMM runs in this process.
         std::process::id()
@@ -462,19 +523,21 @@ impl Backend for MicrovmBackend {
 
     /// A VM has no polite stop of its own (the agent was told DestroySandbox before): the
     /// vCPUs are stopped at once, and this waits up to `grace` for the VM's threads to end.
+    /// The slot handles go too: they hold the VM's block devices, and with them its guest
+    /// memory, which would otherwise stay mapped until the backend is dropped.
     async fn stop(&self, grace: Duration) {
         let Some(vm) = &self.vm else { return };
         let mut rx = vm.exit.clone();
-        if rx.borrow().is_some() {
-            return;
+        if rx.borrow().is_none() {
+            vm.latch.trigger(ExitReason::Stopped);
+            let done = tokio::time::timeout(grace, rx.wait_for(|e| e.is_some()))
+                .await
+                .is_ok();
+            if !done {
+                warn!("the VM's threads did not end within {grace:?} of the stop");
+            }
         }
-        vm.latch.trigger(ExitReason::Stopped);
-        let done = tokio::time::timeout(grace, rx.wait_for(|e| e.is_some()))
-            .await
-            .is_ok();
-        if !done {
-            warn!("the VM's threads did not end within {grace:?} of the stop");
-        }
+        *self.slots() = BlockSlots::default();
     }
 }
 
@@ -552,6 +615,7 @@ mod tests {
         assert_eq!(vm.serial, SerialSink::File(a.state.join("console.log")));
         assert!(vm.net.is_empty());
         assert_eq!(vm.cpu_profile, ember_config::CpuProfile::Auto);
+        assert_eq!(vm.block_slots, 4, "hypervisor.block_slots' default");
         vm.validate().unwrap();
     }
 
@@ -654,6 +718,19 @@ mod tests {
         c.hypervisor.vcpus = 0;
         assert!(err(&c).starts_with("hypervisor.vcpus: 0"), "{}", err(&c));
         let mut c = config(&a);
+        c.hypervisor.block_slots = 15;
+        assert!(
+            err(&c).starts_with("hypervisor.block_slots: 15 is out of range: allowed 0 to 14"),
+            "{}",
+            err(&c)
+        );
+        c.hypervisor.block_slots = 300;
+        assert!(
+            err(&c).starts_with("hypervisor.block_slots: 300"),
+            "{}",
+            err(&c)
+        );
+        let mut c = config(&a);
         c.hypervisor.memory_mib = 16;
         assert!(
             err(&c).starts_with("hypervisor.memory_mib: 16 MiB"),
@@ -687,8 +764,38 @@ mod tests {
         assert_eq!(s[0].source, SHARED_TAG);
         assert_eq!(s[0].mount_point, AGENT_SHARED_DIR);
         assert_eq!(b.agent_shared_dir(), PathBuf::from("/run/ember/shared"));
+        assert_eq!(
+            b.block_volume_dir(),
+            Some(PathBuf::from("/run/ember/storage"))
+        );
+        assert!(
+            crate::sandbox::process::ProcessBackend::default()
+                .block_volume_dir()
+                .is_none(),
+            "the process backend leaves filesystem mounts to libcontainer"
+        );
         assert_eq!(b.pid(), std::process::id());
         assert!(b.network().is_none() && b.cmdline().is_none());
+    }
+
+    #[test]
+    fn every_slot_the_config_allows_fits_the_vm_with_all_its_devices() {
+        // The largest sandbox VM: image disk, rng, vsock, share, NIC, and the most slots.
+        let a = assets();
+        let mut c = config(&a);
+        c.hypervisor.initrd = None;
+        c.hypervisor.image = Some(a.image.clone());
+        c.hypervisor.block_slots = ember_config::BLOCK_SLOTS_RANGE.1;
+        let mut vm = vm_config(&c, &a.state, &a.shared, None).unwrap();
+        vm.net.push(NetConfig {
+            tap: "t".into(),
+            mac: None,
+            netns: None,
+        });
+        assert_eq!(vm.virtio_device_count(), 19);
+        vm.validate().unwrap();
+        vm.block_slots += 1;
+        assert!(vm.validate().is_err(), "one more does not fit");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! Both backends sit behind [`Backend`]; everything above it (the shim, `ember run`) is the
 //! same code for both.
 
+pub mod block;
 pub mod microvm;
 pub mod process;
 
@@ -24,8 +25,9 @@ use log::{info, warn};
 
 use crate::endpoint::{AgentEndpoint, EndpointError};
 use crate::mounts::{self, MountError, MountSpec};
-use crate::oci::{self, BundleSpec, OciError, Translation};
+use crate::oci::{self, BlockVolume, BundleSpec, OciError, Translation};
 use crate::state::{Resource, SandboxState, StateError};
+use block::BlockVolumeError;
 
 /// Errors of sandbox operations.
 #[derive(Debug, thiserror::Error)]
@@ -130,6 +132,31 @@ pub trait Backend: Send + Sync {
     fn agent_shared_dir(&self) -> PathBuf;
     /// Storages the agent mounts at CreateSandbox (the microVM's virtio-fs share).
     fn sandbox_storages(&self) -> Vec<Storage>;
+    /// Where the agent mounts block volumes, when this backend turns filesystem mounts of
+    /// host block devices and image files into them (the microVM's virtio-blk slots);
+    /// `None` leaves such mounts to the agent as they are.
+    fn block_volume_dir(&self) -> Option<PathBuf> {
+        None
+    }
+    /// Attaches the block volumes of container `container_id` and returns the agent's
+    /// storages for them. Volumes attached before a failure stay attached until
+    /// [`Backend::release_block_volumes`].
+    fn attach_block_volumes(
+        &self,
+        _container_id: &str,
+        volumes: &[BlockVolume],
+    ) -> Result<Vec<Storage>, BlockVolumeError> {
+        match volumes.first() {
+            None => Ok(Vec::new()),
+            Some(v) => Err(BlockVolumeError::Unsupported {
+                volume: v.describe(),
+                backend: self.kind().as_str(),
+            }),
+        }
+    }
+    /// Detaches every block volume of container `container_id` (after the agent unmounted
+    /// them).
+    fn release_block_volumes(&self, _container_id: &str) {}
     /// The agent's UpdateNetwork for the pod network, when the agent must configure the
     /// guest's NICs itself (a microVM in a pod network namespace).
     fn network_request(&self) -> Option<UpdateNetworkRequest> {
@@ -428,6 +455,7 @@ impl Sandbox {
             mounts::mount_all(&req.rootfs_mounts, &rootfs)?;
         }
         let agent_shared = self.backend.agent_shared_dir();
+        let volume_dir = self.backend.block_volume_dir();
         let t = oci::translate(
             &req.spec,
             &Translation {
@@ -441,6 +469,7 @@ impl Sandbox {
                     .expect("pod sandbox lock")
                     .as_ref()
                     .map(|(_, pid)| *pid),
+                block_volume_dir: volume_dir.as_deref(),
             },
         );
         for note in &t.notes {
@@ -449,9 +478,17 @@ impl Sandbox {
         for b in &t.binds {
             mounts::bind(&b.host, &self.shared_dir.join(&b.shared_rel), b.read_only)?;
         }
+        let storages = self
+            .backend
+            .attach_block_volumes(cid, &t.block_volumes)
+            .map_err(|e| SandboxError::Backend {
+                id: self.id.clone(),
+                message: format!("container {cid}: {e}"),
+            })?;
         let mut r = CreateContainerRequest::new();
         r.container_id = cid.to_string();
         r.spec_json = t.spec.to_string();
+        r.storages = storages;
         r.stdio = Some(req.stdio).into();
         let resp = self
             .agent
@@ -491,9 +528,10 @@ impl Sandbox {
         }
     }
 
-    /// Removes a container's part of the shared directory (its rootfs and shared binds) and
-    /// its entries in the state record.
+    /// Removes a container's part of the shared directory (its rootfs and shared binds),
+    /// detaches its block volumes, and drops its entries in the state record.
     fn unshare_container(&self, cid: &str) -> Result<(), SandboxError> {
+        self.backend.release_block_volumes(cid);
         let container_dir = self.shared_dir.join(cid);
         mounts::remove_dir_safely(&container_dir)?;
         self.with_state(|s| -> Result<(), StateError> {

@@ -68,6 +68,9 @@ pub struct Driver<D: VirtioDevice> {
     pub transport: MmioTransport,
     /// The interrupt eventfd.
     pub irq: EventFd,
+    /// The transport's interrupt line (InterruptStatus), for devices that raise it from
+    /// outside the transport (a block slot's configuration change).
+    pub interrupt: Arc<Interrupt>,
     rings: Vec<Ring>,
 }
 
@@ -77,16 +80,14 @@ impl<D: VirtioDevice + 'static> Driver<D> {
         let mem = memory::create(mib).unwrap();
         let device = Arc::new(Mutex::new(device));
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        let transport = MmioTransport::new(
-            device.clone(),
-            mem.clone(),
-            Arc::new(Interrupt::new(irq.try_clone().unwrap())),
-        );
+        let interrupt = Arc::new(Interrupt::new(irq.try_clone().unwrap()));
+        let transport = MmioTransport::new(device.clone(), mem.clone(), interrupt.clone());
         Self {
             mem,
             device,
             transport,
             irq,
+            interrupt,
             rings: vec![Ring::default(); 8],
         }
     }

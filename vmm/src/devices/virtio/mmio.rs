@@ -208,7 +208,7 @@ impl MmioTransport {
                 .map_or(0, |q| u32::from(q.ready())),
             reg::INTERRUPT_STATUS => self.interrupt.status(),
             reg::STATUS => self.status,
-            reg::CONFIG_GENERATION => 0,
+            reg::CONFIG_GENERATION => dev.config_generation(),
             _ => {
                 log::debug!("virtio-mmio: read of unknown register {offset:#x}");
                 0

@@ -92,6 +92,12 @@ pub trait VirtioDevice: Send {
     fn avail_features(&self) -> u64;
     /// Read the device-specific configuration space.
     fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// The ConfigGeneration register: a device whose configuration space changes while the
+    /// driver runs bumps it, so a driver reading a multi-word field (a 64-bit capacity in
+    /// two 32-bit reads) can tell it saw one consistent value. Constant by default.
+    fn config_generation(&self) -> u32 {
+        0
+    }
     /// Write the device-specific configuration space (read-only unless overridden).
     fn write_config(&mut self, offset: u64, _data: &[u8]) {
         log::warn!(

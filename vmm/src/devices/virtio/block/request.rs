@@ -64,6 +64,9 @@ pub enum RequestError {
     /// A write to a read-only disk.
     #[error("write to a read-only disk")]
     ReadOnly,
+    /// A read or write of an empty slot (no backing attached).
+    #[error("no disk attached to this slot")]
+    NoMedium,
     /// Data larger than [`MAX_TRANSFER`].
     #[error("transfer of {0} bytes is larger than {MAX_TRANSFER}")]
     TooLarge(usize),
@@ -90,9 +93,9 @@ impl RequestError {
 
 /// The disk a request runs against.
 pub struct Disk<'a> {
-    /// Backing file.
-    pub file: &'a File,
-    /// Size in bytes (capacity × 512).
+    /// Backing file; `None` for an empty slot, where reads and writes fail with IOERR.
+    pub file: Option<&'a File>,
+    /// Size in bytes (capacity × 512; 0 for an empty slot).
     pub size: u64,
     /// Reject writes.
     pub read_only: bool,
@@ -176,16 +179,17 @@ fn run<B: BitmapSlice>(
     let sector = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
     match kind {
         types::IN => {
+            let file = disk.file.ok_or(RequestError::NoMedium)?;
             let len = data.available_bytes();
             let offset = check_range(disk, sector, len)?;
             let buf = bounce_slice(bounce, len);
-            disk.file
-                .read_exact_at(buf, offset)
+            file.read_exact_at(buf, offset)
                 .map_err(|e| RequestError::Io(e.to_string()))?;
             data.write_all(buf).map_err(|_| RequestError::Memory)?;
             Ok(len)
         }
         types::OUT => {
+            let file = disk.file.ok_or(RequestError::NoMedium)?;
             if disk.read_only {
                 return Err(RequestError::ReadOnly);
             }
@@ -193,15 +197,14 @@ fn run<B: BitmapSlice>(
             let offset = check_range(disk, sector, len)?;
             let buf = bounce_slice(bounce, len);
             reader.read_exact(buf).map_err(|_| RequestError::Memory)?;
-            disk.file
-                .write_all_at(buf, offset)
+            file.write_all_at(buf, offset)
                 .map_err(|e| RequestError::Io(e.to_string()))?;
             Ok(0)
         }
         types::FLUSH => {
-            if !disk.read_only {
-                disk.file
-                    .sync_data()
+            // Nothing to flush in an empty slot or a read-only disk.
+            if let Some(file) = disk.file.filter(|_| !disk.read_only) {
+                file.sync_data()
                     .map_err(|e| RequestError::Io(e.to_string()))?;
             }
             Ok(0)

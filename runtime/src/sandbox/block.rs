@@ -1,0 +1,296 @@
+//! Block volumes of a microVM sandbox: which virtio-blk slot holds which container's
+//! volume.
+//!
+//! The VM boots with `hypervisor.block_slots` empty slots (virtio-mmio has no hot-plug).
+//! Creating a container attaches each of its [`BlockVolume`]s to a free slot and hands the
+//! agent a `Storage` that names the slot by its virtio-mmio address (`mmio:0x...`, which
+//! the agent resolves to `/dev/vdX` through sysfs); removing the container (or a failed
+//! create) detaches them, after the agent has unmounted them.
+//!
+//! Nothing here is recorded in the sandbox's state file: an attachment is an open file
+//! of the VMM, which runs in this process, so a crash ends it together with the VM and
+//! leaves nothing on the host to clean up.
+
+use ember_agent_protocol::agent::{storage::Driver, Storage};
+use ember_vmm::devices::virtio::block::{BlockError, BlockSlot};
+
+use crate::oci::BlockVolume;
+
+/// Errors attaching a block volume, naming the mount.
+#[derive(Debug, thiserror::Error)]
+pub enum BlockVolumeError {
+    /// Every slot holds a volume.
+    #[error("{volume}: no free virtio-blk slot (hypervisor.block_slots = {slots})")]
+    NoFreeSlot {
+        /// `mounts[N]: DESTINATION`.
+        volume: String,
+        /// How many slots the VM has.
+        slots: usize,
+    },
+    /// The backend has no block volumes (the translation made some anyway: a bug).
+    #[error("{volume}: the {backend} backend has no virtio-blk slots")]
+    Unsupported {
+        /// `mounts[N]: DESTINATION`.
+        volume: String,
+        /// The backend's name.
+        backend: &'static str,
+    },
+    /// The VMM could not attach the source.
+    #[error("{volume}: {source}")]
+    Attach {
+        /// `mounts[N]: DESTINATION`.
+        volume: String,
+        /// Why (names the source path).
+        source: BlockError,
+    },
+}
+
+struct Slot {
+    handle: BlockSlot,
+    /// The container whose volume the slot holds.
+    owner: Option<String>,
+}
+
+/// The VM's virtio-blk slots and their owners.
+#[derive(Default)]
+pub struct BlockSlots {
+    slots: Vec<Slot>,
+}
+
+impl BlockSlots {
+    /// The slots of a VM, all free.
+    pub fn new(handles: Vec<BlockSlot>) -> Self {
+        Self {
+            slots: handles
+                .into_iter()
+                .map(|handle| Slot {
+                    handle,
+                    owner: None,
+                })
+                .collect(),
+        }
+    }
+
+    /// How many slots the VM has.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether the VM has no slots.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// How many slots are free.
+    pub fn free(&self) -> usize {
+        self.slots.iter().filter(|s| s.owner.is_none()).count()
+    }
+
+    /// Attaches `volume` of `container_id` to the first free slot and returns the
+    /// agent's storage for it. A failure leaves every slot as it was.
+    pub fn attach(
+        &mut self,
+        container_id: &str,
+        volume: &BlockVolume,
+    ) -> Result<Storage, BlockVolumeError> {
+        let slots = self.slots.len();
+        let slot = self
+            .slots
+            .iter_mut()
+            .find(|s| s.owner.is_none())
+            .ok_or_else(|| BlockVolumeError::NoFreeSlot {
+                volume: volume.describe(),
+                slots,
+            })?;
+        slot.handle
+            .attach(&volume.source, volume.read_only)
+            .map_err(|source| BlockVolumeError::Attach {
+                volume: volume.describe(),
+                source,
+            })?;
+        slot.owner = Some(container_id.to_string());
+        Ok(storage(volume, slot.handle.mmio_addr()))
+    }
+
+    /// Detaches every volume of `container_id`; returns how many slots were freed.
+    pub fn release(&mut self, container_id: &str) -> usize {
+        let mut freed = 0;
+        for s in &mut self.slots {
+            if s.owner.as_deref() == Some(container_id) {
+                s.handle.detach();
+                s.owner = None;
+                freed += 1;
+            }
+        }
+        freed
+    }
+}
+
+/// The agent's storage for `volume` in the slot at `mmio_addr`.
+pub fn storage(volume: &BlockVolume, mmio_addr: u64) -> Storage {
+    let mut s = Storage::new();
+    s.driver = Driver::BLOCK.into();
+    s.source = format!("mmio:{mmio_addr:#x}");
+    s.fstype = volume.fstype.clone();
+    s.options = volume.options.clone();
+    s.mount_point = volume.guest_path.display().to_string();
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::{translate, BundleSpec, Translation};
+    use ember_vmm::devices::virtio::block::Block;
+    use ember_vmm::devices::virtio::Interrupt;
+    use std::path::{Path, PathBuf};
+    use std::sync::{Arc, Mutex};
+    use vmm_sys_util::eventfd::EventFd;
+
+    /// `n` slots outside any VM, at the addresses a VM would give them.
+    fn slots(n: usize) -> BlockSlots {
+        BlockSlots::new(
+            (0..n)
+                .map(|i| {
+                    let device = Arc::new(Mutex::new(Block::slot(&format!("s{i}")).unwrap()));
+                    let irq = Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
+                    BlockSlot::new(i, 0xd000_1000 + 0x1000 * i as u64, device, irq).unwrap()
+                })
+                .collect(),
+        )
+    }
+
+    fn volume(index: usize, source: &Path, read_only: bool) -> BlockVolume {
+        BlockVolume {
+            index,
+            destination: format!("/data{index}"),
+            source: source.to_path_buf(),
+            fstype: "ext4".into(),
+            options: if read_only { vec!["ro".into()] } else { vec![] },
+            read_only,
+            guest_path: PathBuf::from(format!("/run/ember/storage/c1/{index}")),
+        }
+    }
+
+    /// An ext4 image file like a loop-mounted volume's (contents do not matter here).
+    fn image(dir: &Path, name: &str, sectors: usize) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, vec![0u8; sectors * 512]).unwrap();
+        p
+    }
+
+    #[test]
+    fn an_ext4_image_mount_gets_a_slot_storage_and_a_bind() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = image(dir.path(), "vol.ext4", 64);
+        let spec = BundleSpec::parse(
+            &serde_json::json!({
+                "ociVersion": "1.0.2",
+                "root": {"path": "rootfs"},
+                "process": {"args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+                "mounts": [
+                    {"destination": "/proc", "type": "proc", "source": "proc"},
+                    {"destination": "/etc/hosts", "type": "bind", "source": "/etc/hosts", "options": ["rbind", "ro"]},
+                    {"destination": "/data", "type": "ext4", "source": img, "options": ["ro", "noatime"]}
+                ]
+            })
+            .to_string(),
+            Path::new("/b"),
+        )
+        .unwrap();
+        let t = translate(
+            &spec,
+            &Translation {
+                sandbox_id: "sb",
+                container_id: "c1",
+                agent_shared_dir: Path::new("/run/ember/shared"),
+                vm: true,
+                block_volume_dir: Some(Path::new("/run/ember/storage")),
+                pod_sandbox_pid: None,
+            },
+        );
+        assert_eq!(t.block_volumes.len(), 1);
+        let mut s = slots(2);
+        let st = s.attach("c1", &t.block_volumes[0]).unwrap();
+        assert_eq!(st.driver.enum_value_or_default(), Driver::BLOCK);
+        assert_eq!(st.source, "mmio:0xd0001000", "the first slot's address");
+        assert_eq!(st.fstype, "ext4");
+        assert_eq!(st.options, ["ro", "noatime"]);
+        assert_eq!(st.mount_point, "/run/ember/storage/c1/2");
+        let held = s.slots[0].handle.attachment().unwrap();
+        assert_eq!((held.path, held.read_only, held.capacity), (img, true, 64));
+        assert_eq!(s.free(), 1);
+        // The container binds the agent's mount; the bind mount is left to the share.
+        assert_eq!(t.spec["mounts"][2]["type"], "bind");
+        assert_eq!(t.spec["mounts"][2]["source"], "/run/ember/storage/c1/2");
+        assert_eq!(
+            t.spec["mounts"][2]["options"],
+            serde_json::json!(["rbind", "ro", "noatime"])
+        );
+        assert_eq!(
+            t.spec["mounts"][1]["source"],
+            "/run/ember/shared/c1/mounts/1"
+        );
+        assert_eq!(t.binds.len(), 1);
+    }
+
+    #[test]
+    fn out_of_slots_names_the_mount_and_the_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (image(dir.path(), "a", 8), image(dir.path(), "b", 8));
+        let mut s = slots(1);
+        s.attach("c1", &volume(1, &a, false)).unwrap();
+        let mut v = volume(3, &b, false);
+        v.destination = "/data".into();
+        let e = s.attach("c2", &v).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "mounts[3]: /data: no free virtio-blk slot (hypervisor.block_slots = 1)"
+        );
+        let e = slots(0).attach("c1", &v).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "mounts[3]: /data: no free virtio-blk slot (hypervisor.block_slots = 0)"
+        );
+    }
+
+    #[test]
+    fn release_frees_only_the_containers_slots() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = image(dir.path(), "v", 8);
+        let mut s = slots(3);
+        s.attach("c1", &volume(1, &img, true)).unwrap();
+        let st = s.attach("c2", &volume(1, &img, true)).unwrap();
+        assert_eq!(st.source, "mmio:0xd0002000");
+        s.attach("c1", &volume(2, &img, true)).unwrap();
+        assert_eq!(s.free(), 0);
+        assert!(s.attach("c3", &volume(1, &img, true)).is_err());
+        assert_eq!(s.release("c1"), 2);
+        assert_eq!(s.free(), 2);
+        assert!(s.slots[0].handle.attachment().is_none(), "detached");
+        assert!(
+            s.slots[1].handle.attachment().is_some(),
+            "c2 keeps its slot"
+        );
+        assert_eq!(s.release("c1"), 0, "nothing left to release");
+        // A freed slot is reused.
+        let st = s.attach("c3", &volume(1, &img, false)).unwrap();
+        assert_eq!(st.source, "mmio:0xd0001000");
+    }
+
+    #[test]
+    fn a_source_that_cannot_be_attached_is_named_and_takes_no_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        let gone = dir.path().join("gone.ext4");
+        let mut s = slots(1);
+        let e = s
+            .attach("c1", &volume(4, &gone, false))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("mounts[4]: /data4: ") && e.contains(&gone.display().to_string()),
+            "{e}"
+        );
+        assert_eq!(s.free(), 1);
+    }
+}
