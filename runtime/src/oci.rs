@@ -506,6 +506,24 @@ mod tests {
         })
     }
 
+    /// The inputs of a translation of container `c1` in sandbox `sb`, in a microVM (`vm`,
+    /// shared dir `/run/ember/shared`) or on the host (shared dir under the state dir),
+    /// without a pause container or block volumes.
+    fn inputs(vm: bool) -> Translation<'static> {
+        Translation {
+            sandbox_id: "sb",
+            container_id: "c1",
+            agent_shared_dir: Path::new(if vm {
+                "/run/ember/shared"
+            } else {
+                "/run/ember/sandboxes/sb/shared"
+            }),
+            vm,
+            pod_sandbox_pid: None,
+            block_volume_dir: None,
+        }
+    }
+
     #[test]
     fn invalid_json_and_bad_fields_are_named() {
         let e = BundleSpec::parse("{\"ociVersion\": ", Path::new("/b"))
@@ -529,17 +547,7 @@ mod tests {
         let s = spec(base());
         assert_eq!(s.hostname(), Some("h1"));
         assert_eq!(s.rootfs(), PathBuf::from("/b/rootfs"));
-        let t = translate(
-            &s,
-            &Translation {
-                sandbox_id: "sb",
-                container_id: "c1",
-                agent_shared_dir: Path::new("/run/ember/sandboxes/sb/shared"),
-                vm: false,
-                pod_sandbox_pid: None,
-                block_volume_dir: None,
-            },
-        );
+        let t = translate(&s, &inputs(false));
         assert_eq!(
             t.spec["root"]["path"],
             "/run/ember/sandboxes/sb/shared/c1/rootfs"
@@ -575,12 +583,8 @@ mod tests {
             let t = translate(
                 &s,
                 &Translation {
-                    sandbox_id: "sb",
-                    container_id: "c1",
-                    agent_shared_dir: Path::new("/run/ember/shared"),
-                    vm,
                     pod_sandbox_pid: Some(7),
-                    block_volume_dir: None,
+                    ..inputs(vm)
                 },
             );
             assert_eq!(
@@ -595,17 +599,7 @@ mod tests {
             );
         }
         // Without a known pause container, joined namespaces are dropped (the agent's).
-        let t = translate(
-            &s,
-            &Translation {
-                sandbox_id: "sb",
-                container_id: "c1",
-                agent_shared_dir: Path::new("/run/ember/shared"),
-                vm: false,
-                pod_sandbox_pid: None,
-                block_volume_dir: None,
-            },
-        );
+        let t = translate(&s, &inputs(false));
         assert_eq!(t.spec["linux"]["namespaces"], json!([{"type": "mount"}]));
         let mut v = base();
         v["annotations"] = json!({CRI_CONTAINER_TYPE: "sandbox"});
@@ -618,12 +612,8 @@ mod tests {
         let t = translate(
             &s,
             &Translation {
-                sandbox_id: "sb",
-                container_id: "c1",
-                agent_shared_dir: Path::new("/run/ember/shared"),
-                vm: true,
-                pod_sandbox_pid: None,
                 block_volume_dir: Some(Path::new("/run/ember/storage")),
+                ..inputs(true)
             },
         );
         assert!(t.spec.get("hooks").is_none());
@@ -658,12 +648,8 @@ mod tests {
         translate(
             &spec(v),
             &Translation {
-                sandbox_id: "sb",
-                container_id: "c1",
-                agent_shared_dir: Path::new("/run/ember/shared"),
-                vm: true,
                 block_volume_dir: volumes,
-                pod_sandbox_pid: None,
+                ..inputs(true)
             },
         )
     }
@@ -797,17 +783,7 @@ mod tests {
         assert_eq!(t.spec["mounts"][2], m);
         let mut v = base();
         v["mounts"].as_array_mut().unwrap().push(m.clone());
-        let t = translate(
-            &spec(v),
-            &Translation {
-                sandbox_id: "sb",
-                container_id: "c1",
-                agent_shared_dir: Path::new("/run/ember/sandboxes/sb/shared"),
-                vm: false,
-                block_volume_dir: None,
-                pod_sandbox_pid: None,
-            },
-        );
+        let t = translate(&spec(v), &inputs(false));
         assert!(t.block_volumes.is_empty());
         assert_eq!(t.spec["mounts"][2], m);
     }

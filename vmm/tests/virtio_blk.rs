@@ -63,6 +63,13 @@ fn std_request(
     data_write: bool,
 ) -> (u16, Vec<(u32, u32)>) {
     header(d, kind, sector);
+    let head = d.submit(&std_chain(data_len, data_write));
+    (head, run(d))
+}
+
+/// The usual request chain: header, a data buffer (when `data_len > 0`; device-writable
+/// when `data_write`) and the status byte.
+fn std_chain(data_len: u32, data_write: bool) -> Vec<Desc> {
     let mut chain = vec![Desc {
         addr: HDR,
         len: 16,
@@ -83,8 +90,7 @@ fn std_request(
         flags: F_WRITE,
         next: 0,
     });
-    let head = d.submit(&chain);
-    (head, run(d))
+    chain
 }
 
 fn status_byte(d: &Driver<Block>) -> u8 {
@@ -619,26 +625,7 @@ fn attach_and_detach_race_the_event_loop_without_mixing_data() {
             types::IN,
             (ok_a + ok_b + ioerr) as u64 % (SECTORS - 128),
         );
-        let head = d.submit(&[
-            Desc {
-                addr: HDR,
-                len: 16,
-                flags: 0,
-                next: 0,
-            },
-            Desc {
-                addr: BUF,
-                len: READ_LEN,
-                flags: F_WRITE,
-                next: 0,
-            },
-            Desc {
-                addr: STATUS,
-                len: 1,
-                flags: F_WRITE,
-                next: 0,
-            },
-        ]);
+        let head = d.submit(&std_chain(READ_LEN, true));
         d.kick(); // the ioeventfd the event loop watches
         let used = loop {
             let used = d.used();
