@@ -58,6 +58,41 @@ pub struct Mounted {
     pub target: PathBuf,
     /// Whether it is a block device's filesystem (synced before it is unmounted).
     pub block: bool,
+    /// The outermost path the mount created for its mount point (the target itself, or the
+    /// first of its ancestors that did not exist): removed again after the unmount, as far
+    /// as it is empty.
+    pub created: Option<PathBuf>,
+}
+
+/// The outermost of `path` and its ancestors that does not exist (what `create_dir_all`
+/// would create first), if any.
+fn first_missing(path: &Path) -> Option<PathBuf> {
+    path.ancestors()
+        .take_while(|p| !p.as_os_str().is_empty() && std::fs::symlink_metadata(p).is_err())
+        .last()
+        .map(Path::to_path_buf)
+}
+
+/// Removes what [`first_missing`] found was created for `m`'s mount point: the target (a
+/// directory, or the file of a file bind) and its parents up to `created`, each only when
+/// empty, so nothing the mount did not make is ever removed.
+fn remove_created(m: &Mounted) {
+    let Some(created) = &m.created else {
+        return;
+    };
+    let target_gone = if m.target.is_dir() {
+        std::fs::remove_dir(&m.target).is_ok()
+    } else {
+        std::fs::remove_file(&m.target).is_ok()
+    };
+    if !target_gone || &m.target == created {
+        return;
+    }
+    for dir in m.target.ancestors().skip(1) {
+        if std::fs::remove_dir(dir).is_err() || dir == created.as_path() {
+            break;
+        }
+    }
 }
 
 /// The size of block device `name` (`vdb`) in 512-byte sectors, from `<sys_block>/<name>/size`
@@ -219,6 +254,7 @@ pub fn mount_storage(index: usize, s: &Storage) -> Result<Mounted, StorageError>
         }
     };
     let is_file_bind = driver == Driver::BIND && source.is_file();
+    let created = first_missing(&target);
     let mk = if is_file_bind {
         target
             .parent()
@@ -241,12 +277,20 @@ pub fn mount_storage(index: usize, s: &Storage) -> Result<Mounted, StorageError>
             format!("cannot create {}: {e}", target.display()),
         )
     })?;
-
-    let fail = |errno| StorageError::Mount {
-        index,
-        source_desc: source.display().to_string(),
+    let made = Mounted {
         target: target.clone(),
-        errno,
+        block: driver == Driver::BLOCK,
+        created,
+    };
+
+    let fail = |errno| {
+        remove_created(&made);
+        StorageError::Mount {
+            index,
+            source_desc: source.display().to_string(),
+            target: target.clone(),
+            errno,
+        }
     };
     let data_opt = (!data.is_empty()).then_some(data.as_str());
     if driver == Driver::BIND {
@@ -268,10 +312,7 @@ pub fn mount_storage(index: usize, s: &Storage) -> Result<Mounted, StorageError>
     } else {
         mount(Some(&source), &target, Some(fstype), flags, data_opt).map_err(fail)?;
     }
-    Ok(Mounted {
-        target,
-        block: driver == Driver::BLOCK,
-    })
+    Ok(made)
 }
 
 /// Mounts every storage in order; on failure unmounts the ones already mounted.
@@ -289,20 +330,21 @@ pub fn mount_all(storages: &[Storage]) -> Result<Vec<Mounted>, StorageError> {
     Ok(done)
 }
 
-/// Unmounts in reverse order (lazily, so a busy mount does not block removal). A block
-/// storage is synced first and unmounted at once when nothing uses it any more, so its
-/// data is on the disk before the host detaches it.
+/// Unmounts in reverse order (lazily, so a busy mount does not block removal) and removes
+/// the mount points the mounts created. A block storage is synced first and unmounted at
+/// once when nothing uses it any more, so its data is on the disk before the host detaches
+/// it.
 pub fn unmount_all(mounted: &[Mounted]) {
     for m in mounted.iter().rev() {
-        if m.block {
+        let synced_unmount = m.block && {
             if let Ok(dir) = std::fs::File::open(&m.target) {
                 let _ = nix::unistd::syncfs(dir.as_raw_fd());
             }
-            if umount2(&m.target, MntFlags::empty()).is_ok() {
-                continue;
-            }
+            umount2(&m.target, MntFlags::empty()).is_ok()
+        };
+        if synced_unmount || umount2(&m.target, MntFlags::MNT_DETACH).is_ok() {
+            remove_created(m);
         }
-        let _ = umount2(&m.target, MntFlags::MNT_DETACH);
     }
 }
 
@@ -316,6 +358,36 @@ mod tests {
         std::fs::create_dir(dir.path().join("vdb")).unwrap();
         std::fs::write(dir.path().join("vdb/size"), sectors).unwrap();
         dir
+    }
+
+    #[test]
+    fn only_created_mount_points_are_removed() {
+        let d = tempfile::tempdir().unwrap();
+        let keep = d.path().join("keep");
+        std::fs::create_dir(&keep).unwrap();
+        let target = keep.join("a/b/c");
+        let created = first_missing(&target);
+        assert_eq!(created.as_deref(), Some(keep.join("a").as_path()));
+        assert_eq!(first_missing(&keep), None);
+        std::fs::create_dir_all(&target).unwrap();
+        // A file someone else put beside the mount point keeps its directory.
+        std::fs::write(keep.join("a/b/other"), "x").unwrap();
+        let m = Mounted {
+            target: target.clone(),
+            block: false,
+            created,
+        };
+        remove_created(&m);
+        assert!(!target.exists());
+        assert!(keep.join("a/b/other").exists());
+        std::fs::remove_file(keep.join("a/b/other")).unwrap();
+        std::fs::create_dir(&target).unwrap();
+        remove_created(&m);
+        assert!(!keep.join("a").exists());
+        assert!(
+            keep.is_dir(),
+            "a directory the mount did not create is kept"
+        );
     }
 
     #[test]

@@ -319,6 +319,11 @@ async fn container_storages_are_mounted_and_unmounted() {
         !m.contains(&format!(" {} ", blk_mp.display())),
         "block storage left mounted"
     );
+    assert!(
+        !st.exists(),
+        "the mount points the storages created are left: {}",
+        st.display()
+    );
     if let Some(dev) = loopdev {
         let _ = Command::new("losetup").arg("-d").arg(dev).status();
         // The block storage was synced and unmounted at removal, so what the container

@@ -46,7 +46,7 @@ impl<'de> Deserialize<'de> for SerialSink {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DiskConfig {
-    /// The host file backing the disk.
+    /// The image file or host block device backing the disk.
     pub path: PathBuf,
     /// Reject guest writes.
     #[serde(default)]
@@ -347,9 +347,13 @@ impl VmConfig {
             }
         }
         for d in &self.disks {
-            if !d.path.is_file() {
-                return Err(ConfigError::MissingFile {
-                    what: "disk",
+            // A disk is an image file or a host block device (Block sizes both by seeking).
+            let usable = std::fs::metadata(&d.path).is_ok_and(|m| {
+                use std::os::unix::fs::FileTypeExt;
+                m.is_file() || m.file_type().is_block_device()
+            });
+            if !usable {
+                return Err(ConfigError::MissingDisk {
                     path: d.path.clone(),
                 });
             }
@@ -430,6 +434,12 @@ pub enum ConfigError {
         /// The path.
         path: PathBuf,
     },
+    /// A disk is neither an image file nor a block device.
+    #[error("disk {path} does not exist or is neither a regular file nor a block device")]
+    MissingDisk {
+        /// The path.
+        path: PathBuf,
+    },
     /// Bad vCPU count.
     #[error("vcpus = {0} is out of range: allowed 1 to 254")]
     Vcpus(u8),
@@ -470,6 +480,44 @@ pub enum ConfigError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn disks_are_image_files_or_block_devices() {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = dir.path().join("vmlinux");
+        std::fs::write(&kernel, b"").unwrap();
+        let with_disk = |path: &Path| {
+            let mut c = VmConfig::new(&kernel);
+            c.disks.push(DiskConfig {
+                path: path.to_path_buf(),
+                read_only: true,
+            });
+            c.validate()
+        };
+        let image = dir.path().join("disk.img");
+        std::fs::write(&image, [0u8; 512]).unwrap();
+        assert!(with_disk(&image).is_ok());
+        for bad in [dir.path().to_path_buf(), dir.path().join("missing")] {
+            let e = with_disk(&bad).unwrap_err().to_string();
+            assert!(
+                e.contains(&bad.display().to_string()) && e.contains("block device"),
+                "{e}"
+            );
+        }
+        // Any block device of this host (opening is not needed to validate).
+        use std::os::unix::fs::FileTypeExt;
+        let dev = std::fs::read_dir("/dev").ok().and_then(|d| {
+            d.flatten()
+                .find(|e| e.file_type().is_ok_and(|t| t.is_block_device()))
+                .map(|e| e.path())
+        });
+        match dev {
+            Some(dev) => assert!(with_disk(&dev).is_ok(), "{}", dev.display()),
+            None => eprintln!(
+                "note: disks_are_image_files_or_block_devices: no block device in /dev, so only image files were checked"
+            ),
+        }
+    }
 
     #[test]
     fn disk_and_serial_syntax() {

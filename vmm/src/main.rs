@@ -40,7 +40,8 @@ struct Cli {
     /// Guest memory in MiB (64 to the host's memory).
     #[arg(long, value_name = "N")]
     memory_mib: Option<u64>,
-    /// A virtio-blk disk backed by a host file: PATH or PATH,ro. Repeat for more disks.
+    /// A virtio-blk disk backed by an image file or a host block device: PATH or PATH,ro.
+    /// Repeat for more disks.
     #[arg(long = "disk", value_name = "PATH[,ro]")]
     disks: Vec<DiskConfig>,
     /// Add N empty virtio-blk slots after the disks: devices of capacity 0 (reads and
