@@ -35,6 +35,19 @@ pub enum BlockVolumeError {
         /// The backend's name.
         backend: &'static str,
     },
+    /// The source is already attached, and one of the two attachments is read-write: two
+    /// guest mounts of one filesystem through two devices would corrupt it.
+    #[error("{volume}: {path} is already attached to container {owner}{how}; a disk can be shared between mounts only read-only")]
+    InUse {
+        /// `mounts[N]: DESTINATION`.
+        volume: String,
+        /// The source.
+        path: std::path::PathBuf,
+        /// The container that holds it.
+        owner: String,
+        /// ` (read-write)` when the existing attachment is writable.
+        how: &'static str,
+    },
     /// The VMM could not attach the source.
     #[error("{volume}: {source}")]
     Attach {
@@ -93,6 +106,21 @@ impl BlockSlots {
         container_id: &str,
         volume: &BlockVolume,
     ) -> Result<Storage, BlockVolumeError> {
+        if let Some(id) = disk_identity(&volume.source) {
+            for s in &self.slots {
+                let (Some(owner), Some(held)) = (&s.owner, s.handle.attachment()) else {
+                    continue;
+                };
+                if disk_identity(&held.path) == Some(id) && !(held.read_only && volume.read_only) {
+                    return Err(BlockVolumeError::InUse {
+                        volume: volume.describe(),
+                        path: volume.source.clone(),
+                        owner: owner.clone(),
+                        how: if held.read_only { "" } else { " (read-write)" },
+                    });
+                }
+            }
+        }
         let slots = self.slots.len();
         let slot = self
             .slots
@@ -124,6 +152,18 @@ impl BlockSlots {
         }
         freed
     }
+}
+
+/// What makes two paths the same disk: the device number of a block device, or the
+/// (device, inode) of an image file, so links and symlinks to one disk compare equal.
+fn disk_identity(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let m = std::fs::metadata(path).ok()?;
+    Some(if m.file_type().is_block_device() {
+        (u64::MAX, m.rdev())
+    } else {
+        (m.dev(), m.ino())
+    })
 }
 
 /// The agent's storage for `volume` in the slot at `mmio_addr`.
@@ -235,6 +275,39 @@ mod tests {
     }
 
     #[test]
+    fn a_disk_is_shared_only_read_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = image(dir.path(), "shared.ext4", 8);
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&img, &link).unwrap();
+        let mut s = slots(4);
+        s.attach("c1", &volume(1, &img, true)).unwrap();
+        // Read-only twice is fine (also through a symlink).
+        s.attach("c2", &volume(2, &link, true)).unwrap();
+        // A writable attachment of a disk already attached is refused, and the other way.
+        let e = s
+            .attach("c3", &volume(3, &link, false))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("mounts[3]: /data3: ") && e.contains("already attached to container c1"),
+            "{e}"
+        );
+        assert_eq!(s.free(), 2, "a refused attach takes no slot");
+        let other = image(dir.path(), "rw.ext4", 8);
+        s.attach("c4", &volume(1, &other, false)).unwrap();
+        let e = s
+            .attach("c5", &volume(2, &other, true))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("container c4 (read-write)"), "{e}");
+        // Once released, the disk can be attached read-write.
+        s.release("c1");
+        s.release("c2");
+        s.attach("c3", &volume(3, &img, false)).unwrap();
+    }
+
+    #[test]
     fn out_of_slots_names_the_mount_and_the_setting() {
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = (image(dir.path(), "a", 8), image(dir.path(), "b", 8));
@@ -274,7 +347,7 @@ mod tests {
         );
         assert_eq!(s.release("c1"), 0, "nothing left to release");
         // A freed slot is reused.
-        let st = s.attach("c3", &volume(1, &img, false)).unwrap();
+        let st = s.attach("c3", &volume(1, &img, true)).unwrap();
         assert_eq!(st.source, "mmio:0xd0001000");
     }
 
