@@ -442,7 +442,7 @@ impl Muxer {
     /// Fill RX buffers with what is owed to the guest; returns how many were used.
     ///
     /// Control packets (RST, REQUEST, RESPONSE, a credit update with no data to carry it)
-    /// take one buffer each; data goes through [`Muxer::read_batch`].
+    /// take one buffer each; data goes through `Muxer::read_batch` (batched `readv` per connection).
     pub fn fill_rx(&mut self, mem: &GuestMemory, queue: &mut Queue) -> usize {
         let mut used = 0;
         loop {
