@@ -359,6 +359,18 @@ fn receive_request(sock: &OwnedFd) -> Result<Option<(Vec<u8>, Vec<OwnedFd>)>, ni
     Ok(Some((buf, fds)))
 }
 
+/// A connected pair of close-on-exec SOCK_SEQPACKET Unix sockets: the agent's end and the
+/// helper's (or a worker's) end of one request channel.
+fn seqpacket_pair() -> Result<(OwnedFd, OwnedFd), SpawnError> {
+    socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| SpawnError::Io(e.into()))
+}
+
 /// Starts `exe spawn` with `sock` as its fd 3 and /dev/null as stdio. Through `posix_spawn` (a vfork: the agent's memory is not copied, so its
 /// other threads are not stalled while its page tables would be), not `fork`.
 fn posix_spawn_helper(exe: &Path, sock: RawFd) -> std::io::Result<i32> {
@@ -495,13 +507,7 @@ impl Spawner {
     }
 
     fn start_helper(&self) -> Result<Helper, SpawnError> {
-        let (ours, theirs) = socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )
-        .map_err(|e| SpawnError::Io(e.into()))?;
+        let (ours, theirs) = seqpacket_pair()?;
         let pid = posix_spawn_helper(&self.exe, theirs.as_raw_fd()).map_err(|source| {
             SpawnError::Helper {
                 exe: self.exe.display().to_string(),
@@ -565,13 +571,7 @@ impl Spawner {
         let json = serde_json::to_vec(req).expect("spawn request serializes");
         let me = self.clone();
         let answer = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, SpawnError> {
-            let (ours, theirs) = socketpair(
-                AddressFamily::Unix,
-                SockType::SeqPacket,
-                None,
-                SockFlag::SOCK_CLOEXEC,
-            )
-            .map_err(|e| SpawnError::Io(e.into()))?;
+            let (ours, theirs) = seqpacket_pair()?;
             let fds = [
                 stdio.stdin.as_raw_fd(),
                 stdio.stdout.as_raw_fd(),

@@ -524,6 +524,16 @@ mod tests {
         }
     }
 
+    /// The `type`s of a translated spec's namespaces, in order.
+    fn namespace_types(spec: &Value) -> Vec<&str> {
+        spec["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["type"].as_str().unwrap())
+            .collect()
+    }
+
     #[test]
     fn invalid_json_and_bad_fields_are_named() {
         let e = BundleSpec::parse("{\"ociVersion\": ", Path::new("/b"))
@@ -553,13 +563,7 @@ mod tests {
             "/run/ember/sandboxes/sb/shared/c1/rootfs"
         );
         assert_eq!(t.spec["linux"]["cgroupsPath"], "/ember/sb/c1");
-        let types: Vec<&str> = t.spec["linux"]["namespaces"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|n| n["type"].as_str().unwrap())
-            .collect();
-        assert_eq!(types, ["pid", "mount", "network"]);
+        assert_eq!(namespace_types(&t.spec), ["pid", "mount", "network"]);
         assert!(t.spec.get("hooks").is_some());
         assert_eq!(t.spec["linux"]["devices"].as_array().unwrap().len(), 1);
         assert!(t.binds.is_empty());
@@ -618,13 +622,7 @@ mod tests {
         );
         assert!(t.spec.get("hooks").is_none());
         assert!(t.spec["linux"].get("devices").is_none());
-        let types: Vec<&str> = t.spec["linux"]["namespaces"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|n| n["type"].as_str().unwrap())
-            .collect();
-        assert_eq!(types, ["pid", "mount"]);
+        assert_eq!(namespace_types(&t.spec), ["pid", "mount"]);
         assert_eq!(
             t.binds,
             [SharedBind {

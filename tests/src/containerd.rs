@@ -171,6 +171,19 @@ pub fn which(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// A directory holding containerd's runc shim under the ember shim's name, for
+/// [`Options::path_prepend`]: with it, a task of runtime `io.containerd.ember.v2` runs only
+/// if containerd maps that name to the binary [`EMBER_SHIM`] in that directory. `Err` says
+/// why it cannot be made (no runc shim on `PATH`).
+pub fn runc_shim_as_ember() -> Result<tempfile::TempDir, String> {
+    let runc_shim =
+        which("containerd-shim-runc-v2").ok_or("containerd-shim-runc-v2 not on PATH")?;
+    let dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
+    std::os::unix::fs::symlink(&runc_shim, dir.path().join(EMBER_SHIM))
+        .map_err(|e| format!("symlink {}: {e}", runc_shim.display()))?;
+    Ok(dir)
+}
+
 /// The directory holding the built `containerd-shim-ember-v2`: `$EMBER_SHIM_DIR` if set
 /// (and not empty),
 /// else the workspace's `target/debug` or `target/release` (debug first, honoring

@@ -161,14 +161,15 @@ fn ember_runtime_resolves_to_a_shim_in_path_prepend() {
     if !can_run(test) {
         return;
     }
-    let Some(runc_shim) = containerd::which("containerd-shim-runc-v2") else {
-        skip(test, "containerd-shim-runc-v2 not on PATH");
-        return;
+    let shims = match containerd::runc_shim_as_ember() {
+        Ok(d) => d,
+        Err(why) => {
+            skip(test, &why);
+            return;
+        }
     };
     // Stand in for the ember shim: containerd maps io.containerd.ember.v2 to the binary
     // containerd-shim-ember-v2, here the runc shim under that name, only in `shims`.
-    let shims = tempfile::tempdir().unwrap();
-    std::os::unix::fs::symlink(&runc_shim, shims.path().join(containerd::EMBER_SHIM)).unwrap();
     let ctrd = Containerd::start(Options {
         path_prepend: vec![shims.path().to_path_buf()],
         ..Options::default()

@@ -78,14 +78,15 @@ fn ember_runtime_handler_reaches_the_ember_shim_binary() {
         skip(test, &why);
         return;
     }
-    let Some(runc_shim) = containerd::which("containerd-shim-runc-v2") else {
-        skip(test, "containerd-shim-runc-v2 not on PATH");
-        return;
+    let shims = match containerd::runc_shim_as_ember() {
+        Ok(d) => d,
+        Err(why) => {
+            skip(test, &why);
+            return;
+        }
     };
     // The runc shim under the ember shim's name, found only through path_prepend: proves
     // that handler "ember" maps to runtime_type io.containerd.ember.v2 and its binary.
-    let shims = tempfile::tempdir().unwrap();
-    std::os::unix::fs::symlink(&runc_shim, shims.path().join(containerd::EMBER_SHIM)).unwrap();
     let (ctrd, cri) = start(Options {
         path_prepend: vec![shims.path().to_path_buf()],
         ..Options::with_cri()

@@ -277,6 +277,16 @@ impl Env {
     /// Asserts that sandbox `id` left nothing on the host: no process mentioning its state
     /// dir (or `marker`, a string in the container's command line), no mount under the
     /// state dir or under containerd's directories naming it, no state dir, no cgroup.
+    /// Kills the running task `id` with SIGKILL, asserts that `ctr task rm` reports exit
+    /// 137, removes the container and asserts nothing of it is left.
+    fn kill_and_remove(&self, id: &str) {
+        self.ctr_ok(&["task", "kill", "-s", "KILL", id]);
+        self.wait_status(id, Some("STOPPED"));
+        self.assert_rm_reports(id, 137);
+        self.ctr_ok(&["containers", "rm", id]);
+        self.assert_no_leftovers(id, None);
+    }
+
     fn assert_no_leftovers(&self, id: &str, marker: Option<&str>) {
         let sb = self.sandbox_dir(id);
         let sb_s = sb.display().to_string();
@@ -450,11 +460,7 @@ fn kill_passes_signal_exit_codes() {
     // its exit code.
     let id = cid("killed");
     env.run_detached(&id, &["sleep", "1000"]);
-    env.ctr_ok(&["task", "kill", "-s", "KILL", &id]);
-    env.wait_status(&id, Some("STOPPED"));
-    env.assert_rm_reports(&id, 137);
-    env.ctr_ok(&["containers", "rm", &id]);
-    env.assert_no_leftovers(&id, None);
+    env.kill_and_remove(&id);
 
     // Default SIGTERM → 143. A container's PID 1 ignores signals it has no handler for
     // (the kernel's rule for a PID namespace's init, with runc too), so the SIGTERM goes to
@@ -482,11 +488,7 @@ fn kill_passes_signal_exit_codes() {
     env.ctr_ok(&["task", "kill", &id]);
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(env.task_status(&id).as_deref(), Some("RUNNING"));
-    env.ctr_ok(&["task", "kill", "-s", "KILL", &id]);
-    env.wait_status(&id, Some("STOPPED"));
-    env.assert_rm_reports(&id, 137);
-    env.ctr_ok(&["containers", "rm", &id]);
-    env.assert_no_leftovers(&id, None);
+    env.kill_and_remove(&id);
 }
 
 #[test]
@@ -556,11 +558,7 @@ fn tty_gives_the_container_a_pty() {
         "{}",
         text(&out.stdout)
     );
-    env.ctr_ok(&["task", "kill", "-s", "KILL", &id]);
-    env.wait_status(&id, Some("STOPPED"));
-    env.ctr_ok(&["task", "rm", &id]);
-    env.ctr_ok(&["containers", "rm", &id]);
-    env.assert_no_leftovers(&id, None);
+    env.kill_and_remove(&id);
 }
 
 #[test]
@@ -617,11 +615,7 @@ fn exec_pause_resume_ps_and_metrics() {
     let out = env.ctr(&["task", "exec", "--exec-id", "e2", &id, "echo", "back"]);
     assert_eq!(text(&out.stdout), "back\n", "{}", text(&out.stderr));
 
-    env.ctr_ok(&["task", "kill", "-s", "KILL", &id]);
-    env.wait_status(&id, Some("STOPPED"));
-    env.ctr_ok(&["task", "rm", &id]);
-    env.ctr_ok(&["containers", "rm", &id]);
-    env.assert_no_leftovers(&id, None);
+    env.kill_and_remove(&id);
 }
 
 #[test]
@@ -866,11 +860,7 @@ fn missing_executable_is_named_and_leaves_nothing() {
     assert_eq!(env.task_status(&id).as_deref(), Some("RUNNING"));
     let out = env.ctr(&["task", "exec", "--exec-id", "good", &id, "echo", "ok"]);
     assert_eq!(text(&out.stdout), "ok\n", "{}", text(&out.stderr));
-    env.ctr_ok(&["task", "kill", "-s", "KILL", &id]);
-    env.wait_status(&id, Some("STOPPED"));
-    env.ctr_ok(&["task", "rm", &id]);
-    env.ctr_ok(&["containers", "rm", &id]);
-    env.assert_no_leftovers(&id, None);
+    env.kill_and_remove(&id);
 }
 
 /// Why the `microvm` backend cannot run a container here, if it cannot: it needs hardware
