@@ -51,7 +51,7 @@ bench: deps
 	$(CARGO) build --release -p ember-shim -p ember-agent
 	EMBER_SHIM_DIR=$(CURDIR)/target/release $(CARGO) bench -p ember-tests --bench ctr
 
-demo: deps
+demo: deps guest
 	scripts/demo.sh
 
 clean:

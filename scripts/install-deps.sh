@@ -16,6 +16,7 @@ packages=(
     protobuf-compiler            # protoc for prost/tonic builds
     python3 python3-venv         # the CRI test client (a venv, see below)
     iproute2 util-linux          # netns/tap tests, unshare for the crun baseline
+    kmod                         # depmod/modprobe -d for the nested KVM test host's modules
 )
 
 as_root() {
@@ -46,6 +47,38 @@ for c in rustfmt clippy; do
         rustup component add "$c"
     fi
 done
+
+# The nested KVM test host's kernel (tests/src/kvm_host.rs): the package that
+# linux-image-amd64 depends on, downloaded (not installed) into the cache, where
+# `kvm-host prepare` unpacks it. Keyed by package and version: a new kernel upload is
+# fetched once, an old one stays until removed.
+kvm_debs="${XDG_CACHE_HOME:-$HOME/.cache}/ember/kvm-host/debs"
+kernel_pkg() { apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-.*-amd64/ { print $2; exit }'; }
+pkg=$(kernel_pkg)
+if [ -z "$pkg" ]; then
+    as_root apt-get update -q
+    pkg=$(kernel_pkg)
+fi
+if [ -z "$pkg" ]; then
+    echo "install-deps: apt knows no linux-image-amd64: the nested KVM test host will be skipped" >&2
+else
+    ver=$(apt-cache policy "$pkg" | awk '/Candidate:/ { print $2; exit }')
+    deb="$kvm_debs/${pkg}_${ver//:/%3a}_amd64.deb"
+    if [ -f "$deb" ]; then
+        echo "install-deps: nested KVM host kernel $pkg $ver present"
+    else
+        echo "install-deps: downloading $pkg $ver for the nested KVM test host"
+        mkdir -p "$kvm_debs"
+        dl=$(mktemp -d "$kvm_debs/.dl-XXXXXX")
+        chmod 0777 "$dl" # apt-get download runs as the _apt user
+        if (cd "$dl" && apt-get download -q "$pkg=$ver" >/dev/null); then
+            mv "$dl"/*.deb "$deb"
+        else
+            echo "install-deps: apt-get download $pkg=$ver failed: the nested KVM test host will be skipped" >&2
+        fi
+        rm -rf "$dl"
+    fi
+fi
 
 # The CRI test client (ember_tests::cri): a Python venv outside the repository with the
 # PyPI package container-runtime-interface-api (pre-generated CRI v1 gRPC stubs, grpcio,

@@ -156,6 +156,11 @@ pub struct AgentConfig {
     /// The vsock port the agent listens on inside the guest.
     pub port: u32,
     /// How long the runtime keeps retrying to reach a starting agent, in milliseconds.
+    ///
+    /// The default, 60 s, is far above what a microVM needs on real hardware (the agent
+    /// answers within about 100 ms) so that nested or emulated virtualization (where the
+    /// guest takes 10 to 30 s to boot) works with no configuration; a VM that dies while
+    /// starting ends the wait at once, so only a hung guest waits this long.
     pub dial_timeout_ms: u64,
     /// The agent's own log level.
     pub log_level: LogLevel,
@@ -167,7 +172,7 @@ impl Default for AgentConfig {
     fn default() -> Self {
         Self {
             port: DEFAULT_AGENT_PORT,
-            dial_timeout_ms: 10_000,
+            dial_timeout_ms: 60_000,
             log_level: LogLevel::Info,
             debug_console: false,
         }

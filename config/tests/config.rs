@@ -42,7 +42,7 @@ fn defaults_are_documented_values() {
     assert_eq!(c.sandbox.backend, Backend::Microvm);
     assert_eq!(c.sandbox.state_dir, Path::new(DEFAULT_STATE_DIR));
     assert_eq!(c.agent.port, 1024);
-    assert_eq!(c.agent.dial_timeout_ms, 10_000);
+    assert_eq!(c.agent.dial_timeout_ms, 60_000);
     assert_eq!(c.agent.log_level, LogLevel::Info);
     assert!(!c.agent.debug_console);
     assert_eq!(c.log.format, LogFormat::Text);

@@ -14,13 +14,48 @@ pub mod cri;
 pub mod fixtures;
 pub mod guest;
 pub mod image;
+pub mod kvm_host;
 
 /// Report that `test` is skipped and why, as `SKIP <test>: <why>`.
 ///
 /// Written to the process's stderr directly, not through `eprintln!` (which the test
 /// harness captures and shows only for failures), so a skip is never silent;
 /// `scripts/run-tests.sh` lists and counts these lines. Every crate's tests use this one.
+///
+/// Inside the nested KVM test host ([`kvm_host`]) nothing may skip: there a skip is a
+/// failure (it panics), since the host is set up to run every test it is given.
 pub fn skip(test: &str, why: &str) {
     use std::io::Write;
+    if kvm_host::inside() {
+        panic!("{test} would skip inside the nested KVM test host: {why}");
+    }
     let _ = writeln!(std::io::stderr(), "SKIP {test}: {why}");
+}
+
+/// Whether `test`, which needs hardware virtualization (a microVM whose guest runs user
+/// space), runs on this host. Such tests live in a module named `hw_kvm` so that
+/// `scripts/run-tests.sh` can find them.
+///
+/// On a host with hardware KVM (vmx/svm and `/dev/kvm`, as inside the nested KVM test
+/// host): true. Without it: false, after one line on stderr: `NESTED <test>: ...` when the
+/// caller runs the nested KVM test host afterwards (`EMBER_NESTED_KVM=later`, set by
+/// `scripts/run-tests.sh`, which then runs the test there and counts it once), else a
+/// `SKIP` line saying how to run it.
+pub fn hw_kvm_runs_here(test: &str) -> bool {
+    use std::io::Write;
+    if kvm_host::hardware_kvm() {
+        return true;
+    }
+    if std::env::var("EMBER_NESTED_KVM").as_deref() == Ok("later") {
+        let _ = writeln!(
+            std::io::stderr(),
+            "NESTED {test}: no hardware virtualization here; runs in the nested KVM test host"
+        );
+    } else {
+        skip(
+            test,
+            "no hardware virtualization here (no vmx/svm in /proc/cpuinfo): `scripts/run-tests.sh` runs it in the nested KVM test host (`scripts/kvm-host.sh`)",
+        );
+    }
+    false
 }

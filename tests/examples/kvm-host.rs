@@ -1,0 +1,270 @@
+//! `kvm-host`: the nested KVM test host on the command line (`scripts/kvm-host.sh`).
+//!
+//! ```text
+//! kvm-host prepare                      prepare (or find) the cached assets, print them
+//! kvm-host run [OPTIONS] -- COMMAND...  run COMMAND inside; exit with its status
+//! kvm-host test [OPTIONS] [-- CARGO-ARGS] run every `hw_kvm::` test of the workspace inside
+//! ```
+//!
+//! `test` builds the test binaries (`cargo test --no-run CARGO-ARGS`), keeps those with
+//! tests named `hw_kvm::...`, and runs each binary's `hw_kvm::` tests in its own outer VM
+//! (per binary `--timeout`, default 900 s; `--cgroups` as for `run`, and a list such as
+//! `unified,hybrid` runs every binary under each). It prints each binary's test output
+//! (libtest's `test result:` lines included) and `nested: ... reruns N`; exit 0 when every
+//! binary passed.
+//!
+//! Options of `run`: `--timeout SECS` (default 600), `--memory-mib N` (4096), `--cpus N`
+//! (2), `--cgroups unified|hybrid` (unified), `--cwd DIR` (the current folder),
+//! `--env K=V` (repeat), `--console FILE` (keep the outer VM's console there).
+//! The command's output is printed as it comes; on a timeout or a crash of the outer VM
+//! the last lines of both consoles are. Exit status: the command's; 124 timeout; 125 the
+//! nested host could not run (a SKIP line names what is missing); 126 the outer VM
+//! failed twice.
+
+use ember_tests::kvm_host::{Job, KvmHost};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+const USAGE: &str = "usage: kvm-host prepare | kvm-host test [--timeout SECS] [--cgroups unified,hybrid] [-- CARGO-ARGS] | kvm-host run [--timeout SECS] [--memory-mib N] [--cpus N] [--cgroups unified|hybrid] [--cwd DIR] [--env K=V]... [--console FILE] -- COMMAND...";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("prepare") => match KvmHost::prepare() {
+            Ok(h) => {
+                println!("kernel    {}", h.assets.kernel.display());
+                println!("modules   {}", h.assets.modules.display());
+                println!("initramfs {}", h.assets.initramfs.display());
+                println!("release   {}", h.assets.release);
+                ExitCode::SUCCESS
+            }
+            Err(e) if e.is_unavailable() => {
+                eprintln!("SKIP kvm-host: {e}");
+                ExitCode::from(125)
+            }
+            Err(e) => {
+                eprintln!("kvm-host: {e}");
+                ExitCode::from(125)
+            }
+        },
+        Some("run") => run(&args[1..]),
+        Some("test") => test(&args[1..]),
+        _ => {
+            eprintln!("{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(args: &[String]) -> ExitCode {
+    let mut job = Job::new(String::new());
+    let mut memory = None;
+    let mut cpus = None;
+    let mut cgroups = None;
+    let mut console = None::<PathBuf>;
+    let mut i = 0;
+    let value = |i: usize| -> Result<&String, String> {
+        args.get(i + 1)
+            .ok_or_else(|| format!("{} needs a value", args[i]))
+    };
+    let parsed: Result<(), String> = (|| {
+        while i < args.len() {
+            match args[i].as_str() {
+                "--" => {
+                    let words: Vec<String> = args[i + 1..]
+                        .iter()
+                        .map(|w| ember_tests::kvm_host::shell_quote(w))
+                        .collect();
+                    job.command = words.join(" ");
+                    return Ok(());
+                }
+                "--timeout" => {
+                    let s: u64 = value(i)?.parse().map_err(|_| "--timeout takes seconds")?;
+                    job.timeout = Duration::from_secs(s);
+                }
+                "--memory-mib" => {
+                    memory = Some(
+                        value(i)?
+                            .parse()
+                            .map_err(|_| "--memory-mib takes a number")?,
+                    )
+                }
+                "--cpus" => cpus = Some(value(i)?.parse().map_err(|_| "--cpus takes a number")?),
+                "--cgroups" => cgroups = Some(value(i)?.parse()?),
+                "--cwd" => job.cwd = PathBuf::from(value(i)?),
+                "--console" => console = Some(PathBuf::from(value(i)?)),
+                "--env" => {
+                    let (k, v) = value(i)?.split_once('=').ok_or("--env takes K=V")?;
+                    job.env.push((k.into(), v.into()));
+                }
+                other => return Err(format!("unknown option {other}")),
+            }
+            i += 2;
+        }
+        Err("no command: put it after --".into())
+    })();
+    if let Err(e) = parsed {
+        eprintln!("kvm-host: {e}\n{USAGE}");
+        return ExitCode::from(2);
+    }
+    let mut host = match KvmHost::prepare() {
+        Ok(h) => h,
+        Err(e) if e.is_unavailable() => {
+            eprintln!("SKIP kvm-host: {e}");
+            return ExitCode::from(125);
+        }
+        Err(e) => {
+            eprintln!("kvm-host: {e}");
+            return ExitCode::from(125);
+        }
+    };
+    if let Some(m) = memory {
+        host.memory_mib = m;
+    }
+    if let Some(c) = cpus {
+        host.cpus = c;
+    }
+    if let Some(c) = cgroups {
+        host.cgroups = c;
+    }
+    job.echo = true;
+    match host.run_with_rerun(&job) {
+        Ok((outcome, reruns)) => {
+            if let Some(path) = console {
+                let _ = std::fs::write(path, &outcome.console);
+            }
+            eprintln!(
+                "kvm-host: finished in {:.1} s, status {}, reruns {reruns}",
+                outcome.elapsed.as_secs_f64(),
+                outcome
+                    .status
+                    .map_or_else(|| "none".to_string(), |s| s.to_string())
+            );
+            match (outcome.status, &outcome.outer_failure) {
+                (Some(s), None) => ExitCode::from(u8::try_from(s).unwrap_or(1)),
+                _ => {
+                    eprintln!(
+                        "kvm-host: the outer VM failed twice: {}\n{}",
+                        outcome
+                            .outer_failure
+                            .as_deref()
+                            .unwrap_or("no status recorded"),
+                        outcome.tails(30)
+                    );
+                    ExitCode::from(126)
+                }
+            }
+        }
+        Err(e) if e.is_unavailable() => {
+            eprintln!("SKIP kvm-host: {e}");
+            ExitCode::from(125)
+        }
+        Err(e @ ember_tests::kvm_host::KvmHostError::Timeout { .. }) => {
+            eprintln!("kvm-host: {e}");
+            ExitCode::from(124)
+        }
+        Err(e) => {
+            eprintln!("kvm-host: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn test(args: &[String]) -> ExitCode {
+    let mut timeout = Duration::from_secs(900);
+    let mut layouts = vec![ember_tests::kvm_host::Cgroups::Unified];
+    let mut cargo_args = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        match (args[i].as_str(), args.get(i + 1)) {
+            ("--", _) => {
+                cargo_args = args[i + 1..].to_vec();
+                break;
+            }
+            ("--timeout", Some(v)) => match v.parse() {
+                Ok(s) => timeout = Duration::from_secs(s),
+                Err(_) => return usage("--timeout takes seconds"),
+            },
+            ("--cgroups", Some(v)) => match v.split(',').map(str::parse).collect() {
+                Ok(l) => layouts = l,
+                Err(e) => return usage(&e),
+            },
+            (other, _) => return usage(&format!("unknown option or missing value: {other}")),
+        }
+        i += 2;
+    }
+    const FILTER: &str = "hw_kvm::";
+    let host = match KvmHost::prepare() {
+        Ok(h) => h,
+        Err(e) if e.is_unavailable() => {
+            eprintln!("SKIP nested KVM test host: {e}");
+            return ExitCode::from(125);
+        }
+        Err(e) => {
+            eprintln!("kvm-host: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let binaries = match ember_tests::kvm_host::test_binaries(&cargo_args, FILTER) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("kvm-host: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let (mut failed, mut reruns) = (0, 0);
+    for layout in &layouts {
+        let mut host = host.clone();
+        host.cgroups = *layout;
+        for b in &binaries {
+            let name = b
+                .exe
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            eprintln!("nested: {name} ({layout:?} cgroups)");
+            let env = [("EMBER_NESTED_CGROUPS".to_string(), format!("{layout:?}"))];
+            match host.run_tests(b, FILTER, &env, timeout) {
+                Ok((outcome, r)) => {
+                    reruns += r;
+                    print!("{}", outcome.output);
+                    if !outcome.success() || outcome.outer_failure.is_some() {
+                        failed += 1;
+                        println!(
+                            "nested: {name} FAILED (status {:?}, {:.0} s)\n{}",
+                            outcome.status,
+                            outcome.elapsed.as_secs_f64(),
+                            outcome.tails(40)
+                        );
+                    } else {
+                        eprintln!(
+                            "nested: {name} passed in {:.0} s",
+                            outcome.elapsed.as_secs_f64()
+                        );
+                    }
+                }
+                Err(e) => {
+                    failed += 1;
+                    println!("nested: {name} FAILED: {e}");
+                }
+            }
+        }
+    }
+    println!(
+        "nested: {} test binaries x {} cgroup layouts, {failed} failed, reruns {reruns}",
+        binaries.len(),
+        layouts.len()
+    );
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+fn usage(e: &str) -> ExitCode {
+    eprintln!("kvm-host: {e}\n{USAGE}");
+    ExitCode::from(2)
+}

@@ -1,0 +1,922 @@
+//! The nested KVM test host: a Linux VM, emulated by QEMU's TCG, whose `/dev/kvm` has
+//! hardware-virtualization semantics, for running ember's microVM tests on hosts that
+//! have none (such as a PVM host, where a stock guest kernel's user space cannot run).
+//!
+//! QEMU's TCG emulates AMD-V with nested paging (`-cpu max` shows `svm` and `npt`), so
+//! Debian's stock kernel (`linux-image-amd64`, `kvm_amd` as a module) booted under it has
+//! the real `kvm_amd` code path. Everything inside runs under TCG: timings taken there
+//! mean nothing, only that the microVM path works.
+//!
+//! How it is put together ([`Assets::prepare`], cached under
+//! `${XDG_CACHE_HOME:-~/.cache}/ember/kvm-host/<kernel package>_<version>/`):
+//! - the kernel and its modules, from `apt-get download` of the package that
+//!   `linux-image-amd64` depends on, unpacked with `dpkg-deb -x`, indexed by `depmod -b`;
+//! - an initramfs of busybox-static and the modules that mount the host's root (virtio_pci,
+//!   9p over virtio, overlay), whose init mounts the host's `/` read-only (9p) as the lower
+//!   layer of an overlay on tmpfs, mounts the run folder (9p, read-write), moves /proc, /sys
+//!   and /dev into the overlay and switches to it;
+//! - there, [`KvmHost::run`]'s stage-2 script gives /run, /tmp, /var/lib and /root their own
+//!   tmpfs (an overlay cannot be an overlayfs upper layer, and containerd's snapshotter
+//!   needs one), loads `kvm_amd` and the network modules with `modprobe -d`, mounts the
+//!   cgroup hierarchies ([`Cgroups`]), runs the command in the given folder, records its
+//!   exit status in the run folder and powers off.
+//!
+//! The command's output and the outer VM's serial console are kept in separate files; a
+//! failure (timeout, a crash of the outer VM) carries the last lines of both.
+
+use std::fmt::Write as _;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The modules the initramfs loads, in dependency order resolved by `modprobe
+/// --show-depends`, to mount the host's root: the PCI virtio transport, 9p over virtio and
+/// overlayfs.
+const INITRAMFS_MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p", "overlay"];
+
+/// The modules stage 2 loads: KVM (AMD-V, which TCG emulates), vhost-vsock (QEMU's vsock
+/// for reference benchmarks), and what pod networking and its tests use.
+const HOST_MODULES: &[&str] = &[
+    "kvm_amd",
+    "vhost_vsock",
+    "tun",
+    "veth",
+    "bridge",
+    "overlay",
+    "sch_ingress",
+    "act_mirred",
+    "cls_u32",
+    "cls_matchall",
+    "loop",
+    "ext4",
+];
+
+/// Lines in the outer VM's console that mean the outer VM itself broke (it is emulated
+/// too, and has been seen to fail on its own), as opposed to the command failing.
+const OUTER_FAILURE_MARKERS: &[&str] = &[
+    "Kernel panic",
+    "BUG: ",
+    "Oops: ",
+    "general protection fault",
+    "stack guard page",
+    "kernel stack overflow",
+];
+
+/// Bumped whenever the initramfs (its init or modules) changes, so cached assets of an
+/// older revision are rebuilt rather than used.
+const ASSETS_REVISION: u32 = 1;
+
+/// Where the run folder is mounted inside the outer VM.
+const RUN_MOUNT: &str = "/ember-kvm-host";
+
+/// Where the host's root (the overlay's read-only lower layer) stays visible inside the
+/// outer VM, for re-exposing folders that a tmpfs covers.
+const LOWER_MOUNT: &str = "/.ember-kvm-host-lower";
+
+/// The folders stage 2 covers with their own tmpfs: an overlay cannot be an overlayfs
+/// upper layer, and containerd's snapshotter and the tests' temporary folders need one.
+const TMPFS_DIRS: &[&str] = &["/run", "/tmp", "/var/lib", "/var/tmp"];
+
+/// What can go wrong preparing or running the nested host.
+#[derive(Debug, thiserror::Error)]
+pub enum KvmHostError {
+    /// A tool or package is missing on this host: the nested host cannot run here. Tests
+    /// report this as a SKIP line naming what to install.
+    #[error("{what} is missing: {install}")]
+    Missing {
+        /// What is missing.
+        what: String,
+        /// What to install or run to get it.
+        install: String,
+    },
+    /// QEMU's `-cpu max` offers no SVM here, so the outer VM would have no KVM.
+    #[error("QEMU's -cpu max shows no svm to the outer VM: this QEMU cannot emulate AMD-V (qemu-system-x86 7.2 or later can)")]
+    NoSvm,
+    /// A step of preparing the assets failed.
+    #[error("preparing the nested KVM host: {step}: {detail}")]
+    Prepare {
+        /// The step, e.g. `dpkg-deb -x`.
+        step: String,
+        /// What it said.
+        detail: String,
+    },
+    /// The command did not finish in time.
+    #[error("the nested KVM host did not finish within {} s\n--- last lines of the command's output ---\n{output}\n--- last lines of the outer VM's console ---\n{console}", .timeout.as_secs())]
+    Timeout {
+        /// The time allowed.
+        timeout: Duration,
+        /// The command output's last lines.
+        output: String,
+        /// The outer console's last lines.
+        console: String,
+    },
+    /// An I/O error on a named path.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+impl KvmHostError {
+    /// Whether this error means the nested host cannot run on this machine at all (a
+    /// missing tool or package, no emulated SVM): tests skip, naming it.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Missing { .. } | Self::NoSvm)
+    }
+}
+
+fn io(path: impl AsRef<Path>) -> impl FnOnce(std::io::Error) -> KvmHostError {
+    let path = path.as_ref().display().to_string();
+    move |source| KvmHostError::Io { path, source }
+}
+
+/// Runs `cmd`, returning its stdout, or a [`KvmHostError::Prepare`] naming `step`.
+fn output_of(step: &str, cmd: &mut Command) -> Result<String, KvmHostError> {
+    let out = cmd.stdin(Stdio::null()).output().map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            KvmHostError::Missing {
+                what: format!("{:?}", cmd.get_program()),
+                install: "run scripts/install-deps.sh".into(),
+            }
+        } else {
+            KvmHostError::Prepare {
+                step: step.into(),
+                detail: e.to_string(),
+            }
+        }
+    })?;
+    if !out.status.success() {
+        return Err(KvmHostError::Prepare {
+            step: step.into(),
+            detail: format!(
+                "{}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Whether this process runs inside the nested KVM test host (its stage 2 sets
+/// `EMBER_IN_KVM_HOST=1`).
+pub fn inside() -> bool {
+    std::env::var_os("EMBER_IN_KVM_HOST").is_some()
+}
+
+/// Whether this host has hardware virtualization for KVM guests: `vmx` or `svm` in
+/// /proc/cpuinfo and a `/dev/kvm`. (A PVM host has `/dev/kvm` but neither flag.)
+pub fn hardware_kvm() -> bool {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    cpuinfo.split_whitespace().any(|f| f == "vmx" || f == "svm") && Path::new("/dev/kvm").exists()
+}
+
+/// The cache folder: `${XDG_CACHE_HOME:-~/.cache}/ember/kvm-host`.
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/var/cache"))
+        .join("ember/kvm-host")
+}
+
+/// The versioned kernel package behind `linux-image-amd64` (e.g.
+/// `linux-image-6.1.0-56-amd64`) and its version, as apt knows them.
+pub fn kernel_package() -> Result<(String, String), KvmHostError> {
+    let missing = || KvmHostError::Missing {
+        what: "the Debian package linux-image-amd64 in apt's lists".into(),
+        install: "run `apt-get update` (scripts/install-deps.sh does)".into(),
+    };
+    let deps = output_of(
+        "apt-cache depends linux-image-amd64",
+        Command::new("apt-cache").args(["depends", "linux-image-amd64"]),
+    )
+    .map_err(|e| match e {
+        KvmHostError::Prepare { .. } => missing(),
+        e => e,
+    })?;
+    let package = deps
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Depends: "))
+        .map(str::trim)
+        .find(|p| p.starts_with("linux-image-") && p.ends_with("-amd64"))
+        .ok_or_else(missing)?
+        .to_string();
+    let policy = output_of(
+        "apt-cache policy",
+        Command::new("apt-cache").args(["policy", &package]),
+    )?;
+    let version = policy
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Candidate: "))
+        .map(str::trim)
+        .find(|v| *v != "(none)")
+        .ok_or_else(missing)?
+        .to_string();
+    Ok((package, version))
+}
+
+/// The nested host's kernel, modules and initramfs, prepared once per kernel package
+/// version.
+#[derive(Debug, Clone)]
+pub struct Assets {
+    /// The kernel image (`vmlinuz`).
+    pub kernel: PathBuf,
+    /// The unpacked package root, for `modprobe -d` (holds `lib/modules/<release>`).
+    pub modules: PathBuf,
+    /// The kernel release (`uname -r` inside), e.g. `6.1.0-56-amd64`.
+    pub release: String,
+    /// The initramfs that mounts the host's root and runs stage 2.
+    pub initramfs: PathBuf,
+}
+
+impl Assets {
+    /// Prepares the assets, or finds them in the cache: downloads the kernel package (apt),
+    /// unpacks it, runs depmod and builds the initramfs. Safe to call from several
+    /// processes at once (each builds in its own folder; the first rename wins).
+    pub fn prepare() -> Result<Assets, KvmHostError> {
+        for (tool, package) in [
+            ("qemu-system-x86_64", "qemu-system-x86"),
+            ("busybox", "busybox-static"),
+            ("dpkg-deb", "dpkg"),
+            ("depmod", "kmod"),
+            ("cpio", "cpio"),
+        ] {
+            if which(tool).is_none() {
+                return Err(KvmHostError::Missing {
+                    what: tool.into(),
+                    install: format!("apt-get install {package} (scripts/install-deps.sh)"),
+                });
+            }
+        }
+        let (package, version) = kernel_package()?;
+        let dir = cache_dir().join(format!("{package}_{version}-r{ASSETS_REVISION}"));
+        let release = package.trim_start_matches("linux-image-").to_string();
+        let assets = Assets {
+            kernel: dir.join(format!("root/boot/vmlinuz-{release}")),
+            modules: dir.join("root"),
+            initramfs: dir.join("initramfs.cpio"),
+            release,
+        };
+        if dir.join("ready").is_file() {
+            return Ok(assets);
+        }
+        let parent = cache_dir();
+        std::fs::create_dir_all(&parent).map_err(io(&parent))?;
+        let work = tempfile::Builder::new()
+            .prefix(".prepare-")
+            .tempdir_in(&parent)
+            .map_err(io(&parent))?;
+        build_assets(work.path(), &package, &version, &assets.release)?;
+        std::fs::write(work.path().join("ready"), format!("{package} {version}\n"))
+            .map_err(io(work.path()))?;
+        let work = work.keep();
+        if std::fs::rename(&work, &dir).is_err() {
+            // Another process finished first: use its copy.
+            let _ = std::fs::remove_dir_all(&work);
+            if !dir.join("ready").is_file() {
+                return Err(KvmHostError::Prepare {
+                    step: "rename".into(),
+                    detail: format!("could not move the assets to {}", dir.display()),
+                });
+            }
+        }
+        Ok(assets)
+    }
+}
+
+/// `PATH` lookup (also /sbin and /usr/sbin, where Debian keeps depmod for root).
+fn which(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    let found = path
+        .split(':')
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"])
+        .map(|d| Path::new(d).join(tool))
+        .find(|p| p.is_file());
+    found
+}
+
+/// The package's `.deb`: the one `scripts/install-deps.sh` left in the cache, else
+/// downloaded now.
+fn kernel_deb(package: &str, version: &str) -> Result<PathBuf, KvmHostError> {
+    let debs = cache_dir().join("debs");
+    std::fs::create_dir_all(&debs).map_err(io(&debs))?;
+    let file_version = version.replace(':', "%3a");
+    let deb = debs.join(format!("{package}_{file_version}_amd64.deb"));
+    if deb.is_file() {
+        return Ok(deb);
+    }
+    // apt-get download writes into the current folder; the _apt user must be able to.
+    let tmp = tempfile::tempdir_in(&debs).map_err(io(&debs))?;
+    let _ = std::fs::set_permissions(
+        tmp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    );
+    output_of(
+        "apt-get download",
+        Command::new("apt-get")
+            .args(["download", &format!("{package}={version}")])
+            .current_dir(tmp.path()),
+    )
+    .map_err(|e| KvmHostError::Missing {
+        what: format!("the kernel package {package} {version}"),
+        install: format!("apt-get download failed ({e}); run scripts/install-deps.sh"),
+    })?;
+    let got = std::fs::read_dir(tmp.path())
+        .map_err(io(tmp.path()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .ok_or_else(|| KvmHostError::Prepare {
+            step: "apt-get download".into(),
+            detail: "no .deb was written".into(),
+        })?;
+    std::fs::rename(&got, &deb).map_err(io(&deb))?;
+    Ok(deb)
+}
+
+fn build_assets(
+    work: &Path,
+    package: &str,
+    version: &str,
+    release: &str,
+) -> Result<(), KvmHostError> {
+    let deb = kernel_deb(package, version)?;
+    let root = work.join("root");
+    output_of(
+        "dpkg-deb -x",
+        Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root),
+    )?;
+    output_of(
+        "depmod",
+        Command::new(which("depmod").unwrap_or_else(|| "depmod".into()))
+            .arg("-b")
+            .arg(&root)
+            .arg(release),
+    )?;
+    // The initramfs tree: busybox, the modules in load order, the init script.
+    let tree = work.join("initramfs");
+    for d in [
+        "bin", "dev", "proc", "sys", "lower", "upper", "newroot", "modules",
+    ] {
+        std::fs::create_dir_all(tree.join(d)).map_err(io(tree.join(d)))?;
+    }
+    let busybox = which("busybox").expect("checked above");
+    std::fs::copy(&busybox, tree.join("bin/busybox")).map_err(io(&busybox))?;
+    let mut order = String::new();
+    for module in INITRAMFS_MODULES {
+        let deps = output_of(
+            "modprobe --show-depends",
+            Command::new(which("modprobe").unwrap_or_else(|| "modprobe".into()))
+                .arg("-d")
+                .arg(&root)
+                .args(["-S", release, "--show-depends", module]),
+        )?;
+        for ko in deps.lines().filter_map(|l| l.strip_prefix("insmod ")) {
+            let ko = Path::new(ko.trim());
+            let name = ko.file_name().unwrap().to_string_lossy().into_owned();
+            if order.lines().any(|l| l == name) {
+                continue;
+            }
+            std::fs::copy(ko, tree.join("modules").join(&name)).map_err(io(ko))?;
+            order.push_str(&name);
+            order.push('\n');
+        }
+    }
+    std::fs::write(tree.join("modules/order"), order).map_err(io(&tree))?;
+    let init = tree.join("init");
+    std::fs::write(&init, initramfs_init()).map_err(io(&init))?;
+    std::fs::set_permissions(&init, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .map_err(io(&init))?;
+    let cpio = work.join("initramfs.cpio");
+    let file = std::fs::File::create(&cpio).map_err(io(&cpio))?;
+    let status = Command::new("sh")
+        .args(["-c", "find . | LC_ALL=C sort | cpio -o -H newc --quiet"])
+        .current_dir(&tree)
+        .stdout(file)
+        .status()
+        .map_err(io("cpio"))?;
+    if !status.success() {
+        return Err(KvmHostError::Prepare {
+            step: "cpio".into(),
+            detail: status.to_string(),
+        });
+    }
+    std::fs::remove_dir_all(&tree).map_err(io(&tree))?;
+    Ok(())
+}
+
+/// The initramfs's `/init`: mount the host's root read-only under a tmpfs overlay, mount
+/// the run folder, and switch to stage 2 (which the run folder holds).
+fn initramfs_init() -> String {
+    format!(
+        r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+fail() {{ echo "ember-kvm-host init: $*"; echo o > /proc/sysrq-trigger; sleep 60; }}
+for m in $(cat /modules/order); do insmod /modules/$m || fail "insmod $m failed"; done
+mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose hostroot /lower || fail "cannot mount the host's root"
+mount -t tmpfs -o mode=0755 upper /upper
+mkdir -p /upper/u /upper/w
+mount -t overlay -o lowerdir=/lower,upperdir=/upper/u,workdir=/upper/w overlay /newroot || fail "cannot mount the overlay"
+mkdir -p /newroot{RUN_MOUNT} /newroot{LOWER_MOUNT}
+mount --move /lower /newroot{LOWER_MOUNT}
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 emberrun /newroot{RUN_MOUNT} || fail "cannot mount the run folder"
+mount --move /proc /newroot/proc
+mount --move /sys /newroot/sys
+mount --move /dev /newroot/dev
+exec switch_root /newroot /bin/sh {RUN_MOUNT}/stage2.sh
+"#
+    )
+}
+
+/// The cgroup layout the outer VM's stage 2 mounts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cgroups {
+    /// Only the unified cgroup v2 hierarchy at /sys/fs/cgroup (Debian 12's default).
+    Unified,
+    /// cgroup v1 controllers under /sys/fs/cgroup/<controller> and cgroup2 at
+    /// /sys/fs/cgroup/unified (as on the machines ember is built on).
+    Hybrid,
+}
+
+impl std::str::FromStr for Cgroups {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "unified" | "v2" => Ok(Self::Unified),
+            "hybrid" | "v1" => Ok(Self::Hybrid),
+            _ => Err(format!(
+                "unknown cgroup layout {s:?}: use unified or hybrid"
+            )),
+        }
+    }
+}
+
+impl Cgroups {
+    fn script(self) -> &'static str {
+        match self {
+            Cgroups::Unified => "mount -t cgroup2 -o nsdelegate cgroup2 /sys/fs/cgroup\n",
+            Cgroups::Hybrid => {
+                "mount -t tmpfs -o mode=0755 cgroup /sys/fs/cgroup\n\
+                 for c in cpu cpuacct cpuset memory devices freezer blkio pids; do\n\
+                 \tmkdir -p /sys/fs/cgroup/$c && mount -t cgroup -o $c cgroup /sys/fs/cgroup/$c\n\
+                 done\n\
+                 mkdir -p /sys/fs/cgroup/systemd && mount -t cgroup -o none,name=systemd cgroup /sys/fs/cgroup/systemd\n\
+                 mkdir -p /sys/fs/cgroup/unified && mount -t cgroup2 cgroup2 /sys/fs/cgroup/unified\n"
+            }
+        }
+    }
+}
+
+/// What to run inside the nested host.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// The shell command (run by `/bin/sh -c`, with stdin from /dev/null).
+    pub command: String,
+    /// Its working folder (a host path: the host's root is the outer VM's lower layer).
+    pub cwd: PathBuf,
+    /// Extra environment.
+    pub env: Vec<(String, String)>,
+    /// How long the whole run (boot included) may take.
+    pub timeout: Duration,
+    /// Copy the command's output to this process's stdout while it runs (for people
+    /// watching, e.g. `make demo`); the [`Outcome`] holds it all the same.
+    pub echo: bool,
+}
+
+impl Job {
+    /// A job running `command` in the current folder, with a 10-minute timeout.
+    pub fn new(command: impl Into<String>) -> Job {
+        Job {
+            command: command.into(),
+            cwd: std::env::current_dir().unwrap_or_else(|_| "/".into()),
+            env: Vec::new(),
+            timeout: Duration::from_secs(600),
+            echo: false,
+        }
+    }
+}
+
+/// How a run ended.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The command's exit status; `None` when the outer VM ended without recording one.
+    pub status: Option<i32>,
+    /// The command's stdout and stderr, interleaved.
+    pub output: String,
+    /// The outer VM's serial console (its kernel log and stage 2's own lines).
+    pub console: String,
+    /// When the console shows the outer VM itself failing (a kernel crash), the line
+    /// that shows it: such a run says nothing about the command.
+    pub outer_failure: Option<String>,
+    /// From QEMU's start to its end.
+    pub elapsed: Duration,
+}
+
+impl Outcome {
+    /// Whether the command ran and exited 0.
+    pub fn success(&self) -> bool {
+        self.status == Some(0)
+    }
+
+    /// The last `n` lines of the command's output and of the outer console, for a failure
+    /// message.
+    pub fn tails(&self, n: usize) -> String {
+        format!(
+            "--- last lines of the command's output ---\n{}\n--- last lines of the outer VM's console ---\n{}",
+            tail(&self.output, n),
+            tail(&self.console, n)
+        )
+    }
+}
+
+/// The last `n` lines of `s`.
+pub fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// The first line of `console` that shows the outer VM's kernel failing.
+pub fn outer_failure(console: &str) -> Option<String> {
+    console
+        .lines()
+        .find(|l| OUTER_FAILURE_MARKERS.iter().any(|m| l.contains(m)))
+        .map(|l| l.trim().to_string())
+}
+
+/// A nested KVM test host: the outer VM's shape and assets.
+#[derive(Debug, Clone)]
+pub struct KvmHost {
+    /// The prepared assets.
+    pub assets: Assets,
+    /// The outer VM's memory (MiB). Memory under TCG is allocated as touched.
+    pub memory_mib: u32,
+    /// The outer VM's vCPUs (TCG runs one host thread per vCPU).
+    pub cpus: u32,
+    /// The cgroup layout inside.
+    pub cgroups: Cgroups,
+}
+
+impl KvmHost {
+    /// Prepares the assets ([`Assets::prepare`]); 4 GiB, 2 vCPUs, unified cgroups.
+    pub fn prepare() -> Result<KvmHost, KvmHostError> {
+        Ok(KvmHost {
+            assets: Assets::prepare()?,
+            memory_mib: 4096,
+            cpus: 2,
+            cgroups: Cgroups::Unified,
+        })
+    }
+
+    /// The stage-2 script: runs as PID 1 on the overlay root.
+    fn stage2(&self, job: &Job) -> String {
+        let mut s = String::new();
+        let m = self.assets.modules.display();
+        let _ = write!(
+            s,
+            "#!/bin/sh\n\
+             R={RUN_MOUNT}\n\
+             off() {{ sync; echo o > /proc/sysrq-trigger; sleep 60; }}\n\
+             echo 'ember-kvm-host: stage 2'\n\
+             for d in {tmpfs}; do mount -t tmpfs -o mode=0755 tmpfs $d; done\n\
+             chmod 1777 /tmp /var/tmp\n\
+             {keep}\
+             mkdir -p /dev/pts /dev/shm && mount -t devpts -o newinstance,ptmxmode=0666 devpts /dev/pts && mount -t tmpfs tmpfs /dev/shm\n\
+             [ -e /dev/ptmx ] || ln -s pts/ptmx /dev/ptmx\n\
+             grep -qw svm /proc/cpuinfo || {{ echo nosvm > $R/status; off; }}\n\
+             for mod in {mods}; do modprobe -d {m} $mod || echo \"ember-kvm-host: modprobe $mod failed\"; done\n\
+             [ -c /dev/kvm ] || {{ echo 'ember-kvm-host: no /dev/kvm after modprobe kvm_amd'; echo nokvm > $R/status; off; }}\n\
+             {cgroups}\
+             ip link set lo up\n\
+             hostname ember-kvm-host\n\
+             export HOME=/root PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin EMBER_IN_KVM_HOST=1\n",
+            mods = HOST_MODULES.join(" "),
+            cgroups = self.cgroups.script(),
+            tmpfs = TMPFS_DIRS.join(" "),
+            keep = keep_script(&job.cwd),
+        );
+        for (k, v) in &job.env {
+            let _ = writeln!(s, "export {k}={}", shell_quote(v));
+        }
+        let _ = write!(
+            s,
+            "cd {cwd} || {{ echo 'ember-kvm-host: no folder {cwd}'; echo 126 > $R/status; off; }}\n\
+             /bin/sh -c {cmd} </dev/null >$R/output 2>&1\n\
+             echo $? > $R/status\n\
+             off\n",
+            cwd = shell_quote(&job.cwd.display().to_string()),
+            cmd = shell_quote(&job.command),
+        );
+        s
+    }
+
+    /// Runs `job` in a fresh outer VM: boots it, runs the command, powers it off. A timeout
+    /// kills QEMU and is an error carrying the last lines of the output and the console.
+    pub fn run(&self, job: &Job) -> Result<Outcome, KvmHostError> {
+        let rundir = tempfile::Builder::new()
+            .prefix("ember-kvm-host-")
+            .tempdir()
+            .map_err(io(std::env::temp_dir()))?;
+        let run = rundir.path();
+        let stage2 = run.join("stage2.sh");
+        std::fs::write(&stage2, self.stage2(job)).map_err(io(&stage2))?;
+        let console = run.join("console.log");
+        let started = Instant::now();
+        let mut qemu = Command::new("qemu-system-x86_64")
+            .args(["-nodefaults", "-no-user-config", "-no-reboot", "-display", "none"])
+            .args(["-accel", "tcg,thread=multi", "-cpu", "max"])
+            .args(["-smp", &self.cpus.to_string()])
+            .args(["-m", &self.memory_mib.to_string()])
+            .arg("-kernel")
+            .arg(&self.assets.kernel)
+            .arg("-initrd")
+            .arg(&self.assets.initramfs)
+            .args(["-append", "console=ttyS0 panic=-1 quiet loglevel=4"])
+            .arg("-serial")
+            .arg(format!("file:{}", console.display()))
+            .args(["-virtfs", "local,path=/,mount_tag=hostroot,security_model=passthrough,readonly=on,multidevs=remap"])
+            .arg("-virtfs")
+            .arg(format!(
+                "local,path={},mount_tag=emberrun,security_model=passthrough",
+                run.display()
+            ))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    KvmHostError::Missing {
+                        what: "qemu-system-x86_64".into(),
+                        install: "apt-get install qemu-system-x86".into(),
+                    }
+                } else {
+                    KvmHostError::Io {
+                        path: "qemu-system-x86_64".into(),
+                        source: e,
+                    }
+                }
+            })?;
+        let read = |name: &str| {
+            std::fs::read(run.join(name))
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default()
+        };
+        let mut echoed = 0;
+        let mut echo = |all: bool| {
+            if !job.echo {
+                return;
+            }
+            let Ok(bytes) = std::fs::read(run.join("output")) else {
+                return;
+            };
+            // Whole lines only while running, so lines are not split mid-way.
+            let end = if all {
+                bytes.len()
+            } else {
+                bytes.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1)
+            };
+            if end > echoed {
+                use std::io::Write;
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(&bytes[echoed..end]);
+                let _ = out.flush();
+                echoed = end;
+            }
+        };
+        let status = loop {
+            if let Some(status) = qemu.try_wait().map_err(io("qemu-system-x86_64"))? {
+                echo(true);
+                break status;
+            }
+            echo(false);
+            if started.elapsed() > job.timeout {
+                let _ = qemu.kill();
+                let _ = qemu.wait();
+                return Err(KvmHostError::Timeout {
+                    timeout: job.timeout,
+                    output: tail(&read("output"), 40),
+                    console: tail(&read("console.log"), 40),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        let elapsed = started.elapsed();
+        let mut qemu_err = String::new();
+        if let Some(mut e) = qemu.stderr.take() {
+            let _ = e.read_to_string(&mut qemu_err);
+        }
+        let mut console_text = read("console.log");
+        if !status.success() {
+            let _ = write!(console_text, "\n[qemu exited with {status}: {qemu_err}]");
+        }
+        let recorded = read("status");
+        let recorded = recorded.trim();
+        if recorded == "nosvm" {
+            return Err(KvmHostError::NoSvm);
+        }
+        let outcome = Outcome {
+            status: recorded.parse().ok(),
+            output: read("output"),
+            outer_failure: outer_failure(&console_text),
+            console: console_text,
+            elapsed,
+        };
+        if outcome.status.is_none() && recorded == "nokvm" {
+            return Err(KvmHostError::Prepare {
+                step: "modprobe kvm_amd".into(),
+                detail: outcome.tails(20),
+            });
+        }
+        Ok(outcome)
+    }
+
+    /// [`KvmHost::run`], run once more when the outer VM itself failed (its console shows
+    /// a kernel crash, or it ended without recording a status). Returns the outcome and
+    /// how many reruns it took (0 or 1), so callers can count them.
+    pub fn run_with_rerun(&self, job: &Job) -> Result<(Outcome, u32), KvmHostError> {
+        let first = self.run(job)?;
+        if first.outer_failure.is_none() && first.status.is_some() {
+            return Ok((first, 0));
+        }
+        let why = first
+            .outer_failure
+            .clone()
+            .unwrap_or_else(|| "the outer VM ended without recording a status".into());
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            format!("RERUN nested KVM host: the outer VM failed ({why}); running once more\n")
+                .as_bytes(),
+        );
+        Ok((self.run(job)?, 1))
+    }
+}
+
+/// Stage 2's lines that bring `dir` back when a tmpfs of [`TMPFS_DIRS`] covers it (a
+/// checkout under /tmp, say): an overlay of its host copy with a tmpfs upper layer.
+fn keep_script(dir: &Path) -> String {
+    let covered = TMPFS_DIRS
+        .iter()
+        .any(|t| dir.starts_with(t) && dir != Path::new(t));
+    if !covered {
+        return String::new();
+    }
+    let d = shell_quote(&dir.display().to_string());
+    let lower = shell_quote(&format!("{LOWER_MOUNT}{}", dir.display()));
+    format!(
+        "mkdir -p {d} /run/.keep/u /run/.keep/w && mount -t overlay -o lowerdir={lower},upperdir=/run/.keep/u,workdir=/run/.keep/w overlay {d}\n"
+    )
+}
+
+/// Single-quotes `s` for /bin/sh.
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outer_failures_are_told_apart_from_command_output() {
+        let console = "[    1.0] virtio_blk virtio0: 1 MiB\n\
+                       [   80.2] BUG: stack guard page was hit at 0000 (stack is ...)\n\
+                       [   80.3] Kernel panic - not syncing: Fatal exception";
+        assert_eq!(
+            outer_failure(console).as_deref(),
+            Some("[   80.2] BUG: stack guard page was hit at 0000 (stack is ...)")
+        );
+        assert_eq!(
+            outer_failure("[ 1.0] sysrq: Power Off\nember-kvm-host: stage 2"),
+            None
+        );
+    }
+
+    #[test]
+    fn stage2_quotes_the_command_and_records_its_status() {
+        let host = KvmHost {
+            assets: Assets {
+                kernel: "/k".into(),
+                modules: "/m".into(),
+                release: "6.1.0-1-amd64".into(),
+                initramfs: "/i".into(),
+            },
+            memory_mib: 1024,
+            cpus: 1,
+            cgroups: Cgroups::Hybrid,
+        };
+        let mut job = Job::new("echo 'it''s' && exit 3");
+        job.cwd = "/some dir".into();
+        job.env.push(("A".into(), "b c".into()));
+        let s = host.stage2(&job);
+        assert!(
+            s.contains(r#"/bin/sh -c 'echo '\''it'\'''\''s'\'' && exit 3'"#),
+            "{s}"
+        );
+        assert!(s.contains("cd '/some dir'"), "{s}");
+        assert!(s.contains("export A='b c'"), "{s}");
+        assert!(s.contains("echo $? > $R/status"), "{s}");
+        assert!(s.contains("modprobe -d /m $mod"), "{s}");
+        assert!(s.contains("/sys/fs/cgroup/unified"), "{s}");
+    }
+
+    #[test]
+    fn tail_keeps_the_last_lines() {
+        assert_eq!(tail("a\nb\nc\n", 2), "b\nc");
+        assert_eq!(tail("a", 5), "a");
+    }
+}
+
+/// A test binary cargo built, and the package folder it runs in (cargo runs tests there).
+#[derive(Debug, Clone)]
+pub struct TestBinary {
+    /// The executable.
+    pub exe: PathBuf,
+    /// The package's folder (its `Cargo.toml`'s parent).
+    pub package_dir: PathBuf,
+}
+
+/// Builds the workspace's test binaries (`cargo test --no-run`, plus `extra` arguments
+/// such as `-p ember-tests`) and returns those holding at least one test whose name
+/// contains `filter` (the `hw_kvm::` modules), by asking each binary for its list.
+pub fn test_binaries(extra: &[String], filter: &str) -> Result<Vec<TestBinary>, KvmHostError> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(&cargo)
+        .args(["test", "--no-run", "--message-format=json"])
+        .args(extra)
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(io(&cargo))?;
+    if !out.status.success() {
+        return Err(KvmHostError::Prepare {
+            step: "cargo test --no-run".into(),
+            detail: out.status.to_string(),
+        });
+    }
+    let mut found = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if v["reason"] != "compiler-artifact" || v["profile"]["test"] != true {
+            continue;
+        }
+        let (Some(exe), Some(manifest)) = (v["executable"].as_str(), v["manifest_path"].as_str())
+        else {
+            continue;
+        };
+        let list = Command::new(exe)
+            .args(["--list", filter])
+            .stderr(Stdio::null())
+            .output()
+            .map_err(io(exe))?;
+        let listed = String::from_utf8_lossy(&list.stdout);
+        if listed
+            .lines()
+            .any(|l| l.ends_with(": test") && l.contains(filter))
+        {
+            found.push(TestBinary {
+                exe: exe.into(),
+                package_dir: Path::new(manifest)
+                    .parent()
+                    .unwrap_or(Path::new("/"))
+                    .into(),
+            });
+        }
+    }
+    Ok(found)
+}
+
+impl KvmHost {
+    /// Runs the tests of `binary` whose names contain `filter` inside a fresh outer VM
+    /// (one test at a time: everything there shares two emulated CPUs), with `env` added.
+    /// Reruns once when the outer VM itself fails ([`KvmHost::run_with_rerun`]).
+    pub fn run_tests(
+        &self,
+        binary: &TestBinary,
+        filter: &str,
+        env: &[(String, String)],
+        timeout: Duration,
+    ) -> Result<(Outcome, u32), KvmHostError> {
+        let mut job = Job::new(format!(
+            "{} {} --test-threads=1",
+            shell_quote(&binary.exe.display().to_string()),
+            shell_quote(filter)
+        ));
+        job.cwd = binary.package_dir.clone();
+        job.env = env.to_vec();
+        job.env.push((
+            "CARGO_MANIFEST_DIR".into(),
+            binary.package_dir.display().to_string(),
+        ));
+        job.timeout = timeout;
+        self.run_with_rerun(&job)
+    }
+}
