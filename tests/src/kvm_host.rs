@@ -543,10 +543,13 @@ pub fn tail(s: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// The first line of `console` that shows the outer VM's kernel failing.
+/// The first line of `console` that shows the outer VM's kernel failing before stage 2
+/// powered it off (what follows `sysrq: Power Off`, such as init ending before the power
+/// is cut, is no failure).
 pub fn outer_failure(console: &str) -> Option<String> {
     console
         .lines()
+        .take_while(|l| !l.contains("sysrq: Power Off"))
         .find(|l| OUTER_FAILURE_MARKERS.iter().any(|m| l.contains(m)))
         .map(|l| l.trim().to_string())
 }
@@ -583,7 +586,7 @@ impl KvmHost {
             s,
             "#!/bin/sh\n\
              R={RUN_MOUNT}\n\
-             off() {{ sync; echo o > /proc/sysrq-trigger; sleep 60; }}\n\
+             off() {{ sync; echo o > /proc/sysrq-trigger; while :; do read -r _ < /dev/console; done 2>/dev/null; }}\n\
              echo 'ember-kvm-host: stage 2'\n\
              for d in {tmpfs}; do mount -t tmpfs -o mode=0755 tmpfs $d; done\n\
              chmod 1777 /tmp /var/tmp\n\
@@ -794,7 +797,7 @@ mod tests {
             Some("[   80.2] BUG: stack guard page was hit at 0000 (stack is ...)")
         );
         assert_eq!(
-            outer_failure("[ 1.0] sysrq: Power Off\nember-kvm-host: stage 2"),
+            outer_failure("stage 2\n[ 1.0] sysrq: Power Off\n[ 1.1] Kernel panic - not syncing: Attempted to kill init!"),
             None
         );
     }
