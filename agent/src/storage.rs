@@ -15,8 +15,10 @@ use std::time::{Duration, Instant};
 use ember_agent_protocol::agent::{storage::Driver, Storage};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
-/// Where virtio-mmio devices appear in sysfs.
-const MMIO_SYSFS: &str = "/sys/devices/platform";
+/// Where platform devices (virtio-mmio transports among them) are listed in sysfs.
+const PLATFORM_DEVICES: &str = "/sys/bus/platform/devices";
+/// The physical memory map, which names the device of each MMIO region.
+const IOMEM: &str = "/proc/iomem";
 /// Where block devices appear in sysfs.
 const BLOCK_SYSFS: &str = "/sys/block";
 /// How long a block storage's device may show capacity 0 before the mount fails.
@@ -142,34 +144,17 @@ pub fn resolve_block(index: usize, source: &str) -> Result<PathBuf, StorageError
         message,
     };
     if let Some(addr) = source.strip_prefix("mmio:") {
-        let addr = addr.trim_start_matches("0x").to_ascii_lowercase();
-        let prefix = format!("{addr}.");
-        for dev in std::fs::read_dir(MMIO_SYSFS).map_err(|e| bad(format!("{MMIO_SYSFS}: {e}")))? {
-            let dev = dev.map_err(|e| bad(e.to_string()))?;
-            let name = dev.file_name().to_string_lossy().to_ascii_lowercase();
-            if !name.starts_with(&prefix) {
-                continue;
-            }
-            // <addr>.virtio_mmio/virtioN/block/vdX
-            for v in std::fs::read_dir(dev.path())
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                let block = v.path().join("block");
-                if let Some(b) = std::fs::read_dir(&block)
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-                    .next()
-                {
-                    return Ok(Path::new("/dev").join(b.file_name()));
-                }
-            }
-        }
-        return Err(bad(format!(
-            "no virtio-mmio block device at address 0x{addr} under {MMIO_SYSFS}"
-        )));
+        let hex = addr.trim_start_matches("0x");
+        let addr = u64::from_str_radix(hex, 16)
+            .map_err(|_| bad(format!("{source:?}: expected mmio:<hex address>")))?;
+        let iomem = std::fs::read_to_string(IOMEM).unwrap_or_default();
+        return mmio_block_device(Path::new(PLATFORM_DEVICES), &iomem, addr)
+            .map(|name| Path::new("/dev").join(name))
+            .ok_or_else(|| {
+                bad(format!(
+                    "no virtio-mmio block device at address {addr:#x} (in {IOMEM} and {PLATFORM_DEVICES})"
+                ))
+            });
     }
     if let Some(serial) = source.strip_prefix("serial:") {
         for b in std::fs::read_dir(BLOCK_SYSFS).map_err(|e| bad(format!("{BLOCK_SYSFS}: {e}")))? {
@@ -187,6 +172,51 @@ pub fn resolve_block(index: usize, source: &str) -> Result<PathBuf, StorageError
     Err(bad(format!(
         "{source:?}: expected /dev/NAME, mmio:<address> or serial:<serial>"
     )))
+}
+
+/// The names of the devices whose MMIO region starts at `addr`, from the text of
+/// `/proc/iomem` (`d0000000-d0000fff : virtio-mmio.0`, nested lines indented).
+fn iomem_devices_at(iomem: &str, addr: u64) -> Vec<String> {
+    iomem
+        .lines()
+        .filter_map(|l| {
+            let (range, name) = l.trim().split_once(" : ")?;
+            let start = u64::from_str_radix(range.split('-').next()?, 16).ok()?;
+            (start == addr).then(|| name.trim().to_string())
+        })
+        .collect()
+}
+
+/// The block device (`vdX`) of the virtio-mmio transport at `addr`, found in `platform`
+/// (`/sys/bus/platform/devices`) as `<device>/virtioN/block/vdX`. A transport from the
+/// kernel command line (`virtio_mmio.device=`, as ember's VMM gives them) is named
+/// `virtio-mmio.N`, which only `iomem` ties to its address; one from a device tree is named
+/// `<addr>.<node>`.
+fn mmio_block_device(platform: &Path, iomem: &str, addr: u64) -> Option<String> {
+    let dt_prefix = format!("{addr:x}.");
+    let mut names = iomem_devices_at(iomem, addr);
+    names.extend(
+        std::fs::read_dir(platform)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.to_ascii_lowercase().starts_with(&dt_prefix)),
+    );
+    names.iter().find_map(|name| {
+        std::fs::read_dir(platform.join(name))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .find_map(|v| {
+                std::fs::read_dir(v.path().join("block"))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .next()
+                    .map(|b| b.file_name().to_string_lossy().into_owned())
+            })
+    })
 }
 
 /// Mounts one storage (creating the mount point) and returns what to unmount later.
@@ -478,6 +508,49 @@ mod tests {
         // SAFETY: unbinds the loop device this test bound.
         unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_CLR_FD, 0) };
         assert_eq!(waited, Ok(2048), "1 MiB in 512-byte sectors");
+    }
+
+    #[test]
+    fn mmio_transports_are_found_by_address() {
+        // As the guest kernel shows them: two transports from the command line (one with
+        // a disk slot, one a vsock device) and one from a device tree.
+        let iomem = "00000000-00000fff : Reserved\n\
+                     d0000000-d0000fff : virtio-mmio.0\n  \
+                     d0000000-d0000fff : virtio-mmio\n\
+                     d0001000-d0001fff : virtio-mmio.1\n\
+                     fee00000-fee00fff : Local APIC\n";
+        assert_eq!(
+            iomem_devices_at(iomem, 0xd000_0000),
+            ["virtio-mmio.0", "virtio-mmio"]
+        );
+        let platform = tempfile::tempdir().unwrap();
+        let p = platform.path();
+        for d in [
+            "virtio-mmio.0/virtio0/block/vda",
+            "virtio-mmio.1/virtio1/vsock",
+            "a0000000.virtio_mmio/virtio2/block/vdb",
+        ] {
+            std::fs::create_dir_all(p.join(d)).unwrap();
+        }
+        assert_eq!(
+            mmio_block_device(p, iomem, 0xd000_0000).as_deref(),
+            Some("vda")
+        );
+        assert_eq!(
+            mmio_block_device(p, iomem, 0xd000_1000),
+            None,
+            "no block device"
+        );
+        assert_eq!(
+            mmio_block_device(p, iomem, 0xa000_0000).as_deref(),
+            Some("vdb")
+        );
+        assert_eq!(mmio_block_device(p, iomem, 0xd000_2000), None);
+        let e = resolve_block(1, "mmio:0xzz").unwrap_err().to_string();
+        assert!(
+            e.starts_with("storages[1].source") && e.contains("hex address"),
+            "{e}"
+        );
     }
 
     #[test]
