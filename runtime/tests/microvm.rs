@@ -1,12 +1,15 @@
 //! The `microvm` backend booting the real guest kernel (built by `make guest`) in-process.
 //!
 //! On a host without hardware virtualization (PVM KVM, see DESIGN.md) guest user space
-//! cannot run, so the agent never answers: the backend is tested directly, up to the guest
-//! kernel having probed the VM's virtio devices and its vsock driver answering, then
-//! stopped and cleaned up. With hardware KVM the full `Sandbox::start` is also run (it needs
-//! the agent's initramfs). A block volume is attached to one of the VM's virtio-blk slots
-//! and detached again while the guest kernel runs, which must see both capacity changes.
-//! Needs root and /dev/kvm; skips, saying why, otherwise.
+//! cannot run, so the agent never answers, and the backend refuses to start at once (tested
+//! here too). The guest kernel itself still boots there under KVM's instruction emulator:
+//! the backend made by `MicrovmBackend::for_kernel_boot_tests` (which skips that refusal)
+//! is tested directly, up to the guest kernel having probed the VM's virtio devices and its
+//! vsock driver answering, then stopped and cleaned up. With hardware KVM the full
+//! `Sandbox::start` is also run (it needs the agent's initramfs). A block volume is attached
+//! to one of the VM's virtio-blk slots and detached again while the guest kernel runs,
+//! which must see both capacity changes. Needs root and /dev/kvm; skips, saying why,
+//! otherwise.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -186,7 +189,8 @@ async fn microvm_boots_the_guest_kernel_with_its_devices_then_stops_and_cleans_u
     }
     let netns_path = netns.as_ref().map(Netns::path);
 
-    let mut backend = MicrovmBackend::default();
+    // Without hardware virtualization the plain backend would refuse this host.
+    let mut backend = MicrovmBackend::for_kernel_boot_tests();
     let started = Instant::now();
     let endpoint = backend
         .start(StartContext {
@@ -369,44 +373,159 @@ async fn missing_kernel_is_reported_by_its_key_before_anything_is_made() {
     state.cleanup().unwrap();
 }
 
+/// Tests that need hardware virtualization: run directly on a host that has it, and in the
+/// nested KVM test host (`ember_tests::kvm_host`, from `scripts/run-tests.sh`) elsewhere.
+mod hw_kvm {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn microvm_sandbox_reaches_the_agent() {
+        const TEST: &str = "hw_kvm::microvm_sandbox_reaches_the_agent";
+        if !ember_tests::hw_kvm_runs_here(TEST) {
+            return;
+        }
+        if let Some(why) = host_problem() {
+            ember_tests::skip(TEST, why);
+            return;
+        }
+        let (Some(kernel), Some(initrd)) = (guest_kernel(), guest_initramfs()) else {
+            ember_tests::skip(
+                TEST,
+                "no guest kernel or agent initramfs (run `make guest`)",
+            );
+            return;
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.sandbox.backend = BackendKind::Microvm;
+        config.sandbox.state_dir = tmp.path().to_path_buf();
+        config.hypervisor.kernel = kernel;
+        config.hypervisor.initrd = Some(initrd);
+        config.agent.dial_timeout_ms = 60_000;
+        let sandbox = Sandbox::start(SandboxOptions {
+            id: "vm3".into(),
+            config,
+            netns: None,
+            hostname: Some("vm3".into()),
+            namespace: String::new(),
+        })
+        .await
+        .unwrap();
+        let dir = sandbox.state_dir();
+        sandbox.destroy().await.unwrap();
+        assert!(!dir.exists());
+    }
+}
+
+/// A `microvm` configuration whose guest assets exist (as placeholders: nothing boots them)
+/// and whose state directory is `tmp/state`, not made yet.
+fn placeholder_config(tmp: &Path) -> Config {
+    let mut config = Config::default();
+    config.sandbox.backend = BackendKind::Microvm;
+    config.sandbox.state_dir = tmp.join("state");
+    for f in ["vmlinux", "initramfs.cpio"] {
+        std::fs::write(tmp.join(f), b"placeholder").unwrap();
+    }
+    config.hypervisor.kernel = tmp.join("vmlinux");
+    config.hypervisor.initrd = Some(tmp.join("initramfs.cpio"));
+    config
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn microvm_sandbox_reaches_the_agent_with_hardware_kvm() {
-    const TEST: &str = "microvm_sandbox_reaches_the_agent_with_hardware_kvm";
+async fn microvm_backend_refuses_a_host_without_hardware_virtualization_at_once() {
+    const TEST: &str = "microvm_backend_refuses_a_host_without_hardware_virtualization_at_once";
     if let Some(why) = host_problem() {
         ember_tests::skip(TEST, why);
         return;
     }
-    if !Virtualization::detect(Path::new("/")).is_hardware() {
-        ember_tests::skip(
-            TEST,
-            "no hardware virtualization (no vmx/svm in /proc/cpuinfo): guest user space, and so the agent, cannot run here (DESIGN.md)",
-        );
-        return;
-    }
-    let (Some(kernel), Some(initrd)) = (guest_kernel(), guest_initramfs()) else {
-        ember_tests::skip(
-            TEST,
-            "no guest kernel or agent initramfs (run `make guest`)",
-        );
-        return;
+    let virt = Virtualization::detect(Path::new("/"));
+    let host = match virt {
+        Virtualization::Pvm => {
+            "PVM: KVM without hardware virtualization (kvm_pvm loaded, no vmx/svm CPU flag)"
+        }
+        Virtualization::KvmWithoutHardware => {
+            "KVM without hardware virtualization (no vmx/svm CPU flag)"
+        }
+        other => {
+            ember_tests::skip(
+                TEST,
+                &format!(
+                    "this host has {other:?}: the microvm backend runs here, nothing to refuse"
+                ),
+            );
+            return;
+        }
     };
     let tmp = tempfile::tempdir().unwrap();
-    let mut config = Config::default();
-    config.sandbox.backend = BackendKind::Microvm;
-    config.sandbox.state_dir = tmp.path().to_path_buf();
-    config.hypervisor.kernel = kernel;
-    config.hypervisor.initrd = Some(initrd);
-    config.agent.dial_timeout_ms = 60_000;
-    let sandbox = Sandbox::start(SandboxOptions {
-        id: "vm3".into(),
-        config,
+    let config = placeholder_config(tmp.path());
+    let state_dir = config.sandbox.state_dir.clone();
+
+    // Through the sandbox, as the shim and `ember run` start it: refused before anything
+    // is made, in one line naming the host's virtualization and what to do.
+    let started = Instant::now();
+    let e = Sandbox::start(SandboxOptions {
+        id: "refused".into(),
+        config: config.clone(),
         netns: None,
-        hostname: Some("vm3".into()),
+        hostname: None,
         namespace: String::new(),
     })
     .await
-    .unwrap();
-    let dir = sandbox.state_dir();
-    sandbox.destroy().await.unwrap();
-    assert!(!dir.exists());
+    .unwrap_err();
+    let elapsed = started.elapsed();
+    assert!(
+        matches!(e, ember_runtime::sandbox::SandboxError::Unsupported { .. }),
+        "{e:?}"
+    );
+    let e = e.to_string();
+    eprintln!("{TEST}: refused in {elapsed:?}: {e}");
+    assert_eq!(
+        e,
+        format!(
+            "sandbox refused: the microvm backend needs hardware virtualization (Intel VT-x or AMD-V) \
+             and this host has {host}, under which a guest stops at its first user-space instruction; \
+             set `[sandbox] backend = \"process\"` (no VM isolation) or use a host with hardware KVM; \
+             `ember check` shows what this host can run"
+        )
+    );
+    assert!(
+        elapsed < Duration::from_secs(2),
+        "refused at once, not after a boot: {elapsed:?}"
+    );
+    assert!(
+        !state_dir.exists(),
+        "nothing is made: {:?}",
+        std::fs::read_dir(&state_dir).map(|d| d.collect::<Vec<_>>())
+    );
+
+    // The backend on its own refuses too, having made nothing but what its caller made.
+    let mut state = SandboxState::create(&state_dir, "refused2", "microvm").unwrap();
+    let shared = state.dir().join("shared");
+    let e = MicrovmBackend::default()
+        .start(StartContext {
+            id: "refused2",
+            config: &config,
+            state: &mut state,
+            shared_dir: &shared,
+            netns: None,
+        })
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("sandbox refused2: the microvm backend needs hardware virtualization")
+            && e.contains(host),
+        "{e}"
+    );
+    assert_eq!(state.record().resources.len(), 1, "only the state dir");
+    let files: Vec<_> = std::fs::read_dir(state.dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        files,
+        [ember_runtime::state::STATE_FILE],
+        "only the state record"
+    );
+    state.cleanup().unwrap();
 }

@@ -31,7 +31,7 @@ use ember_config::{AssetCheck, LoadOptions};
 use ember_runtime::mounts::MountSpec;
 use ember_runtime::oci::BundleSpec;
 use ember_runtime::sandbox::{
-    ctx, ctx_no_timeout, rpc_message, ContainerRequest, Sandbox, SandboxOptions,
+    ctx, ctx_no_timeout, rpc_message, ContainerRequest, Sandbox, SandboxError, SandboxOptions,
 };
 use log::{error, info, warn};
 
@@ -186,7 +186,15 @@ impl EmberTask {
             namespace: self.inner.namespace.clone(),
         })
         .await
-        .map_err(|e| status(Code::UNKNOWN, e))?;
+        .map_err(|e| {
+            // A host the backend cannot run on is refused in one line, before anything
+            // is made; containerd prints it as the reason the task was not created.
+            let code = match e {
+                SandboxError::Unsupported { .. } => Code::FAILED_PRECONDITION,
+                _ => Code::UNKNOWN,
+            };
+            status(code, e)
+        })?;
         let sb = Arc::new(sb);
         *guard = Some(sb.clone());
         drop(guard);

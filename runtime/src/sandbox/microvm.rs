@@ -20,6 +20,11 @@
 //!
 //! The serial console goes to `console.log` in the state directory.
 //!
+//! The backend refuses, before anything is made, a host without hardware virtualization
+//! (PVM, or KVM without vmx/svm): there a stock guest kernel runs only under KVM's
+//! instruction emulator and stops at its first user-space instruction, so the agent would
+//! never answer ([`MicrovmError::NoHardwareVirtualization`]).
+//!
 //! Gap: the pod interface's addresses and routes are collected ([`MicrovmBackend::network`])
 //! but not yet configured in the guest, because the agent protocol has no interface/route
 //! RPC; a guest NIC without them does not reach the pod network.
@@ -35,6 +40,7 @@ use ember_agent_protocol::agent::{
 use ember_config::{Backend as BackendKind, Config};
 use ember_vmm::config::{FsConfig, NetConfig, VsockConfig, MAX_VCPUS, MIN_MEMORY_MIB};
 use ember_vmm::devices::legacy::power::ExitLatch;
+use ember_vmm::host::Virtualization;
 use ember_vmm::{DiskConfig, ExitReason, SerialSink, Vm, VmConfig, VmError};
 use log::{info, warn};
 use tokio::sync::{oneshot, watch};
@@ -90,6 +96,13 @@ pub enum MicrovmError {
     NoKvm {
         /// What is wrong with /dev/kvm.
         problem: String,
+    },
+    /// KVM is there but without hardware virtualization: a guest kernel would run only
+    /// under KVM's instruction emulator and stop at its first user-space instruction.
+    #[error("the microvm backend needs hardware virtualization (Intel VT-x or AMD-V) and this host has {host}, under which a guest stops at its first user-space instruction; set `[sandbox] backend = \"process\"` (no VM isolation) or use a host with hardware KVM; `ember check` shows what this host can run")]
+    NoHardwareVirtualization {
+        /// The host's virtualization, described.
+        host: &'static str,
     },
     /// The vsock socket path does not fit a Unix socket address.
     #[error("the vsock socket path {path} is {len} bytes, longer than the {MAX_SOCKET_PATH} a Unix socket allows; set a shorter sandbox.state_dir")]
@@ -254,6 +267,25 @@ fn check_kvm() -> Result<(), MicrovmError> {
     }
 }
 
+/// Refuses virtualization under which the guest's user space, and so the agent, cannot run.
+pub fn require_hardware_virtualization(virt: Virtualization) -> Result<(), MicrovmError> {
+    let host = match virt {
+        Virtualization::HardwareVmx | Virtualization::HardwareSvm => return Ok(()),
+        Virtualization::Pvm => {
+            "PVM: KVM without hardware virtualization (kvm_pvm loaded, no vmx/svm CPU flag)"
+        }
+        Virtualization::KvmWithoutHardware => {
+            "KVM without hardware virtualization (no vmx/svm CPU flag)"
+        }
+        Virtualization::None => {
+            return Err(MicrovmError::NoKvm {
+                problem: "this host has no KVM".into(),
+            })
+        }
+    };
+    Err(MicrovmError::NoHardwareVirtualization { host })
+}
+
 /// The running VM: its exit latch (to stop it) and its exit, published by the thread that
 /// owns the [`Vm`].
 struct VmHandle {
@@ -295,6 +327,8 @@ pub fn update_network_request(net: &PodNetwork) -> UpdateNetworkRequest {
 /// The `microvm` backend.
 #[derive(Default)]
 pub struct MicrovmBackend {
+    /// Boot even without hardware virtualization ([`MicrovmBackend::for_kernel_boot_tests`]).
+    allow_emulation: bool,
     log: Option<PathBuf>,
     network: Option<PodNetwork>,
     vm: Option<VmHandle>,
@@ -303,6 +337,29 @@ pub struct MicrovmBackend {
 }
 
 impl MicrovmBackend {
+    /// A backend that also starts its VM on a host without hardware virtualization, which
+    /// the default backend refuses ([`MicrovmError::NoHardwareVirtualization`]). There KVM
+    /// runs the guest kernel under its instruction emulator, slowly, and the guest stops at
+    /// its first user-space instruction: the agent never answers. This exists only for
+    /// tests of the guest kernel and the VM's devices on such hosts
+    /// (`runtime/tests/microvm.rs`); no configuration key, option or environment variable
+    /// leads to it, and [`super::Sandbox::start`] never uses it.
+    pub fn for_kernel_boot_tests() -> Self {
+        let mut backend = Self::default();
+        backend.allow_emulation = true;
+        backend
+    }
+
+    /// Whether this host can run the backend's VMs: /dev/kvm opens, and (unless
+    /// [`MicrovmBackend::for_kernel_boot_tests`]) the host has hardware virtualization.
+    fn host_check(&self) -> Result<(), MicrovmError> {
+        check_kvm()?;
+        if self.allow_emulation {
+            return Ok(());
+        }
+        require_hardware_virtualization(Virtualization::detect(Path::new("/")))
+    }
+
     fn slots(&self) -> std::sync::MutexGuard<'_, BlockSlots> {
         self.slots
             .lock()
@@ -329,9 +386,9 @@ impl MicrovmBackend {
             message: e.to_string(),
         };
         let dir = ctx.state.dir().to_path_buf();
-        // Check the configuration before making anything.
+        // Check the configuration and the host before making anything.
         vm_config(ctx.config, &dir, ctx.shared_dir, None).map_err(fail)?;
-        check_kvm().map_err(fail)?;
+        self.host_check().map_err(fail)?;
         let socket = dir.join(VSOCK_SOCKET);
         self.log = Some(dir.join(CONSOLE_LOG));
         ctx.state.add(Resource::Socket {
@@ -441,6 +498,10 @@ impl Drop for MicrovmBackend {
 impl Backend for MicrovmBackend {
     fn kind(&self) -> BackendKind {
         BackendKind::Microvm
+    }
+
+    fn check_host(&self) -> Result<(), String> {
+        self.host_check().map_err(|e| e.to_string())
     }
 
     async fn start(&mut self, ctx: StartContext<'_>) -> Result<AgentEndpoint, SandboxError> {
@@ -753,6 +814,32 @@ mod tests {
             e.contains("ember check") && e.contains("backend = \"process\""),
             "{e}"
         );
+    }
+
+    #[test]
+    fn hosts_without_hardware_virtualization_are_refused_in_one_line() {
+        assert!(require_hardware_virtualization(Virtualization::HardwareVmx).is_ok());
+        assert!(require_hardware_virtualization(Virtualization::HardwareSvm).is_ok());
+        for (virt, host) in [
+            (Virtualization::Pvm, "this host has PVM: KVM without hardware virtualization (kvm_pvm loaded, no vmx/svm CPU flag),"),
+            (Virtualization::KvmWithoutHardware, "this host has KVM without hardware virtualization (no vmx/svm CPU flag),"),
+        ] {
+            let e = require_hardware_virtualization(virt).unwrap_err().to_string();
+            assert!(e.starts_with("the microvm backend needs hardware virtualization"), "{e}");
+            assert!(e.contains(host), "{e}");
+            assert!(e.contains("`[sandbox] backend = \"process\"` (no VM isolation)"), "{e}");
+            assert!(e.contains("`ember check`"), "{e}");
+            assert!(!e.contains('\n'), "one line: {e}");
+        }
+        let e = require_hardware_virtualization(Virtualization::None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("this host has no KVM: the microvm backend needs KVM"),
+            "{e}"
+        );
+        assert!(!MicrovmBackend::default().allow_emulation);
+        assert!(MicrovmBackend::for_kernel_boot_tests().allow_emulation);
     }
 
     #[test]

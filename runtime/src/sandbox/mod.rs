@@ -63,6 +63,14 @@ pub enum SandboxError {
         /// Its log tail.
         log: String,
     },
+    /// The backend cannot run on this host (found before anything was made).
+    #[error("sandbox {id}: {message}")]
+    Unsupported {
+        /// Sandbox id.
+        id: String,
+        /// Why, what to use instead, and where to learn more (one line).
+        message: String,
+    },
     /// The backend could not start.
     #[error("sandbox {id}: {message}")]
     Backend {
@@ -125,6 +133,11 @@ pub struct SandboxExit {
 pub trait Backend: Send + Sync {
     /// Which backend this is.
     fn kind(&self) -> BackendKind;
+    /// Whether this host can run the backend at all, asked before anything is made for a
+    /// sandbox; the error is one line saying why not and what to do. The default accepts.
+    fn check_host(&self) -> Result<(), String> {
+        Ok(())
+    }
     /// Starts the agent's environment, records what it made in the state, and returns where
     /// the agent listens.
     async fn start(&mut self, ctx: StartContext<'_>) -> Result<AgentEndpoint, SandboxError>;
@@ -246,9 +259,18 @@ fn new_backend(kind: BackendKind) -> Box<dyn Backend> {
 impl Sandbox {
     /// Creates and starts a sandbox: state directory, shared directory, the backend, the
     /// agent connection (retried until `agent.dial_timeout_ms`, version-checked) and
-    /// CreateSandbox. On any failure everything made so far is removed again.
+    /// CreateSandbox. A host the backend cannot run on is refused first
+    /// ([`SandboxError::Unsupported`]), with nothing made. On any later failure everything
+    /// made so far is removed again.
     pub async fn start(opts: SandboxOptions) -> Result<Sandbox, SandboxError> {
         let kind = opts.config.sandbox.backend;
+        let mut backend = new_backend(kind);
+        backend
+            .check_host()
+            .map_err(|message| SandboxError::Unsupported {
+                id: opts.id.clone(),
+                message,
+            })?;
         let state_dir = &opts.config.sandbox.state_dir;
         let mut state = match SandboxState::create(state_dir, &opts.id, kind.as_str()) {
             Err(StateError::Exists { path, .. }) => {
@@ -271,7 +293,6 @@ impl Sandbox {
         if !opts.namespace.is_empty() {
             state.set_namespace(&opts.namespace)?;
         }
-        let mut backend = new_backend(kind);
         match Self::start_with(&opts, &mut state, backend.as_mut()).await {
             Ok((endpoint, agent, shared_dir)) => Ok(Sandbox {
                 id: opts.id,
