@@ -25,9 +25,8 @@
 //! instruction emulator and stops at its first user-space instruction, so the agent would
 //! never answer ([`MicrovmError::NoHardwareVirtualization`]).
 //!
-//! Gap: the pod interface's addresses and routes are collected ([`MicrovmBackend::network`])
-//! but not yet configured in the guest, because the agent protocol has no interface/route
-//! RPC; a guest NIC without them does not reach the pod network.
+//! The pod interface's addresses, routes and MTU ([`MicrovmBackend::network`]) reach the
+//! guest NIC through the agent's UpdateNetwork ([`update_network_request`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -66,6 +65,8 @@ pub const CONSOLE_LOG: &str = "console.log";
 pub const GUEST_CID: u64 = 3;
 /// Longest Unix socket path (sun_path holds 108 bytes with the terminating NUL).
 const MAX_SOCKET_PATH: usize = 107;
+/// How long stopping a VM waits at least for its threads to end (see `stop`).
+const VM_THREADS_JOIN: Duration = Duration::from_secs(5);
 /// The fixed part of the kernel command line: serial console, and a guest that panics
 /// reboots at once, which ends the VM (the VMM treats a reset as the VM's end).
 const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
@@ -586,8 +587,13 @@ impl Backend for MicrovmBackend {
     /// vCPUs are stopped at once, and this waits up to `grace` for the VM's threads to end.
     /// The slot handles go too: they hold the VM's block devices, and with them its guest
     /// memory, which would otherwise stay mapped until the backend is dropped.
+    ///
+    /// The wait is at least [`VM_THREADS_JOIN`], whatever `grace` says: stopped vCPUs leave
+    /// KVM_RUN within milliseconds, and until the threads have ended the VM may still write
+    /// (its console log) into the state dir that the caller removes next.
     async fn stop(&self, grace: Duration) {
         let Some(vm) = &self.vm else { return };
+        let grace = grace.max(VM_THREADS_JOIN);
         let mut rx = vm.exit.clone();
         if rx.borrow().is_none() {
             vm.latch.trigger(ExitReason::Stopped);
