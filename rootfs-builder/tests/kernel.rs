@@ -47,6 +47,7 @@ fn built_kernel_config_has_every_fragment_option() {
         "CONFIG_CGROUPS",
         "CONFIG_MEMCG",
         "CONFIG_CGROUP_PIDS",
+        "CONFIG_PSI",
         "CONFIG_SECCOMP_FILTER",
         "CONFIG_USER_NS",
         "CONFIG_BLK_DEV_INITRD",

@@ -248,6 +248,9 @@ pub struct Cri {
     python: PathBuf,
     /// The gRPC deadline of each call.
     pub timeout: Duration,
+    /// How long the [`TwoContainerPod`] helpers wait for a container to run, an ExecSync
+    /// and a log line (30 s by default; more where everything runs emulated).
+    pub wait: Duration,
 }
 
 impl Cri {
@@ -261,6 +264,7 @@ impl Cri {
             address: address.to_path_buf(),
             python: python(),
             timeout: Duration::from_secs(120),
+            wait: Duration::from_secs(30),
         })
     }
 
@@ -570,7 +574,7 @@ pub fn start_two_container_pod(
         ids.push(id);
     }
     for id in &ids {
-        cri.wait_container_state(id, "CONTAINER_RUNNING", Duration::from_secs(30))?;
+        cri.wait_container_state(id, "CONTAINER_RUNNING", cri.wait)?;
     }
     Ok(TwoContainerPod {
         pod,
@@ -585,11 +589,7 @@ impl TwoContainerPod {
     /// each container's log file holds its line in CRI's format (`<time> stdout F <line>`).
     pub fn assert_exec_and_logs(&self, cri: &Cri) {
         let out = cri
-            .exec_sync(
-                &self.ids[0],
-                &["echo", "exec works"],
-                Duration::from_secs(30),
-            )
+            .exec_sync(&self.ids[0], &["echo", "exec works"], cri.wait)
             .unwrap();
         assert_eq!(
             (out.stdout_str().as_str(), out.exit_code),
@@ -599,7 +599,7 @@ impl TwoContainerPod {
             .exec_sync(
                 &self.ids[1],
                 &["sh", "-c", "echo oops >&2; exit 3"],
-                Duration::from_secs(30),
+                cri.wait,
             )
             .unwrap();
         assert_eq!((out.stderr.as_slice(), out.exit_code), (&b"oops\n"[..], 3));
@@ -614,7 +614,7 @@ impl TwoContainerPod {
                         "-c",
                         "tr '\\0' ' ' < /proc/1/cmdline; echo; ps -o args",
                     ],
-                    Duration::from_secs(30),
+                    cri.wait,
                 )
                 .unwrap();
             let text = out.stdout_str();
@@ -638,7 +638,7 @@ impl TwoContainerPod {
                     break;
                 }
                 assert!(
-                    start.elapsed() < Duration::from_secs(10),
+                    start.elapsed() < cri.wait,
                     "{} lacks {want:?}: {text:?}",
                     path.display()
                 );

@@ -1,17 +1,31 @@
 //! ember's shim (`containerd-shim-ember-v2`, runtime `io.containerd.ember.v2`) end to end
-//! against a private containerd, with the `process` sandbox backend (this host has no
-//! hardware virtualization; see DESIGN.md).
+//! against a private containerd, on both sandbox backends.
+//!
+//! Each test body runs twice: as `name` with the `process` backend (the agent on the host in
+//! fresh namespaces, no VM), and as `hw_kvm::name` with the `microvm` backend (each pod in a
+//! KVM microVM that boots the guest kernel and initramfs of `make guest`, the VMM inside the
+//! shim, the agent and the containers in the guest). The `hw_kvm` variants need hardware
+//! virtualization ([`ember_tests::hw_kvm_runs_here`]): without it they print a `NESTED` (or
+//! `SKIP`) line and return, and `scripts/run-tests.sh` runs them in the nested KVM test host
+//! (`ember_tests::kvm_host`), where everything is emulated by TCG: on the microvm backend
+//! every wait is [`Backend::slowness`] times longer. Where a body checks something only one
+//! backend has (the container's processes and cgroup on the host, the agent's host process),
+//! it branches on the backend and says why. Two tests are process-only:
+//! `killed_agent_is_cleaned_up` (the microvm backend has no agent process on the host to
+//! kill) and `unknown_config_key_is_named` (config checks that start no sandbox).
 //!
 //! Each test starts its own containerd (with the built shim directory first on its `PATH`)
 //! and writes its own ember config, whose `sandbox.state_dir` is a short directory under
-//! `/run` (agent socket paths must stay under 107 bytes), removed when the test ends.
-//! Covered: `ctr run` stdout, exit codes (0, 7, 137 after SIGKILL, 143 after SIGTERM),
-//! stdin, a TTY, `ctr task exec`, pause/resume, ps, metrics, crash cleanup after the agent
-//! or the shim is killed, bad input (an unknown config key, a missing rootfs), and a CRI pod
-//! of two containers served by one shim.
+//! `/run` (agent and vsock socket paths must stay under 107 bytes), removed when the test
+//! ends. Covered: `ctr run` stdout, exit codes (0, 7, 137 after SIGKILL, 143 after SIGTERM),
+//! which kernel the container runs on, stdin, a TTY, `ctr task exec`, pause/resume, ps,
+//! metrics, crash cleanup after the agent or the shim is killed, bad input (an unknown config
+//! key, a missing rootfs, a missing executable), and a CRI pod of two containers sharing a
+//! process namespace, served by one shim.
 //!
 //! Needs root, containerd/ctr, busybox-static and a built shim and agent
-//! (`cargo build -p ember-shim -p ember-agent`); otherwise every test says `SKIP` and why.
+//! (`cargo build -p ember-shim -p ember-agent`), and for the microvm variants the guest
+//! assets (`make guest`); otherwise every test says `SKIP` and why.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -20,16 +34,82 @@ use std::time::{Duration, Instant};
 
 use ember_tests::containerd::{
     self, Containerd, Options, CRI_NAMESPACE, DEFAULT_NAMESPACE, EMBER_RUNTIME, EMBER_SHIM,
+    SANDBOX_IMAGE,
 };
 use ember_tests::cri::{self, Cri};
 use ember_tests::image::busybox_image_tar;
-use ember_tests::{fixtures, skip};
+use ember_tests::{fixtures, guest, skip};
 
 const IMAGE: &str = "docker.io/library/busybox:ember";
+/// How long one step (a task reaching a state, a `ctr run` ending) may take on the process
+/// backend; [`Backend::timeout`] scales it.
 const TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the crash cleanup that containerd runs asynchronously may take on the process
+/// backend (scaled like [`TIMEOUT`]).
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Why ember's shim cannot be tested here, if it cannot.
-fn unavailable() -> Option<String> {
+/// The sandbox backend a test runs ember with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    /// The agent on the host, in fresh namespaces: no VM.
+    Process,
+    /// Each pod in a KVM microVM; the VMM runs inside the shim, the agent in the guest.
+    Microvm,
+}
+
+impl Backend {
+    /// `sandbox.backend` in ember's config.
+    fn name(self) -> &'static str {
+        match self {
+            Backend::Process => "process",
+            Backend::Microvm => "microvm",
+        }
+    }
+
+    /// How many times longer than on the process backend anything may take. On a host
+    /// without hardware virtualization the microvm variants run in the nested KVM test host,
+    /// where containerd, the shim and the microVM inside all run under TCG.
+    fn slowness(self) -> u32 {
+        match self {
+            Backend::Process => 1,
+            Backend::Microvm => 5,
+        }
+    }
+
+    /// How long one step may take: 60 s on the process backend, 300 s on the microvm one.
+    fn timeout(self) -> Duration {
+        TIMEOUT * self.slowness()
+    }
+
+    /// The name the test harness lists `body`'s test of this backend by.
+    fn test_name(self, body: &str) -> String {
+        match self {
+            Backend::Process => body.to_string(),
+            Backend::Microvm => format!("hw_kvm::{body}"),
+        }
+    }
+}
+
+/// The guest kernel and initramfs of `make guest`, or why they are missing.
+fn guest_assets() -> Result<(PathBuf, PathBuf), String> {
+    let built = guest::workspace_root().join("build/guest");
+    let kernel = guest::kernel().filter(|p| p.is_file()).ok_or_else(|| {
+        format!(
+            "no guest kernel ({}, or EMBER_GUEST_KERNEL): run `make guest`",
+            built.join("vmlinux").display()
+        )
+    })?;
+    let initrd = guest::initramfs().filter(|p| p.is_file()).ok_or_else(|| {
+        format!(
+            "no guest initramfs ({}, or EMBER_GUEST_INITRD): run `make guest`",
+            built.join("initramfs.cpio").display()
+        )
+    })?;
+    Ok((kernel, initrd))
+}
+
+/// Why ember's shim cannot be tested here with `backend`, if it cannot.
+fn unavailable(backend: Backend) -> Option<String> {
     if let Some(why) = containerd::unavailable() {
         return Some(why);
     }
@@ -47,12 +127,10 @@ fn unavailable() -> Option<String> {
             dir.display()
         ));
     }
+    if backend == Backend::Microvm {
+        return guest_assets().err();
+    }
     None
-}
-
-/// A unique container id: cgroups (`/ember/<id>`) are host-wide.
-fn cid(base: &str) -> String {
-    format!("{base}-{}", std::process::id())
 }
 
 /// Removes the ember state dir when dropped (after the containerd, declared before it).
@@ -71,35 +149,52 @@ struct Env {
     config: PathBuf,
     state: StateDir,
     _config_dir: tempfile::TempDir,
+    backend: Backend,
+    /// How long one step may take ([`Backend::timeout`]).
+    timeout: Duration,
 }
 
-/// The ember config of the process backend with `state_dir`, plus `extra` lines in
-/// `[sandbox]`.
-fn write_config(path: &Path, state_dir: &Path, extra: &str) {
-    std::fs::write(
-        path,
-        format!(
-            "[sandbox]\nbackend = \"process\"\nstate_dir = \"{}\"\n{extra}",
-            state_dir.display()
-        ),
-    )
-    .unwrap();
+/// The ember config of `backend` with `state_dir`, plus `extra` lines (each ending in a
+/// newline) in `[sandbox]`. The microvm backend gets the guest assets of `make guest` and
+/// 120 s for its agent to answer (in the nested KVM test host the guest boots under TCG).
+fn write_config(path: &Path, backend: Backend, state_dir: &Path, extra: &str) {
+    let mut config = format!(
+        "[sandbox]\nbackend = \"{}\"\nstate_dir = \"{}\"\n{extra}",
+        backend.name(),
+        state_dir.display()
+    );
+    if backend == Backend::Microvm {
+        let (kernel, initrd) = guest_assets().unwrap_or_else(|why| panic!("{why}"));
+        config.push_str(&format!(
+            "[hypervisor]\nkernel = \"{}\"\ninitrd = \"{}\"\n[agent]\ndial_timeout_ms = 120000\n",
+            kernel.display(),
+            initrd.display()
+        ));
+    }
+    std::fs::write(path, config).unwrap();
 }
 
 impl Env {
-    /// Starts the environment, or reports why `test` is skipped and returns `None`.
-    fn start(test: &str, tag: &str, cri: bool) -> Option<Env> {
-        if let Some(why) = unavailable() {
-            skip(test, &why);
+    /// Starts the environment for the test of `body` on `backend`, or reports why that
+    /// test is skipped and returns `None`. `tag` tells the tests' state dirs apart.
+    fn start(backend: Backend, body: &str, tag: &str, cri: bool) -> Option<Env> {
+        let test = backend.test_name(body);
+        if let Some(why) = unavailable(backend) {
+            skip(&test, &why);
             return None;
         }
         if cri {
             if let Some(why) = cri::unavailable() {
-                skip(test, &why);
+                skip(&test, &why);
                 return None;
             }
         }
-        let state_dir = PathBuf::from(format!("/run/ee{}{tag}", std::process::id()));
+        // Both variants of a body may run at once (on a host with hardware KVM).
+        let suffix = match backend {
+            Backend::Process => "",
+            Backend::Microvm => "v",
+        };
+        let state_dir = PathBuf::from(format!("/run/ee{}{tag}{suffix}", std::process::id()));
         let _ = std::fs::remove_dir_all(&state_dir);
         let state = StateDir(state_dir);
         let config_dir = tempfile::Builder::new()
@@ -107,15 +202,17 @@ impl Env {
             .tempdir()
             .unwrap();
         let config = config_dir.path().join("ember.toml");
-        write_config(&config, &state.0, "");
+        write_config(&config, backend, &state.0, "");
+        let base = if cri {
+            Options::with_cri()
+        } else {
+            Options::default()
+        };
         let opts = Options {
             path_prepend: containerd::ember_shim_dir().into_iter().collect(),
             ember_config: cri.then(|| config.clone()),
-            ..if cri {
-                Options::with_cri()
-            } else {
-                Options::default()
-            }
+            start_timeout: base.start_timeout * backend.slowness(),
+            ..base
         };
         let ctrd = Containerd::start(opts).unwrap();
         let tar = ctrd.scratch().join("busybox.tar");
@@ -131,7 +228,18 @@ impl Env {
             config,
             state,
             _config_dir: config_dir,
+            backend,
+            timeout: backend.timeout(),
         })
+    }
+
+    /// A unique container id: cgroups (`/ember/<id>`) and process command lines are
+    /// host-wide, and both variants of a body may run at once.
+    fn cid(&self, base: &str) -> String {
+        match self.backend {
+            Backend::Process => format!("{base}-{}", std::process::id()),
+            Backend::Microvm => format!("{base}-v{}", std::process::id()),
+        }
     }
 
     fn state_dir(&self) -> &Path {
@@ -224,6 +332,11 @@ impl Env {
             .unwrap()
     }
 
+    /// Waits for a background `ctr` and returns (exit code, stdout, stderr).
+    fn finish(&self, child: Child) -> (Option<i32>, String, String) {
+        finish(child, self.timeout)
+    }
+
     /// The task's status in `ctr task ls` (`RUNNING`, `PAUSED`, `STOPPED`), `None` if absent.
     fn task_status(&self, id: &str) -> Option<String> {
         let out = self.ctr_ok(&["task", "ls"]);
@@ -242,7 +355,7 @@ impl Env {
                 return;
             }
             assert!(
-                start.elapsed() < TIMEOUT,
+                start.elapsed() < self.timeout,
                 "task {id} is {st:?}, expected {want:?}\ncontainerd's log:\n{}",
                 self.ctrd.log_tail(30)
             );
@@ -259,24 +372,27 @@ impl Env {
             .collect()
     }
 
-    /// The agent's host pid from the sandbox's state record.
-    fn agent_pid(&self, id: &str) -> i32 {
+    /// The sandbox's state record (`state.json`).
+    fn record(&self, id: &str) -> serde_json::Value {
         let path = self.sandbox_dir(id).join("state.json");
         let text =
             std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-        v["resources"]
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}: {text}", path.display()))
+    }
+
+    /// The agent's host pid from the sandbox's state record (process backend only: the
+    /// microvm backend's agent runs in the guest).
+    fn agent_pid(&self, id: &str) -> i32 {
+        let record = self.record(id);
+        record["resources"]
             .as_array()
             .unwrap()
             .iter()
             .find(|r| r["kind"] == "process" && r["role"] == "agent")
             .and_then(|r| r["id"]["pid"].as_i64())
-            .unwrap_or_else(|| panic!("no agent process in {text}")) as i32
+            .unwrap_or_else(|| panic!("no agent process in {record}")) as i32
     }
 
-    /// Asserts that sandbox `id` left nothing on the host: no process mentioning its state
-    /// dir (or `marker`, a string in the container's command line), no mount under the
-    /// state dir or under containerd's directories naming it, no state dir, no cgroup.
     /// Kills the running task `id` with SIGKILL, asserts that `ctr task rm` reports exit
     /// 137, removes the container and asserts nothing of it is left.
     fn kill_and_remove(&self, id: &str) {
@@ -287,6 +403,10 @@ impl Env {
         self.assert_no_leftovers(id, None);
     }
 
+    /// Asserts that sandbox `id` left nothing on the host: no process mentioning its state
+    /// dir (or `marker`, a string in the container's command line), no shim, no mount under
+    /// the state dir or under containerd's directories naming it, no state dir (and so none
+    /// of its sockets), no cgroup.
     fn assert_no_leftovers(&self, id: &str, marker: Option<&str>) {
         let sb = self.sandbox_dir(id);
         let sb_s = sb.display().to_string();
@@ -325,7 +445,10 @@ impl Env {
                 left.push(format!("mounts under containerd's dirs: {mounts:?}"));
             }
             if sb.exists() {
-                left.push(format!("{sb_s} exists"));
+                let entries: Vec<_> = std::fs::read_dir(&sb)
+                    .map(|d| d.filter_map(|e| Some(e.ok()?.file_name())).collect())
+                    .unwrap_or_default();
+                left.push(format!("{sb_s} exists, holding {entries:?}"));
             }
             let cgroups = cgroup_dirs(id);
             if !cgroups.is_empty() {
@@ -335,7 +458,7 @@ impl Env {
                 return;
             }
             assert!(
-                start.elapsed() < Duration::from_secs(20),
+                start.elapsed() < CLEANUP_TIMEOUT * self.backend.slowness(),
                 "sandbox {id} left behind:\n{}\ncontainerd's log:\n{}",
                 left.join("\n"),
                 self.ctrd.log_tail(40)
@@ -351,23 +474,32 @@ fn cmdline(pid: u32) -> String {
         .unwrap_or_default()
 }
 
-/// `/sys/fs/cgroup/*/ember/<id>` directories that exist.
-fn cgroup_dirs(id: &str) -> Vec<PathBuf> {
-    let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") else {
-        return Vec::new();
-    };
-    rd.filter_map(|e| e.ok())
-        .map(|e| e.path().join("ember").join(id))
-        .filter(|p| p.is_dir())
-        .collect()
+/// The directories of the host cgroup `/ember/<path>` that exist, in every cgroup hierarchy
+/// mounted here (cgroup v1 controllers, the v2 unified tree, or both on hybrid hosts).
+fn cgroup_dirs(path: &str) -> Vec<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut dirs: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            let fstype = post.split(' ').next()?;
+            let point = pre.split(' ').nth(4)?;
+            matches!(fstype, "cgroup" | "cgroup2")
+                .then(|| Path::new(point).join("ember").join(path))
+        })
+        .filter(|d| d.is_dir())
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    dirs
 }
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-/// Waits for a background `ctr run` and returns (exit code, stdout, stderr).
-fn finish(mut child: Child) -> (Option<i32>, String, String) {
+/// Waits up to `timeout` for a background `ctr` and returns (exit code, stdout, stderr).
+fn finish(mut child: Child, timeout: Duration) -> (Option<i32>, String, String) {
     let start = Instant::now();
     loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -387,243 +519,539 @@ fn finish(mut child: Child) -> (Option<i32>, String, String) {
                 .unwrap();
             return (status.code(), out, err);
         }
-        if start.elapsed() > TIMEOUT {
+        if start.elapsed() > timeout {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("ctr run did not end within {TIMEOUT:?}");
+            panic!("ctr did not end within {timeout:?}");
         }
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
-#[test]
-fn run_passes_stdout_and_exit_codes() {
-    let Some(env) = Env::start("run_passes_stdout_and_exit_codes", "r", false) else {
-        return;
+/// For each body of [`body`]: the test `name` on the process backend, and `hw_kvm::name` on
+/// the microvm backend. The module name `hw_kvm` is how the test runner finds the tests that
+/// need hardware virtualization (and runs them in the nested KVM test host where there is
+/// none).
+macro_rules! on_both_backends {
+    ($($name:ident),+ $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                body::$name(Backend::Process);
+            }
+        )+
+
+        mod hw_kvm {
+            use super::{body, Backend};
+            $(
+                #[test]
+                fn $name() {
+                    if !ember_tests::hw_kvm_runs_here(concat!("hw_kvm::", stringify!($name))) {
+                        return;
+                    }
+                    body::$name(Backend::Microvm);
+                }
+            )+
+        }
     };
-    let out = env.run(&["--rm"], &cid("echo"), &["echo", "hello ember"]);
-    assert_eq!(
-        (out.status.code(), text(&out.stdout).as_str()),
-        (Some(0), "hello ember\n"),
-        "stderr: {}\n{}",
-        text(&out.stderr),
-        env.ctrd.log_tail(30)
-    );
-    let out = env.run(&["--rm"], &cid("seven"), &["sh", "-c", "echo out; exit 7"]);
-    assert_eq!(
-        (out.status.code(), text(&out.stdout).as_str()),
-        (Some(7), "out\n"),
-        "stderr: {}",
-        text(&out.stderr)
-    );
-    // stdout and stderr stay apart.
-    let out = env.run(
-        &["--rm"],
-        &cid("streams"),
-        &["sh", "-c", "echo to-out; echo to-err >&2"],
-    );
-    assert_eq!(text(&out.stdout), "to-out\n");
-    assert!(
-        text(&out.stderr).contains("to-err"),
-        "{}",
-        text(&out.stderr)
-    );
-    // 8 MiB of output arrive whole.
-    let out = env.run(
-        &["--rm"],
-        &cid("bulk"),
-        &["head", "-c", "8388608", "/dev/urandom"],
-    );
-    assert_eq!(
-        (out.status.code(), out.stdout.len()),
-        (Some(0), 8 << 20),
-        "{}",
-        text(&out.stderr)
-    );
-    let out = env.run(&["--rm"], &cid("true"), &["/bin/true"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert!(
-        env.ctr_ok(&["containers", "ls", "-q"]).trim().is_empty(),
-        "--rm left containers"
-    );
-    assert!(std::fs::read_dir(env.state_dir().join("sandboxes"))
-        .map(|d| d.count() == 0)
-        .unwrap_or(true));
 }
 
-#[test]
-fn kill_passes_signal_exit_codes() {
-    let Some(env) = Env::start("kill_passes_signal_exit_codes", "k", false) else {
-        return;
-    };
-    // SIGKILL → 137: a detached task stays STOPPED until deleted; `ctr task rm` reports
-    // its exit code.
-    let id = cid("killed");
-    env.run_detached(&id, &["sleep", "1000"]);
-    env.kill_and_remove(&id);
+on_both_backends!(
+    run_passes_stdout_and_exit_codes,
+    kill_passes_signal_exit_codes,
+    stdin_reaches_the_container,
+    tty_gives_the_container_a_pty,
+    exec_pause_resume_ps_and_metrics,
+    killed_shim_is_cleaned_up,
+    missing_rootfs_is_reported_and_leaves_nothing,
+    missing_executable_is_named_and_leaves_nothing,
+    cri_pod_runs_in_one_shim,
+);
 
-    // Default SIGTERM → 143. A container's PID 1 ignores signals it has no handler for
-    // (the kernel's rule for a PID namespace's init, with runc too), so the SIGTERM goes to
-    // an exec'd `sleep`, which is not PID 1; an attached `ctr task exec` sees its code.
-    let id = cid("termed");
-    env.run_detached(&id, &["sleep", "1000"]);
-    let exec = env
-        .ctrd
-        .ctr_command(DEFAULT_NAMESPACE)
-        .args(["task", "exec", "--exec-id", "sleeper", &id, "sleep", "1000"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while env.pids(&id).len() < 2 {
-        assert!(start.elapsed() < TIMEOUT, "the exec never showed up in ps");
-        std::thread::sleep(Duration::from_millis(100));
+/// The test bodies that run on both backends ([`on_both_backends`]).
+mod body {
+    use super::*;
+
+    pub fn run_passes_stdout_and_exit_codes(backend: Backend) {
+        let Some(env) = Env::start(backend, "run_passes_stdout_and_exit_codes", "r", false) else {
+            return;
+        };
+        let out = env.run(&["--rm"], &env.cid("echo"), &["echo", "hello ember"]);
+        assert_eq!(
+            (out.status.code(), text(&out.stdout).as_str()),
+            (Some(0), "hello ember\n"),
+            "stderr: {}\n{}",
+            text(&out.stderr),
+            env.ctrd.log_tail(30)
+        );
+        let out = env.run(
+            &["--rm"],
+            &env.cid("seven"),
+            &["sh", "-c", "echo out; exit 7"],
+        );
+        assert_eq!(
+            (out.status.code(), text(&out.stdout).as_str()),
+            (Some(7), "out\n"),
+            "stderr: {}",
+            text(&out.stderr)
+        );
+        // stdout and stderr stay apart.
+        let out = env.run(
+            &["--rm"],
+            &env.cid("streams"),
+            &["sh", "-c", "echo to-out; echo to-err >&2"],
+        );
+        assert_eq!(text(&out.stdout), "to-out\n");
+        assert!(
+            text(&out.stderr).contains("to-err"),
+            "{}",
+            text(&out.stderr)
+        );
+        // 8 MiB of output arrive whole.
+        let out = env.run(
+            &["--rm"],
+            &env.cid("bulk"),
+            &["head", "-c", "8388608", "/dev/urandom"],
+        );
+        assert_eq!(
+            (out.status.code(), out.stdout.len()),
+            (Some(0), 8 << 20),
+            "{}",
+            text(&out.stderr)
+        );
+        let out = env.run(&["--rm"], &env.cid("true"), &["/bin/true"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        // The kernel the container runs on.
+        let out = env.run(&["--rm"], &env.cid("kernel"), &["cat", "/proc/version"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let (theirs, ours) = (
+            text(&out.stdout),
+            std::fs::read_to_string("/proc/version").unwrap(),
+        );
+        match backend {
+            // No VM: the container shares the host's kernel, as with runc.
+            Backend::Process => assert_eq!(theirs, ours, "the container runs another kernel"),
+            // The container runs on the microVM's guest kernel, not on the host's.
+            Backend::Microvm => assert!(
+                !theirs.is_empty() && theirs != ours,
+                "the container does not run on the guest kernel: {theirs:?}"
+            ),
+        }
+        assert!(
+            env.ctr_ok(&["containers", "ls", "-q"]).trim().is_empty(),
+            "--rm left containers"
+        );
+        // Each sandbox's state (on the microvm backend: its VM's sockets and console log)
+        // went with its container.
+        let left: Vec<_> = std::fs::read_dir(env.state_dir().join("sandboxes"))
+            .map(|d| d.filter_map(|e| Some(e.ok()?.file_name())).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "--rm left sandbox state: {left:?}");
     }
-    env.ctr_ok(&["task", "kill", "--exec-id", "sleeper", &id]);
-    let (code, _, err) = finish(exec);
-    assert_eq!(code, Some(143), "ctr task exec stderr: {err}");
-    // SIGTERM to PID 1 without a handler: ignored, the task keeps running.
-    env.ctr_ok(&["task", "kill", &id]);
-    std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(env.task_status(&id).as_deref(), Some("RUNNING"));
-    env.kill_and_remove(&id);
-}
 
-#[test]
-fn stdin_reaches_the_container() {
-    let Some(env) = Env::start("stdin_reaches_the_container", "i", false) else {
-        return;
-    };
-    let id = cid("cat");
-    let mut child = env
-        .ctrd
-        .ctr_command(DEFAULT_NAMESPACE)
-        .args(env.run_args(&["--rm"], &id, &["cat"]))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(b"x from the host\nsecond line\n").unwrap();
-    drop(stdin);
-    let (code, out, err) = finish(child);
-    assert_eq!(
-        (code, out.as_str()),
-        (Some(0), "x from the host\nsecond line\n"),
-        "stderr: {err}"
-    );
-}
+    pub fn kill_passes_signal_exit_codes(backend: Backend) {
+        let Some(env) = Env::start(backend, "kill_passes_signal_exit_codes", "k", false) else {
+            return;
+        };
+        // SIGKILL → 137: a detached task stays STOPPED until deleted; `ctr task rm` reports
+        // its exit code.
+        let id = env.cid("killed");
+        env.run_detached(&id, &["sleep", "1000"]);
+        env.kill_and_remove(&id);
 
-#[test]
-fn tty_gives_the_container_a_pty() {
-    let test = "tty_gives_the_container_a_pty";
-    if containerd::which("script").is_none() {
-        skip(test, "script (util-linux) not on PATH");
-        return;
+        // Default SIGTERM → 143. A container's PID 1 ignores signals it has no handler for
+        // (the kernel's rule for a PID namespace's init, with runc too), so the SIGTERM goes
+        // to an exec'd `sleep`, which is not PID 1; an attached `ctr task exec` sees its code.
+        let id = env.cid("termed");
+        env.run_detached(&id, &["sleep", "1000"]);
+        let exec = env
+            .ctrd
+            .ctr_command(DEFAULT_NAMESPACE)
+            .args(["task", "exec", "--exec-id", "sleeper", &id, "sleep", "1000"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        while env.pids(&id).len() < 2 {
+            assert!(
+                start.elapsed() < env.timeout,
+                "the exec never showed up in ps"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        env.ctr_ok(&["task", "kill", "--exec-id", "sleeper", &id]);
+        let (code, _, err) = env.finish(exec);
+        assert_eq!(code, Some(143), "ctr task exec stderr: {err}");
+        // SIGTERM to PID 1 without a handler: ignored, the task keeps running (given as
+        // long to die as it would take to, in the nested KVM test host too).
+        env.ctr_ok(&["task", "kill", &id]);
+        std::thread::sleep(Duration::from_millis(500) * backend.slowness());
+        assert_eq!(env.task_status(&id).as_deref(), Some("RUNNING"));
+        env.kill_and_remove(&id);
     }
-    let Some(env) = Env::start(test, "t", false) else {
-        return;
-    };
-    let id = cid("tty");
-    let out =
-        env.ctr_in_terminal(&env.run_args(&["--rm", "-t"], &id, &["sh", "-c", "tty; exit 5"]));
-    let stdout = text(&out.stdout);
-    assert!(
-        stdout.contains("/dev/pts/"),
-        "no pty in {stdout:?} (stderr {:?})\n{}",
-        text(&out.stderr),
-        env.ctrd.log_tail(30)
-    );
-    assert_eq!(out.status.code(), Some(5), "{stdout:?}");
 
-    // An exec with a TTY in a container without one.
-    let id = cid("tty-exec");
-    env.run_detached(&id, &["sleep", "1000"]);
-    let args: Vec<String> = ["task", "exec", "-t", "--exec-id", "t1", &id, "sh", "-c"]
-        .iter()
-        .map(|s| s.to_string())
-        .chain(["tty; exit 4".to_string()])
-        .collect();
-    let out = env.ctr_in_terminal(&args);
-    let stdout = text(&out.stdout);
-    assert!(stdout.contains("/dev/pts/"), "no pty in exec: {stdout:?}");
-    assert_eq!(out.status.code(), Some(4), "{stdout:?}");
-    // The container's own stdio is no terminal.
-    let out = env.ctr(&["task", "exec", "--exec-id", "t2", &id, "sh", "-c", "tty"]);
-    assert!(
-        text(&out.stdout).contains("not a tty"),
-        "{}",
-        text(&out.stdout)
-    );
-    env.kill_and_remove(&id);
-}
+    pub fn stdin_reaches_the_container(backend: Backend) {
+        let Some(env) = Env::start(backend, "stdin_reaches_the_container", "i", false) else {
+            return;
+        };
+        let id = env.cid("cat");
+        let mut child = env
+            .ctrd
+            .ctr_command(DEFAULT_NAMESPACE)
+            .args(env.run_args(&["--rm"], &id, &["cat"]))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"x from the host\nsecond line\n").unwrap();
+        drop(stdin);
+        let (code, out, err) = env.finish(child);
+        assert_eq!(
+            (code, out.as_str()),
+            (Some(0), "x from the host\nsecond line\n"),
+            "stderr: {err}"
+        );
+    }
 
-#[test]
-fn exec_pause_resume_ps_and_metrics() {
-    let Some(env) = Env::start("exec_pause_resume_ps_and_metrics", "x", false) else {
-        return;
-    };
-    let id = cid("busy");
-    env.run_detached(&id, &["sleep", "1000"]);
+    pub fn tty_gives_the_container_a_pty(backend: Backend) {
+        let test = "tty_gives_the_container_a_pty";
+        if containerd::which("script").is_none() {
+            skip(&backend.test_name(test), "script (util-linux) not on PATH");
+            return;
+        }
+        let Some(env) = Env::start(backend, test, "t", false) else {
+            return;
+        };
+        let id = env.cid("tty");
+        let out =
+            env.ctr_in_terminal(&env.run_args(&["--rm", "-t"], &id, &["sh", "-c", "tty; exit 5"]));
+        let stdout = text(&out.stdout);
+        assert!(
+            stdout.contains("/dev/pts/"),
+            "no pty in {stdout:?} (stderr {:?})\n{}",
+            text(&out.stderr),
+            env.ctrd.log_tail(30)
+        );
+        assert_eq!(out.status.code(), Some(5), "{stdout:?}");
 
-    let out = env.ctr(&[
-        "task",
-        "exec",
-        "--exec-id",
-        "e1",
-        &id,
-        "sh",
-        "-c",
-        "echo exec-out; exit 3",
-    ]);
-    assert_eq!(
-        (out.status.code(), text(&out.stdout).as_str()),
-        (Some(3), "exec-out\n"),
-        "stderr: {}\n{}",
-        text(&out.stderr),
-        env.ctrd.log_tail(30)
-    );
-    // The exec id is free again once the exec is done.
-    let out = env.ctr(&["task", "exec", "--exec-id", "e1", &id, "true"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        // An exec with a TTY in a container without one.
+        let id = env.cid("tty-exec");
+        env.run_detached(&id, &["sleep", "1000"]);
+        let args: Vec<String> = ["task", "exec", "-t", "--exec-id", "t1", &id, "sh", "-c"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(["tty; exit 4".to_string()])
+            .collect();
+        let out = env.ctr_in_terminal(&args);
+        let stdout = text(&out.stdout);
+        assert!(stdout.contains("/dev/pts/"), "no pty in exec: {stdout:?}");
+        assert_eq!(out.status.code(), Some(4), "{stdout:?}");
+        // The container's own stdio is no terminal.
+        let out = env.ctr(&["task", "exec", "--exec-id", "t2", &id, "sh", "-c", "tty"]);
+        assert!(
+            text(&out.stdout).contains("not a tty"),
+            "{}",
+            text(&out.stdout)
+        );
+        env.kill_and_remove(&id);
+    }
 
-    let pids = env.pids(&id);
-    assert_eq!(pids.len(), 1, "ctr task ps: {pids:?}");
-    assert!(pids[0] > 0);
+    pub fn exec_pause_resume_ps_and_metrics(backend: Backend) {
+        let Some(env) = Env::start(backend, "exec_pause_resume_ps_and_metrics", "x", false) else {
+            return;
+        };
+        let id = env.cid("busy");
+        env.run_detached(&id, &["sleep", "1000"]);
 
-    let metrics = env.ctr_ok(&["task", "metrics", &id]);
-    let value = |key: &str| -> u64 {
-        metrics
-            .lines()
-            .find_map(|l| {
-                let mut f = l.split_whitespace();
-                (f.next() == Some(key)).then(|| f.next()?.parse().ok())?
+        let out = env.ctr(&[
+            "task",
+            "exec",
+            "--exec-id",
+            "e1",
+            &id,
+            "sh",
+            "-c",
+            "echo exec-out; exit 3",
+        ]);
+        assert_eq!(
+            (out.status.code(), text(&out.stdout).as_str()),
+            (Some(3), "exec-out\n"),
+            "stderr: {}\n{}",
+            text(&out.stderr),
+            env.ctrd.log_tail(30)
+        );
+        // The exec id is free again once the exec is done.
+        let out = env.ctr(&["task", "exec", "--exec-id", "e1", &id, "true"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+
+        let pids = env.pids(&id);
+        assert_eq!(pids.len(), 1, "ctr task ps: {pids:?}");
+        assert!(pids[0] > 0);
+
+        let metrics = env.ctr_ok(&["task", "metrics", &id]);
+        let value = |key: &str| -> u64 {
+            metrics
+                .lines()
+                .find_map(|l| {
+                    let mut f = l.split_whitespace();
+                    (f.next() == Some(key)).then(|| f.next()?.parse().ok())?
+                })
+                .unwrap_or_else(|| panic!("no {key} in ctr task metrics: {metrics}"))
+        };
+        assert!(value("memory.usage_in_bytes") > 0, "{metrics}");
+        assert!(value("pids.current") >= 1, "{metrics}");
+        // The container's cgroup (`/ember/<sandbox>/<container>`), which the agent reads
+        // those metrics from.
+        let cgroup = format!("{id}/{id}");
+        let host_cgroup = cgroup_dirs(&cgroup);
+        match backend {
+            // The agent runs on the host: the container's cgroup is a host cgroup.
+            Backend::Process => assert!(
+                !host_cgroup.is_empty(),
+                "no host cgroup /ember/{cgroup} for the container"
+            ),
+            // The agent makes it in the guest's own cgroup tree: the host has none, and the
+            // metrics are the guest's.
+            Backend::Microvm => assert!(
+                host_cgroup.is_empty(),
+                "the container of a microVM has host cgroups: {host_cgroup:?}"
+            ),
+        }
+
+        env.ctr_ok(&["task", "pause", &id]);
+        env.wait_status(&id, Some("PAUSED"));
+        env.ctr_ok(&["task", "resume", &id]);
+        env.wait_status(&id, Some("RUNNING"));
+        // Still alive and answering after the resume.
+        let out = env.ctr(&["task", "exec", "--exec-id", "e2", &id, "echo", "back"]);
+        assert_eq!(text(&out.stdout), "back\n", "{}", text(&out.stderr));
+
+        env.kill_and_remove(&id);
+    }
+
+    pub fn killed_shim_is_cleaned_up(backend: Backend) {
+        let Some(env) = Env::start(backend, "killed_shim_is_cleaned_up", "s", false) else {
+            return;
+        };
+        let id = env.cid("shimkill");
+        let marker = format!("marker-{id}");
+        let script = format!("sleep 1000; echo {marker}");
+        // Attached: containerd must tell this `ctr run` that the task ended.
+        let child = env.spawn_run(&id, &["sh", "-c", &script]);
+        let ctr_pid = child.id();
+        env.wait_status(&id, Some("RUNNING"));
+        let shims: Vec<u32> = env
+            .ctrd
+            .shim_pids()
+            .into_iter()
+            .filter(|p| {
+                let c = cmdline(*p);
+                c.contains(EMBER_SHIM) && c.contains(&id)
             })
-            .unwrap_or_else(|| panic!("no {key} in ctr task metrics: {metrics}"))
-    };
-    assert!(value("memory.usage_in_bytes") > 0, "{metrics}");
-    assert!(value("pids.current") >= 1, "{metrics}");
+            .collect();
+        assert_eq!(shims.len(), 1, "one shim expected for {id}: {shims:?}");
+        let record = env.record(&id);
+        assert_eq!(record["backend"], backend.name(), "{record}");
+        assert_eq!(
+            record["owner"]["pid"].as_u64(),
+            Some(u64::from(shims[0])),
+            "the shim does not own the sandbox: {record}"
+        );
+        // The container's shell, apart from the `ctr run` whose arguments name it too.
+        let shells: Vec<u32> = containerd::processes_mentioning(&marker)
+            .into_iter()
+            .filter(|p| *p != ctr_pid)
+            .collect();
+        match backend {
+            // The agent and the container run on the host, in processes of their own that
+            // outlive the shim: the crash cleanup has to end them.
+            Backend::Process => {
+                let agent = env.agent_pid(&id);
+                assert!(containerd::process_alive(agent as u32));
+                assert_ne!(agent as u32, shims[0], "the agent is the shim");
+                assert!(
+                    !shells.is_empty(),
+                    "the container's shell is not visible on the host"
+                );
+            }
+            // The VMM runs inside the shim (the sandbox has no host process of its own) and
+            // the container in the guest, out of the host's sight: killing the shim ends the
+            // VM and everything in it at once.
+            Backend::Microvm => {
+                let procs: Vec<_> = record["resources"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|r| r["kind"] == "process")
+                    .collect();
+                assert!(procs.is_empty(), "host processes of a microVM: {procs:?}");
+                assert!(
+                    shells.is_empty(),
+                    "the microVM's container runs on the host: {shells:?}"
+                );
+            }
+        }
+        // SAFETY: kill on the shim serving our private containerd.
+        assert_eq!(unsafe { libc::kill(shims[0] as i32, libc::SIGKILL) }, 0);
+        // The attached `ctr run` ends: containerd 1.6 proxies its Wait to the shim, so it
+        // fails with "ttrpc: closed" (the runc shim does the same) rather than with an exit
+        // code.
+        let (code, _, err) = env.finish(child);
+        assert_ne!(
+            code,
+            Some(0),
+            "ctr run succeeded after its shim died: {err}"
+        );
+        // containerd runs `containerd-shim-ember-v2 delete` and forgets the task.
+        env.wait_status(&id, None);
+        env.ctr_ok(&["containers", "rm", &id]);
+        assert!(!env
+            .ctr_ok(&["containers", "ls", "-q"])
+            .lines()
+            .any(|l| l == id));
+        env.assert_no_leftovers(&id, Some(&marker));
+    }
 
-    env.ctr_ok(&["task", "pause", &id]);
-    env.wait_status(&id, Some("PAUSED"));
-    env.ctr_ok(&["task", "resume", &id]);
-    env.wait_status(&id, Some("RUNNING"));
-    // Still alive and answering after the resume.
-    let out = env.ctr(&["task", "exec", "--exec-id", "e2", &id, "echo", "back"]);
-    assert_eq!(text(&out.stdout), "back\n", "{}", text(&out.stderr));
+    pub fn missing_rootfs_is_reported_and_leaves_nothing(backend: Backend) {
+        let Some(env) = Env::start(
+            backend,
+            "missing_rootfs_is_reported_and_leaves_nothing",
+            "n",
+            false,
+        ) else {
+            return;
+        };
+        let missing = env.ctrd.scratch().join("no-such-rootfs");
+        let id = env.cid("nofs");
+        let out = env.ctr(&[
+            "run",
+            "--rm",
+            "--runtime",
+            EMBER_RUNTIME,
+            "--runtime-config-path",
+            &env.config.to_string_lossy(),
+            "--rootfs",
+            &missing.to_string_lossy(),
+            &id,
+            "true",
+        ]);
+        let err = text(&out.stderr);
+        eprintln!("ctr run without a rootfs: {err}");
+        assert!(!out.status.success(), "ran without a rootfs");
+        assert!(
+            err.contains(&*missing.to_string_lossy()) && err.contains("does not exist"),
+            "the missing rootfs is not named: {err}\n{}",
+            env.ctrd.log_tail(30)
+        );
+        let _ = env.ctr(&["containers", "rm", &id]);
+        env.assert_no_leftovers(&id, None);
+    }
 
-    env.kill_and_remove(&id);
+    pub fn cri_pod_runs_in_one_shim(backend: Backend) {
+        let Some(env) = Env::start(backend, "cri_pod_runs_in_one_shim", "p", true) else {
+            return;
+        };
+        let mut cri = Cri::connect(&env.ctrd.address()).unwrap();
+        cri.timeout *= backend.slowness();
+        cri.wait *= backend.slowness();
+        cri.wait_for_image(SANDBOX_IMAGE, cri.wait).unwrap();
+        cri.wait_for_image(IMAGE, cri.wait).unwrap();
+
+        let p = cri::start_two_container_pod(
+            &cri,
+            &env.cid("pod"),
+            "ember",
+            IMAGE,
+            &env.ctrd.scratch().join("pod-logs"),
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", env.ctrd.log_tail(40)));
+        let (pod_id, ids) = (&p.pod_id, &p.ids);
+        assert!(
+            env.sandbox_dir(pod_id).join("state.json").is_file(),
+            "no ember sandbox for the pod under {}",
+            env.state_dir().display()
+        );
+        let shims = env.ctrd.shim_pids();
+        assert_eq!(
+            shims.len(),
+            1,
+            "one ember shim should serve the pod: {:?}",
+            shims.iter().map(|p| cmdline(*p)).collect::<Vec<_>>()
+        );
+        assert!(cmdline(shims[0]).contains(EMBER_SHIM));
+        // Both containers live in the pod's one sandbox (on the microvm backend: one VM).
+        let record = std::fs::read_to_string(env.sandbox_dir(pod_id).join("state.json")).unwrap();
+        for id in ids {
+            assert!(record.contains(id.as_str()), "{id} not in {record}");
+            assert!(
+                !env.sandbox_dir(id).exists(),
+                "container {id} got its own sandbox"
+            );
+        }
+
+        p.assert_exec_and_logs(&cri);
+        p.tear_down(&cri);
+        env.assert_no_leftovers(pod_id, None);
+        let start = Instant::now();
+        while !env.ctrd.shim_pids().is_empty() {
+            assert!(
+                start.elapsed() < CLEANUP_TIMEOUT * backend.slowness(),
+                "the shim outlived its pod"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn missing_executable_is_named_and_leaves_nothing(backend: Backend) {
+        let Some(env) = Env::start(
+            backend,
+            "missing_executable_is_named_and_leaves_nothing",
+            "m",
+            false,
+        ) else {
+            return;
+        };
+        let id = env.cid("noexe");
+        let out = env.run(&["--rm"], &id, &["/no/such/program", "arg"]);
+        let err = text(&out.stderr);
+        eprintln!("ctr run of a missing program: {err}");
+        assert!(!out.status.success(), "ran a missing program");
+        assert!(
+            err.contains("/no/such/program"),
+            "the program is not named: {err}\n{}",
+            env.ctrd.log_tail(30)
+        );
+        let _ = env.ctr(&["containers", "rm", &id]);
+        env.assert_no_leftovers(&id, None);
+
+        // The same in an exec: the exec fails, the container keeps running.
+        let id = env.cid("noexe-exec");
+        env.run_detached(&id, &["sleep", "1000"]);
+        let out = env.ctr(&["task", "exec", "--exec-id", "bad", &id, "/no/such/program"]);
+        let err = text(&out.stderr);
+        eprintln!("ctr task exec of a missing program: {err}");
+        assert!(!out.status.success(), "exec'd a missing program");
+        assert!(err.contains("/no/such/program"), "not named: {err}");
+        assert_eq!(env.task_status(&id).as_deref(), Some("RUNNING"));
+        let out = env.ctr(&["task", "exec", "--exec-id", "good", &id, "echo", "ok"]);
+        assert_eq!(text(&out.stdout), "ok\n", "{}", text(&out.stderr));
+        env.kill_and_remove(&id);
+    }
 }
 
+/// Process backend only: it kills the agent's host process, which only the process backend
+/// has (the microvm backend's agent is the guest's PID 1; killing the VM means killing the
+/// shim, which `killed_shim_is_cleaned_up` does on both backends).
 #[test]
 fn killed_agent_is_cleaned_up() {
-    let Some(env) = Env::start("killed_agent_is_cleaned_up", "a", false) else {
+    let Some(env) = Env::start(Backend::Process, "killed_agent_is_cleaned_up", "a", false) else {
         return;
     };
-    let id = cid("agentkill");
+    let id = env.cid("agentkill");
     let marker = format!("marker-{id}");
     let script = format!("sleep 1000; echo {marker}");
     env.run_detached(&id, &["sh", "-c", &script]);
@@ -642,56 +1070,16 @@ fn killed_agent_is_cleaned_up() {
     env.assert_no_leftovers(&id, Some(&marker));
 }
 
-#[test]
-fn killed_shim_is_cleaned_up() {
-    let Some(env) = Env::start("killed_shim_is_cleaned_up", "s", false) else {
-        return;
-    };
-    let id = cid("shimkill");
-    let marker = format!("marker-{id}");
-    let script = format!("sleep 1000; echo {marker}");
-    // Attached: containerd must tell this `ctr run` that the task ended.
-    let child = env.spawn_run(&id, &["sh", "-c", &script]);
-    env.wait_status(&id, Some("RUNNING"));
-    let shims: Vec<u32> = env
-        .ctrd
-        .shim_pids()
-        .into_iter()
-        .filter(|p| {
-            let c = cmdline(*p);
-            c.contains(EMBER_SHIM) && c.contains(&id)
-        })
-        .collect();
-    assert_eq!(shims.len(), 1, "one shim expected for {id}: {shims:?}");
-    assert!(env.sandbox_dir(&id).join("state.json").is_file());
-    // SAFETY: kill on the shim serving our private containerd.
-    assert_eq!(unsafe { libc::kill(shims[0] as i32, libc::SIGKILL) }, 0);
-    // The attached `ctr run` ends: containerd 1.6 proxies its Wait to the shim, so it fails
-    // with "ttrpc: closed" (the runc shim does the same) rather than with an exit code.
-    let (code, _, err) = finish(child);
-    assert_ne!(
-        code,
-        Some(0),
-        "ctr run succeeded after its shim died: {err}"
-    );
-    // containerd runs `containerd-shim-ember-v2 delete` and forgets the task.
-    env.wait_status(&id, None);
-    env.ctr_ok(&["containers", "rm", &id]);
-    assert!(!env
-        .ctr_ok(&["containers", "ls", "-q"])
-        .lines()
-        .any(|l| l == id));
-    env.assert_no_leftovers(&id, Some(&marker));
-}
-
+/// Process backend only: the config is refused before any sandbox starts, whatever its
+/// backend.
 #[test]
 fn unknown_config_key_is_named() {
-    let Some(env) = Env::start("unknown_config_key_is_named", "c", false) else {
+    let Some(env) = Env::start(Backend::Process, "unknown_config_key_is_named", "c", false) else {
         return;
     };
     let bad = env.ctrd.scratch().join("bad-ember.toml");
-    write_config(&bad, env.state_dir(), "no_such_knob = 1\n");
-    let id = cid("badcfg");
+    write_config(&bad, env.backend, env.state_dir(), "no_such_knob = 1\n");
+    let id = env.cid("badcfg");
     let out = env.ctr(&[
         "run",
         "--rm",
@@ -718,8 +1106,8 @@ fn unknown_config_key_is_named() {
     // a message that says what to change, and nothing left.
     let long_dir = env.state_dir().join("x".repeat(80));
     let long = env.ctrd.scratch().join("long-ember.toml");
-    write_config(&long, &long_dir, "");
-    let id = cid("longdir");
+    write_config(&long, env.backend, &long_dir, "");
+    let id = env.cid("longdir");
     let out = env.ctr(&[
         "run",
         "--rm",
@@ -745,185 +1133,4 @@ fn unknown_config_key_is_named() {
     env.assert_no_leftovers(&id, None);
     let sb = long_dir.join("sandboxes").join(&id);
     assert!(!sb.exists(), "{} left behind", sb.display());
-}
-
-#[test]
-fn missing_rootfs_is_reported_and_leaves_nothing() {
-    let Some(env) = Env::start("missing_rootfs_is_reported_and_leaves_nothing", "n", false) else {
-        return;
-    };
-    let missing = env.ctrd.scratch().join("no-such-rootfs");
-    let id = cid("nofs");
-    let out = env.ctr(&[
-        "run",
-        "--rm",
-        "--runtime",
-        EMBER_RUNTIME,
-        "--runtime-config-path",
-        &env.config.to_string_lossy(),
-        "--rootfs",
-        &missing.to_string_lossy(),
-        &id,
-        "true",
-    ]);
-    let err = text(&out.stderr);
-    eprintln!("ctr run without a rootfs: {err}");
-    assert!(!out.status.success(), "ran without a rootfs");
-    assert!(
-        err.contains(&*missing.to_string_lossy()) && err.contains("does not exist"),
-        "the missing rootfs is not named: {err}\n{}",
-        env.ctrd.log_tail(30)
-    );
-    let _ = env.ctr(&["containers", "rm", &id]);
-    env.assert_no_leftovers(&id, None);
-}
-
-#[test]
-fn cri_pod_runs_in_one_shim() {
-    let Some(env) = Env::start("cri_pod_runs_in_one_shim", "p", true) else {
-        return;
-    };
-    let cri = Cri::for_containerd(&env.ctrd).unwrap();
-    cri.wait_for_image(IMAGE, Duration::from_secs(30)).unwrap();
-
-    let p = cri::start_two_container_pod(
-        &cri,
-        &cid("pod"),
-        "ember",
-        IMAGE,
-        &env.ctrd.scratch().join("pod-logs"),
-    )
-    .unwrap();
-    let (pod_id, ids) = (&p.pod_id, &p.ids);
-    assert!(
-        env.sandbox_dir(pod_id).join("state.json").is_file(),
-        "no ember sandbox for the pod under {}",
-        env.state_dir().display()
-    );
-    let shims = env.ctrd.shim_pids();
-    assert_eq!(
-        shims.len(),
-        1,
-        "one ember shim should serve the pod: {:?}",
-        shims.iter().map(|p| cmdline(*p)).collect::<Vec<_>>()
-    );
-    assert!(cmdline(shims[0]).contains(EMBER_SHIM));
-    // Both containers live in the pod's one sandbox.
-    let record = std::fs::read_to_string(env.sandbox_dir(pod_id).join("state.json")).unwrap();
-    for id in ids {
-        assert!(record.contains(id.as_str()), "{id} not in {record}");
-        assert!(
-            !env.sandbox_dir(id).exists(),
-            "container {id} got its own sandbox"
-        );
-    }
-
-    p.assert_exec_and_logs(&cri);
-    p.tear_down(&cri);
-    env.assert_no_leftovers(pod_id, None);
-    let start = Instant::now();
-    while !env.ctrd.shim_pids().is_empty() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "the shim outlived its pod"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-#[test]
-fn missing_executable_is_named_and_leaves_nothing() {
-    let Some(env) = Env::start("missing_executable_is_named_and_leaves_nothing", "m", false) else {
-        return;
-    };
-    let id = cid("noexe");
-    let out = env.run(&["--rm"], &id, &["/no/such/program", "arg"]);
-    let err = text(&out.stderr);
-    eprintln!("ctr run of a missing program: {err}");
-    assert!(!out.status.success(), "ran a missing program");
-    assert!(
-        err.contains("/no/such/program"),
-        "the program is not named: {err}\n{}",
-        env.ctrd.log_tail(30)
-    );
-    let _ = env.ctr(&["containers", "rm", &id]);
-    env.assert_no_leftovers(&id, None);
-
-    // The same in an exec: the exec fails, the container keeps running.
-    let id = cid("noexe-exec");
-    env.run_detached(&id, &["sleep", "1000"]);
-    let out = env.ctr(&["task", "exec", "--exec-id", "bad", &id, "/no/such/program"]);
-    let err = text(&out.stderr);
-    eprintln!("ctr task exec of a missing program: {err}");
-    assert!(!out.status.success(), "exec'd a missing program");
-    assert!(err.contains("/no/such/program"), "not named: {err}");
-    assert_eq!(env.task_status(&id).as_deref(), Some("RUNNING"));
-    let out = env.ctr(&["task", "exec", "--exec-id", "good", &id, "echo", "ok"]);
-    assert_eq!(text(&out.stdout), "ok\n", "{}", text(&out.stderr));
-    env.kill_and_remove(&id);
-}
-
-/// Why the `microvm` backend cannot run a container here, if it cannot: it needs hardware
-/// virtualization (guest user space, and so the agent, does not run under KVM's emulator,
-/// see DESIGN.md) and the guest assets of `make guest`.
-fn microvm_unavailable() -> Option<String> {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    if !cpuinfo.split_whitespace().any(|f| f == "vmx" || f == "svm") {
-        return Some(
-            "no hardware virtualization (no vmx/svm in /proc/cpuinfo): the agent cannot run in a microVM here"
-                .into(),
-        );
-    }
-    if !Path::new("/dev/kvm").exists() {
-        return Some("/dev/kvm is missing".into());
-    }
-    let guest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../build/guest");
-    for f in ["vmlinux", "initramfs.cpio"] {
-        if !guest.join(f).is_file() {
-            return Some(format!(
-                "{} is missing: run `make guest`",
-                guest.join(f).display()
-            ));
-        }
-    }
-    None
-}
-
-#[test]
-fn microvm_backend_runs_a_container_with_hardware_kvm() {
-    const TEST: &str = "microvm_backend_runs_a_container_with_hardware_kvm";
-    if let Some(why) = microvm_unavailable() {
-        return skip(TEST, &why);
-    }
-    let Some(env) = Env::start(TEST, "v", false) else {
-        return;
-    };
-    let guest = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../build/guest")
-        .canonicalize()
-        .unwrap();
-    std::fs::write(
-        &env.config,
-        format!(
-            "[sandbox]\nbackend = \"microvm\"\nstate_dir = \"{}\"\n[hypervisor]\nkernel = \"{}\"\ninitrd = \"{}\"\n",
-            env.state_dir().display(),
-            guest.join("vmlinux").display(),
-            guest.join("initramfs.cpio").display()
-        ),
-    )
-    .unwrap();
-    let id = cid("vm");
-    let out = env.run(&["--rm"], &id, &["sh", "-c", "echo from-the-vm; exit 7"]);
-    assert_eq!(
-        out.status.code(),
-        Some(7),
-        "stderr: {}\n{}",
-        text(&out.stderr),
-        env.ctrd.log_tail(40)
-    );
-    assert_eq!(text(&out.stdout), "from-the-vm\n");
-    assert!(
-        !env.sandbox_dir(&id).exists(),
-        "the microVM sandbox's state is removed with the container"
-    );
 }
