@@ -37,11 +37,14 @@ cargo test --workspace --no-fail-fast "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 if [ "$nested" = yes ]; then
     echo "run-tests: no hardware virtualization here: running the hw_kvm tests in the nested KVM test host"
-    # Every hw_kvm test under Debian 12's cgroup v2 layout; the shim suite (which meets
-    # the host's cgroups) also under the hybrid v1 layout of the machines ember is built on.
-    "$kvm_host" test --cgroups unified -- --workspace 2>&1 | tee -a "$log"
+    # Every hw_kvm test under Debian 12's cgroup v2 layout; the shim tests that create,
+    # stat, pause and remove sandboxes (where the shim meets the host's cgroups) also under
+    # the hybrid v1 layout of the machines ember is built on. Each test binary gets its own
+    # outer VM and at most 40 minutes (everything in there is emulated).
+    "$kvm_host" test --timeout 2400 --cgroups unified -- --workspace 2>&1 | tee -a "$log"
     s1=${PIPESTATUS[0]}
-    "$kvm_host" test --cgroups hybrid -- -p ember-tests --test ember_shim 2>&1 | tee -a "$log"
+    "$kvm_host" test --timeout 2400 --cgroups hybrid --filter hw_kvm::exec_pause_resume_ps_and_metrics \
+        -- -p ember-tests --test ember_shim 2>&1 | tee -a "$log"
     s2=${PIPESTATUS[0]}
     if [ "$s1" -ne 0 ] || [ "$s2" -ne 0 ]; then status=1; fi
 fi

@@ -9,7 +9,8 @@
 //! `test` builds the test binaries (`cargo test --no-run CARGO-ARGS`), keeps those with
 //! tests named `hw_kvm::...`, and runs each binary's `hw_kvm::` tests in its own outer VM
 //! (per binary `--timeout`, default 900 s; `--cgroups` as for `run`, and a list such as
-//! `unified,hybrid` runs every binary under each). It prints each binary's test output
+//! `unified,hybrid` runs every binary under each; `--filter hw_kvm::NAME` runs only the
+//! tests whose names contain it). It prints each binary's test output
 //! (libtest's `test result:` lines included) and `nested: ... reruns N`; exit 0 when every
 //! binary passed.
 //!
@@ -26,7 +27,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-const USAGE: &str = "usage: kvm-host prepare | kvm-host test [--timeout SECS] [--cgroups unified,hybrid] [-- CARGO-ARGS] | kvm-host run [--timeout SECS] [--memory-mib N] [--cpus N] [--cgroups unified|hybrid] [--cwd DIR] [--env K=V]... [--console FILE] -- COMMAND...";
+const USAGE: &str = "usage: kvm-host prepare | kvm-host test [--timeout SECS] [--cgroups unified,hybrid] [--filter hw_kvm::NAME] [-- CARGO-ARGS] | kvm-host run [--timeout SECS] [--memory-mib N] [--cpus N] [--cgroups unified|hybrid] [--cwd DIR] [--env K=V]... [--console FILE] -- COMMAND...";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -171,10 +172,14 @@ fn run(args: &[String]) -> ExitCode {
     }
 }
 
+/// What every test that needs hardware KVM has in its name.
+const FILTER: &str = "hw_kvm::";
+
 fn test(args: &[String]) -> ExitCode {
     let mut timeout = Duration::from_secs(900);
     let mut layouts = vec![ember_tests::kvm_host::Cgroups::Unified];
     let mut cargo_args = Vec::new();
+    let mut filter = FILTER.to_string();
     let mut i = 0;
     while i < args.len() {
         match (args[i].as_str(), args.get(i + 1)) {
@@ -186,6 +191,8 @@ fn test(args: &[String]) -> ExitCode {
                 Ok(s) => timeout = Duration::from_secs(s),
                 Err(_) => return usage("--timeout takes seconds"),
             },
+            ("--filter", Some(v)) if v.starts_with(FILTER) => filter = v.clone(),
+            ("--filter", Some(_)) => return usage(&format!("--filter must start with {FILTER}")),
             ("--cgroups", Some(v)) => match v.split(',').map(str::parse).collect() {
                 Ok(l) => layouts = l,
                 Err(e) => return usage(&e),
@@ -194,7 +201,6 @@ fn test(args: &[String]) -> ExitCode {
         }
         i += 2;
     }
-    const FILTER: &str = "hw_kvm::";
     let host = match KvmHost::prepare() {
         Ok(h) => h,
         Err(e) if e.is_unavailable() => {
@@ -206,7 +212,7 @@ fn test(args: &[String]) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let binaries = match ember_tests::kvm_host::test_binaries(&cargo_args, FILTER) {
+    let binaries = match ember_tests::kvm_host::test_binaries(&cargo_args, &filter) {
         Ok(b) => b,
         Err(e) => {
             eprintln!("kvm-host: {e}");
@@ -226,7 +232,7 @@ fn test(args: &[String]) -> ExitCode {
                 .into_owned();
             eprintln!("nested: {name} ({layout:?} cgroups)");
             let env = [("EMBER_NESTED_CGROUPS".to_string(), format!("{layout:?}"))];
-            match host.run_tests(b, FILTER, &env, timeout) {
+            match host.run_tests(b, &filter, &env, timeout) {
                 Ok((outcome, r)) => {
                     reruns += r;
                     print!("{}", outcome.output);
