@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# The microVM benchmarks, as ratios against references measured in the same run:
+#   1. boot to the agent serving: ember's VMM vs QEMU 7.2 `-M microvm -accel kvm`, same
+#      vmlinux and initramfs (scripts/bench-boot.py);
+#   2. `ctr run --rm IMAGE id /bin/true` through the ember shim (microvm backend) vs the
+#      runc shim (tests/benches/ctr.rs);
+#   3. shim RSS per sandbox with 10 microVM sandboxes running (the VMM runs inside the
+#      shim, so this is VMM + shim + the guest memory the guest touched), vs the runc shim
+#      per container.
+# Needs hardware KVM; on a host without it, it runs itself in the nested KVM test host,
+# where everything is emulated: the numbers there are ratios only.
+#
+#   scripts/bench-microvm.sh            (root; builds what it needs first)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+target=${CARGO_TARGET_DIR:-target}
+
+if [ "${EMBER_BENCH_STAGE:-}" != inside ]; then
+    cargo build -q --release -p ember-vmm -p ember-shim -p ember-agent -p ember-runtime
+    cargo build -q -p ember-tests --example kvm-host --example private-containerd --example busybox-image
+    ctr_bench=$(cargo bench -q -p ember-tests --bench ctr --no-run --message-format=json 2>/dev/null |
+        python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "ctr":
+        print(m["executable"])')
+    for f in build/guest/vmlinux build/guest/initramfs.cpio; do
+        [ -f "$f" ] || { echo "bench-microvm: $f is missing: run \`make guest\`" >&2; exit 1; }
+    done
+    if ! grep -qwE 'vmx|svm' /proc/cpuinfo || [ ! -e /dev/kvm ]; then
+        echo "bench-microvm: no hardware virtualization here: running in the nested KVM test host (ratios only)"
+        exec "$target/debug/examples/kvm-host" run --timeout 3000 --env EMBER_BENCH_STAGE=inside \
+            --env "EMBER_CTR_BENCH=$ctr_bench" -- scripts/bench-microvm.sh
+    fi
+    export EMBER_CTR_BENCH=$ctr_bench
+fi
+
+guest=$(pwd)/build/guest
+tmp=$(mktemp -d)
+cfg=$tmp/ember.toml
+printf '[sandbox]\nbackend = "microvm"\nstate_dir = "/run/ember-bench"\n[hypervisor]\nkernel = "%s"\ninitrd = "%s"\n[agent]\ndial_timeout_ms = 300000\n' \
+    "$guest/vmlinux" "$guest/initramfs.cpio" >"$cfg"
+
+echo "== 1. boot to agent serving"
+python3 scripts/bench-boot.py --runs "${EMBER_BENCH_BOOT_RUNS:-5}"
+
+echo "== 2. ctr run --rm /bin/true, microvm backend vs runc shim"
+EMBER_SHIM_DIR=$(cd "$target/release" && pwd) EMBER_CONFIG=$cfg EMBER_BENCH_RUNS=${EMBER_BENCH_RUNS:-5} \
+    EMBER_BENCH_TP_RUNS=1 "$EMBER_CTR_BENCH"
+
+echo "== 3. RSS per sandbox with 10 sandboxes running"
+export EMBER_SHIM_DIR
+EMBER_SHIM_DIR=$(cd "$target/release" && pwd)
+mkfifo "$tmp/ctl"
+"$target/debug/examples/private-containerd" "$tmp/address" <"$tmp/ctl" >/dev/null &
+server=$!
+exec 3>"$tmp/ctl"
+cleanup() {
+    exec 3>&- 2>/dev/null || true
+    wait "$server" 2>/dev/null || true
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+while [ ! -s "$tmp/address" ]; do sleep 0.2; done
+ctr=(ctr --address "$(cat "$tmp/address")" --namespace bench)
+"$target/debug/examples/busybox-image" "$tmp/busybox.tar" docker.io/library/busybox:ember >/dev/null
+"${ctr[@]}" image import "$tmp/busybox.tar" >/dev/null
+rss_of() { # sum of VmRSS (KiB) of processes whose command line starts with $1
+    local total=0 p
+    for p in $(pgrep -f "^$1"); do
+        total=$((total + $(awk '/^VmRSS:/ { print $2 }' "/proc/$p/status" 2>/dev/null || echo 0)))
+    done
+    echo "$total"
+}
+for rt in runc ember; do
+    for i in $(seq 1 10); do
+        if [ "$rt" = ember ]; then
+            "${ctr[@]}" run -d --runtime io.containerd.ember.v2 --runtime-config-path "$cfg" \
+                docker.io/library/busybox:ember "$rt-$i" sleep 100000
+        else
+            "${ctr[@]}" run -d --runtime io.containerd.runc.v2 docker.io/library/busybox:ember "$rt-$i" sleep 100000
+        fi
+    done
+    sleep 2
+    if [ "$rt" = ember ]; then
+        kib=$(rss_of "$EMBER_SHIM_DIR/containerd-shim-ember-v2")
+    else
+        kib=$(rss_of "$(command -v containerd-shim-runc-v2)")
+    fi
+    echo "$rt: $((kib / 10 / 1024)) MiB RSS per sandbox (shim processes; ember's include the VMM and guest memory)"
+    eval "rss_$rt=$kib"
+    for i in $(seq 1 10); do
+        "${ctr[@]}" task kill -s KILL "$rt-$i" >/dev/null 2>&1 || true
+    done
+    sleep 2
+    for i in $(seq 1 10); do
+        "${ctr[@]}" task rm -f "$rt-$i" >/dev/null 2>&1 || true
+        "${ctr[@]}" container rm "$rt-$i" >/dev/null 2>&1 || true
+    done
+done
+python3 -c "print('RSS per sandbox, ember/runc shim: %.1fx' % ($rss_ember / max($rss_runc, 1)))"
