@@ -489,6 +489,9 @@ pub struct Job {
     /// Copy the command's output to this process's stdout while it runs (for people
     /// watching, e.g. `make demo`); the [`Outcome`] holds it all the same.
     pub echo: bool,
+    /// Host paths the command needs besides `cwd` (e.g. a test binary): kept visible even
+    /// where stage 2's tmpfs folders would cover them.
+    pub keep: Vec<PathBuf>,
 }
 
 impl Job {
@@ -500,6 +503,7 @@ impl Job {
             env: Vec::new(),
             timeout: Duration::from_secs(600),
             echo: false,
+            keep: Vec::new(),
         }
     }
 }
@@ -603,7 +607,7 @@ impl KvmHost {
             mods = HOST_MODULES.join(" "),
             cgroups = self.cgroups.script(),
             tmpfs = TMPFS_DIRS.join(" "),
-            keep = keep_script(&job.cwd),
+            keep = keep_script(&[&job.keep[..], std::slice::from_ref(&job.cwd)].concat()),
         );
         for (k, v) in &job.env {
             let _ = writeln!(s, "export {k}={}", shell_quote(v));
@@ -762,20 +766,34 @@ impl KvmHost {
     }
 }
 
-/// Stage 2's lines that bring `dir` back when a tmpfs of [`TMPFS_DIRS`] covers it (a
-/// checkout under /tmp, say): an overlay of its host copy with a tmpfs upper layer.
-fn keep_script(dir: &Path) -> String {
-    let covered = TMPFS_DIRS
-        .iter()
-        .any(|t| dir.starts_with(t) && dir != Path::new(t));
-    if !covered {
-        return String::new();
+/// Stage 2's lines that bring back what a tmpfs of [`TMPFS_DIRS`] would hide of `paths`
+/// (a checkout under /tmp, say): for each, the top folder below that tmpfs (`/tmp/ci` of
+/// `/tmp/ci/tests`, so the whole checkout, its `target/` included) as an overlay of its
+/// host copy with a tmpfs upper layer.
+fn keep_script(paths: &[PathBuf]) -> String {
+    let mut tops: Vec<PathBuf> = Vec::new();
+    for p in paths {
+        for t in TMPFS_DIRS {
+            if let Ok(rest) = p.strip_prefix(t) {
+                if let Some(first) = rest.components().next() {
+                    let top = Path::new(t).join(first);
+                    if !tops.contains(&top) {
+                        tops.push(top);
+                    }
+                }
+            }
+        }
     }
-    let d = shell_quote(&dir.display().to_string());
-    let lower = shell_quote(&format!("{LOWER_MOUNT}{}", dir.display()));
-    format!(
-        "mkdir -p {d} /run/.keep/u /run/.keep/w && mount -t overlay -o lowerdir={lower},upperdir=/run/.keep/u,workdir=/run/.keep/w overlay {d}\n"
-    )
+    let mut s = String::new();
+    for (i, top) in tops.iter().enumerate() {
+        let d = shell_quote(&top.display().to_string());
+        let lower = shell_quote(&format!("{LOWER_MOUNT}{}", top.display()));
+        let _ = writeln!(
+            s,
+            "mkdir -p {d} /run/.keep/{i}/u /run/.keep/{i}/w && mount -t overlay -o lowerdir={lower},upperdir=/run/.keep/{i}/u,workdir=/run/.keep/{i}/w overlay {d}"
+        );
+    }
+    s
 }
 
 /// Single-quotes `s` for /bin/sh.
@@ -828,6 +846,25 @@ mod tests {
         assert!(s.contains("echo $? > $R/status"), "{s}");
         assert!(s.contains("modprobe -d /m $mod"), "{s}");
         assert!(s.contains("/sys/fs/cgroup/unified"), "{s}");
+    }
+
+    #[test]
+    fn folders_under_a_tmpfs_are_kept_whole() {
+        let s = keep_script(&[
+            "/tmp/ci/tests".into(),
+            "/tmp/ci/target/debug/deps/t".into(),
+            "/work/main".into(),
+            "/var/lib/x/y".into(),
+        ]);
+        let lines: Vec<&str> = s.lines().collect();
+        assert_eq!(lines.len(), 2, "{s}");
+        assert!(
+            lines[0].contains("lowerdir='/.ember-kvm-host-lower/tmp/ci',upperdir=/run/.keep/0/u"),
+            "{s}"
+        );
+        assert!(lines[0].ends_with("overlay '/tmp/ci'"), "{s}");
+        assert!(lines[1].ends_with("overlay '/var/lib/x'"), "{s}");
+        assert_eq!(keep_script(&["/work/main".into()]), "");
     }
 
     #[test]
@@ -914,6 +951,7 @@ impl KvmHost {
             shell_quote(filter)
         ));
         job.cwd = binary.package_dir.clone();
+        job.keep.push(binary.exe.clone());
         job.env = env.to_vec();
         job.env.push((
             "CARGO_MANIFEST_DIR".into(),
