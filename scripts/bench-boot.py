@@ -112,6 +112,7 @@ def run_qemu(kernel, initrd, cid, timeout):
     proc = subprocess.Popen(
         ["qemu-system-x86_64", "-M", "microvm,acpi=off", "-accel", "kvm", "-cpu", "host",
          "-smp", "1", "-m", "256", "-nodefaults", "-no-user-config", "-display", "none",
+         "-serial", "null",
          "-kernel", kernel, "-initrd", initrd,
          "-append", "console=ttyS0 reboot=k panic=1 quiet",
          "-device", "virtio-rng-device",
