@@ -66,11 +66,9 @@ export EMBER_SHIM_DIR="${EMBER_SHIM_DIR:-}"
 tmp=$(mktemp -d)
 server_pid=
 if [ -z "${EMBER_CONFIG:-}" ] && [ "$runtime" = io.containerd.ember.v2 ]; then
-    # Everything inside the nested host is emulated: give the agent time to answer.
-    dial=10000
-    if [ "$stage" = inside ]; then dial=120000; fi
-    printf '[sandbox]\nbackend = "microvm"\nstate_dir = "/run/ember-demo"\n[hypervisor]\nkernel = "%s"\ninitrd = "%s"\n[agent]\ndial_timeout_ms = %s\n' \
-        "$guest/vmlinux" "$guest/initramfs.cpio" "$dial" >"$tmp/ember.toml"
+    # agent.dial_timeout_ms keeps its default (60 s), enough for the nested host too.
+    printf '[sandbox]\nbackend = "microvm"\nstate_dir = "/run/ember-demo"\n[hypervisor]\nkernel = "%s"\ninitrd = "%s"\n' \
+        "$guest/vmlinux" "$guest/initramfs.cpio" >"$tmp/ember.toml"
     export EMBER_CONFIG="$tmp/ember.toml"
     echo "demo: sandbox backend microvm: the container runs in its own KVM microVM"
 fi

@@ -343,18 +343,15 @@ async fn microvm_boots_the_guest_kernel_with_its_devices_then_stops_and_cleans_u
     drop(backend);
 }
 
-#[tokio::test]
-async fn missing_kernel_is_reported_by_its_key_before_anything_is_made() {
-    let tmp = tempfile::tempdir().unwrap();
-    let mut config = Config::default();
-    config.hypervisor.kernel = tmp.path().join("no-vmlinux");
-    let mut state = SandboxState::create(tmp.path(), "vm2", "microvm").unwrap();
+/// `MicrovmBackend::start` of sandbox `id` (state under `dir`) that must fail: its error
+/// message and the sandbox's state, for checking what was left.
+async fn start_error(dir: &Path, id: &str, config: &Config) -> (String, SandboxState) {
+    let mut state = SandboxState::create(dir, id, "microvm").unwrap();
     let shared = state.dir().join("shared");
-    let mut backend = MicrovmBackend::default();
-    let e = backend
+    let e = MicrovmBackend::default()
         .start(StartContext {
-            id: "vm2",
-            config: &config,
+            id,
+            config,
             state: &mut state,
             shared_dir: &shared,
             netns: None,
@@ -362,6 +359,15 @@ async fn missing_kernel_is_reported_by_its_key_before_anything_is_made() {
         .await
         .unwrap_err()
         .to_string();
+    (e, state)
+}
+
+#[tokio::test]
+async fn missing_kernel_is_reported_by_its_key_before_anything_is_made() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = Config::default();
+    config.hypervisor.kernel = tmp.path().join("no-vmlinux");
+    let (e, state) = start_error(tmp.path(), "vm2", &config).await;
     assert!(
         e.contains(&format!(
             "hypervisor.kernel: {} does not exist",
@@ -499,19 +505,7 @@ async fn microvm_backend_refuses_a_host_without_hardware_virtualization_at_once(
     );
 
     // The backend on its own refuses too, having made nothing but what its caller made.
-    let mut state = SandboxState::create(&state_dir, "refused2", "microvm").unwrap();
-    let shared = state.dir().join("shared");
-    let e = MicrovmBackend::default()
-        .start(StartContext {
-            id: "refused2",
-            config: &config,
-            state: &mut state,
-            shared_dir: &shared,
-            netns: None,
-        })
-        .await
-        .unwrap_err()
-        .to_string();
+    let (e, state) = start_error(&state_dir, "refused2", &config).await;
     assert!(
         e.starts_with("sandbox refused2: the microvm backend needs hardware virtualization")
             && e.contains(host),
