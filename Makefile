@@ -42,6 +42,8 @@ install: build guest
 	install -D -m 0644 build/guest/initramfs.cpio $(DESTDIR)/usr/share/ember/initramfs.cpio
 	install -D -m 0644 build/guest/rootfs.ext4 $(DESTDIR)/usr/share/ember/rootfs.ext4
 	install -D -m 0644 config/ember.toml.example $(DESTDIR)/usr/share/ember/config.toml.example
+	@# The default config, unless one is there already (never overwrite an admin's).
+	test -e $(DESTDIR)/etc/ember/config.toml || install -D -m 0644 config/ember.toml.example $(DESTDIR)/etc/ember/config.toml
 	@cat scripts/install-notes.txt
 
 bench: deps

@@ -41,9 +41,14 @@ if [ "$nested" = yes ]; then
     # stat, pause and remove sandboxes (where the shim meets the host's cgroups) also under
     # the hybrid v1 layout of the machines ember is built on. Each test binary gets its own
     # outer VM and at most 40 minutes (everything in there is emulated).
-    "$kvm_host" test --timeout 2400 --cgroups unified -- --workspace 2>&1 | tee -a "$log"
+    # EMBER_TEST_DEADLINE (seconds since 1970; .ci/run sets it from CI's time limit) cuts
+    # those 40 minutes down so that a hung outer VM ends as a failure with both consoles'
+    # tails, inside the limit, rather than as a killed CI run that says nothing.
+    deadline=()
+    if [ -n "${EMBER_TEST_DEADLINE:-}" ]; then deadline=(--deadline "$EMBER_TEST_DEADLINE"); fi
+    "$kvm_host" test --timeout 2400 "${deadline[@]}" --cgroups unified -- --workspace 2>&1 | tee -a "$log"
     s1=${PIPESTATUS[0]}
-    "$kvm_host" test --timeout 2400 --cgroups hybrid --filter hw_kvm::exec_pause_resume_ps_and_metrics \
+    "$kvm_host" test --timeout 2400 "${deadline[@]}" --cgroups hybrid --filter hw_kvm::exec_pause_resume_ps_and_metrics \
         -- -p ember-tests --test ember_shim 2>&1 | tee -a "$log"
     s2=${PIPESTATUS[0]}
     if [ "$s1" -ne 0 ] || [ "$s2" -ne 0 ]; then status=1; fi

@@ -8,7 +8,8 @@
 //!
 //! `test` builds the test binaries (`cargo test --no-run CARGO-ARGS`), keeps those with
 //! tests named `hw_kvm::...`, and runs each binary's `hw_kvm::` tests in its own outer VM
-//! (per binary `--timeout`, default 900 s; `--cgroups` as for `run`, and a list such as
+//! (per binary `--timeout`, default 900 s, cut down so that nothing runs past `--deadline
+//! UNIX-SECS` when given; `--test-threads N` tests at a time in each, default 1; `--cgroups` as for `run`, and a list such as
 //! `unified,hybrid` runs every binary under each; `--filter hw_kvm::NAME` runs only the
 //! tests whose names contain it). It prints each binary's test output
 //! (libtest's `test result:` lines included) and `nested: ... reruns N`; exit 0 when every
@@ -25,9 +26,9 @@
 use ember_tests::kvm_host::{Job, KvmHost};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-const USAGE: &str = "usage: kvm-host prepare | kvm-host test [--timeout SECS] [--cgroups unified,hybrid] [--filter hw_kvm::NAME] [-- CARGO-ARGS] | kvm-host run [--timeout SECS] [--memory-mib N] [--cpus N] [--cgroups unified|hybrid] [--cwd DIR] [--env K=V]... [--console FILE] -- COMMAND...";
+const USAGE: &str = "usage: kvm-host prepare | kvm-host test [--timeout SECS] [--deadline UNIX-SECS] [--test-threads N] [--cgroups unified,hybrid] [--filter hw_kvm::NAME] [-- CARGO-ARGS] | kvm-host run [--timeout SECS] [--memory-mib N] [--cpus N] [--cgroups unified|hybrid] [--cwd DIR] [--env K=V]... [--console FILE] -- COMMAND...";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -180,6 +181,8 @@ fn test(args: &[String]) -> ExitCode {
     let mut layouts = vec![ember_tests::kvm_host::Cgroups::Unified];
     let mut cargo_args = Vec::new();
     let mut filter = FILTER.to_string();
+    let mut deadline = None;
+    let mut threads = 1;
     let mut i = 0;
     while i < args.len() {
         match (args[i].as_str(), args.get(i + 1)) {
@@ -190,6 +193,20 @@ fn test(args: &[String]) -> ExitCode {
             ("--timeout", Some(v)) => match v.parse() {
                 Ok(s) => timeout = Duration::from_secs(s),
                 Err(_) => return usage("--timeout takes seconds"),
+            },
+            ("--deadline", Some(v)) => match v.parse::<u64>() {
+                Ok(at) => {
+                    let now = SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_secs();
+                    deadline = Some(Instant::now() + Duration::from_secs(at.saturating_sub(now)));
+                }
+                Err(_) => return usage("--deadline takes a time in seconds since 1970"),
+            },
+            ("--test-threads", Some(v)) => match v.parse() {
+                Ok(n) if n > 0 => threads = n,
+                _ => return usage("--test-threads takes a number above 0"),
             },
             ("--filter", Some(v)) if v.starts_with(FILTER) => filter = v.clone(),
             ("--filter", Some(_)) => return usage(&format!("--filter must start with {FILTER}")),
@@ -232,7 +249,12 @@ fn test(args: &[String]) -> ExitCode {
                 .into_owned();
             eprintln!("nested: {name} ({layout:?} cgroups)");
             let env = [("EMBER_NESTED_CGROUPS".to_string(), format!("{layout:?}"))];
-            match host.run_tests(b, &filter, &env, timeout) {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                failed += 1;
+                println!("nested: {name} FAILED: not run, the --deadline has passed");
+                continue;
+            }
+            match host.run_tests(b, &filter, &env, timeout, deadline, threads) {
                 Ok((outcome, r)) => {
                     reruns += r;
                     print!("{}", outcome.output);

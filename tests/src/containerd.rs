@@ -15,6 +15,7 @@
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;
@@ -35,6 +36,8 @@ pub const CRI_NAMESPACE: &str = "k8s.io";
 pub const SANDBOX_IMAGE: &str = "registry.k8s.io/pause:ember";
 /// The namespace [`Containerd::ctr`] uses.
 pub const DEFAULT_NAMESPACE: &str = "ember-test";
+/// How long one `ctr` command may run unless [`Containerd::set_ctr_timeout`] says otherwise.
+pub const DEFAULT_CTR_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Errors starting or driving the private containerd.
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +90,18 @@ pub enum ContainerdError {
         /// The exit status.
         status: std::process::ExitStatus,
         /// ctr's stderr.
+        stderr: String,
+        /// The tail of containerd's log.
+        log: String,
+    },
+    /// A `ctr` command did not end in time (it was killed).
+    #[error("`ctr {args}` did not end within {waited:?} and was killed; its stderr:\n{stderr}\ncontainerd's log ends with:\n{log}")]
+    CtrTimeout {
+        /// The arguments after `--address`/`--namespace`.
+        args: String,
+        /// How long it ran.
+        waited: Duration,
+        /// ctr's stderr so far.
         stderr: String,
         /// The tail of containerd's log.
         log: String,
@@ -211,6 +226,8 @@ pub struct Containerd {
     /// The sockets (a short path under /run or the temp dir).
     sock_dir: tempfile::TempDir,
     namespaces: Mutex<BTreeSet<String>>,
+    /// How long one `ctr` command may run ([`Containerd::set_ctr_timeout`]).
+    ctr_timeout: Mutex<Duration>,
 }
 
 impl std::fmt::Debug for Containerd {
@@ -363,6 +380,7 @@ impl Containerd {
             dir,
             sock_dir,
             namespaces: Mutex::new(BTreeSet::new()),
+            ctr_timeout: Mutex::new(DEFAULT_CTR_TIMEOUT),
         };
         ctrd.wait_ready(opts.start_timeout)?;
         if opts.cri {
@@ -473,15 +491,78 @@ impl Containerd {
     }
 
     /// Runs `ctr ARGS` in namespace `ns` and returns its output, whatever its status.
+    ///
+    /// A command still running after [`Containerd::set_ctr_timeout`] (10 minutes unless
+    /// set) is killed and is a [`ContainerdError::CtrTimeout`], so that a hang fails its
+    /// test with containerd's log instead of stalling the whole run.
     pub fn ctr_ns(&self, ns: &str, args: &[&str]) -> Result<Output, ContainerdError> {
-        self.ctr_command(ns)
+        let timeout = *self.ctr_timeout.lock().unwrap();
+        let mut child = self
+            .ctr_command(ns)
             .args(args)
             .stdin(Stdio::null())
-            .output()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .map_err(|source| ContainerdError::Spawn {
                 program: "ctr".into(),
                 source,
+            })?;
+        let drain = |pipe: Option<Box<dyn Read + Send>>| {
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                if let Some(mut p) = pipe {
+                    let _ = p.read_to_end(&mut buf);
+                }
+                buf
             })
+        };
+        let stdout = drain(
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        );
+        let stderr = drain(
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        );
+        let started = Instant::now();
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) if started.elapsed() > timeout => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    let stderr = stderr.join().unwrap_or_default();
+                    return Err(ContainerdError::CtrTimeout {
+                        args: args.join(" "),
+                        waited: started.elapsed(),
+                        stderr: String::from_utf8_lossy(&stderr).trim().to_string(),
+                        log: self.log_tail(40),
+                    });
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                Err(source) => {
+                    return Err(ContainerdError::Spawn {
+                        program: "ctr".into(),
+                        source,
+                    })
+                }
+            }
+        };
+        Ok(Output {
+            status,
+            stdout: stdout.join().unwrap_or_default(),
+            stderr: stderr.join().unwrap_or_default(),
+        })
+    }
+
+    /// Sets how long one `ctr` command may run before it is killed ([`Containerd::ctr_ns`]).
+    pub fn set_ctr_timeout(&self, timeout: Duration) {
+        *self.ctr_timeout.lock().unwrap() = timeout;
     }
 
     /// Runs `ctr ARGS` in [`DEFAULT_NAMESPACE`]; returns its stdout, or an error with its

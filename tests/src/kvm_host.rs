@@ -63,6 +63,13 @@ const OUTER_FAILURE_MARKERS: &[&str] = &[
     "kernel stack overflow",
 ];
 
+/// How often the outer console is read for [`OUTER_FAILURE_MARKERS`] while a command runs.
+const CONSOLE_LOOK_EVERY: Duration = Duration::from_secs(2);
+
+/// How long an outer VM whose console shows it broke gets to power itself off (a panic
+/// does at once) before QEMU is killed.
+const OUTER_FAILURE_GRACE: Duration = Duration::from_secs(30);
+
 /// Bumped whenever the initramfs (its init or modules) changes, so cached assets of an
 /// older revision are rebuilt rather than used.
 const ASSETS_REVISION: u32 = 1;
@@ -486,6 +493,9 @@ pub struct Job {
     pub env: Vec<(String, String)>,
     /// How long the whole run (boot included) may take.
     pub timeout: Duration,
+    /// A moment no run of this job may go past, reruns included (a CI time budget): the
+    /// run's timeout is cut down to it.
+    pub deadline: Option<Instant>,
     /// Copy the command's output to this process's stdout while it runs (for people
     /// watching, e.g. `make demo`); the [`Outcome`] holds it all the same.
     pub echo: bool,
@@ -502,6 +512,7 @@ impl Job {
             cwd: std::env::current_dir().unwrap_or_else(|_| "/".into()),
             env: Vec::new(),
             timeout: Duration::from_secs(600),
+            deadline: None,
             echo: false,
             keep: Vec::new(),
         }
@@ -636,6 +647,10 @@ impl KvmHost {
         std::fs::write(&stage2, self.stage2(job)).map_err(io(&stage2))?;
         let console = run.join("console.log");
         let started = Instant::now();
+        let timeout = match job.deadline {
+            Some(d) => job.timeout.min(d.saturating_duration_since(started)),
+            None => job.timeout,
+        };
         let mut qemu = Command::new("qemu-system-x86_64")
             .args(["-nodefaults", "-no-user-config", "-no-reboot", "-display", "none"])
             .args(["-accel", "tcg,thread=multi", "-cpu", "max"])
@@ -645,7 +660,14 @@ impl KvmHost {
             .arg(&self.assets.kernel)
             .arg("-initrd")
             .arg(&self.assets.initramfs)
-            .args(["-append", "console=ttyS0 panic=-1 quiet loglevel=4"])
+            // A soft lockup of the outer kernel (seen once: both vCPUs stuck for the rest of
+            // a 40-minute run) panics it, and the panic powers it off (`panic=-1` with
+            // `-no-reboot`), which `run_with_rerun` then sees. Thirty seconds of threshold
+            // (a lockup after 60 s) so that a host that is merely busy does not trip it.
+            .args([
+                "-append",
+                "console=ttyS0 panic=-1 softlockup_panic=1 watchdog_thresh=30 quiet loglevel=4",
+            ])
             .arg("-serial")
             .arg(format!("file:{}", console.display()))
             .args(["-virtfs", "local,path=/,mount_tag=hostroot,security_model=passthrough,readonly=on,multidevs=remap"])
@@ -698,19 +720,42 @@ impl KvmHost {
                 echoed = end;
             }
         };
+        // The console is watched while the command runs: an outer VM that broke (a soft
+        // lockup that `softlockup_panic` did not turn into a power-off, an Oops that left it
+        // half-alive) is killed after a grace period rather than left to the timeout, so the
+        // rerun still fits the caller's time.
+        let mut broke_at: Option<Instant> = None;
+        let mut last_look = Instant::now();
         let status = loop {
             if let Some(status) = qemu.try_wait().map_err(io("qemu-system-x86_64"))? {
                 echo(true);
-                break status;
+                break Some(status);
             }
             echo(false);
-            if started.elapsed() > job.timeout {
+            if broke_at.is_none() && last_look.elapsed() >= CONSOLE_LOOK_EVERY {
+                last_look = Instant::now();
+                if outer_failure(&read("console.log")).is_some() {
+                    broke_at = Some(Instant::now());
+                }
+            }
+            if broke_at.is_some_and(|t| t.elapsed() > OUTER_FAILURE_GRACE) {
                 let _ = qemu.kill();
                 let _ = qemu.wait();
+                echo(true);
+                break None;
+            }
+            if started.elapsed() > timeout {
+                let _ = qemu.kill();
+                let _ = qemu.wait();
+                let console = read("console.log");
+                if outer_failure(&console).is_some() {
+                    echo(true);
+                    break None;
+                }
                 return Err(KvmHostError::Timeout {
-                    timeout: job.timeout,
+                    timeout,
                     output: tail(&read("output"), 40),
-                    console: tail(&read("console.log"), 40),
+                    console: tail(&console, 40),
                 });
             }
             std::thread::sleep(Duration::from_millis(200));
@@ -721,8 +766,18 @@ impl KvmHost {
             let _ = e.read_to_string(&mut qemu_err);
         }
         let mut console_text = read("console.log");
-        if !status.success() {
-            let _ = write!(console_text, "\n[qemu exited with {status}: {qemu_err}]");
+        match status {
+            Some(status) if !status.success() => {
+                let _ = write!(console_text, "\n[qemu exited with {status}: {qemu_err}]");
+            }
+            Some(_) => {}
+            None => {
+                let _ = write!(
+                    console_text,
+                    "\n[the outer VM broke; qemu was killed {} s later]",
+                    OUTER_FAILURE_GRACE.as_secs()
+                );
+            }
         }
         let recorded = read("status");
         let recorded = recorded.trim();
@@ -757,10 +812,22 @@ impl KvmHost {
             .outer_failure
             .clone()
             .unwrap_or_else(|| "the outer VM ended without recording a status".into());
+        // What the failed run saw is shown (on stderr, not in the counted output), so that
+        // the outer VM's crash can be looked into from a CI log.
         let _ = std::io::Write::write_all(
             &mut std::io::stderr(),
-            format!("RERUN nested KVM host: the outer VM failed ({why}); running once more\n")
-                .as_bytes(),
+            format!(
+                "RERUN nested KVM host: the outer VM failed ({why}); running once more\n\
+                 --- the failed run, for the record ---\n{}\n--- end of the failed run ---\n",
+                // Indented, so that no line of it counts in run-tests.sh's summary.
+                first
+                    .tails(60)
+                    .lines()
+                    .map(|l| format!("  | {l}"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
+            .as_bytes(),
         );
         Ok((self.run(job)?, 1))
     }
@@ -815,6 +882,10 @@ mod tests {
             Some("[   80.2] BUG: stack guard page was hit at 0000 (stack is ...)")
         );
         assert_eq!(
+            outer_failure("stage 2\n[ 2292.6] watchdog: BUG: soft lockup - CPU#1 stuck for 2004s! [kthreadd:2]").as_deref(),
+            Some("[ 2292.6] watchdog: BUG: soft lockup - CPU#1 stuck for 2004s! [kthreadd:2]")
+        );
+        assert_eq!(
             outer_failure("stage 2\n[ 1.0] sysrq: Power Off\n[ 1.1] Kernel panic - not syncing: Attempted to kill init!"),
             None
         );
@@ -865,6 +936,25 @@ mod tests {
         assert!(lines[0].ends_with("overlay '/tmp/ci'"), "{s}");
         assert!(lines[1].ends_with("overlay '/var/lib/x'"), "{s}");
         assert_eq!(keep_script(&["/work/main".into()]), "");
+    }
+
+    #[test]
+    fn passed_tests_are_read_from_libtest_output() {
+        let out = "running 3 tests\n\
+                   test hw_kvm::a ... ok\n\
+                   test hw_kvm::b has been running for over 60 seconds\n\
+                   test hw_kvm::c ... FAILED\n\
+                   test hw_kvm::b ... ok\n\
+                   test hw_kvm::d ... ignored\n";
+        assert_eq!(passed_tests(out), ["hw_kvm::a", "hw_kvm::b"]);
+        assert_eq!(record_passed(&[]), "");
+        let rec = record_passed(&passed_tests(out));
+        assert!(rec.contains("test hw_kvm::b ... ok\n"), "{rec}");
+        assert!(
+            rec.lines()
+                .any(|l| l.starts_with("test result: ok. 2 passed; 0 failed;")),
+            "{rec}"
+        );
     }
 
     #[test]
@@ -935,29 +1025,145 @@ pub fn test_binaries(extra: &[String], filter: &str) -> Result<Vec<TestBinary>, 
 }
 
 impl KvmHost {
-    /// Runs the tests of `binary` whose names contain `filter` inside a fresh outer VM
-    /// (one test at a time: everything there shares two emulated CPUs), with `env` added.
-    /// Reruns once when the outer VM itself fails ([`KvmHost::run_with_rerun`]).
+    /// Runs the tests of `binary` whose names contain `filter` inside a fresh outer VM,
+    /// `threads` tests at a time (libtest's `--test-threads`), with `env` added.
+    ///
+    /// When the outer VM itself fails ([`Outcome::outer_failure`], or no status recorded),
+    /// the tests that had not passed yet run again in a fresh outer VM, at most
+    /// [`MAX_TEST_RERUNS`] times: a crash of the emulated host late in a long binary
+    /// costs only what was left. The returned outcome's output starts with the tests that
+    /// passed before (and a `test result:` line counting them), so a summary counts every
+    /// test once; the second value is how many reruns it took.
     pub fn run_tests(
         &self,
         binary: &TestBinary,
         filter: &str,
         env: &[(String, String)],
         timeout: Duration,
+        deadline: Option<Instant>,
+        threads: u32,
     ) -> Result<(Outcome, u32), KvmHostError> {
-        let mut job = Job::new(format!(
-            "{} {} --test-threads=1",
-            shell_quote(&binary.exe.display().to_string()),
-            shell_quote(filter)
-        ));
-        job.cwd = binary.package_dir.clone();
-        job.keep.push(binary.exe.clone());
-        job.env = env.to_vec();
-        job.env.push((
-            "CARGO_MANIFEST_DIR".into(),
-            binary.package_dir.display().to_string(),
-        ));
-        job.timeout = timeout;
-        self.run_with_rerun(&job)
+        let exe = shell_quote(&binary.exe.display().to_string());
+        let mut selection = shell_quote(filter);
+        let mut passed_before: Vec<String> = Vec::new();
+        let mut reruns = 0;
+        loop {
+            let mut job = Job::new(format!(
+                "{exe} {selection} --test-threads={}",
+                threads.max(1)
+            ));
+            job.cwd = binary.package_dir.clone();
+            job.keep.push(binary.exe.clone());
+            job.env = env.to_vec();
+            job.env.push((
+                "CARGO_MANIFEST_DIR".into(),
+                binary.package_dir.display().to_string(),
+            ));
+            job.timeout = timeout;
+            job.deadline = deadline;
+            let mut outcome = self.run(&job)?;
+            let broke = outcome.outer_failure.is_some() || outcome.status.is_none();
+            if !broke || reruns == MAX_TEST_RERUNS {
+                outcome.output = record_passed(&passed_before) + &outcome.output;
+                return Ok((outcome, reruns));
+            }
+            passed_before.extend(passed_tests(&outcome.output));
+            let left: Vec<String> = list_tests(binary, filter)?
+                .into_iter()
+                .filter(|t| !passed_before.contains(t))
+                .collect();
+            let why = outcome
+                .outer_failure
+                .clone()
+                .unwrap_or_else(|| "the outer VM ended without recording a status".into());
+            report_rerun(&why, &outcome, left.len());
+            if left.is_empty() {
+                // It broke after the last test passed (while powering off, say).
+                outcome.status = Some(0);
+                outcome.outer_failure = None;
+                outcome.output = record_passed(&passed_before);
+                return Ok((outcome, reruns));
+            }
+            reruns += 1;
+            selection = std::iter::once("--exact".to_string())
+                .chain(left.iter().map(|t| shell_quote(t)))
+                .collect::<Vec<_>>()
+                .join(" ");
+        }
     }
+}
+
+/// How many times [`KvmHost::run_tests`] runs a binary's remaining tests again after its
+/// outer VM failed.
+pub const MAX_TEST_RERUNS: u32 = 2;
+
+/// The names of the tests libtest reported as passed (`test NAME ... ok`) in `output`.
+pub fn passed_tests(output: &str) -> Vec<String> {
+    output
+        .lines()
+        .filter_map(|l| l.strip_prefix("test ")?.strip_suffix(" ... ok"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Lines standing for tests that passed in an outer VM that failed later: each test's
+/// `... ok` line and one `test result:` line counting them (empty when there are none).
+fn record_passed(passed: &[String]) -> String {
+    if passed.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from("\n(passed before the outer VM failed)\n");
+    for t in passed {
+        let _ = writeln!(s, "test {t} ... ok");
+    }
+    let _ = writeln!(
+        s,
+        "\ntest result: ok. {} passed; 0 failed; 0 ignored; 0 measured; 0 filtered out (before the outer VM failed)\n",
+        passed.len()
+    );
+    s
+}
+
+/// The names of `binary`'s tests whose names contain `filter` (`--list`, run here).
+fn list_tests(binary: &TestBinary, filter: &str) -> Result<Vec<String>, KvmHostError> {
+    let out = Command::new(&binary.exe)
+        .args(["--list", filter])
+        .stderr(Stdio::null())
+        .output()
+        .map_err(io(&binary.exe))?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_suffix(": test"))
+        .map(str::to_string)
+        .collect())
+}
+
+/// Says on stderr that the outer VM failed and what is run again, with what the failed
+/// run saw (the console from the crash on), indented so that none of it counts in
+/// run-tests.sh's summary.
+fn report_rerun(why: &str, outcome: &Outcome, left: usize) {
+    let from_crash: Vec<&str> = outcome
+        .console
+        .lines()
+        .skip_while(|l| !OUTER_FAILURE_MARKERS.iter().any(|m| l.contains(m)))
+        .take(80)
+        .collect();
+    let record = format!(
+        "--- last lines of the command's output ---\n{}\n--- the outer console from the crash on ---\n{}",
+        tail(&outcome.output, 30),
+        if from_crash.is_empty() {
+            tail(&outcome.console, 40)
+        } else {
+            from_crash.join("\n")
+        }
+    );
+    let indented: Vec<String> = record.lines().map(|l| format!("  | {l}")).collect();
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr(),
+        format!(
+            "RERUN nested KVM host: the outer VM failed ({why}); running the {left} tests that had not passed once more\n{}\n",
+            indented.join("\n")
+        )
+        .as_bytes(),
+    );
 }
