@@ -1,0 +1,357 @@
+//! The containers' records under `--root`: `<root>/<id>/container.json` (what `create`
+//! knew, the holder's process, where the sandbox's agent listens, and the last status a
+//! command set) and `<root>/<id>/exit.json` (written by the holder when the container's
+//! init exited). Records are rewritten atomically (temporary file + rename).
+
+use std::collections::BTreeMap;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::error::OciCliError;
+use crate::endpoint::AgentEndpoint;
+use crate::state::ProcessId;
+
+/// The default `--root`.
+pub const DEFAULT_ROOT: &str = "/run/ember-oci";
+/// The record file in a container's directory.
+pub const RECORD_FILE: &str = "container.json";
+/// The exit file the holder writes.
+pub const EXIT_FILE: &str = "exit.json";
+/// The holder's own log (it must not write to its fds 0–2: they are the container's).
+pub const HOLDER_LOG: &str = "holder.log";
+
+/// A container's status as the OCI state reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// `create` is still making the sandbox.
+    Creating,
+    /// Created, init not started.
+    Created,
+    /// Started, init running.
+    Running,
+    /// Frozen by `pause`.
+    Paused,
+    /// The init exited (or its holder is gone).
+    Stopped,
+}
+
+impl Status {
+    /// The OCI name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Creating => "creating",
+            Status::Created => "created",
+            Status::Running => "running",
+            Status::Paused => "paused",
+            Status::Stopped => "stopped",
+        }
+    }
+}
+
+/// Where the sandbox's agent listens (a serializable [`AgentEndpoint`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StoredEndpoint {
+    /// The agent's Unix socket (process backend).
+    Unix {
+        /// The socket.
+        path: PathBuf,
+    },
+    /// The VMM's hybrid-vsock socket (microvm backend).
+    HybridVsock {
+        /// The socket.
+        socket: PathBuf,
+        /// The agent's port.
+        port: u32,
+    },
+}
+
+impl From<&AgentEndpoint> for StoredEndpoint {
+    fn from(e: &AgentEndpoint) -> Self {
+        match e {
+            AgentEndpoint::Unix(path) => StoredEndpoint::Unix { path: path.clone() },
+            AgentEndpoint::HybridVsock { socket, port } => StoredEndpoint::HybridVsock {
+                socket: socket.clone(),
+                port: *port,
+            },
+        }
+    }
+}
+
+impl From<&StoredEndpoint> for AgentEndpoint {
+    fn from(e: &StoredEndpoint) -> Self {
+        match e {
+            StoredEndpoint::Unix { path } => AgentEndpoint::Unix(path.clone()),
+            StoredEndpoint::HybridVsock { socket, port } => AgentEndpoint::HybridVsock {
+                socket: socket.clone(),
+                port: *port,
+            },
+        }
+    }
+}
+
+/// `container.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// Container (and sandbox) id.
+    pub id: String,
+    /// The bundle directory (absolute).
+    pub bundle: PathBuf,
+    /// The rootfs (absolute).
+    pub rootfs: PathBuf,
+    /// The spec's annotations.
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    /// When `create` ran (RFC 3339).
+    pub created: String,
+    /// The last status a command set (`created`, `running`, `paused`); the state reports
+    /// `stopped` once the holder is gone or wrote its exit file.
+    pub status: Status,
+    /// The holder process (`None` while `create` starts it).
+    pub holder: Option<ProcessId>,
+    /// Where the agent listens (`None` while `create` starts the sandbox).
+    pub endpoint: Option<StoredEndpoint>,
+    /// `sandbox.backend` of the config `create` used.
+    pub backend: String,
+    /// `sandbox.state_dir` of that config (where the sandbox's own state lives).
+    pub sandbox_state_dir: PathBuf,
+}
+
+/// `exit.json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitRecord {
+    /// The init's exit status (code, or 128 + signal).
+    pub status: i32,
+}
+
+/// The `--root` directory.
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+}
+
+/// One container's directory under `--root`.
+#[derive(Debug, Clone)]
+pub struct ContainerDir {
+    /// The container id.
+    pub id: String,
+    /// `<root>/<id>`.
+    pub dir: PathBuf,
+}
+
+/// Checks a container id (the same rule as sandbox ids: it names directories).
+pub fn check_id(id: &str) -> Result<(), OciCliError> {
+    crate::state::check_id(id).map_err(|_| OciCliError::BadId(id.to_string()))
+}
+
+impl Store {
+    /// The store at `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Store {
+        Store { root: root.into() }
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Makes the directory of a new container; fails with "already exists" when there is
+    /// one.
+    pub fn create(&self, id: &str) -> Result<ContainerDir, OciCliError> {
+        check_id(id)?;
+        std::fs::create_dir_all(&self.root).map_err(OciCliError::io(&self.root))?;
+        let dir = self.root.join(id);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => Ok(ContainerDir {
+                id: id.to_string(),
+                dir,
+            }),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => Err(OciCliError::Exists {
+                id: id.to_string(),
+                dir,
+            }),
+            Err(e) => Err(OciCliError::io(&dir)(e)),
+        }
+    }
+
+    /// An existing container's directory; "does not exist" otherwise.
+    pub fn open(&self, id: &str) -> Result<ContainerDir, OciCliError> {
+        check_id(id)?;
+        let dir = self.root.join(id);
+        if dir.join(RECORD_FILE).is_file() {
+            Ok(ContainerDir {
+                id: id.to_string(),
+                dir,
+            })
+        } else {
+            Err(OciCliError::NotExist {
+                id: id.to_string(),
+                root: self.root.clone(),
+            })
+        }
+    }
+}
+
+/// Writes `value` as JSON to `path` atomically.
+pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), OciCliError> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let text = serde_json::to_vec_pretty(value).expect("record serializes");
+    std::fs::write(&tmp, text).map_err(OciCliError::io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(OciCliError::io(path))
+}
+
+impl ContainerDir {
+    /// Reads `container.json`.
+    pub fn record(&self) -> Result<Record, OciCliError> {
+        let path = self.dir.join(RECORD_FILE);
+        let text = std::fs::read_to_string(&path).map_err(OciCliError::io(&path))?;
+        serde_json::from_str(&text).map_err(|e| OciCliError::Corrupt {
+            path,
+            message: e.to_string(),
+        })
+    }
+
+    /// Writes `container.json`.
+    pub fn save(&self, record: &Record) -> Result<(), OciCliError> {
+        write_json_atomic(&self.dir.join(RECORD_FILE), record)
+    }
+
+    /// The holder's exit record, once written.
+    pub fn exit(&self) -> Option<ExitRecord> {
+        let text = std::fs::read_to_string(self.dir.join(EXIT_FILE)).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// Writes the exit record.
+    pub fn save_exit(&self, exit: ExitRecord) -> Result<(), OciCliError> {
+        write_json_atomic(&self.dir.join(EXIT_FILE), &exit)
+    }
+
+    /// The current status: `stopped` once the exit record exists or the holder is gone,
+    /// else what the last command recorded.
+    pub fn status(&self, record: &Record) -> Status {
+        if self.exit().is_some() {
+            return Status::Stopped;
+        }
+        match &record.holder {
+            None => Status::Creating,
+            Some(h) if !h.alive() => Status::Stopped,
+            Some(_) => record.status,
+        }
+    }
+
+    /// Removes the directory.
+    pub fn remove(&self) -> Result<(), OciCliError> {
+        match std::fs::remove_dir_all(&self.dir) {
+            Err(e) if e.kind() != ErrorKind::NotFound => Err(OciCliError::io(&self.dir)(e)),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The OCI runtime state (`state ID`), as runc prints it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OciState {
+    /// The OCI runtime spec version.
+    pub oci_version: String,
+    /// Container id.
+    pub id: String,
+    /// `creating`, `created`, `running`, `paused` or `stopped`.
+    pub status: String,
+    /// The holder's host pid (0 once stopped).
+    pub pid: i32,
+    /// The bundle directory.
+    pub bundle: PathBuf,
+    /// The rootfs.
+    pub rootfs: PathBuf,
+    /// When the container was created (RFC 3339).
+    pub created: String,
+    /// The spec's annotations.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
+    pub annotations: BTreeMap<String, String>,
+    /// The owner (runc prints an empty string for root).
+    pub owner: String,
+}
+
+impl OciState {
+    /// The state of a container from its record and status.
+    pub fn new(record: &Record, status: Status) -> OciState {
+        let pid = match (&record.holder, status) {
+            (Some(h), s) if s != Status::Stopped => h.pid,
+            _ => 0,
+        };
+        OciState {
+            oci_version: super::spec::OCI_VERSION.to_string(),
+            id: record.id.clone(),
+            status: status.as_str().to_string(),
+            pid,
+            bundle: record.bundle.clone(),
+            rootfs: record.rootfs.clone(),
+            created: record.created.clone(),
+            annotations: record.annotations.clone(),
+            owner: String::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str) -> Record {
+        Record {
+            id: id.into(),
+            bundle: "/b".into(),
+            rootfs: "/b/rootfs".into(),
+            annotations: BTreeMap::new(),
+            created: "now".into(),
+            status: Status::Created,
+            holder: None,
+            endpoint: Some(StoredEndpoint::Unix { path: "/a".into() }),
+            backend: "process".into(),
+            sandbox_state_dir: "/run/ember".into(),
+        }
+    }
+
+    #[test]
+    fn create_twice_and_open_unknown_use_runc_wordings() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::new(tmp.path());
+        let c = store.create("c1").unwrap();
+        c.save(&record("c1")).unwrap();
+        let e = store.create("c1").unwrap_err().to_string();
+        assert!(e.contains("already exists"), "{e}");
+        let e = store.open("nope").unwrap_err().to_string();
+        assert!(e.contains("does not exist"), "{e}");
+        assert!(store.open("../x").is_err());
+    }
+
+    #[test]
+    fn status_follows_holder_and_exit_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::new(tmp.path());
+        let c = store.create("c1").unwrap();
+        let mut r = record("c1");
+        assert_eq!(c.status(&r), Status::Creating);
+        r.holder = Some(ProcessId::current());
+        assert_eq!(c.status(&r), Status::Created);
+        r.status = Status::Running;
+        assert_eq!(c.status(&r), Status::Running);
+        assert_eq!(
+            OciState::new(&r, Status::Running).pid,
+            std::process::id() as i32
+        );
+        c.save_exit(ExitRecord { status: 3 }).unwrap();
+        assert_eq!(c.status(&r), Status::Stopped);
+        assert_eq!(OciState::new(&r, Status::Stopped).pid, 0);
+        let json = serde_json::to_value(OciState::new(&r, Status::Stopped)).unwrap();
+        assert_eq!(json["ociVersion"], super::super::spec::OCI_VERSION);
+        assert_eq!(json["status"], "stopped");
+    }
+}
