@@ -60,6 +60,18 @@ struct Env {
 
 impl Drop for Env {
     fn drop(&mut self) {
+        // Holders outlive containerd and its shims (as runc's containers do): a failed test
+        // force-deletes what it left.
+        if let Ok(entries) = std::fs::read_dir(self.ns_root()) {
+            for e in entries.flatten() {
+                let _ = std::process::Command::new(&self.runc)
+                    .arg("--root")
+                    .arg(self.ns_root())
+                    .args(["delete", "--force"])
+                    .arg(e.file_name())
+                    .output();
+            }
+        }
         containerd::unmount_under(&self.state);
         let _ = std::fs::remove_dir_all(&self.state);
     }
@@ -280,5 +292,69 @@ fn detached_task_ps_exec_pause_kill() {
         text(&out.stderr)
     );
     env.ctr_ok(&["container", "rm", &id]);
+    env.assert_nothing_left(&id);
+}
+
+#[test]
+fn ctr_run_with_a_terminal() {
+    let Some(env) = Env::start("ctr_run_with_a_terminal", "t") else {
+        return;
+    };
+    if containerd::which("script").is_none() {
+        return skip(
+            "ctr_run_with_a_terminal",
+            "util-linux's script is not installed",
+        );
+    }
+    let id = cid("tty");
+    // ctr -t needs a terminal: run it under script(1), whose exit code is ctr's (-e). The
+    // container's terminal comes through the console socket the shim gave ember-oci.
+    let cmd = env.ctrd.ctr_command(containerd::DEFAULT_NAMESPACE);
+    let mut line: Vec<String> = std::iter::once(cmd.get_program().to_string_lossy().into_owned())
+        .chain(cmd.get_args().map(|a| a.to_string_lossy().into_owned()))
+        .collect();
+    line.extend(
+        [
+            "run",
+            "--rm",
+            "-t",
+            "--runtime",
+            RUNC_RUNTIME,
+            "--runc-binary",
+            &env.runc.display().to_string(),
+            "--runc-root",
+            &env.root.display().to_string(),
+            IMAGE,
+            &id,
+            "sh",
+            "-c",
+            "test -t 0 && test -t 1 && echo is-a-tty; exit 4",
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
+    let quoted = line
+        .iter()
+        .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let out = std::process::Command::new("timeout")
+        .args(["120", "script", "-qec", &quoted, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr),
+        env.ctrd.log_tail(20)
+    );
+    assert!(
+        text(&out.stdout).contains("is-a-tty"),
+        "{}",
+        text(&out.stdout)
+    );
     env.assert_nothing_left(&id);
 }

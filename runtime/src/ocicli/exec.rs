@@ -137,6 +137,9 @@ pub fn exec(store: &Store, opts: ExecOptions) -> Result<i32, OciCliError> {
     };
     if opts.detach {
         let pid = fork::spawn(move |mut ready| {
+            if job.terminal {
+                fork::detach_stdio();
+            }
             let code = run_blocking(&mut ready, job);
             if !ready.sent() {
                 ready.fail("exec relay ended early");

@@ -81,3 +81,21 @@ pub fn write_pid_file(path: &std::path::Path, pid: i32) -> Result<(), OciCliErro
     std::fs::write(&tmp, pid.to_string()).map_err(OciCliError::io(&tmp))?;
     std::fs::rename(&tmp, path).map_err(OciCliError::io(path))
 }
+
+/// Points fds 0–2 at `/dev/null`. A relay whose process has a terminal talks to the
+/// caller through the console socket's master only, and must not keep the pipes the caller
+/// gave `create`/`exec` as stdio: containerd's runc shim reads those to their end (it
+/// collects runc's output), so a holder keeping them would make `create` hang.
+pub fn detach_stdio() {
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        use std::os::fd::AsRawFd;
+        for fd in 0..3 {
+            // SAFETY: dup2 onto the standard fds, which this process owns.
+            unsafe { libc::dup2(null.as_raw_fd(), fd) };
+        }
+    }
+}

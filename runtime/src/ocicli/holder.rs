@@ -171,6 +171,9 @@ fn holder_main(
     parts: HolderParts,
 ) -> i32 {
     init_holder_log(&dir, &parts.config);
+    if parts.console_socket.is_some() {
+        fork::detach_stdio();
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
