@@ -10,7 +10,6 @@
 //! busybox-static, and `ember-oci` and `ember-agent` built (`cargo build -p ember-runtime
 //! -p ember-agent`); otherwise each test says `SKIP` and why.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::Output;
 use std::time::{Duration, Instant};
@@ -34,16 +33,7 @@ fn unavailable() -> Option<String> {
     if !fixtures::busybox_available() {
         return Some("busybox-static is not installed (apt-get install busybox-static)".into());
     }
-    let Some(oci) = containerd::workspace_binary("ember-oci") else {
-        return Some("ember-oci is not built: run `cargo build -p ember-runtime`".into());
-    };
-    if !oci.with_file_name("ember-agent").is_file() {
-        return Some(format!(
-            "ember-agent is not built next to {}: run `cargo build -p ember-agent`",
-            oci.display()
-        ));
-    }
-    None
+    ember_tests::oci::unavailable()
 }
 
 /// A private containerd with the busybox image, an ember config and the wrapper.
@@ -89,27 +79,7 @@ impl Env {
             .unwrap();
         let state = PathBuf::from(format!("/run/eos{}{tag}", std::process::id()));
         let _ = std::fs::remove_dir_all(&state);
-        let config = tmp.path().join("ember.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[sandbox]\nbackend = \"process\"\nstate_dir = \"{}\"\n",
-                state.display()
-            ),
-        )
-        .unwrap();
-        let oci = containerd::workspace_binary("ember-oci").expect("checked");
-        let runc = tmp.path().join("ember-runc");
-        std::fs::write(
-            &runc,
-            format!(
-                "#!/bin/sh\nEMBER_CONFIG='{}' exec '{}' \"$@\"\n",
-                config.display(),
-                oci.display()
-            ),
-        )
-        .unwrap();
-        std::fs::set_permissions(&runc, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let runc = ember_tests::oci::wrapper(tmp.path(), &state).unwrap();
         let ctrd = Containerd::start(Options::default()).unwrap();
         let tar = ctrd.scratch().join("busybox.tar");
         busybox_image_tar(&tar, IMAGE).unwrap();

@@ -108,7 +108,17 @@ pub fn start(store: &Store, id: &str) -> Result<(), OciCliError> {
             .map_err(|e| agent_err(id, "StartContainer", e))
     })?;
     record.status = Status::Running;
-    dir.save(&record)
+    dir.save(&record)?;
+    if !record.hooks.poststart.is_empty() {
+        let mut st = OciState::new(&record, Status::Running);
+        st.pid = init_host_pid(&record, st.pid);
+        let state = serde_json::to_string(&st).expect("state serializes");
+        // As runc: a failing poststart hook is reported, the container keeps running.
+        if let Err(e) = super::hooks::run("poststart", &record.hooks.poststart, &state) {
+            log::warn!("container={id}: {e}");
+        }
+    }
+    Ok(())
 }
 
 /// `kill`: sends `signal` to the init (to every process of the container with `all`).
@@ -225,9 +235,16 @@ pub fn pids(store: &Store, id: &str) -> Result<Vec<i32>, OciCliError> {
     if status == Status::Stopped {
         return Ok(Vec::new());
     }
+    Ok(host_pids(&record))
+}
+
+/// The host pids of a container's processes: on the `process` backend those of its host
+/// cgroup (`/ember/<id>/<id>`); in a microVM the holder's pid stands for them.
+pub fn host_pids(record: &Record) -> Vec<i32> {
     if record.backend != "process" {
-        return Ok(record.holder.iter().map(|h| h.pid).collect());
+        return record.holder.iter().map(|h| h.pid).collect();
     }
+    let id = &record.id;
     let cgroup = format!("{}/{id}", crate::cgroups::sandbox_parent(id));
     let mut pids = Vec::new();
     for dir in crate::cgroups::existing(&cgroup) {
@@ -238,7 +255,19 @@ pub fn pids(store: &Store, id: &str) -> Result<Vec<i32>, OciCliError> {
     }
     pids.sort_unstable();
     pids.dedup();
-    Ok(pids)
+    pids
+}
+
+/// The host process that stands for the container in hook states: on the `process`
+/// backend the first of its processes in a network namespace other than this process's
+/// (the container's init), so that hooks such as Docker's `libnetwork-setkey` find the
+/// container's namespaces under `/proc/<pid>/ns`; otherwise `fallback` (the holder).
+pub fn init_host_pid(record: &Record, fallback: i32) -> i32 {
+    let own = std::fs::read_link("/proc/self/ns/net").ok();
+    host_pids(record)
+        .into_iter()
+        .find(|p| std::fs::read_link(format!("/proc/{p}/ns/net")).ok() != own)
+        .unwrap_or(fallback)
 }
 
 fn collect_procs(dir: &Path, out: &mut Vec<i32>) {
@@ -338,6 +367,13 @@ pub fn delete(store: &Store, id: &str, force: bool) -> Result<(), OciCliError> {
         }
     }
     remove_sandbox_leftovers(&record.sandbox_state_dir, id)?;
+    if !record.hooks.poststop.is_empty() {
+        let state = serde_json::to_string(&OciState::new(&record, Status::Stopped))
+            .expect("state serializes");
+        if let Err(e) = super::hooks::run("poststop", &record.hooks.poststop, &state) {
+            log::warn!("container={id}: {e}");
+        }
+    }
     dir.remove()
 }
 

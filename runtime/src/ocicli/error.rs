@@ -126,6 +126,16 @@ pub enum OciCliError {
     /// The holder (or exec relay) process failed before the container was ready.
     #[error("{0}")]
     Holder(String),
+    /// A host hook failed.
+    #[error("hook {kind}[{index}] failed: {message}")]
+    Hook {
+        /// `prestart`, `createRuntime`, `poststart` or `poststop`.
+        kind: String,
+        /// Its index in the spec's list.
+        index: usize,
+        /// What happened.
+        message: String,
+    },
     /// The console socket could not be used.
     #[error("console socket {path}: {message}")]
     Console {

@@ -24,7 +24,7 @@ use super::console;
 use super::error::OciCliError;
 use super::fork::{self, Ready};
 use super::relay::{self, ProcessIo, Relay, Target};
-use super::store::{ContainerDir, ExitRecord, Record, Status, Store, HOLDER_LOG};
+use super::store::{ContainerDir, ExitRecord, OciState, Record, Status, Store, HOLDER_LOG};
 use crate::oci::BundleSpec;
 use crate::sandbox::{stream_ids, ContainerRequest, Sandbox, SandboxOptions, WantedStreams};
 use crate::state::ProcessId;
@@ -60,7 +60,8 @@ pub fn load_bundle(bundle: &std::path::Path) -> Result<BundleSpec, OciCliError> 
 /// running, after writing the holder's pid to the pid file.
 pub fn create(store: &Store, opts: CreateOptions) -> Result<(), OciCliError> {
     super::store::check_id(&opts.id)?;
-    let spec = load_bundle(&opts.bundle)?;
+    let mut spec = load_bundle(&opts.bundle)?;
+    let hooks = super::hooks::HostHooks::take(&mut spec.json);
     let config_json = spec.bundle.join("config.json");
     match (spec.terminal(), &opts.console_socket) {
         (true, None) => {
@@ -100,6 +101,7 @@ pub fn create(store: &Store, opts: CreateOptions) -> Result<(), OciCliError> {
         endpoint: None,
         backend: opts.config.sandbox.backend.as_str().to_string(),
         sandbox_state_dir: opts.config.sandbox.state_dir.clone(),
+        hooks,
     };
     if let Err(e) = dir.save(&record) {
         let _ = dir.remove();
@@ -292,6 +294,14 @@ async fn run_init(
     record.holder = Some(ProcessId::current());
     record.endpoint = Some(sb.endpoint().into());
     dir.save(&record)?;
+    let hooks = &record.hooks;
+    if !hooks.prestart.is_empty() || !hooks.create_runtime.is_empty() {
+        let mut st = OciState::new(&record, Status::Created);
+        st.pid = super::commands::init_host_pid(&record, st.pid);
+        let state = serde_json::to_string(&st).expect("state serializes");
+        super::hooks::run("prestart", &hooks.prestart, &state)?;
+        super::hooks::run("createRuntime", &hooks.create_runtime, &state)?;
+    }
     ready.ok();
     info!("container={id}: created; holder {}", std::process::id());
     let status = relay::wait(sb.agent(), &target, pty).await;

@@ -22,6 +22,7 @@ pub mod error;
 pub mod exec;
 pub mod fork;
 pub mod holder;
+pub mod hooks;
 pub mod log;
 pub mod relay;
 pub mod signal;

@@ -118,6 +118,10 @@ pub struct Record {
     pub backend: String,
     /// `sandbox.state_dir` of that config (where the sandbox's own state lives).
     pub sandbox_state_dir: PathBuf,
+    /// The spec's hooks that run on the host (`poststart` at `start`, `poststop` at
+    /// `delete`; the others ran at `create`).
+    #[serde(default)]
+    pub hooks: super::hooks::HostHooks,
 }
 
 /// `exit.json`.
@@ -316,6 +320,7 @@ mod tests {
             endpoint: Some(StoredEndpoint::Unix { path: "/a".into() }),
             backend: "process".into(),
             sandbox_state_dir: "/run/ember".into(),
+            hooks: Default::default(),
         }
     }
 
