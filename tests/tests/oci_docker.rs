@@ -1,6 +1,7 @@
 //! `ember-oci` under Docker 20.10 (Debian's `docker.io`): a private dockerd (its own data
 //! root, exec root, pid file, socket and managed containerd, no bridge and no iptables)
-//! whose `daemon.json` registers ember as `runtimes: {"ember": {"path": ...}}`, the route
+//! whose `daemon.json` registers ember as `runtimes: {"ember": {"path": ..., "runtimeArgs":
+//! ["--config", ...]}}`, the route
 //! by which Docker 20.10 drives a runc-compatible command line through containerd's
 //! `io.containerd.runc.v2` shim. The offline busybox image is loaded with `docker load`;
 //! `docker run --rm --runtime ember` must print, pass exit codes and leave nothing behind.
@@ -74,11 +75,19 @@ impl Docker {
         let state = PathBuf::from(format!("/run/eds{}{tag}", std::process::id()));
         let _ = std::fs::remove_dir_all(&run_dir);
         std::fs::create_dir_all(&run_dir).unwrap();
-        let runc = ember_tests::oci::wrapper(tmp.path(), &state).unwrap();
+        // The README's form: the path of ember-oci, and `--config` (a global option) in
+        // runtimeArgs, which dockerd puts in a wrapper script of its own.
+        ember_tests::oci::wrapper(tmp.path(), &state).unwrap();
+        let oci = containerd::workspace_binary("ember-oci").expect("checked");
+        let config = tmp.path().join("ember.toml");
         let daemon_json = tmp.path().join("daemon.json");
         std::fs::write(
             &daemon_json,
-            serde_json::json!({"runtimes": {"ember": {"path": runc}}}).to_string(),
+            serde_json::json!({"runtimes": {"ember": {
+                "path": oci,
+                "runtimeArgs": ["--config", config],
+            }}})
+            .to_string(),
         )
         .unwrap();
         let log = std::fs::File::create(tmp.path().join("dockerd.log")).unwrap();
