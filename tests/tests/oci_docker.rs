@@ -248,6 +248,8 @@ fn docker_detached_logs_exec_top_stop() {
         "ember",
         "--network",
         "none",
+        "--memory",
+        "64m",
         IMAGE,
         "sh",
         "-c",
@@ -259,6 +261,22 @@ fn docker_detached_logs_exec_top_stop() {
         assert!(start.elapsed() < Duration::from_secs(30), "no output");
         std::thread::sleep(Duration::from_millis(100));
     }
+    // --memory reaches the container's cgroup (ember's, on the host: process backend).
+    let id = text(&d.docker(&["inspect", "-f", "{{.Id}}", &name]).stdout)
+        .trim()
+        .to_string();
+    let limits: Vec<String> = [
+        format!("/sys/fs/cgroup/memory/ember/{id}/{id}/memory.limit_in_bytes"),
+        format!("/sys/fs/cgroup/ember/{id}/{id}/memory.max"),
+    ]
+    .iter()
+    .filter_map(|p| std::fs::read_to_string(p).ok())
+    .collect();
+    assert_eq!(
+        limits.iter().map(|l| l.trim()).collect::<Vec<_>>(),
+        vec![(64 * 1024 * 1024).to_string()],
+        "the container's memory limit"
+    );
     let out = d.docker(&["exec", &name, "sh", "-c", "echo exec-hi; exit 4"]);
     assert_runs(&d, &out, 4);
     assert_eq!(text(&out.stdout), "exec-hi\n");
