@@ -461,3 +461,39 @@ fn delete_force_of_a_running_container() {
     assert_eq!(reap(holder, Duration::from_secs(10)), 128 + 9);
     env.assert_nothing_left(&id);
 }
+
+#[test]
+fn delete_of_a_created_container_ends_its_holder() {
+    if let Some(why) = missing() {
+        return skip("delete_of_a_created_container_ends_its_holder", &why);
+    }
+    become_subreaper();
+    let env = env("created");
+    let id = format!("created-{}", std::process::id());
+    let b = env.bundle("bundle", &["true"]);
+    let (holder, _stdin) = env.create(&id, &b);
+    // runc deletes a created (never started) container without --force, killing its init.
+    env.ok(&["delete", &id]);
+    assert_eq!(reap(holder, Duration::from_secs(10)), 128 + 9);
+    env.assert_nothing_left(&id);
+}
+
+#[test]
+fn start_of_an_init_that_exits_at_once_succeeds() {
+    if let Some(why) = missing() {
+        return skip("start_of_an_init_that_exits_at_once_succeeds", &why);
+    }
+    become_subreaper();
+    let env = env("quick");
+    let b = env.bundle("bundle", &["true"]);
+    // The holder removes the sandbox as soon as the init exits; `start` must still get its
+    // answer (it did not, now and then, before the container's lock).
+    for i in 0..5 {
+        let id = format!("quick{i}-{}", std::process::id());
+        let (holder, _stdin) = env.create(&id, &b);
+        env.ok(&["start", &id]);
+        assert_eq!(reap(holder, Duration::from_secs(10)), 0);
+        env.ok(&["delete", &id]);
+        env.assert_nothing_left(&id);
+    }
+}

@@ -265,13 +265,19 @@ fn docker_detached_logs_exec_top_stop() {
     let id = text(&d.docker(&["inspect", "-f", "{{.Id}}", &name]).stdout)
         .trim()
         .to_string();
-    let limits: Vec<String> = [
-        format!("/sys/fs/cgroup/memory/ember/{id}/{id}/memory.limit_in_bytes"),
-        format!("/sys/fs/cgroup/ember/{id}/{id}/memory.max"),
-    ]
-    .iter()
-    .filter_map(|p| std::fs::read_to_string(p).ok())
-    .collect();
+    // The cgroup is /ember/<sandbox>/<container>; a 64-character id gets a shorter sandbox
+    // id, so look for the container's directory under any sandbox.
+    let mut limits = Vec::new();
+    for (root, file) in [
+        ("/sys/fs/cgroup/memory/ember", "memory.limit_in_bytes"),
+        ("/sys/fs/cgroup/ember", "memory.max"),
+    ] {
+        for sb in std::fs::read_dir(root).into_iter().flatten().flatten() {
+            if let Ok(l) = std::fs::read_to_string(sb.path().join(&id).join(file)) {
+                limits.push(l);
+            }
+        }
+    }
     assert_eq!(
         limits.iter().map(|l| l.trim()).collect::<Vec<_>>(),
         vec![(64 * 1024 * 1024).to_string()],
@@ -296,5 +302,36 @@ fn docker_detached_logs_exec_top_stop() {
     assert!(text(&d.docker(&["logs", &name]).stdout).contains("got-term"));
     let out = d.docker(&["rm", &name]);
     assert_runs(&d, &out, 0);
+    d.assert_nothing_left();
+}
+
+#[test]
+fn docker_run_it_with_a_terminal() {
+    let Some(d) = Docker::start("docker_run_it_with_a_terminal", "t") else {
+        return;
+    };
+    if containerd::which("script").is_none() {
+        return skip(
+            "docker_run_it_with_a_terminal",
+            "util-linux's script is not installed",
+        );
+    }
+    // docker -t needs a terminal: run it under script(1), whose exit code is docker's (-e).
+    let line = format!(
+        "'{}' --host 'unix://{}' run --rm -it --runtime ember --network none {IMAGE} sh -c 'test -t 0 && test -t 1 && echo is-a-tty; exit 6'",
+        d.cli.display(),
+        d.run_dir.join("d.sock").display()
+    );
+    let out = Command::new("timeout")
+        .args(["120", "script", "-qec", &line, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_runs(&d, &out, 6);
+    assert!(
+        text(&out.stdout).contains("is-a-tty"),
+        "{}",
+        text(&out.stdout)
+    );
     d.assert_nothing_left();
 }

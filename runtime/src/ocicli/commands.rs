@@ -79,7 +79,10 @@ pub fn state(store: &Store, id: &str) -> Result<OciState, OciCliError> {
 
 /// `start`: starts the init of a created container.
 pub fn start(store: &Store, id: &str) -> Result<(), OciCliError> {
-    let (dir, mut record, status) = open(store, id)?;
+    let dir = store.open(id)?;
+    let _lock = dir.lock()?;
+    let mut record = dir.record()?;
+    let status = dir.status(&record);
     match status {
         Status::Created => {}
         Status::Stopped => {
@@ -244,8 +247,11 @@ pub fn host_pids(record: &Record) -> Vec<i32> {
     if record.backend != "process" {
         return record.holder.iter().map(|h| h.pid).collect();
     }
-    let id = &record.id;
-    let cgroup = format!("{}/{id}", crate::cgroups::sandbox_parent(id));
+    let cgroup = format!(
+        "{}/{}",
+        crate::cgroups::sandbox_parent(&record.sandbox_id),
+        record.id
+    );
     let mut pids = Vec::new();
     for dir in crate::cgroups::existing(&cgroup) {
         collect_procs(&dir, &mut pids);
@@ -366,7 +372,7 @@ pub fn delete(store: &Store, id: &str, force: bool) -> Result<(), OciCliError> {
             }
         }
     }
-    remove_sandbox_leftovers(&record.sandbox_state_dir, id)?;
+    remove_sandbox_leftovers(&record.sandbox_state_dir, &record.sandbox_id)?;
     if !record.hooks.poststop.is_empty() {
         let state = serde_json::to_string(&OciState::new(&record, Status::Stopped))
             .expect("state serializes");

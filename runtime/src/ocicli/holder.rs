@@ -92,6 +92,7 @@ pub fn create(store: &Store, opts: CreateOptions) -> Result<(), OciCliError> {
         .unwrap_or_default();
     let record = Record {
         id: opts.id.clone(),
+        sandbox_id: super::store::sandbox_id(&opts.id),
         bundle: spec.bundle.clone(),
         rootfs: spec.rootfs(),
         annotations,
@@ -202,7 +203,7 @@ async fn hold(
 ) -> i32 {
     let id = record.id.clone();
     let sb = match Sandbox::start(SandboxOptions {
-        id: id.clone(),
+        id: record.sandbox_id.clone(),
         config: parts.config,
         netns: spec.network_namespace_path(),
         hostname: spec.hostname().map(str::to_string),
@@ -307,6 +308,11 @@ async fn run_init(
     let status = relay::wait(sb.agent(), &target, pty).await;
     info!("container={id}: init exited with {status}");
     relay.drain().await;
+    // A `start` still waiting for its answer finishes before the sandbox goes.
+    let lock_dir = dir.clone();
+    let _lock = tokio::task::spawn_blocking(move || lock_dir.lock())
+        .await
+        .map_err(|e| OciCliError::Holder(format!("lock: {e}")))??;
     dir.save_exit(ExitRecord { status })?;
     Ok(status)
 }

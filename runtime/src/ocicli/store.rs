@@ -19,8 +19,30 @@ pub const DEFAULT_ROOT: &str = "/run/ember-oci";
 pub const RECORD_FILE: &str = "container.json";
 /// The exit file the holder writes.
 pub const EXIT_FILE: &str = "exit.json";
+/// The lock `start` holds while it starts the init, and the holder takes before it
+/// records the init's exit and removes the sandbox.
+pub const LOCK_FILE: &str = "lock";
 /// The holder's own log (it must not write to its fds 0–2: they are the container's).
 pub const HOLDER_LOG: &str = "holder.log";
+
+/// The longest container id used as the sandbox id as it is.
+const MAX_SANDBOX_ID: usize = 40;
+
+/// The id of a container's own sandbox: the container id when it has at most 40
+/// characters, else its first 23 characters, `-` and 16 hex digits of a hash of the whole
+/// id. Docker's and Podman's ids have 64 characters, and the sandbox's Unix sockets (the
+/// agent's, and the agent's console sockets below its state) must fit in sun_path.
+pub fn sandbox_id(container_id: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    if container_id.len() <= MAX_SANDBOX_ID {
+        return container_id.to_string();
+    }
+    // Stored in the record, so the hash need not be stable across Rust versions.
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    container_id.hash(&mut h);
+    let prefix: String = container_id.chars().take(23).collect();
+    format!("{prefix}-{:016x}", h.finish())
+}
 
 /// A container's status as the OCI state reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,8 +118,10 @@ impl From<&StoredEndpoint> for AgentEndpoint {
 /// `container.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
-    /// Container (and sandbox) id.
+    /// Container id.
     pub id: String,
+    /// Its sandbox's id ([`sandbox_id`]).
+    pub sandbox_id: String,
     /// The bundle directory (absolute).
     pub bundle: PathBuf,
     /// The rootfs (absolute).
@@ -249,6 +273,31 @@ impl ContainerDir {
         }
     }
 
+    /// Takes the container's lock (blocking), released when the file is dropped. `start`
+    /// holds it across StartContainer and the record update; the holder takes it before
+    /// tearing down, so a short-lived init that exits before `start` has its answer does
+    /// not lose that answer with the sandbox.
+    pub fn lock(&self) -> Result<std::fs::File, OciCliError> {
+        use std::os::fd::AsRawFd;
+        let path = self.dir.join(LOCK_FILE);
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(OciCliError::io(&path))?;
+        loop {
+            // SAFETY: flock on an fd we own.
+            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } == 0 {
+                return Ok(f);
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != ErrorKind::Interrupted {
+                return Err(OciCliError::io(&path)(e));
+            }
+        }
+    }
+
     /// Removes the directory.
     pub fn remove(&self) -> Result<(), OciCliError> {
         match std::fs::remove_dir_all(&self.dir) {
@@ -311,6 +360,7 @@ mod tests {
     fn record(id: &str) -> Record {
         Record {
             id: id.into(),
+            sandbox_id: id.into(),
             bundle: "/b".into(),
             rootfs: "/b/rootfs".into(),
             annotations: BTreeMap::new(),
@@ -322,6 +372,18 @@ mod tests {
             sandbox_state_dir: "/run/ember".into(),
             hooks: Default::default(),
         }
+    }
+
+    #[test]
+    fn long_ids_get_a_short_unique_sandbox_id() {
+        assert_eq!(sandbox_id("c1"), "c1");
+        let a = "a".repeat(64);
+        let mut b = a.clone();
+        b.replace_range(63.., "b");
+        assert_eq!(sandbox_id(&a).len(), 40);
+        assert_ne!(sandbox_id(&a), sandbox_id(&b));
+        assert!(sandbox_id(&a).starts_with(&a[..23]));
+        crate::state::check_id(&sandbox_id(&a)).unwrap();
     }
 
     #[test]
