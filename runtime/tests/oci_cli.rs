@@ -488,7 +488,7 @@ fn start_of_an_init_that_exits_at_once_succeeds() {
     let b = env.bundle("bundle", &["true"]);
     // The holder removes the sandbox as soon as the init exits; `start` must still get its
     // answer (it did not, now and then, before the container's lock).
-    for i in 0..5 {
+    for i in 0..10 {
         let id = format!("quick{i}-{}", std::process::id());
         let (holder, _stdin) = env.create(&id, &b);
         env.ok(&["start", &id]);
