@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::io::ErrorKind;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -190,9 +191,14 @@ impl Store {
     /// one.
     pub fn create(&self, id: &str) -> Result<ContainerDir, OciCliError> {
         check_id(id)?;
-        std::fs::create_dir_all(&self.root).map_err(OciCliError::io(&self.root))?;
+        // Private, as runc's root: records name agent sockets.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.root)
+            .map_err(OciCliError::io(&self.root))?;
         let dir = self.root.join(id);
-        match std::fs::create_dir(&dir) {
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
             Ok(()) => Ok(ContainerDir {
                 id: id.to_string(),
                 dir,
