@@ -335,3 +335,48 @@ fn docker_run_it_with_a_terminal() {
     );
     d.assert_nothing_left();
 }
+
+/// `docker run --rm --runtime ember busybox true` against `--runtime runc`: the median of
+/// 10 runs each, printed with their ratio (the README's Performance numbers). Ignored by
+/// default (timings, not a check): `cargo test -p ember-tests --test oci_docker --
+/// --ignored --nocapture bench`.
+#[test]
+#[ignore]
+fn bench_docker_run_true_ember_vs_runc() {
+    let Some(d) = Docker::start("bench_docker_run_true_ember_vs_runc", "b") else {
+        return;
+    };
+    let median = |runtime: &str| {
+        let mut times: Vec<Duration> = (0..10)
+            .map(|_| {
+                let start = Instant::now();
+                let out = d.docker(&[
+                    "run",
+                    "--rm",
+                    "--runtime",
+                    runtime,
+                    "--network",
+                    "none",
+                    IMAGE,
+                    "true",
+                ]);
+                assert_runs(&d, &out, 0);
+                start.elapsed()
+            })
+            .collect();
+        times.sort();
+        times[times.len() / 2]
+    };
+    // One of each first: the image's layers and the daemons' caches are warm after.
+    median("runc");
+    median("ember");
+    let runc = median("runc");
+    let ember = median("ember");
+    println!(
+        "docker run --rm IMAGE true: runc {:.0} ms, ember (process backend) {:.0} ms, ratio {:.2}",
+        runc.as_secs_f64() * 1000.0,
+        ember.as_secs_f64() * 1000.0,
+        ember.as_secs_f64() / runc.as_secs_f64()
+    );
+    d.assert_nothing_left();
+}
