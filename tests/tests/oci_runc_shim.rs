@@ -114,6 +114,23 @@ impl Env {
         self.ctrd.ctr(&args).unwrap()
     }
 
+    /// `ctr ARGS` with a terminal as its stdin and stdout (ctr's `-t` needs one), under
+    /// util-linux's `script`, whose exit code is ctr's (`-e`); at most 120 s.
+    fn ctr_in_terminal(&self, args: &[&str]) -> Output {
+        let cmd = self.ctrd.ctr_command(containerd::DEFAULT_NAMESPACE);
+        let line = std::iter::once(cmd.get_program().to_string_lossy().into_owned())
+            .chain(cmd.get_args().map(|a| a.to_string_lossy().into_owned()))
+            .chain(args.iter().map(|a| a.to_string()))
+            .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
+            .collect::<Vec<_>>()
+            .join(" ");
+        std::process::Command::new("timeout")
+            .args(["120", "script", "-qec", &line, "/dev/null"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    }
+
     fn ctr_ok(&self, args: &[&str]) -> String {
         self.ctrd.ctr_ok(args).unwrap_or_else(|e| panic!("{e}"))
     }
@@ -247,6 +264,34 @@ fn detached_task_ps_exec_pause_kill() {
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "exec-hi\n");
 
+    // exec with a terminal: `ember-oci exec --detach --console-socket` under the shim.
+    if containerd::which("script").is_some() {
+        let args = [
+            "task",
+            "exec",
+            "-t",
+            "--exec-id",
+            "e2",
+            &id,
+            "sh",
+            "-c",
+            "test -t 0 && test -t 1 && echo exec-tty; exit 5",
+        ];
+        let out = env.ctr_in_terminal(&args);
+        assert_eq!(
+            out.status.code(),
+            Some(5),
+            "{}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        assert!(
+            text(&out.stdout).contains("exec-tty"),
+            "{}",
+            text(&out.stdout)
+        );
+    }
+
     env.ctr_ok(&["task", "pause", &id]);
     env.wait_status(&id, Some("PAUSED"));
     env.ctr_ok(&["task", "resume", &id]);
@@ -277,42 +322,25 @@ fn ctr_run_with_a_terminal() {
         );
     }
     let id = cid("tty");
-    // ctr -t needs a terminal: run it under script(1), whose exit code is ctr's (-e). The
-    // container's terminal comes through the console socket the shim gave ember-oci.
-    let cmd = env.ctrd.ctr_command(containerd::DEFAULT_NAMESPACE);
-    let mut line: Vec<String> = std::iter::once(cmd.get_program().to_string_lossy().into_owned())
-        .chain(cmd.get_args().map(|a| a.to_string_lossy().into_owned()))
-        .collect();
-    line.extend(
-        [
-            "run",
-            "--rm",
-            "-t",
-            "--runtime",
-            RUNC_RUNTIME,
-            "--runc-binary",
-            &env.runc.display().to_string(),
-            "--runc-root",
-            &env.root.display().to_string(),
-            IMAGE,
-            &id,
-            "sh",
-            "-c",
-            "test -t 0 && test -t 1 && echo is-a-tty; exit 4",
-        ]
-        .iter()
-        .map(|s| s.to_string()),
-    );
-    let quoted = line
-        .iter()
-        .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
-        .collect::<Vec<_>>()
-        .join(" ");
-    let out = std::process::Command::new("timeout")
-        .args(["120", "script", "-qec", &quoted, "/dev/null"])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
+    // The container's terminal comes through the console socket the shim gave ember-oci.
+    let runc = env.runc.display().to_string();
+    let root = env.root.display().to_string();
+    let out = env.ctr_in_terminal(&[
+        "run",
+        "--rm",
+        "-t",
+        "--runtime",
+        RUNC_RUNTIME,
+        "--runc-binary",
+        &runc,
+        "--runc-root",
+        &root,
+        IMAGE,
+        &id,
+        "sh",
+        "-c",
+        "test -t 0 && test -t 1 && echo is-a-tty; exit 4",
+    ]);
     assert_eq!(
         out.status.code(),
         Some(4),
