@@ -186,7 +186,6 @@ enum Command {
 
 fn run(cli: Cli) -> Result<ExitCode, OciCliError> {
     let store = Store::new(&cli.root);
-    let print_json = |v: &dyn erased::Json| println!("{}", v.to_json());
     match cli.command {
         Command::Create {
             bundle,
@@ -270,19 +269,9 @@ fn run(cli: Cli) -> Result<ExitCode, OciCliError> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Printing any serializable value as pretty JSON through one closure.
-mod erased {
-    /// A value printable as JSON.
-    pub trait Json {
-        /// Pretty JSON text.
-        fn to_json(&self) -> String;
-    }
-
-    impl<T: serde::Serialize> Json for T {
-        fn to_json(&self) -> String {
-            serde_json::to_string_pretty(self).expect("serializes")
-        }
-    }
+/// Prints `v` as pretty JSON on stdout.
+fn print_json<T: serde::Serialize>(v: &T) {
+    println!("{}", serde_json::to_string_pretty(v).expect("serializes"));
 }
 
 fn main() -> ExitCode {
