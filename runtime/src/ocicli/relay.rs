@@ -133,8 +133,9 @@ impl Relay {
 
     /// Waits (a bounded time) for the output copies to reach the end of their streams.
     pub async fn drain(self) {
+        let deadline = tokio::time::Instant::now() + DRAIN;
         for o in self.outputs {
-            if tokio::time::timeout(DRAIN, o).await.is_err() {
+            if tokio::time::timeout_at(deadline, o).await.is_err() {
                 warn!("output still open {DRAIN:?} after the process exited; dropped");
             }
         }
