@@ -8,10 +8,22 @@ use std::path::{Path, PathBuf};
 
 use crate::containerd::workspace_binary;
 
+/// The `ember-oci` to test: `$EMBER_OCI` when set (e.g. a release build for the
+/// benchmark), else the workspace's build ([`workspace_binary`]).
+pub fn binary() -> Option<PathBuf> {
+    match std::env::var_os("EMBER_OCI").filter(|p| !p.is_empty()) {
+        Some(p) => Some(PathBuf::from(p)).filter(|p| p.is_file()),
+        None => workspace_binary("ember-oci"),
+    }
+}
+
 /// Why `ember-oci` cannot be tested here (not built, or `ember-agent` missing next to it).
 pub fn unavailable() -> Option<String> {
-    let Some(oci) = workspace_binary("ember-oci") else {
-        return Some("ember-oci is not built: run `cargo build -p ember-runtime`".into());
+    let Some(oci) = binary() else {
+        return Some(
+            "ember-oci is not built (or $EMBER_OCI names no file): run `cargo build -p ember-runtime`"
+                .into(),
+        );
     };
     if !oci.with_file_name("ember-agent").is_file() {
         return Some(format!(
@@ -26,7 +38,7 @@ pub fn unavailable() -> Option<String> {
 /// short: agent socket paths must fit in sun_path) and an executable `ember-runc` that runs
 /// the built `ember-oci` with it. Returns the wrapper's path.
 pub fn wrapper(dir: &Path, state_dir: &Path) -> std::io::Result<PathBuf> {
-    let oci = workspace_binary("ember-oci").ok_or_else(|| {
+    let oci = binary().ok_or_else(|| {
         std::io::Error::new(std::io::ErrorKind::NotFound, "ember-oci is not built")
     })?;
     let config = dir.join("ember.toml");

@@ -78,7 +78,7 @@ impl Docker {
         // The README's form: the path of ember-oci, and `--config` (a global option) in
         // runtimeArgs, which dockerd puts in a wrapper script of its own.
         ember_tests::oci::wrapper(tmp.path(), &state).unwrap();
-        let oci = containerd::workspace_binary("ember-oci").expect("checked");
+        let oci = ember_tests::oci::binary().expect("checked");
         let config = tmp.path().join("ember.toml");
         let daemon_json = tmp.path().join("daemon.json");
         std::fs::write(
@@ -338,8 +338,8 @@ fn docker_run_it_with_a_terminal() {
 
 /// `docker run --rm --runtime ember busybox true` against `--runtime runc`: the median of
 /// 10 runs each, printed with their ratio (the README's Performance numbers). Ignored by
-/// default (timings, not a check): `cargo test -p ember-tests --test oci_docker --
-/// --ignored --nocapture bench`.
+/// default (timings, not a check): `EMBER_OCI=target/release/ember-oci cargo test -p
+/// ember-tests --test oci_docker -- --ignored --nocapture bench`.
 #[test]
 #[ignore]
 fn bench_docker_run_true_ember_vs_runc() {
