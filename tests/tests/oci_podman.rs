@@ -16,6 +16,9 @@ use ember_tests::containerd::{self, mounts_under, processes_mentioning, unmount_
 use ember_tests::image::busybox_docker_archive;
 use ember_tests::{fixtures, skip};
 
+/// ember-oci's default `--root`, which Podman uses (only this test does in the suite).
+const OCI_ROOT: &str = "/run/ember-oci";
+
 fn unavailable() -> Option<String> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -95,6 +98,12 @@ impl Podman {
             .arg("--tmpdir")
             .arg(self.tmp.path().join("tmp"))
             .args(["--storage-driver", "overlay", "--runtime", "ember"])
+            // ember-oci's --root: podman passes `--runtime-flag X=Y` as `--X=Y`.
+            .arg("--runtime-flag")
+            .arg(format!(
+                "root={}",
+                self.tmp.path().join("oci-root").display()
+            ))
             .stdin(Stdio::null());
         c
     }
@@ -104,6 +113,11 @@ impl Podman {
     }
 
     fn assert_nothing_left(&self) {
+        // Podman passes no --root: the records are under ember-oci's default root.
+        let records: Vec<_> = std::fs::read_dir(OCI_ROOT)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(records.is_empty(), "ember-oci records left: {records:?}");
         let sandboxes = self.state.join("sandboxes");
         let left: Vec<_> = std::fs::read_dir(&sandboxes)
             .map(|d| d.flatten().map(|e| e.path()).collect())
@@ -126,6 +140,8 @@ impl Drop for Podman {
         }
         let _ = std::fs::remove_dir_all(&self.state);
         let _ = std::fs::remove_dir_all(&self.run_root);
+        // Only when empty: other users of ember-oci's default root keep theirs.
+        let _ = std::fs::remove_dir(OCI_ROOT);
     }
 }
 
