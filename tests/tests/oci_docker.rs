@@ -158,6 +158,10 @@ impl Docker {
     }
 
     fn assert_nothing_left(&self) {
+        // ember-oci's records: dockerd gives it a --root under its exec root.
+        let mut records = Vec::new();
+        find_records(&self.run_dir.join("x"), &mut records);
+        assert!(records.is_empty(), "ember-oci records left: {records:?}");
         let sandboxes = self.state.join("sandboxes");
         let left: Vec<_> = std::fs::read_dir(&sandboxes)
             .map(|d| d.flatten().map(|e| e.path()).collect())
@@ -191,6 +195,18 @@ impl Drop for Docker {
         }
         let _ = std::fs::remove_dir_all(&self.state);
         let _ = std::fs::remove_dir_all(&self.run_dir);
+    }
+}
+
+/// Every ember-oci record (`container.json`) under `dir`.
+fn find_records(dir: &std::path::Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            find_records(&p, out);
+        } else if p.file_name().is_some_and(|n| n == "container.json") {
+            out.push(p);
+        }
     }
 }
 
