@@ -35,6 +35,7 @@ guest: deps
 
 install: build guest
 	install -D -m 0755 target/release/ember $(DESTDIR)$(PREFIX)/bin/ember
+	install -D -m 0755 target/release/ember-oci $(DESTDIR)$(PREFIX)/bin/ember-oci
 	install -D -m 0755 target/release/ember-vmm $(DESTDIR)$(PREFIX)/bin/ember-vmm
 	install -D -m 0755 target/release/ember-agent $(DESTDIR)$(PREFIX)/bin/ember-agent
 	install -D -m 0755 target/release/containerd-shim-ember-v2 $(DESTDIR)$(PREFIX)/bin/containerd-shim-ember-v2

@@ -182,6 +182,9 @@ pub struct Containers {
     cleanups: Arc<Mutex<HashMap<String, watch::Receiver<bool>>>>,
     /// Console sockets.
     consoles: PathBuf,
+    /// Numbers the console sockets: short names (`c<n>.sock`), because the socket path
+    /// must fit in sun_path (108 bytes) and container ids may be 64 characters long.
+    console_seq: std::sync::atomic::AtomicU64,
     table: Mutex<HashMap<String, Container>>,
     reserved: Mutex<HashSet<String>>,
     oom_tx: mpsc::UnboundedSender<String>,
@@ -291,6 +294,7 @@ impl Containers {
             spares: Arc::new(Mutex::new(SpareBundles::default())),
             cleanups: Arc::new(Mutex::new(HashMap::new())),
             consoles,
+            console_seq: Default::default(),
             table: Mutex::new(HashMap::new()),
             reserved: Mutex::new(HashSet::new()),
             oom_tx,
@@ -326,7 +330,6 @@ impl Containers {
     async fn spawn_process(
         &self,
         id: &str,
-        console_name: &str,
         terminal: bool,
         ids: &StreamIds,
         make_req: impl FnOnce(Option<PathBuf>) -> SpawnRequest,
@@ -334,8 +337,12 @@ impl Containers {
         if terminal {
             self.streams
                 .check_terminal_ids(&ids.stdin, &ids.stdout, &ids.stderr)?;
+            let n = self
+                .console_seq
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let console_name = format!("c{n}.sock");
             let sock =
-                ConsoleSocket::bind(&self.consoles.join(console_name)).map_err(|source| {
+                ConsoleSocket::bind(&self.consoles.join(&console_name)).map_err(|source| {
                     ContainerError::Tty {
                         id: id.to_string(),
                         source,
@@ -348,7 +355,7 @@ impl Containers {
                 Ok(pid) => pid,
                 Err(source) => {
                     receive.abort();
-                    let _ = std::fs::remove_file(self.consoles.join(console_name));
+                    let _ = std::fs::remove_file(self.consoles.join(&console_name));
                     return Err(ContainerError::Spawn {
                         id: id.to_string(),
                         source,
@@ -361,7 +368,7 @@ impl Containers {
                 .map_err(|e| ContainerError::Tty {
                     id: id.to_string(),
                     source: TtyError::Receive {
-                        path: self.consoles.join(console_name),
+                        path: self.consoles.join(&console_name),
                         reason: e.to_string(),
                     },
                 })?
@@ -471,18 +478,14 @@ impl Containers {
             self.take_spare_bundle(&bundle);
             spec::write_bundle(&bundle, &spec)?;
             let (root, bundle_c, id_s) = (self.root.clone(), bundle.clone(), id.to_string());
-            self.spawn_process(
-                id,
-                &format!("{id}.sock"),
-                terminal,
-                ids,
-                move |console_socket| SpawnRequest::Create {
+            self.spawn_process(id, terminal, ids, move |console_socket| {
+                SpawnRequest::Create {
                     id: id_s,
                     root,
                     bundle: bundle_c,
                     console_socket,
-                },
-            )
+                }
+            })
             .await
         }
         .await;
@@ -669,18 +672,14 @@ impl Containers {
         })?;
         let (root, id_s, p) = (self.root.clone(), id.to_string(), path.clone());
         let result = self
-            .spawn_process(
-                id,
-                &format!("{id}.{exec_id}.sock"),
-                terminal,
-                ids,
-                move |console_socket| SpawnRequest::Exec {
+            .spawn_process(id, terminal, ids, move |console_socket| {
+                SpawnRequest::Exec {
                     id: id_s,
                     root,
                     process: p,
                     console_socket,
-                },
-            )
+                }
+            })
             .await;
         let _ = std::fs::remove_file(&path);
         let proc = result?;

@@ -5,7 +5,9 @@
 //! translation for the guest ([`oci`]), the sandbox's shared directory and host mounts
 //! ([`mounts`]), cgroups ([`cgroups`]), network ([`network`]), the per-sandbox record of
 //! host resources that makes cleanup after a crash possible ([`state`], [`cleanup`]), and
-//! `ember check`, which tells a user what their host can run ([`check`]).
+//! `ember check`, which tells a user what their host can run ([`check`]), and `ember-oci`,
+//! the runc-compatible command line for Docker, Podman and containerd's runc shim
+//! ([`ocicli`]).
 
 pub mod cgroups;
 pub mod check;
@@ -14,6 +16,7 @@ pub mod endpoint;
 pub mod mounts;
 pub mod network;
 pub mod oci;
+pub mod ocicli;
 pub mod run;
 pub mod sandbox;
 pub mod state;

@@ -46,23 +46,18 @@ pub enum StdioError {
 }
 
 /// The stream ids for a process: `<container>.<exec or "init">.<stream>`, only for the
-/// streams containerd wants.
+/// streams containerd wants (see [`ember_runtime::sandbox::stream_ids`]).
 pub fn stream_ids(container_id: &str, exec_id: &str, paths: &StdioPaths) -> StdioStreams {
-    let proc = if exec_id.is_empty() { "init" } else { exec_id };
-    let id = |name: &str, path: &str| {
-        if path.is_empty() {
-            String::new()
-        } else {
-            format!("{container_id}.{proc}.{name}")
-        }
-    };
-    let mut s = StdioStreams::new();
-    s.stdin = id("stdin", &paths.stdin);
-    s.stdout = id("stdout", &paths.stdout);
-    if !paths.terminal {
-        s.stderr = id("stderr", &paths.stderr);
-    }
-    s
+    ember_runtime::sandbox::stream_ids(
+        container_id,
+        exec_id,
+        ember_runtime::sandbox::WantedStreams {
+            stdin: !paths.stdin.is_empty(),
+            stdout: !paths.stdout.is_empty(),
+            stderr: !paths.stderr.is_empty(),
+            terminal: paths.terminal,
+        },
+    )
 }
 
 /// The running copies of one process's stdio.

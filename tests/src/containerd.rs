@@ -218,6 +218,20 @@ pub fn ember_shim_dir() -> Option<PathBuf> {
         .or_else(|| which(EMBER_SHIM).and_then(|p| p.parent().map(Path::to_path_buf)))
 }
 
+/// A binary of this workspace (`ember-oci`, `ember-agent`): in the workspace's
+/// `target/debug` or `target/release` (debug first, honoring `$CARGO_TARGET_DIR`), else on
+/// `PATH`. `None` if it is not built.
+pub fn workspace_binary(name: &str) -> Option<PathBuf> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    ["debug", "release"]
+        .iter()
+        .map(|p| target.join(p).join(name))
+        .find(|p| p.is_file())
+        .or_else(|| which(name))
+}
+
 /// A running private containerd. See the [module docs](self).
 pub struct Containerd {
     child: Option<Child>,

@@ -90,6 +90,44 @@ pub fn busybox_image_tar(out: &Path, name: &str) -> Result<ImageDigests, ImageEr
     image_tar(out, name, &run)
 }
 
+/// Writes the busybox image like [`busybox_image_tar`], with a Docker-archive
+/// `manifest.json` next to the OCI layout (as `docker save` writes since Docker 25), so that
+/// Docker 20.10's `docker load`, which reads only `manifest.json`, loads it too. `name` is
+/// its tag (`busybox:ember`).
+pub fn busybox_docker_archive(out: &Path, name: &str) -> Result<ImageDigests, ImageError> {
+    let tmp = tempfile::tempdir().map_err(io(Path::new("temporary directory")))?;
+    let oci = tmp.path().join("oci.tar");
+    let digests = busybox_image_tar(&oci, name)?;
+    let hex = |d: &str| d.trim_start_matches("sha256:").to_string();
+    let manifest = to_vec(&json!([{
+        "Config": format!("blobs/sha256/{}", hex(&digests.config)),
+        "RepoTags": [name],
+        "Layers": [format!("blobs/sha256/{}", hex(&digests.layer))],
+    }]));
+    let file = std::fs::File::create(out).map_err(io(out))?;
+    let mut outer = tar::Builder::new(std::io::BufWriter::new(file));
+    let input = std::fs::File::open(&oci).map_err(io(&oci))?;
+    let mut archive = tar::Archive::new(input);
+    for entry in archive.entries().map_err(io(&oci))? {
+        let mut entry = entry.map_err(io(&oci))?;
+        let mut h = entry.header().clone();
+        let path = entry.path().map_err(io(&oci))?.into_owned();
+        outer
+            .append_data(&mut h, path, &mut entry)
+            .map_err(io(out))?;
+    }
+    let mut h = header(tar::EntryType::Regular, 0o644);
+    h.set_size(manifest.len() as u64);
+    outer
+        .append_data(&mut h, "manifest.json", manifest.as_slice())
+        .map_err(io(out))?;
+    outer
+        .into_inner()
+        .and_then(|mut w| w.flush())
+        .map_err(io(out))?;
+    Ok(digests)
+}
+
 /// Writes the busybox image like [`busybox_image_tar`], but with an entrypoint that
 /// sleeps until SIGTERM ([`PAUSE_SCRIPT`]): a stand-in for the CRI sandbox ("pause") image,
 /// since there is no registry to pull the real one from.

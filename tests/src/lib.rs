@@ -7,7 +7,8 @@
 //!
 //! For end-to-end tests: [`containerd`] starts a private containerd (own root, state,
 //! sockets and config, cleaned up on drop) with the `runc` and `ember` runtimes registered,
-//! and [`cri`] drives its CRI plugin through a real CRI client.
+//! and [`cri`] drives its CRI plugin through a real CRI client. [`oci`] wraps `ember-oci`,
+//! the runc-compatible command line, for callers that take a runc binary.
 
 pub mod containerd;
 pub mod cri;
@@ -15,6 +16,7 @@ pub mod fixtures;
 pub mod guest;
 pub mod image;
 pub mod kvm_host;
+pub mod oci;
 
 /// Report that `test` is skipped and why, as `SKIP <test>: <why>`.
 ///

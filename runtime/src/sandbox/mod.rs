@@ -399,6 +399,12 @@ impl Sandbox {
         &self.agent
     }
 
+    /// Where the agent listens: other processes (the OCI command line's `start`, `kill`,
+    /// `exec`) dial it here while this process owns the sandbox.
+    pub fn endpoint(&self) -> &AgentEndpoint {
+        &self.endpoint
+    }
+
     /// The host pid that stands for the sandbox.
     pub fn pid(&self) -> u32 {
         self.backend.pid()
@@ -587,6 +593,38 @@ impl Sandbox {
         info!("sandbox={}: destroyed", self.id);
         Ok(())
     }
+}
+
+/// Which stdio streams a process wants, for [`stream_ids`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WantedStreams {
+    /// A stdin stream.
+    pub stdin: bool,
+    /// A stdout stream (the terminal's output with `terminal`).
+    pub stdout: bool,
+    /// A stderr stream (never with `terminal`: the terminal carries it).
+    pub stderr: bool,
+    /// Whether the process has a terminal.
+    pub terminal: bool,
+}
+
+/// The agent's stream ids for a process: `<container>.<exec or "init">.<stream>`, only for
+/// the streams wanted (an empty id means "not connected"). The shim and the OCI command
+/// line name streams the same way.
+pub fn stream_ids(container_id: &str, exec_id: &str, wanted: WantedStreams) -> StdioStreams {
+    let proc = if exec_id.is_empty() { "init" } else { exec_id };
+    let id = |name: &str, want: bool| {
+        if want {
+            format!("{container_id}.{proc}.{name}")
+        } else {
+            String::new()
+        }
+    };
+    let mut s = StdioStreams::new();
+    s.stdin = id("stdin", wanted.stdin);
+    s.stdout = id("stdout", wanted.stdout);
+    s.stderr = id("stderr", wanted.stderr && !wanted.terminal);
+    s
 }
 
 /// The message of a ttrpc error (the agent's status message, without ttrpc's wrapping).

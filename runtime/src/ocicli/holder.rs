@@ -1,0 +1,318 @@
+//! `create`: the container's holder process.
+//!
+//! `create` checks the bundle, makes the container's directory under `--root`, and forks the
+//! holder ([`super::fork::spawn`]), which starts the container's own sandbox, creates the
+//! container in it (not started), connects its stdio, records itself and the agent's
+//! address, and only then lets `create` return and write the holder's pid to `--pid-file`.
+//!
+//! The holder then lives exactly as long as the container's init: it relays the init's
+//! stdio and the signals it receives ([`super::relay`]), and when the init exits it writes
+//! `exit.json`, removes the sandbox and exits with the init's status (code, or 128 +
+//! signal). Its parent (`create`) has exited by then, so it is reaped by the caller's
+//! subreaper: containerd's runc shim or conmon, which wait for it as for runc's container
+//! init. If it is killed (SIGKILL), the sandbox it owned stays until `delete --force`
+//! removes it through the sandbox's own state record.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use ember_config::Config;
+use log::{info, warn};
+
+use super::console;
+use super::error::OciCliError;
+use super::fork::{self, Ready};
+use super::relay::{self, ProcessIo, Relay, Target};
+use super::store::{ContainerDir, ExitRecord, OciState, Record, Status, Store, HOLDER_LOG};
+use crate::oci::BundleSpec;
+use crate::sandbox::{stream_ids, ContainerRequest, Sandbox, SandboxOptions, WantedStreams};
+use crate::state::ProcessId;
+
+/// What `create` was given.
+#[derive(Debug, Clone)]
+pub struct CreateOptions {
+    /// Container id.
+    pub id: String,
+    /// The bundle directory.
+    pub bundle: PathBuf,
+    /// Where to write the holder's pid.
+    pub pid_file: Option<PathBuf>,
+    /// Where to send the terminal's master (needed with `process.terminal`).
+    pub console_socket: Option<PathBuf>,
+    /// ember's configuration (its `sandbox.backend` picks the backend).
+    pub config: Config,
+}
+
+/// Loads and checks the bundle: its spec (errors name the field) and its rootfs.
+pub fn load_bundle(bundle: &std::path::Path) -> Result<BundleSpec, OciCliError> {
+    let abs = std::fs::canonicalize(bundle).map_err(OciCliError::io(bundle))?;
+    let bad = |source| OciCliError::Bundle {
+        bundle: abs.clone(),
+        source,
+    };
+    let spec = BundleSpec::load(&abs).map_err(bad)?;
+    spec.check_rootfs().map_err(bad)?;
+    Ok(spec)
+}
+
+/// `create`: returns once the container exists (created, not started) with its holder
+/// running, after writing the holder's pid to the pid file.
+pub fn create(store: &Store, opts: CreateOptions) -> Result<(), OciCliError> {
+    super::store::check_id(&opts.id)?;
+    let mut spec = load_bundle(&opts.bundle)?;
+    let hooks = super::hooks::HostHooks::take(&mut spec.json);
+    let config_json = spec.bundle.join("config.json");
+    match (spec.terminal(), &opts.console_socket) {
+        (true, None) => {
+            return Err(OciCliError::Usage(format!(
+                "{}: process.terminal is true but no --console-socket was given (the terminal's master goes to a console socket)",
+                config_json.display()
+            )))
+        }
+        (false, Some(s)) => {
+            return Err(OciCliError::Usage(format!(
+                "--console-socket {} was given but process.terminal is false in {}",
+                s.display(),
+                config_json.display()
+            )))
+        }
+        _ => {}
+    }
+    let dir = store.create(&opts.id)?;
+    let annotations: BTreeMap<String, String> = spec
+        .json
+        .get("annotations")
+        .and_then(|a| a.as_object())
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default();
+    let record = Record {
+        id: opts.id.clone(),
+        sandbox_id: super::store::sandbox_id(&opts.id),
+        bundle: spec.bundle.clone(),
+        rootfs: spec.rootfs(),
+        annotations,
+        created: super::log::rfc3339(SystemTime::now()),
+        status: Status::Created,
+        holder: None,
+        endpoint: None,
+        backend: opts.config.sandbox.backend.as_str().to_string(),
+        sandbox_state_dir: opts.config.sandbox.state_dir.clone(),
+        hooks,
+    };
+    if let Err(e) = dir.save(&record) {
+        let _ = dir.remove();
+        return Err(e);
+    }
+    let child_dir = dir.clone();
+    let parts = opts.clone_parts();
+    let pid = match fork::spawn(move |ready| holder_main(ready, child_dir, record, spec, parts)) {
+        Ok(pid) => pid,
+        Err(e) => {
+            let _ = dir.remove();
+            return Err(e);
+        }
+    };
+    if let Some(p) = &opts.pid_file {
+        fork::write_pid_file(p, pid)?;
+    }
+    Ok(())
+}
+
+/// The parts of [`CreateOptions`] the holder needs.
+struct HolderParts {
+    console_socket: Option<PathBuf>,
+    config: Config,
+}
+
+impl CreateOptions {
+    fn clone_parts(&self) -> HolderParts {
+        HolderParts {
+            console_socket: self.console_socket.clone(),
+            config: self.config.clone(),
+        }
+    }
+}
+
+/// Logs to `holder.log` in the container's directory: the holder's fds 0–2 belong to the
+/// container.
+fn init_holder_log(dir: &ContainerDir, config: &Config) {
+    let level = match serde_json::to_value(config.log.level)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .as_deref()
+    {
+        Some("critical") | Some("error") => "error",
+        Some("warning") => "warn",
+        Some("debug") => "debug",
+        Some("trace") => "trace",
+        _ => "info",
+    };
+    let path = dir.dir.join(HOLDER_LOG);
+    if let Ok(f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+    {
+        let _ = env_logger::Builder::new()
+            .parse_filters(&std::env::var("EMBER_LOG").unwrap_or_else(|_| level.to_string()))
+            .target(env_logger::Target::Pipe(Box::new(f)))
+            .try_init();
+    }
+}
+
+/// The holder: runs until the container's init exits and returns its status.
+fn holder_main(
+    mut ready: Ready,
+    dir: ContainerDir,
+    record: Record,
+    spec: BundleSpec,
+    parts: HolderParts,
+) -> i32 {
+    init_holder_log(&dir, &parts.config);
+    if parts.console_socket.is_some() {
+        fork::detach_stdio();
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            ready.fail(&format!("tokio runtime: {e}"));
+            return 1;
+        }
+    };
+    let code = rt.block_on(hold(&mut ready, &dir, record, spec, parts));
+    // The stdin copy may sit in a blocking read: do not wait for it.
+    rt.shutdown_background();
+    code
+}
+
+async fn hold(
+    ready: &mut Ready,
+    dir: &ContainerDir,
+    record: Record,
+    spec: BundleSpec,
+    parts: HolderParts,
+) -> i32 {
+    let id = record.id.clone();
+    let sb = match Sandbox::start(SandboxOptions {
+        id: record.sandbox_id.clone(),
+        config: parts.config,
+        netns: spec.network_namespace_path(),
+        hostname: spec.hostname().map(str::to_string),
+        namespace: String::new(),
+    })
+    .await
+    {
+        Ok(sb) => sb,
+        Err(e) => {
+            ready.fail(&e.to_string());
+            return 1;
+        }
+    };
+    let result = run_init(ready, dir, record, spec, parts.console_socket, &sb).await;
+    if let Err(e) = &result {
+        if !ready.sent() {
+            ready.fail(&e.to_string());
+        } else {
+            warn!("container={id}: {e}");
+        }
+    }
+    if let Err(e) = sb.remove_container(&id, true).await {
+        warn!("container={id}: remove: {e}");
+    }
+    if let Err(e) = sb.destroy().await {
+        warn!("container={id}: destroy sandbox: {e}");
+    }
+    let code = result.unwrap_or(1);
+    info!("container={id}: holder exits with {code}");
+    code
+}
+
+async fn run_init(
+    ready: &mut Ready,
+    dir: &ContainerDir,
+    mut record: Record,
+    spec: BundleSpec,
+    console_socket: Option<PathBuf>,
+    sb: &Sandbox,
+) -> Result<i32, OciCliError> {
+    let id = record.id.clone();
+    let terminal = spec.terminal();
+    let streams = stream_ids(
+        &id,
+        "",
+        WantedStreams {
+            stdin: true,
+            stdout: true,
+            stderr: true,
+            terminal,
+        },
+    );
+    sb.create_container(ContainerRequest {
+        id: id.clone(),
+        spec,
+        rootfs_mounts: Vec::new(),
+        stdio: streams.clone(),
+    })
+    .await?;
+    let io = match (terminal, console_socket) {
+        (true, Some(socket)) => {
+            let pty = console::open_pty()?;
+            console::send_fd(&socket, &pty.master, "/dev/pts/ember")?;
+            drop(pty.master);
+            if let Err(e) = console::make_controlling(&pty.slave) {
+                warn!("container={id}: no window size changes: TIOCSCTTY: {e}");
+            }
+            ProcessIo::Pty(pty.slave)
+        }
+        _ => ProcessIo::Stdio,
+    };
+    let relay = Relay::attach(sb.endpoint(), &streams, &io)
+        .await
+        .map_err(|source| OciCliError::Unreachable {
+            id: id.clone(),
+            source,
+        })?;
+    let target = Target {
+        container_id: id.clone(),
+        exec_id: String::new(),
+    };
+    let pty = match &io {
+        ProcessIo::Pty(p) => Some(p),
+        ProcessIo::Stdio => None,
+    };
+    if let Some(p) = pty {
+        relay::resize(sb.agent(), &target, p).await;
+    }
+    record.holder = Some(ProcessId::current());
+    record.endpoint = Some(sb.endpoint().into());
+    dir.save(&record)?;
+    let hooks = &record.hooks;
+    if !hooks.prestart.is_empty() || !hooks.create_runtime.is_empty() {
+        let mut st = OciState::new(&record, Status::Created);
+        st.pid = super::commands::init_host_pid(&record, st.pid);
+        let state = serde_json::to_string(&st).expect("state serializes");
+        super::hooks::run("prestart", &hooks.prestart, &state)?;
+        super::hooks::run("createRuntime", &hooks.create_runtime, &state)?;
+    }
+    ready.ok();
+    info!("container={id}: created; holder {}", std::process::id());
+    let status = relay::wait(sb.agent(), &target, pty).await;
+    info!("container={id}: init exited with {status}");
+    relay.drain().await;
+    // A `start` still waiting for its answer finishes before the sandbox goes.
+    let lock_dir = dir.clone();
+    let _lock = tokio::task::spawn_blocking(move || lock_dir.lock())
+        .await
+        .map_err(|e| OciCliError::Holder(format!("lock: {e}")))??;
+    dir.save_exit(ExitRecord { status })?;
+    Ok(status)
+}

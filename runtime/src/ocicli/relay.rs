@@ -1,0 +1,218 @@
+//! The relay of one process (a container's init in the holder, or an exec): its stdio
+//! between this process's fds 0–2 (or the slave of a host terminal) and the agent's stdio
+//! streams, the signals this process receives passed on to it, and its exit status.
+
+use std::os::fd::OwnedFd;
+use std::time::Duration;
+
+use ember_agent_protocol::agent::{
+    SignalProcessRequest, StdioStreams, TtyWinResizeRequest, WaitProcessRequest,
+};
+use ember_agent_protocol::AgentConnection;
+use log::{info, warn};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::task::JoinHandle;
+
+use crate::endpoint::{AgentEndpoint, EndpointError};
+use crate::sandbox::{ctx, ctx_no_timeout, rpc_message};
+
+/// The signals passed on to the process (SIGKILL and SIGSTOP cannot be caught: a relay
+/// killed with them leaves the process to `delete --force`).
+const FORWARDED: [libc::c_int; 6] = [
+    libc::SIGTERM,
+    libc::SIGINT,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+];
+
+/// How long output may still arrive after the process exited (from its children that
+/// hold the streams, or data in flight).
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// This side of a process's stdio.
+#[derive(Debug)]
+pub enum ProcessIo {
+    /// This process's fds 0–2 (pipes or files the caller gave).
+    Stdio,
+    /// The slave of a host terminal whose master went to the console socket.
+    Pty(OwnedFd),
+}
+
+/// Which process of which container.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Container id.
+    pub container_id: String,
+    /// Exec id (empty: the init).
+    pub exec_id: String,
+}
+
+/// Running stdio copies.
+#[derive(Debug, Default)]
+pub struct Relay {
+    outputs: Vec<JoinHandle<()>>,
+}
+
+fn dup_file(fd: &OwnedFd) -> std::io::Result<tokio::fs::File> {
+    Ok(tokio::fs::File::from_std(std::fs::File::from(
+        fd.try_clone()?,
+    )))
+}
+
+async fn copy_out<R, W>(mut from: R, mut to: W)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).await.is_err() || to.flush().await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+impl Relay {
+    /// Opens the process's streams and starts copying. Stdin is copied until this side
+    /// ends, then half-closed (the process reads EOF); output until the agent closes the
+    /// stream.
+    pub async fn attach(
+        endpoint: &AgentEndpoint,
+        streams: &StdioStreams,
+        io: &ProcessIo,
+    ) -> Result<Relay, EndpointError> {
+        let io_err = |id: &str, e: std::io::Error| EndpointError::Connect {
+            what: format!("terminal for stream {id}"),
+            source: e,
+        };
+        let mut relay = Relay::default();
+        if !streams.stdin.is_empty() {
+            let mut s = endpoint.open_stream(&streams.stdin).await?;
+            match io {
+                ProcessIo::Stdio => {
+                    tokio::spawn(async move {
+                        let mut input = tokio::io::stdin();
+                        let _ = tokio::io::copy(&mut input, &mut s).await;
+                        let _ = s.shutdown().await;
+                    });
+                }
+                ProcessIo::Pty(slave) => {
+                    let mut input = dup_file(slave).map_err(|e| io_err(&streams.stdin, e))?;
+                    tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut input, &mut s).await;
+                        let _ = s.shutdown().await;
+                    });
+                }
+            }
+        }
+        if !streams.stdout.is_empty() {
+            let s = endpoint.open_stream(&streams.stdout).await?;
+            relay.outputs.push(match io {
+                ProcessIo::Stdio => tokio::spawn(copy_out(s, tokio::io::stdout())),
+                ProcessIo::Pty(slave) => {
+                    let out = dup_file(slave).map_err(|e| io_err(&streams.stdout, e))?;
+                    tokio::spawn(copy_out(s, out))
+                }
+            });
+        }
+        if !streams.stderr.is_empty() {
+            let s = endpoint.open_stream(&streams.stderr).await?;
+            relay
+                .outputs
+                .push(tokio::spawn(copy_out(s, tokio::io::stderr())));
+        }
+        Ok(relay)
+    }
+
+    /// Waits (a bounded time) for the output copies to reach the end of their streams.
+    pub async fn drain(self) {
+        let deadline = tokio::time::Instant::now() + DRAIN;
+        for o in self.outputs {
+            if tokio::time::timeout_at(deadline, o).await.is_err() {
+                warn!("output still open {DRAIN:?} after the process exited; dropped");
+            }
+        }
+    }
+}
+
+/// Passes the terminal's window size (rows, columns) to the process.
+pub async fn resize(agent: &AgentConnection, target: &Target, pty: &OwnedFd) {
+    if let Some((rows, cols)) = super::console::window_size(pty) {
+        let mut r = TtyWinResizeRequest::new();
+        r.container_id = target.container_id.clone();
+        r.exec_id = target.exec_id.clone();
+        r.rows = rows;
+        r.cols = cols;
+        if let Err(e) = agent.agent.tty_win_resize(ctx(), &r).await {
+            info!("resize: {}", rpc_message(&e));
+        }
+    }
+}
+
+/// Waits for the process to exit while passing on the signals this process receives (and,
+/// with a terminal, its window size changes). Returns its exit status (code, or 128 +
+/// signal); 137 when the agent lost it (removed by `delete --force`, or the sandbox died).
+pub async fn wait(agent: &AgentConnection, target: &Target, pty: Option<&OwnedFd>) -> i32 {
+    use tokio::signal::unix::{signal, SignalKind};
+    // One task per caught signal; 0 stands for SIGWINCH (a window size change).
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<libc::c_int>();
+    let mut caught: Vec<libc::c_int> = FORWARDED.to_vec();
+    if pty.is_some() {
+        caught.push(libc::SIGWINCH);
+    }
+    for s in caught {
+        match signal(SignalKind::from_raw(s)) {
+            Ok(mut stream) => {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    while stream.recv().await.is_some() {
+                        if tx.send(s).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+            Err(e) => warn!("cannot catch signal {s}: {e}"),
+        }
+    }
+    let mut w = WaitProcessRequest::new();
+    w.container_id = target.container_id.clone();
+    w.exec_id = target.exec_id.clone();
+    let waiting = agent.agent.wait_process(ctx_no_timeout(), &w);
+    tokio::pin!(waiting);
+    loop {
+        tokio::select! {
+            r = &mut waiting => {
+                return match r {
+                    Ok(r) => r.exit_status,
+                    Err(e) => {
+                        warn!("wait: {}", rpc_message(&e));
+                        128 + libc::SIGKILL
+                    }
+                };
+            }
+            Some(sig) = rx.recv() => {
+                if sig == libc::SIGWINCH {
+                    if let Some(p) = pty {
+                        resize(agent, target, p).await;
+                    }
+                    continue;
+                }
+                let mut r = SignalProcessRequest::new();
+                r.container_id = target.container_id.clone();
+                r.exec_id = target.exec_id.clone();
+                r.signal = sig as u32;
+                if let Err(e) = agent.agent.signal_process(ctx(), &r).await {
+                    warn!("passing on signal {sig}: {}", rpc_message(&e));
+                }
+            }
+        }
+    }
+}

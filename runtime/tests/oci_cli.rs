@@ -1,0 +1,499 @@
+//! `ember-oci`, the runc-compatible command line, on the `process` backend: runc's error
+//! paths with its wordings (unknown id, create twice, start before create, delete of a
+//! running container, a malformed `--process` file, a bundle with a bad field), the JSON
+//! error line in `--log`, and the lifecycle the runc shim and conmon drive: create (the
+//! pid file names the holder), start, state, exec, ps, pause/resume, kill, the holder's exit
+//! status, delete, and `delete --force` after the holder was killed, with nothing left.
+//!
+//! The lifecycle tests need root, Debian's busybox-static and `ember-agent` built next to
+//! `ember-oci` (`cargo build -p ember-agent`); they make this test process a child
+//! subreaper, so that the holder (orphaned when `create` exits, as under the runc shim or
+//! conmon) is reaped here and its exit status can be checked.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use ember_tests::containerd::{mounts_under, process_alive, processes_mentioning};
+use ember_tests::fixtures::{busybox_available, busybox_bundle, default_spec, write_spec};
+use ember_tests::skip;
+use serde_json::Value;
+
+const OCI: &str = env!("CARGO_BIN_EXE_ember-oci");
+
+/// Why the lifecycle tests cannot run here, if they cannot.
+fn missing() -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some("needs root (namespaces, mounts, cgroups)".into());
+    }
+    if !busybox_available() {
+        return Some("needs Debian's busybox-static".into());
+    }
+    if !Path::new(OCI).with_file_name("ember-agent").is_file() {
+        return Some(
+            "ember-agent is not built next to ember-oci (cargo build -p ember-agent)".into(),
+        );
+    }
+    None
+}
+
+/// A test's root, ember config, sandbox state dir and scratch dir.
+struct Env {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    root: PathBuf,
+    state: PathBuf,
+    config: PathBuf,
+    log: PathBuf,
+}
+
+fn env(name: &str) -> Env {
+    let tmp = tempfile::tempdir().unwrap();
+    // A short state dir: agent socket paths must fit in sun_path.
+    let state = PathBuf::from(format!("/run/eoci-{}-{name}", std::process::id()));
+    let config = tmp.path().join("ember.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[sandbox]\nbackend = \"process\"\nstate_dir = \"{}\"\n",
+            state.display()
+        ),
+    )
+    .unwrap();
+    Env {
+        dir: tmp.path().to_path_buf(),
+        root: tmp.path().join("root"),
+        log: tmp.path().join("log.json"),
+        _tmp: tmp,
+        state,
+        config,
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        // Whatever a failed test left: every container force-deleted.
+        if let Ok(entries) = std::fs::read_dir(&self.root) {
+            for e in entries.flatten() {
+                let _ = self
+                    .oci()
+                    .args(["delete", "--force"])
+                    .arg(e.file_name())
+                    .output();
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.state);
+    }
+}
+
+impl Env {
+    /// `ember-oci --root R --log L --log-format json` with this test's config.
+    fn oci(&self) -> Command {
+        let mut c = Command::new(OCI);
+        c.env("EMBER_CONFIG", &self.config)
+            .arg("--root")
+            .arg(&self.root)
+            .arg("--log")
+            .arg(&self.log)
+            .args(["--log-format", "json"]);
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.oci().args(args).stdin(Stdio::null()).output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "ember-oci {args:?} failed: {}",
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    }
+
+    /// Runs a command that must fail, and returns its stderr, after checking that the same
+    /// message was appended to the --log file as a JSON error line.
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        let err = text(&out.stderr);
+        assert!(!out.status.success(), "ember-oci {args:?} succeeded");
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let last: Value = serde_json::from_str(log.lines().last().unwrap_or("{}"))
+            .unwrap_or_else(|e| panic!("--log line is not JSON ({e}): {log}"));
+        assert_eq!(last["level"], "error", "{log}");
+        let msg = last["msg"].as_str().unwrap_or_default();
+        assert!(!msg.is_empty() && err.contains(msg), "{msg:?} vs {err:?}");
+        assert!(last["time"].as_str().is_some(), "{log}");
+        err
+    }
+
+    fn state(&self, id: &str) -> Value {
+        serde_json::from_str(&self.ok(&["state", id])).unwrap()
+    }
+
+    fn bundle(&self, name: &str, args: &[&str]) -> PathBuf {
+        let b = busybox_bundle(&self.dir.join(name)).unwrap();
+        write_spec(&b, &default_spec(args)).unwrap();
+        b
+    }
+
+    /// `create` with stdout and stderr to files and stdin from a pipe; returns the holder's
+    /// pid (from the pid file) and the pipe.
+    fn create(&self, id: &str, bundle: &Path) -> (i32, std::process::ChildStdin) {
+        let pid_file = self.dir.join(format!("{id}.pid"));
+        let out = std::fs::File::create(self.dir.join(format!("{id}.out"))).unwrap();
+        let err = std::fs::File::create(self.dir.join(format!("{id}.err"))).unwrap();
+        let mut child = self
+            .oci()
+            .args(["create", "--bundle"])
+            .arg(bundle)
+            .arg("--pid-file")
+            .arg(&pid_file)
+            .arg(id)
+            .stdin(Stdio::piped())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let status = child.wait().unwrap();
+        assert!(
+            status.success(),
+            "create {id}: {status}: {}",
+            std::fs::read_to_string(self.dir.join(format!("{id}.err"))).unwrap_or_default()
+        );
+        let pid: i32 = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        (pid, stdin)
+    }
+
+    fn output_of(&self, id: &str, stream: &str) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{id}.{stream}"))).unwrap_or_default()
+    }
+
+    fn assert_nothing_left(&self, id: &str) {
+        assert!(!self.root.join(id).exists(), "record left under --root");
+        let sb = self.state.join("sandboxes").join(id);
+        assert!(!sb.exists(), "sandbox state left: {}", sb.display());
+        assert!(
+            mounts_under(&self.state).is_empty(),
+            "mounts left under {}",
+            self.state.display()
+        );
+        assert!(
+            processes_mentioning(&self.state.display().to_string()).is_empty(),
+            "processes of the sandbox left"
+        );
+        for h in ember_runtime::cgroups::hierarchies() {
+            let d = h.join("ember").join(id);
+            assert!(!d.exists(), "cgroup left: {}", d.display());
+        }
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Makes this process the subreaper of orphaned descendants (the holders).
+fn become_subreaper() {
+    // SAFETY: prctl with an integer argument.
+    let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    assert_eq!(r, 0, "PR_SET_CHILD_SUBREAPER");
+}
+
+/// Waits for the (reparented) process `pid` and returns its exit code, or 128 + signal.
+fn reap(pid: i32, timeout: Duration) -> i32 {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let start = Instant::now();
+    loop {
+        match waitpid(nix::unistd::Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(_, code)) => return code,
+            Ok(WaitStatus::Signaled(_, sig, _)) => return 128 + sig as i32,
+            Ok(_) => {}
+            Err(e) => panic!("waitpid {pid}: {e} (not reparented to this subreaper?)"),
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "process {pid} still runs after {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn unknown_ids_are_reported_in_runc_words() {
+    let env = env("unknown");
+    for cmd in [
+        vec!["state", "nope"],
+        vec!["start", "nope"],
+        vec!["kill", "nope", "KILL"],
+        vec!["delete", "nope"],
+        vec!["delete", "--force", "nope"],
+        vec!["pause", "nope"],
+        vec!["ps", "--format", "json", "nope"],
+        vec!["exec", "--process", "/dev/null", "nope"],
+    ] {
+        let err = env.fails(&cmd);
+        assert!(err.contains("does not exist"), "{cmd:?}: {err}");
+    }
+    let err = env.fails(&["state", "../etc"]);
+    assert!(err.contains("invalid container id"), "{err}");
+    let err = env.fails(&["kill", "nope", "SIGNOPE"]);
+    assert!(err.contains("unknown signal"), "{err}");
+}
+
+#[test]
+fn bundle_with_a_bad_field_is_named_and_leaves_nothing() {
+    let env = env("badfield");
+    let b = busybox_bundle(&env.dir.join("bundle")).unwrap();
+    let mut spec = default_spec(&["true"]);
+    spec["process"]["user"]["uid"] = Value::String("root".into());
+    write_spec(&b, &spec).unwrap();
+    let err = env.fails(&["create", "--bundle", b.to_str().unwrap(), "c1"]);
+    assert!(
+        err.contains("process.user.uid") && err.contains("config.json"),
+        "{err}"
+    );
+    // A missing rootfs is named too.
+    let b2 = env.dir.join("empty");
+    std::fs::create_dir_all(&b2).unwrap();
+    write_spec(&b2, &default_spec(&["true"])).unwrap();
+    let err = env.fails(&["create", "--bundle", b2.to_str().unwrap(), "c1"]);
+    assert!(err.contains("root.path"), "{err}");
+    assert!(!env.root.join("c1").exists(), "a record was left");
+    let err = env.fails(&["state", "c1"]);
+    assert!(err.contains("does not exist"), "{err}");
+}
+
+#[test]
+fn features_and_spec() {
+    let env = env("features");
+    let f: Value = serde_json::from_str(&env.ok(&["features"])).unwrap();
+    assert!(f["ociVersionMax"].as_str().is_some(), "{f}");
+    let dir = env.dir.join("spec");
+    std::fs::create_dir_all(&dir).unwrap();
+    env.ok(&["spec", "--bundle", dir.to_str().unwrap()]);
+    let text = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    ember_runtime::oci::BundleSpec::parse(&text, &dir).unwrap();
+    let err = env.fails(&["spec", "--bundle", dir.to_str().unwrap()]);
+    assert!(err.contains("exists"), "{err}");
+}
+
+#[test]
+fn lifecycle_create_start_exec_exit_delete() {
+    if let Some(why) = missing() {
+        return skip("lifecycle_create_start_exec_exit_delete", &why);
+    }
+    become_subreaper();
+    let env = env("life");
+    let id = format!("life-{}", std::process::id());
+    let b = env.bundle(
+        "bundle",
+        &[
+            "sh",
+            "-c",
+            "read line; echo got:$line; echo err-line >&2; exit 7",
+        ],
+    );
+    let err = env.fails(&["start", &id]);
+    assert!(err.contains("does not exist"), "start before create: {err}");
+
+    let (holder, mut stdin) = env.create(&id, &b);
+    assert!(process_alive(holder as u32));
+    let st = env.state(&id);
+    assert_eq!(st["status"], "created", "{st}");
+    assert_eq!(st["pid"], holder, "{st}");
+    assert_eq!(st["id"], id.as_str());
+    assert_eq!(
+        st["bundle"].as_str().map(PathBuf::from),
+        Some(std::fs::canonicalize(&b).unwrap())
+    );
+    assert!(st["ociVersion"].as_str().is_some());
+
+    let err = env.fails(&["create", "--bundle", b.to_str().unwrap(), &id]);
+    assert!(err.contains("already exists"), "create twice: {err}");
+
+    env.ok(&["start", &id]);
+    assert_eq!(env.state(&id)["status"], "running");
+    let err = env.fails(&["start", &id]);
+    assert!(err.contains("cannot start"), "{err}");
+    let err = env.fails(&["delete", &id]);
+    assert!(err.contains("not stopped"), "delete while running: {err}");
+
+    let pids: Vec<i32> = serde_json::from_str(&env.ok(&["ps", "--format", "json", &id])).unwrap();
+    assert!(!pids.is_empty(), "ps found no processes");
+    assert!(pids
+        .iter()
+        .all(|p| Path::new(&format!("/proc/{p}")).exists()));
+
+    // A malformed --process file is refused, naming the field.
+    let bad = env.dir.join("bad-process.json");
+    std::fs::write(
+        &bad,
+        r#"{"cwd": "/", "args": ["true"], "user": {"uid": -1}}"#,
+    )
+    .unwrap();
+    let err = env.fails(&["exec", "--process", bad.to_str().unwrap(), &id]);
+    assert!(
+        err.contains("user.uid") && err.contains("bad-process.json"),
+        "{err}"
+    );
+    std::fs::write(&bad, "{not json").unwrap();
+    let err = env.fails(&["exec", "--process", bad.to_str().unwrap(), &id]);
+    assert!(err.contains("invalid JSON"), "{err}");
+
+    // exec --detach: the pid file names a relay that exits with the process's status.
+    let proc_file = env.dir.join("process.json");
+    let mut p = default_spec(&["sh", "-c", "echo exec-out; exit 5"])["process"].clone();
+    p["terminal"] = Value::Bool(false);
+    std::fs::write(&proc_file, p.to_string()).unwrap();
+    let exec_pid_file = env.dir.join("exec.pid");
+    let exec_out = env.dir.join("exec.out");
+    let status = env
+        .oci()
+        .args(["exec", "--detach", "--process"])
+        .arg(&proc_file)
+        .arg("--pid-file")
+        .arg(&exec_pid_file)
+        .arg(&id)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&exec_out).unwrap())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exec_pid: i32 = std::fs::read_to_string(&exec_pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(reap(exec_pid, Duration::from_secs(30)), 5);
+    assert_eq!(std::fs::read_to_string(&exec_out).unwrap(), "exec-out\n");
+
+    env.ok(&["pause", &id]);
+    assert_eq!(env.state(&id)["status"], "paused");
+    env.ok(&["resume", &id]);
+    assert_eq!(env.state(&id)["status"], "running");
+
+    // The init reads a line, writes to both streams and exits 7: the holder exits with 7.
+    stdin.write_all(b"ping\n").unwrap();
+    drop(stdin);
+    assert_eq!(reap(holder, Duration::from_secs(30)), 7);
+    assert_eq!(env.output_of(&id, "out"), "got:ping\n");
+    assert_eq!(env.output_of(&id, "err"), "err-line\n");
+    let st = env.state(&id);
+    assert_eq!(st["status"], "stopped", "{st}");
+    assert_eq!(st["pid"], 0, "{st}");
+    let err = env.fails(&["kill", &id, "KILL"]);
+    assert!(err.contains("container not running"), "{err}");
+    env.ok(&["delete", &id]);
+    let err = env.fails(&["state", &id]);
+    assert!(err.contains("does not exist"), "{err}");
+    env.assert_nothing_left(&id);
+}
+
+#[test]
+fn kill_ends_the_holder_with_the_signal_status() {
+    if let Some(why) = missing() {
+        return skip("kill_ends_the_holder_with_the_signal_status", &why);
+    }
+    become_subreaper();
+    let env = env("kill");
+    let id = format!("kill-{}", std::process::id());
+    let b = env.bundle("bundle", &["sleep", "1000"]);
+    let (holder, _stdin) = env.create(&id, &b);
+    env.ok(&["start", &id]);
+    env.ok(&["kill", &id, "9"]);
+    assert_eq!(reap(holder, Duration::from_secs(30)), 128 + 9);
+    assert_eq!(env.state(&id)["status"], "stopped");
+    env.ok(&["delete", &id]);
+    env.assert_nothing_left(&id);
+}
+
+#[test]
+fn delete_force_after_the_holder_was_killed_leaves_nothing() {
+    if let Some(why) = missing() {
+        return skip(
+            "delete_force_after_the_holder_was_killed_leaves_nothing",
+            &why,
+        );
+    }
+    become_subreaper();
+    let env = env("killed");
+    let id = format!("killed-{}", std::process::id());
+    let b = env.bundle("bundle", &["sleep", "1000"]);
+    let (holder, _stdin) = env.create(&id, &b);
+    env.ok(&["start", &id]);
+    assert!(env.state.join("sandboxes").join(&id).exists());
+    // SAFETY: kill(2) of the holder we just created.
+    unsafe { libc::kill(holder, libc::SIGKILL) };
+    assert_eq!(reap(holder, Duration::from_secs(10)), 128 + 9);
+    assert_eq!(env.state(&id)["status"], "stopped");
+    // The agent and the container outlived their holder until now.
+    assert!(
+        !processes_mentioning(&env.state.display().to_string()).is_empty(),
+        "the agent died with the holder: nothing to test"
+    );
+    env.ok(&["delete", "--force", &id]);
+    env.assert_nothing_left(&id);
+}
+
+#[test]
+fn delete_force_of_a_running_container() {
+    if let Some(why) = missing() {
+        return skip("delete_force_of_a_running_container", &why);
+    }
+    become_subreaper();
+    let env = env("force");
+    let id = format!("force-{}", std::process::id());
+    let b = env.bundle("bundle", &["sleep", "1000"]);
+    let (holder, _stdin) = env.create(&id, &b);
+    env.ok(&["start", &id]);
+    let started = Instant::now();
+    env.ok(&["delete", "--force", &id]);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(reap(holder, Duration::from_secs(10)), 128 + 9);
+    env.assert_nothing_left(&id);
+}
+
+#[test]
+fn delete_of_a_created_container_ends_its_holder() {
+    if let Some(why) = missing() {
+        return skip("delete_of_a_created_container_ends_its_holder", &why);
+    }
+    become_subreaper();
+    let env = env("created");
+    let id = format!("created-{}", std::process::id());
+    let b = env.bundle("bundle", &["true"]);
+    let (holder, _stdin) = env.create(&id, &b);
+    // runc deletes a created (never started) container without --force, killing its init.
+    env.ok(&["delete", &id]);
+    assert_eq!(reap(holder, Duration::from_secs(10)), 128 + 9);
+    env.assert_nothing_left(&id);
+}
+
+#[test]
+fn start_of_an_init_that_exits_at_once_succeeds() {
+    if let Some(why) = missing() {
+        return skip("start_of_an_init_that_exits_at_once_succeeds", &why);
+    }
+    become_subreaper();
+    let env = env("quick");
+    let b = env.bundle("bundle", &["true"]);
+    // The holder removes the sandbox as soon as the init exits; `start` must still get its
+    // answer (it did not, now and then, before the container's lock).
+    for i in 0..10 {
+        let id = format!("quick{i}-{}", std::process::id());
+        let (holder, _stdin) = env.create(&id, &b);
+        env.ok(&["start", &id]);
+        assert_eq!(reap(holder, Duration::from_secs(10)), 0);
+        env.ok(&["delete", &id]);
+        env.assert_nothing_left(&id);
+    }
+}
