@@ -17,6 +17,7 @@ packages=(
     python3 python3-venv         # the CRI test client (a venv, see below)
     iproute2 util-linux          # netns/tap tests, unshare for the crun baseline
     kmod                         # depmod/modprobe -d for the nested KVM test host's modules
+    docker.io podman             # ember-oci's end-to-end tests under Docker 20.10 and Podman 4.3
 )
 
 as_root() {
