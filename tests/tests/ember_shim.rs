@@ -292,8 +292,18 @@ impl Env {
             .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
             .collect::<Vec<_>>()
             .join(" ");
-        std::process::Command::new("script")
-            .args(["-qec", &line, "/dev/null"])
+        // Under coreutils' `timeout` (2 steps' time), so that a hung terminal session fails
+        // its test (exit 124, containerd's log in the message) instead of the whole run.
+        let limit = (self.timeout * 2).as_secs().to_string();
+        std::process::Command::new("timeout")
+            .args([
+                "--kill-after=10",
+                &limit,
+                "script",
+                "-qec",
+                &line,
+                "/dev/null",
+            ])
             .stdin(Stdio::null())
             .output()
             .unwrap()
