@@ -215,6 +215,19 @@ pub enum LogLevel {
     Trace,
 }
 
+impl LogLevel {
+    /// The level's name as `log`/`env_logger` filters spell it (`error` ... `trace`).
+    pub fn filter(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
+
 /// A log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -224,4 +237,22 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+#[cfg(test)]
+mod log_level_tests {
+    use super::LogLevel;
+
+    #[test]
+    fn every_level_has_its_own_filter() {
+        let all = [
+            LogLevel::Error,
+            LogLevel::Warn,
+            LogLevel::Info,
+            LogLevel::Debug,
+            LogLevel::Trace,
+        ];
+        let filters: Vec<&str> = all.iter().map(|l| l.filter()).collect();
+        assert_eq!(filters, ["error", "warn", "info", "debug", "trace"]);
+    }
 }

@@ -85,17 +85,9 @@ fn load_config(
 /// Logs to stderr at `log.level`; `ember run` shares stderr with the container, so there
 /// `info` is raised to `warn` (EMBER_LOG overrides both, e.g. EMBER_LOG=debug).
 fn init_logging(level: ember_config::LogLevel, attached: bool) {
-    let filter = match serde_json::to_value(level)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .as_deref()
-    {
-        Some("critical") | Some("error") => "error",
-        Some("warning") => "warn",
-        Some("debug") => "debug",
-        Some("trace") => "trace",
-        _ if attached => "warn",
-        _ => "info",
+    let filter = match level {
+        ember_config::LogLevel::Info if attached => "warn",
+        l => l.filter(),
     };
     env_logger::Builder::new()
         .parse_filters(&std::env::var("EMBER_LOG").unwrap_or_else(|_| filter.to_string()))

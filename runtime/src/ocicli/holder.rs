@@ -141,17 +141,7 @@ impl CreateOptions {
 /// Logs to `holder.log` in the container's directory: the holder's fds 0–2 belong to the
 /// container.
 fn init_holder_log(dir: &ContainerDir, config: &Config) {
-    let level = match serde_json::to_value(config.log.level)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .as_deref()
-    {
-        Some("critical") | Some("error") => "error",
-        Some("warning") => "warn",
-        Some("debug") => "debug",
-        Some("trace") => "trace",
-        _ => "info",
-    };
+    let level = config.log.level.filter();
     let path = dir.dir.join(HOLDER_LOG);
     if let Ok(f) = std::fs::OpenOptions::new()
         .create(true)
