@@ -57,6 +57,8 @@ grep -E '^(SKIP|NESTED) ' "$log" | sort -u
 awk '/^SKIP / { skipped[$0] = 1 }
      /^NESTED / { nested[$0] = 1 }
      /^RERUN / { reruns++ }
+     # A nested binary that ended without a libtest result (timeout, deadline, error).
+     /^nested: [^ ]+ FAILED:/ { f++ }
      /^test result:/ {
         for (i = 1; i <= NF; i++) {
             if ($(i) ~ /^passed;?$/) p += $(i-1)
@@ -67,7 +69,7 @@ awk '/^SKIP / { skipped[$0] = 1 }
      END {
         n = 0; for (k in skipped) n++
         m = 0; for (k in nested) m++
-        printf "nested KVM test host: %d reruns after a failure of the outer VM itself\n", reruns
+        printf "nested KVM test host: %d reruns after an outer VM failure or a stalled test\n", reruns
         printf "summary: %d passed, %d failed, %d skipped\n", p - n - m, f, s + n
      }' "$log"
 exit "$status"

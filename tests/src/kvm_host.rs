@@ -502,6 +502,11 @@ pub struct Job {
     /// Host paths the command needs besides `cwd` (e.g. a test binary): kept visible even
     /// where stage 2's tmpfs folders would cover them.
     pub keep: Vec<PathBuf>,
+    /// When the command's output stays the same for this long, stage 2 appends what every
+    /// process is waiting on (and the tails of the logs under /run and /tmp) to the output,
+    /// kills the command and records [`Outcome::stalled`]: a hung step inside the outer VM
+    /// then ends with a record of where it hung, long before the run's timeout.
+    pub stall: Option<Duration>,
 }
 
 impl Job {
@@ -515,6 +520,7 @@ impl Job {
             deadline: None,
             echo: false,
             keep: Vec::new(),
+            stall: None,
         }
     }
 }
@@ -533,6 +539,9 @@ pub struct Outcome {
     pub outer_failure: Option<String>,
     /// From QEMU's start to its end.
     pub elapsed: Duration,
+    /// The command stalled ([`Job::stall`]) and was killed: the first line of stage 2's
+    /// record of it (the record itself is at the end of `output`).
+    pub stalled: Option<String>,
 }
 
 impl Outcome {
@@ -626,11 +635,15 @@ impl KvmHost {
         let _ = write!(
             s,
             "cd {cwd} || {{ echo 'ember-kvm-host: no folder {cwd}'; echo 126 > $R/status; off; }}\n\
-             /bin/sh -c {cmd} </dev/null >$R/output 2>&1\n\
+             /bin/sh -c {cmd} </dev/null >$R/output 2>&1 &\n\
+             pid=$!\n\
+             {watch}\
+             wait $pid\n\
              echo $? > $R/status\n\
              off\n",
             cwd = shell_quote(&job.cwd.display().to_string()),
             cmd = shell_quote(&job.command),
+            watch = job.stall.map(stall_script).unwrap_or_default(),
         );
         s
     }
@@ -784,8 +797,10 @@ impl KvmHost {
         if recorded == "nosvm" {
             return Err(KvmHostError::NoSvm);
         }
+        let stalled = read("stalled");
         let outcome = Outcome {
             status: recorded.parse().ok(),
+            stalled: (!stalled.trim().is_empty()).then(|| stalled.trim().to_string()),
             output: read("output"),
             outer_failure: outer_failure(&console_text),
             console: console_text,
@@ -832,6 +847,40 @@ impl KvmHost {
         Ok((self.run(job)?, 1))
     }
 }
+
+/// Stage 2's watch over the command started as `$pid`: when `$R/output` has not grown for
+/// `stall`, it writes `$R/stalled`, appends every process's state, wait channel and kernel
+/// stack and the tails of the logs under /run and /tmp to the output, and kills the command.
+fn stall_script(stall: Duration) -> String {
+    stall_script_every(stall, STALL_LOOK_EVERY)
+}
+
+/// [`stall_script`], looking every `every` seconds.
+fn stall_script_every(stall: Duration, every: u64) -> String {
+    let secs = stall.as_secs().max(every);
+    format!(
+        "last=-1; quiet=0\n\
+         while kill -0 $pid 2>/dev/null; do\n\
+         \x20 sleep {every}; size=$(wc -c < $R/output)\n\
+         \x20 if [ \"$size\" != \"$last\" ]; then last=$size; quiet=0; else quiet=$((quiet + {every})); fi\n\
+         \x20 [ $quiet -ge {secs} ] || continue\n\
+         \x20 echo \"no output for {secs} s\" > $R/stalled\n\
+         \x20 {{ echo; echo 'ember-kvm-host: STALL: no output for {secs} s; what every process waits on:'\n\
+         \x20   ps -eo pid,ppid,stat,etimes,wchan:32,args\n\
+         \x20   for p in $(ps -eo pid=,stat= | awk '$2 !~ /^I/ {{print $1}}'); do\n\
+         \x20     [ -r /proc/$p/stack ] || continue\n\
+         \x20     case \"$(cat /proc/$p/comm 2>/dev/null)\" in kworker*|ksoftirq*|rcu*|migration*|cpuhp*|kthreadd) continue;; esac\n\
+         \x20     echo \"--- $p $(tr '\\0' ' ' < /proc/$p/cmdline 2>/dev/null | cut -c1-160)\"; cat /proc/$p/stack 2>/dev/null\n\
+         \x20   done\n\
+         \x20   for f in $(find /run /tmp -name '*.log' -size +0 2>/dev/null | head -20); do echo \"--- tail of $f\"; tail -n 25 $f; done\n\
+         \x20   echo 'ember-kvm-host: end of the STALL record'; }} >> $R/output 2>&1\n\
+         \x20 kill -KILL $pid; break\n\
+         done\n",
+    )
+}
+
+/// How often (seconds) stage 2 looks at the command's output for [`Job::stall`].
+const STALL_LOOK_EVERY: u64 = 10;
 
 /// Stage 2's lines that bring back what a tmpfs of [`TMPFS_DIRS`] would hide of `paths`
 /// (a checkout under /tmp, say): for each, the top folder below that tmpfs (`/tmp/ci` of
@@ -917,6 +966,50 @@ mod tests {
         assert!(s.contains("echo $? > $R/status"), "{s}");
         assert!(s.contains("modprobe -d /m $mod"), "{s}");
         assert!(s.contains("/sys/fs/cgroup/unified"), "{s}");
+    }
+
+    /// Runs `cmd` as stage 2 does, watched by [`stall_script_every`] (stall after 2 s,
+    /// looking every second), in a fresh `$R`; returns `$R`'s `stalled` and `output`.
+    fn watch(cmd: &str) -> (Option<String>, String) {
+        let r = tempfile::tempdir().unwrap();
+        let script = format!(
+            "R={}\n/bin/sh -c {} </dev/null >$R/output 2>&1 &\npid=$!\n{}wait $pid\necho $? > $R/status\n",
+            r.path().display(),
+            shell_quote(cmd),
+            stall_script_every(Duration::from_secs(2), 1)
+        );
+        let status = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(&script)
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let read = |n: &str| std::fs::read_to_string(r.path().join(n)).ok();
+        (read("stalled"), read("output").unwrap_or_default())
+    }
+
+    #[test]
+    fn a_silent_command_is_recorded_and_killed() {
+        let started = std::time::Instant::now();
+        let (stalled, output) = watch("echo started; exec sleep 60");
+        assert!(started.elapsed() < Duration::from_secs(30), "not killed");
+        assert_eq!(stalled.as_deref().map(str::trim), Some("no output for 2 s"));
+        assert!(output.starts_with("started\n"), "{output}");
+        assert!(output.contains("ember-kvm-host: STALL"), "{output}");
+        // The process table, with the stalled command in it.
+        assert!(
+            output.contains("WCHAN") && output.contains("sleep 60"),
+            "{output}"
+        );
+        assert!(output.contains("end of the STALL record"), "{output}");
+    }
+
+    #[test]
+    fn a_command_that_keeps_printing_is_not_a_stall() {
+        let (stalled, output) = watch("for i in 1 2 3 4 5; do echo $i; sleep 1; done");
+        assert_eq!(stalled, None, "{output}");
+        assert_eq!(output, "1\n2\n3\n4\n5\n");
     }
 
     #[test]
@@ -1061,8 +1154,11 @@ impl KvmHost {
             ));
             job.timeout = timeout;
             job.deadline = deadline;
+            job.stall = Some(TEST_STALL);
             let mut outcome = self.run(&job)?;
-            let broke = outcome.outer_failure.is_some() || outcome.status.is_none();
+            let broke = outcome.outer_failure.is_some()
+                || outcome.status.is_none()
+                || outcome.stalled.is_some();
             if !broke || reruns == MAX_TEST_RERUNS {
                 outcome.output = record_passed(&passed_before) + &outcome.output;
                 return Ok((outcome, reruns));
@@ -1072,10 +1168,11 @@ impl KvmHost {
                 .into_iter()
                 .filter(|t| !passed_before.contains(t))
                 .collect();
-            let why = outcome
-                .outer_failure
-                .clone()
-                .unwrap_or_else(|| "the outer VM ended without recording a status".into());
+            let why = match (&outcome.outer_failure, &outcome.stalled) {
+                (Some(crash), _) => format!("the outer VM failed ({crash})"),
+                (None, Some(stall)) => format!("a test stalled ({stall})"),
+                (None, None) => "the outer VM failed (it ended without recording a status)".into(),
+            };
             report_rerun(&why, &outcome, left.len());
             if left.is_empty() {
                 // It broke after the last test passed (while powering off, say).
@@ -1094,8 +1191,13 @@ impl KvmHost {
 }
 
 /// How many times [`KvmHost::run_tests`] runs a binary's remaining tests again after its
-/// outer VM failed.
+/// outer VM failed or a test stalled.
 pub const MAX_TEST_RERUNS: u32 = 2;
+
+/// How long a nested test binary may print nothing before its run counts as stalled
+/// ([`Job::stall`]). The slowest test (a CRI pod of two containers, everything emulated)
+/// takes about 3 minutes; a step that hangs is caught after 10.
+pub const TEST_STALL: Duration = Duration::from_secs(600);
 
 /// The names of the tests libtest reported as passed (`test NAME ... ok`) in `output`.
 pub fn passed_tests(output: &str) -> Vec<String> {
@@ -1148,9 +1250,31 @@ fn report_rerun(why: &str, outcome: &Outcome, left: usize) {
         .skip_while(|l| !OUTER_FAILURE_MARKERS.iter().any(|m| l.contains(m)))
         .take(80)
         .collect();
+    // A stall's record (every process's wait channel and stack, the logs' tails) in full,
+    // up to a bound; otherwise the output's last lines.
+    let stall_record: Vec<&str> = match outcome.stalled {
+        Some(_) => outcome
+            .output
+            .lines()
+            .skip_while(|l| !l.contains("ember-kvm-host: STALL"))
+            .take(400)
+            .collect(),
+        None => Vec::new(),
+    };
+    let output = if stall_record.is_empty() {
+        tail(&outcome.output, 30)
+    } else {
+        // The test's last lines before the record, then the record.
+        let before = outcome
+            .output
+            .split("ember-kvm-host: STALL")
+            .next()
+            .unwrap_or("");
+        format!("{}\n{}", tail(before, 30), stall_record.join("\n"))
+    };
     let record = format!(
         "--- last lines of the command's output ---\n{}\n--- the outer console from the crash on ---\n{}",
-        tail(&outcome.output, 30),
+        output,
         if from_crash.is_empty() {
             tail(&outcome.console, 40)
         } else {
@@ -1161,7 +1285,7 @@ fn report_rerun(why: &str, outcome: &Outcome, left: usize) {
     let _ = std::io::Write::write_all(
         &mut std::io::stderr(),
         format!(
-            "RERUN nested KVM host: the outer VM failed ({why}); running the {left} tests that had not passed once more\n{}\n",
+            "RERUN nested KVM host: {why}; running the {left} tests that had not passed once more\n{}\n",
             indented.join("\n")
         )
         .as_bytes(),
