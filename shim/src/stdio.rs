@@ -45,9 +45,13 @@ pub enum StdioError {
     Stream(#[from] SandboxError),
 }
 
-/// The stream ids for a process: `<container>.<exec or "init">.<stream>`, only for the
-/// streams containerd wants (see [`ember_runtime::sandbox::stream_ids`]).
-pub fn stream_ids(container_id: &str, exec_id: &str, paths: &StdioPaths) -> StdioStreams {
+/// The stream ids for a process, only for the streams containerd wants, each with fresh
+/// random bits (see [`ember_runtime::sandbox::stream_ids`]).
+pub fn stream_ids(
+    container_id: &str,
+    exec_id: &str,
+    paths: &StdioPaths,
+) -> Result<StdioStreams, ember_runtime::sandbox::SandboxError> {
     ember_runtime::sandbox::stream_ids(
         container_id,
         exec_id,
@@ -197,17 +201,37 @@ mod tests {
             stderr: "/fifo/err".into(),
             terminal: false,
         };
-        let s = stream_ids("c1", "", &paths);
+        let s = stream_ids("c1", "", &paths).unwrap();
         assert_eq!(s.stdin, "");
-        assert_eq!(s.stdout, "c1.init.stdout");
-        assert_eq!(s.stderr, "c1.init.stderr");
+        assert!(s.stdout.starts_with("c1.init."), "{}", s.stdout);
+        assert!(s.stdout.ends_with(".stdout"), "{}", s.stdout);
+        assert!(s.stderr.ends_with(".stderr"), "{}", s.stderr);
         let tty = StdioPaths {
             stdin: "/fifo/in".into(),
             terminal: true,
             ..paths
         };
-        let s = stream_ids("c1", "e1", &tty);
-        assert_eq!(s.stdin, "c1.e1.stdin");
+        let s = stream_ids("c1", "e1", &tty).unwrap();
+        assert!(s.stdin.starts_with("c1.e1."), "{}", s.stdin);
+        assert!(s.stdin.ends_with(".stdin"), "{}", s.stdin);
         assert_eq!(s.stderr, "", "a terminal has no separate stderr stream");
+    }
+
+    #[test]
+    fn stream_ids_carry_128_fresh_random_bits() {
+        let paths = StdioPaths {
+            stdin: "/fifo/in".into(),
+            stdout: "/fifo/out".into(),
+            stderr: String::new(),
+            terminal: false,
+        };
+        let nonce = |s: &str| s.split('.').nth(2).unwrap().to_string();
+        let a = stream_ids("c1", "", &paths).unwrap();
+        let b = stream_ids("c1", "", &paths).unwrap();
+        let n = nonce(&a.stdout);
+        assert_eq!(n.len(), 32, "{}", a.stdout);
+        assert!(n.chars().all(|c| c.is_ascii_hexdigit()), "{n}");
+        assert_eq!(nonce(&a.stdin), n, "one nonce per process");
+        assert_ne!(nonce(&b.stdout), n, "a fresh nonce per process");
     }
 }

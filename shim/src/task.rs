@@ -25,7 +25,8 @@ use containerd_shim_protos::ttrpc::{self as shim_ttrpc, Code};
 use ember_agent_protocol::agent::{
     CloseStdinRequest, ExecProcessRequest, GetOOMEventRequest, ListProcessesRequest,
     PauseContainerRequest, ResumeContainerRequest, SignalProcessRequest, StartContainerRequest,
-    StatsContainerRequest, TtyWinResizeRequest, UpdateContainerRequest, WaitProcessRequest,
+    StatsContainerRequest, StdioStreams, TtyWinResizeRequest, UpdateContainerRequest,
+    WaitProcessRequest,
 };
 use ember_config::{AssetCheck, LoadOptions};
 use ember_runtime::mounts::MountSpec;
@@ -314,11 +315,11 @@ impl EmberTask {
         cid: &str,
         exec_id: &str,
         paths: &StdioPaths,
+        ids: &StdioStreams,
     ) -> TtrpcResult<()> {
-        let ids = stdio::stream_ids(cid, exec_id, paths);
         let copiers = stdio::attach(
             sb,
-            &ids,
+            ids,
             paths,
             format!("sandbox={} container={cid} exec={exec_id}", sb.id()),
         )
@@ -383,12 +384,19 @@ impl Task for EmberTask {
             stderr: req.stderr.clone(),
             terminal: req.terminal,
         };
+        let ids = match stdio::stream_ids(&id, "", &paths) {
+            Ok(ids) => ids,
+            Err(e) => {
+                self.drop_unused_sandbox(&sb, &id).await;
+                return Err(status(Code::INTERNAL, e));
+            }
+        };
         let created = sb
             .create_container(ContainerRequest {
                 id: id.clone(),
                 spec,
                 rootfs_mounts: rootfs_mounts(&req),
-                stdio: stdio::stream_ids(&id, "", &paths),
+                stdio: ids.clone(),
             })
             .await;
         if let Err(e) = created {
@@ -405,7 +413,7 @@ impl Task for EmberTask {
                 execs: HashMap::new(),
             },
         );
-        if let Err(e) = self.attach_stdio(&sb, &id, "", &paths).await {
+        if let Err(e) = self.attach_stdio(&sb, &id, "", &paths, &ids).await {
             let _ = sb.remove_container(&id, true).await;
             self.inner.containers.lock().expect("lock").remove(&id);
             self.drop_unused_sandbox(&sb, &id).await;
@@ -483,7 +491,9 @@ impl Task for EmberTask {
             r.container_id = cid.clone();
             r.exec_id = exec_id.clone();
             r.process_json = spec_json;
-            r.stdio = Some(stdio::stream_ids(&cid, &exec_id, &paths)).into();
+            let ids =
+                stdio::stream_ids(&cid, &exec_id, &paths).map_err(|e| status(Code::INTERNAL, e))?;
+            r.stdio = Some(ids.clone()).into();
             let resp = sb
                 .agent()
                 .agent
@@ -496,7 +506,7 @@ impl Task for EmberTask {
                 p.status = Status::RUNNING;
                 Ok(())
             })?;
-            self.attach_stdio(&sb, &cid, &exec_id, &paths).await?;
+            self.attach_stdio(&sb, &cid, &exec_id, &paths, &ids).await?;
             self.spawn_waiter(sb.clone(), cid.clone(), exec_id.clone(), pid);
             info!(
                 "sandbox={} container={cid} exec={exec_id}: started",

@@ -245,7 +245,7 @@ async fn run(ready: &mut ReadyOrError<'_>, job: &Job) -> Result<i32, OciCliError
             stderr: true,
             terminal: job.terminal,
         },
-    );
+    )?;
     let mut r = ExecProcessRequest::new();
     r.container_id = cid.clone();
     r.exec_id = job.target.exec_id.clone();

@@ -245,7 +245,7 @@ async fn run_init(
             stderr: true,
             terminal,
         },
-    );
+    )?;
     sb.create_container(ContainerRequest {
         id: id.clone(),
         spec,

@@ -79,6 +79,9 @@ pub enum SandboxError {
         /// What failed, naming the path or setting.
         message: String,
     },
+    /// The host's random source (getrandom) failed, so no stream id could be made.
+    #[error("cannot make a stdio stream id: the host's getrandom(2) failed: {0}")]
+    Random(String),
     /// An agent RPC failed.
     #[error("sandbox {id}: agent {rpc}: {message}")]
     Rpc {
@@ -608,14 +611,28 @@ pub struct WantedStreams {
     pub terminal: bool,
 }
 
-/// The agent's stream ids for a process: `<container>.<exec or "init">.<stream>`, only for
-/// the streams wanted (an empty id means "not connected"). The shim and the OCI command
-/// line name streams the same way.
-pub fn stream_ids(container_id: &str, exec_id: &str, wanted: WantedStreams) -> StdioStreams {
+/// Random bits in every stream id: a stream is attached by the first connection that
+/// names its id, so the id must not be guessable by anything else that can reach the
+/// agent's stdio listener.
+pub const STREAM_NONCE_BITS: usize = 128;
+
+/// The agent's stream ids for a process: `<container>.<exec or "init">.<nonce>.<stream>`,
+/// only for the streams wanted (an empty id means "not connected"). The nonce is
+/// [`STREAM_NONCE_BITS`] fresh random bits (hex) per process, so that no other peer of the
+/// agent can guess an id and attach a stream first. The shim and the OCI command line name
+/// streams the same way.
+pub fn stream_ids(
+    container_id: &str,
+    exec_id: &str,
+    wanted: WantedStreams,
+) -> Result<StdioStreams, SandboxError> {
+    let mut bytes = [0u8; STREAM_NONCE_BITS / 8];
+    getrandom::fill(&mut bytes).map_err(|e| SandboxError::Random(e.to_string()))?;
+    let nonce: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     let proc = if exec_id.is_empty() { "init" } else { exec_id };
     let id = |name: &str, want: bool| {
         if want {
-            format!("{container_id}.{proc}.{name}")
+            format!("{container_id}.{proc}.{nonce}.{name}")
         } else {
             String::new()
         }
@@ -624,7 +641,7 @@ pub fn stream_ids(container_id: &str, exec_id: &str, wanted: WantedStreams) -> S
     s.stdin = id("stdin", wanted.stdin);
     s.stdout = id("stdout", wanted.stdout);
     s.stderr = id("stderr", wanted.stderr && !wanted.terminal);
-    s
+    Ok(s)
 }
 
 /// The message of a ttrpc error (the agent's status message, without ttrpc's wrapping).
