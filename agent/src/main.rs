@@ -14,6 +14,7 @@
 mod cgroup;
 mod container;
 mod network;
+mod peer;
 mod pid1;
 mod reaper;
 mod sandbox;
@@ -149,6 +150,7 @@ fn bind(addr: &Address) -> Result<Listener, AgentError> {
 /// Accepts stdio stream connections forever.
 fn serve_streams(listener: Listener, streams: stdio::StreamRegistry, log: Logger) {
     tokio::spawn(async move {
+        let mut refusals = peer::RefusalLog::default();
         loop {
             match &listener {
                 Listener::Unix(l, _) => match l.accept().await {
@@ -161,8 +163,8 @@ fn serve_streams(listener: Listener, streams: stdio::StreamRegistry, log: Logger
                     }
                     Err(e) => error!(log, "stdio accept failed"; "error" => %e),
                 },
-                Listener::Vsock(l) => match l.accept().await {
-                    Ok((conn, _)) => {
+                Listener::Vsock(l) => match peer::accept_host(l, &mut refusals, &log).await {
+                    Ok(conn) => {
                         let (s, log) = (streams.clone(), log.clone());
                         tokio::spawn(async move {
                             // SAFETY: into_raw_fd hands over the connection's fd.
@@ -222,7 +224,9 @@ async fn serve(cli: Cli, log: Logger) -> Result<(), AgentError> {
             sockets.push(p);
             ttrpc::asynchronous::transport::Listener::from(l)
         }
-        Listener::Vsock(l) => ttrpc::asynchronous::transport::Listener::from(l),
+        Listener::Vsock(l) => {
+            ttrpc::asynchronous::transport::Listener::new(peer::host_only(l, log.clone()))
+        }
     };
     if let Address::Unix(p) = &stdio_addr {
         sockets.push(p.clone());

@@ -544,8 +544,10 @@ fn finish(mut child: Child, timeout: Duration) -> (Option<i32>, String, String) 
 /// the microvm backend. The module name `hw_kvm` is how the test runner finds the tests that
 /// need hardware virtualization (and runs them in the nested KVM test host where there is
 /// none).
+/// After `microvm_only:`, bodies that test what only a microVM has (the guest's vsock):
+/// only their `hw_kvm::name` test.
 macro_rules! on_both_backends {
-    ($($name:ident),+ $(,)?) => {
+    ($($name:ident),+ $(,)?; microvm_only: $($vm_name:ident),+ $(,)?) => {
         $(
             #[test]
             fn $name() {
@@ -564,6 +566,15 @@ macro_rules! on_both_backends {
                     body::$name(Backend::Microvm);
                 }
             )+
+            $(
+                #[test]
+                fn $vm_name() {
+                    if !ember_tests::hw_kvm_runs_here(concat!("hw_kvm::", stringify!($vm_name))) {
+                        return;
+                    }
+                    body::$vm_name(Backend::Microvm);
+                }
+            )+
         }
     };
 }
@@ -577,7 +588,8 @@ on_both_backends!(
     killed_shim_is_cleaned_up,
     missing_rootfs_is_reported_and_leaves_nothing,
     missing_executable_is_named_and_leaves_nothing,
-    cri_pod_runs_in_one_shim,
+    cri_pod_runs_in_one_shim;
+    microvm_only: container_cannot_reach_the_agent,
 );
 
 /// The test bodies that run on both backends ([`on_both_backends`]).
@@ -1054,6 +1066,75 @@ mod body {
         let out = env.ctr(&["task", "exec", "--exec-id", "good", &id, "echo", "ok"]);
         assert_eq!(text(&out.stdout), "ok\n", "{}", text(&out.stderr));
         env.kill_and_remove(&id);
+    }
+
+    /// Microvm only (#12: the agent is reachable from the host alone). A static probe
+    /// (`tests/probes/vsock_dial.c`), bind-mounted into a container, dials the agent's
+    /// ttrpc and stdio ports at the guest's own context ids and offers a guessed stream id:
+    /// no connection is made (the guest kernel has no vsock loopback, and the agent takes
+    /// only the host's connections), and the container's own run is unaffected.
+    pub fn container_cannot_reach_the_agent(backend: Backend) {
+        let test = backend.test_name("container_cannot_reach_the_agent");
+        if containerd::which("cc").is_none() {
+            skip(
+                &test,
+                "no C compiler (cc) to build the static vsock probe: apt-get install gcc",
+            );
+            return;
+        }
+        let Some(env) = Env::start(backend, "container_cannot_reach_the_agent", "p", false) else {
+            return;
+        };
+        let dir = env.ctrd.scratch().join("probe");
+        std::fs::create_dir_all(&dir).unwrap();
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("probes/vsock_dial.c");
+        let built = std::process::Command::new("cc")
+            .args(["-static", "-O2", "-o"])
+            .arg(dir.join("vsock-dial"))
+            .arg(&src)
+            .output()
+            .unwrap();
+        if !built.status.success() {
+            skip(
+                &test,
+                &format!(
+                    "cc -static could not build {} (static libc missing? apt-get install libc6-dev): {}",
+                    src.display(),
+                    text(&built.stderr)
+                ),
+            );
+            return;
+        }
+        let mount = format!(
+            "type=bind,src={},dst=/probe,options=rbind:ro",
+            dir.display()
+        );
+        let id = env.cid("probe");
+        let out = env.run(
+            &["--rm", "--mount", &mount],
+            &id,
+            &["sh", "-c", "/probe/vsock-dial; echo probe-done"],
+        );
+        let stdout = text(&out.stdout);
+        eprintln!("vsock probe in the container:\n{stdout}");
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{stdout}\nstderr: {}\n{}",
+            text(&out.stderr),
+            env.ctrd.log_tail(30)
+        );
+        assert!(stdout.contains("probe-done"), "{stdout}");
+        let tries: Vec<&str> = stdout.lines().filter(|l| l.starts_with("cid ")).collect();
+        assert_eq!(tries.len(), 4, "{stdout}");
+        for line in tries {
+            assert!(
+                line.contains(": refused: "),
+                "a container reached an agent port: {line}"
+            );
+        }
+        let _ = env.ctr(&["containers", "rm", &id]);
+        env.assert_no_leftovers(&id, None);
     }
 }
 
