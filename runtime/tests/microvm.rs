@@ -1,6 +1,6 @@
 //! The `microvm` backend booting the real guest kernel (built by `make guest`) in-process.
 //!
-//! On a host without hardware virtualization (PVM KVM, see DESIGN.md) guest user space
+//! On a host without hardware virtualization (PVM KVM, see docs/architecture.md) guest user space
 //! cannot run, so the agent never answers, and the backend refuses to start at once (tested
 //! here too). The guest kernel itself still boots there under KVM's instruction emulator:
 //! the backend made by `MicrovmBackend::for_kernel_boot_tests` (which skips that refusal)

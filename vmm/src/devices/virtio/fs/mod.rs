@@ -1,5 +1,5 @@
 //! virtio-fs: a host directory shared under a tag, served inside the VMM by
-//! fuse-backend-rs's passthrough file system (no virtiofsd process; DESIGN.md).
+//! fuse-backend-rs's passthrough file system (no virtiofsd process; docs/architecture.md).
 //!
 //! The guest cannot reach outside the shared directory: the passthrough server resolves
 //! every name with `openat` relative to an inode it handed out, refuses names with `/`,
