@@ -167,10 +167,13 @@ fn serve_streams(listener: Listener, streams: stdio::StreamRegistry, log: Logger
                     Ok(conn) => {
                         let (s, log) = (streams.clone(), log.clone());
                         tokio::spawn(async move {
-                            // SAFETY: into_raw_fd hands over the connection's fd.
                             s.accept(
                                 conn,
-                                |c| Ok(unsafe { OwnedFd::from_raw_fd(c.into_raw_fd()) }),
+                                |c| {
+                                    // SAFETY: into_raw_fd hands over the connection's fd,
+                                    // which nothing else owns from here on.
+                                    Ok(unsafe { OwnedFd::from_raw_fd(c.into_raw_fd()) })
+                                },
                                 &log,
                             )
                             .await

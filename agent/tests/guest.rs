@@ -166,6 +166,7 @@ async fn listens_on_vsock() {
         );
         return;
     }
+    // SAFETY: fd is the socket made above, closed once.
     unsafe { libc::close(fd) };
     let dir = tempfile::tempdir().unwrap();
     let port = 20000 + (std::process::id() % 20000);

@@ -70,10 +70,10 @@ impl TestAgent {
         let bundle = ember_tests::fixtures::busybox_bundle(&dir.path().join("bundle")).unwrap();
         let sock = dir.path().join("agent.sock");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ember-agent"));
-        // SAFETY: prctl is async-signal-safe. The agent dies with the test process, so an
-        // aborted test leaves no agent behind.
         let ns = netns.map(|p| std::fs::File::open(p).unwrap());
         let ns_fd = ns.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
+        // SAFETY: prctl and setns are async-signal-safe. The agent dies with the test
+        // process, so an aborted test leaves no agent behind.
         unsafe {
             cmd.pre_exec(move || {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);

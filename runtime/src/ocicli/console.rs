@@ -81,8 +81,13 @@ pub fn send_fd(path: &Path, fd: &OwnedFd, name: &str) -> Result<(), OciCliError>
 
 /// The window size of the terminal `fd` (rows, columns), when it has one.
 pub fn window_size(fd: &OwnedFd) -> Option<(u32, u32)> {
-    // SAFETY: TIOCGWINSZ fills a winsize struct we own.
-    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    let mut ws = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ only writes a winsize struct, which `ws` is, owned here.
     let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) };
     (r == 0 && ws.ws_row > 0).then_some((ws.ws_row as u32, ws.ws_col as u32))
 }
@@ -118,22 +123,28 @@ mod tests {
             iov_base: buf.as_mut_ptr().cast(),
             iov_len: buf.len(),
         };
+        // SAFETY: CMSG_SPACE is arithmetic on its argument.
         let space = unsafe { libc::CMSG_SPACE(4) } as usize;
         let mut cbuf = vec![0u8; space];
+        // SAFETY: msghdr is plain data; all zeroes is a valid (empty) value.
         let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
         msg.msg_iov = &mut iov;
         msg.msg_iovlen = 1;
         msg.msg_control = cbuf.as_mut_ptr().cast();
         msg.msg_controllen = space as _;
+        // SAFETY: msg points at `iov` and `cbuf`, both alive and of the sizes it names.
         let n = unsafe { libc::recvmsg(conn.as_raw_fd(), &mut msg, 0) };
         assert!(n > 0);
         assert_eq!(&buf[..n as usize], b"/dev/pts/x");
+        // SAFETY: recvmsg filled `cbuf`; the first header is checked for null and type
+        // before its data (one int, the fd) is read.
         let fd = unsafe {
             let c = libc::CMSG_FIRSTHDR(&msg);
             assert!(!c.is_null());
             assert_eq!((*c).cmsg_type, libc::SCM_RIGHTS);
             std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>())
         };
+        // SAFETY: SCM_RIGHTS gave this process a new fd that nothing else owns.
         let master = unsafe { OwnedFd::from_raw_fd(fd) };
         // What is written on the received master comes out of the slave.
         nix::unistd::write(&master, b"hi").unwrap();
