@@ -27,6 +27,8 @@ pub const MEMORY_MIB_RANGE: (u32, u32) = (64, 1 << 20);
 pub const BLOCK_SLOTS_RANGE: (u32, u32) = (0, 14);
 /// Accepted agent vsock ports (`0xffffffff` is VMADDR_PORT_ANY).
 pub const AGENT_PORT_RANGE: (u32, u32) = (1, 0xffff_fffe);
+/// Accepted caps of a sandbox VM's console log, in bytes (4 KiB to 1 GiB).
+pub const CONSOLE_LOG_MAX_BYTES_RANGE: (u64, u64) = (4096, 1 << 30);
 /// Accepted agent dial timeouts in milliseconds.
 pub const DIAL_TIMEOUT_MS_RANGE: (u64, u64) = (100, 600_000);
 
@@ -308,6 +310,12 @@ fn validate(
         h.block_slots.into(),
         widen(BLOCK_SLOTS_RANGE),
         "",
+    )?;
+    range(
+        "hypervisor.console_log_max_bytes",
+        h.console_log_max_bytes,
+        CONSOLE_LOG_MAX_BYTES_RANGE,
+        " bytes",
     )?;
     range(
         "agent.port",

@@ -17,6 +17,9 @@ pub const DEFAULT_AGENT_PORT: u32 = 1024;
 /// The default number of empty virtio-blk slots per sandbox VM (see
 /// [`HypervisorConfig::block_slots`]).
 pub const DEFAULT_BLOCK_SLOTS: u32 = 4;
+/// The default cap of a sandbox VM's console log, in bytes: 1 MiB (see
+/// [`HypervisorConfig::console_log_max_bytes`]).
+pub const DEFAULT_CONSOLE_LOG_MAX_BYTES: u64 = 1 << 20;
 
 /// The whole ember configuration (`config.toml`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -64,6 +67,13 @@ pub struct HypervisorConfig {
     /// uses up to 5 itself (root image disk, rng, vsock, the shared virtio-fs folder, the
     /// pod NIC), which leaves 14.
     pub block_slots: u32,
+    /// Most bytes a sandbox VM's `console.log` (the guest's serial output, in the sandbox's
+    /// state directory: a tmpfs, so host memory) holds. The guest decides what and how much
+    /// it prints, so the log is capped: once full, its older half is dropped (a marker line
+    /// says so) and it goes on with the guest's latest output, which is what an error
+    /// message quotes when a guest fails. Default [`DEFAULT_CONSOLE_LOG_MAX_BYTES`] (1 MiB);
+    /// allowed range [`crate::CONSOLE_LOG_MAX_BYTES_RANGE`].
+    pub console_log_max_bytes: u64,
 }
 
 impl Default for HypervisorConfig {
@@ -77,6 +87,7 @@ impl Default for HypervisorConfig {
             kernel_params: String::new(),
             cpu_profile: CpuProfile::Auto,
             block_slots: DEFAULT_BLOCK_SLOTS,
+            console_log_max_bytes: DEFAULT_CONSOLE_LOG_MAX_BYTES,
         }
     }
 }

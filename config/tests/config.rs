@@ -154,6 +154,24 @@ fn block_slots_are_read_and_range_checked() {
 }
 
 #[test]
+fn console_log_cap_is_read_and_range_checked() {
+    let c = parse("", None).unwrap();
+    assert_eq!(
+        c.hypervisor.console_log_max_bytes,
+        ember_config::DEFAULT_CONSOLE_LOG_MAX_BYTES
+    );
+    let c = parse("[hypervisor]\nconsole_log_max_bytes = 65536\n", None).unwrap();
+    assert_eq!(c.hypervisor.console_log_max_bytes, 65536);
+    let msg = err("[hypervisor]\nconsole_log_max_bytes = 10\n");
+    assert!(
+        msg.contains(
+            "hypervisor.console_log_max_bytes = 10 is out of range: allowed 4096 to 1073741824 bytes"
+        ),
+        "{msg}"
+    );
+}
+
+#[test]
 fn dial_timeout_and_port_ranges() {
     let msg = err("[agent]\ndial_timeout_ms = 5\n");
     assert!(

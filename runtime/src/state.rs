@@ -10,6 +10,7 @@
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::ErrorKind;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -18,6 +19,10 @@ use serde::{Deserialize, Serialize};
 pub const STATE_FILE: &str = "state.json";
 /// Folder of sandboxes under the configured `sandbox.state_dir`.
 pub const SANDBOXES_DIR: &str = "sandboxes";
+/// Mode of the state directories the runtime creates: a sandbox's directory holds the
+/// guest's console log and, under `shared/`, the containers' root filesystems and mounts
+/// (Kubernetes secrets among them), so only root may enter it.
+pub const STATE_DIR_MODE: u32 = 0o700;
 
 /// Errors reading or writing sandbox state.
 #[derive(Debug, thiserror::Error)]
@@ -215,13 +220,19 @@ pub fn sandboxes_dir(state_dir: &Path) -> PathBuf {
 }
 
 impl SandboxState {
-    /// Creates the state directory of a new sandbox owned by this process.
+    /// Creates the state directory of a new sandbox owned by this process, mode
+    /// [`STATE_DIR_MODE`] (as are `state_dir` and its `sandboxes/` when this creates them;
+    /// existing ones keep their mode).
     pub fn create(state_dir: &Path, id: &str, backend: &str) -> Result<SandboxState, StateError> {
         check_id(id)?;
         let parent = sandboxes_dir(state_dir);
-        fs::create_dir_all(&parent).map_err(io(&parent))?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(STATE_DIR_MODE)
+            .create(&parent)
+            .map_err(io(&parent))?;
         let dir = parent.join(id);
-        match fs::create_dir(&dir) {
+        match fs::DirBuilder::new().mode(STATE_DIR_MODE).create(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::AlreadyExists => {
                 return Err(StateError::Exists {
@@ -419,6 +430,18 @@ mod tests {
             assert!(check_id(bad).is_err(), "{bad:?}");
         }
         check_id("pod-1_a.b").unwrap();
+    }
+
+    #[test]
+    fn state_dirs_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("state");
+        let s = SandboxState::create(&root, "sb1", "process").unwrap();
+        for dir in [root.clone(), sandboxes_dir(&root), s.dir().to_path_buf()] {
+            let mode = fs::metadata(&dir).unwrap().permissions().mode() & 0o7777;
+            assert_eq!(mode, 0o700, "{} is {mode:o}", dir.display());
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! connections, and publishes task events back to containerd.
 
 mod metrics;
+mod oom;
 mod options;
 mod process;
 mod service;

@@ -36,6 +36,7 @@ use ember_runtime::sandbox::{
 };
 use log::{error, info, warn};
 
+use crate::oom::{OomGate, OomVerdict};
 use crate::process::{now, Exit, Proc};
 use crate::stdio::{self, StdioPaths};
 
@@ -44,6 +45,9 @@ pub use ember_runtime::oci::{CRI_CONTAINER_TYPE as CONTAINER_TYPE, CRI_SANDBOX_I
 /// Name of the file in a bundle that tells `containerd-shim-ember-v2 delete` where the
 /// container's sandbox state is.
 pub const BUNDLE_RECORD: &str = "ember-sandbox.json";
+
+/// How long the OOM watcher pauses after dropping a notice from the agent.
+const OOM_DROP_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// A container of the pod.
 #[derive(Debug)]
@@ -231,25 +235,55 @@ impl EmberTask {
         });
     }
 
+    /// Publishes the agent's OOM notices as TaskOOM events: only for this shim's
+    /// containers, at most one per container per second (see [`crate::oom`]). After a
+    /// notice it drops, the loop pauses [`OOM_DROP_PAUSE`], so an agent answering
+    /// `GetOOMEvent` at once, forever, costs the shim little CPU.
     fn watch_oom(&self, sb: Arc<Sandbox>) {
         let this = self.clone();
         tokio::spawn(async move {
+            let mut gate = OomGate::default();
+            let mut warned_unknown = false;
             loop {
-                match sb
+                let ev = match sb
                     .agent()
                     .agent
                     .get_oom_event(ctx_no_timeout(), &GetOOMEventRequest::new())
                     .await
                 {
-                    Ok(ev) => {
-                        info!("sandbox={} container={}: OOM", sb.id(), ev.container_id);
+                    Ok(ev) => ev,
+                    Err(_) => return,
+                };
+                let cid = ev.container_id;
+                let known = this
+                    .inner
+                    .containers
+                    .lock()
+                    .expect("containers lock")
+                    .contains_key(&cid);
+                match gate.check(&cid, known, std::time::Instant::now()) {
+                    OomVerdict::Publish => {
+                        info!("sandbox={} container={cid}: OOM", sb.id());
                         let mut e = TaskOOM::new();
-                        e.container_id = ev.container_id;
+                        e.container_id = cid;
                         this.publish(topics::TASK_OOM_EVENT_TOPIC, Box::new(e))
                             .await;
+                        continue;
                     }
-                    Err(_) => return,
+                    OomVerdict::UnknownContainer if !warned_unknown => {
+                        warned_unknown = true;
+                        warn!(
+                            "sandbox={}: the agent reported an OOM of {cid:?}, not a container \
+                             of this pod; ignored (further ones are logged at debug level)",
+                            sb.id()
+                        );
+                    }
+                    verdict => log::debug!(
+                        "sandbox={} container={cid:?}: OOM notice dropped ({verdict:?})",
+                        sb.id()
+                    ),
                 }
+                tokio::time::sleep(OOM_DROP_PAUSE).await;
             }
         });
     }

@@ -17,7 +17,8 @@ pub enum SerialSink {
     /// The VMM's standard output.
     #[default]
     Stdout,
-    /// A file (created or truncated).
+    /// A file (created or truncated, mode 0600), capped at [`VmConfig::serial_max_bytes`]
+    /// as a [`crate::devices::legacy::console_log::ConsoleLog`].
     File(PathBuf),
     /// Discarded.
     None,
@@ -261,6 +262,10 @@ pub struct VmConfig {
     /// COM1 output.
     #[serde(default)]
     pub serial: SerialSink,
+    /// Most bytes a [`SerialSink::File`] holds (its older half is dropped when full; see
+    /// [`crate::devices::legacy::console_log::ConsoleLog`]).
+    #[serde(default = "default_serial_max_bytes")]
+    pub serial_max_bytes: u64,
     /// A virtio-rng device fed from the host's getrandom.
     #[serde(default)]
     pub rng: bool,
@@ -281,6 +286,9 @@ pub struct VmConfig {
 fn default_cmdline() -> String {
     "console=ttyS0 reboot=k panic=1".to_string()
 }
+fn default_serial_max_bytes() -> u64 {
+    ember_config::DEFAULT_CONSOLE_LOG_MAX_BYTES
+}
 fn default_vcpus() -> u8 {
     1
 }
@@ -300,6 +308,7 @@ impl VmConfig {
             disks: Vec::new(),
             block_slots: 0,
             serial: SerialSink::default(),
+            serial_max_bytes: default_serial_max_bytes(),
             rng: false,
             vsock: None,
             fs: Vec::new(),

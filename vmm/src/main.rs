@@ -70,12 +70,15 @@ struct Cli {
     /// Where COM1 output goes: stdout, none, or a file path.
     #[arg(long, value_name = "stdout|PATH|none")]
     serial: Option<SerialSink>,
+    /// Most bytes a --serial file keeps (its older half is dropped when full; default 1 MiB).
+    #[arg(long, value_name = "BYTES")]
+    serial_max_bytes: Option<u64>,
     /// CPU features for the guest: auto (emulation-safe without hardware virtualization),
     /// host, or emulation-safe.
     #[arg(long, value_name = "PROFILE")]
     cpu_profile: Option<CpuProfile>,
     /// A vm.toml with the same settings (kernel, initrd, cmdline, vcpus, memory_mib,
-    /// [[disks]] path/read_only, block_slots, serial, cpu_profile); options given here
+    /// [[disks]] path/read_only, block_slots, serial, serial_max_bytes, cpu_profile); options given here
     /// override it.
     #[arg(long, value_name = "PATH")]
     config: Option<PathBuf>,
@@ -125,6 +128,9 @@ impl Cli {
         }
         if let Some(v) = self.serial {
             c.serial = v;
+        }
+        if let Some(v) = self.serial_max_bytes {
+            c.serial_max_bytes = v;
         }
         if let Some(v) = self.cpu_profile {
             c.cpu_profile = v;

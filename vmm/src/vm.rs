@@ -6,6 +6,7 @@
 use crate::arch::{boot, cpuid, mptable, regs};
 use crate::config::{ConfigError, SerialSink, VmConfig};
 use crate::devices::bus::{Bus, BusError};
+use crate::devices::legacy::console_log::ConsoleLog;
 use crate::devices::legacy::i8042::{I8042, I8042_LEN, I8042_PORT};
 use crate::devices::legacy::power::{ExitLatch, ExitReason, PowerOffPort, POWER_OFF_PORT};
 use crate::devices::legacy::serial::{Serial, COM1_IRQ, COM1_LEN, COM1_PORT};
@@ -182,17 +183,18 @@ impl Vm {
         let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(host_err("serial irqfd"))?;
         vm.register_irqfd(&serial_irq, COM1_IRQ)
             .map_err(kvm_err("KVM_IRQFD"))?;
-        let sink: Box<dyn std::io::Write + Send> =
-            match &config.serial {
-                SerialSink::Stdout => Box::new(std::io::stdout()),
-                SerialSink::None => Box::new(std::io::sink()),
-                SerialSink::File(path) => Box::new(std::fs::File::create(path).map_err(
-                    |source| VmError::SerialFile {
+        let sink: Box<dyn std::io::Write + Send> = match &config.serial {
+            SerialSink::Stdout => Box::new(std::io::stdout()),
+            SerialSink::None => Box::new(std::io::sink()),
+            SerialSink::File(path) => Box::new(
+                ConsoleLog::create(path, config.serial_max_bytes).map_err(|source| {
+                    VmError::SerialFile {
                         path: path.clone(),
                         source,
-                    },
-                )?),
-            };
+                    }
+                })?,
+            ),
+        };
         pio.insert(
             COM1_PORT.into(),
             COM1_LEN,

@@ -59,7 +59,8 @@ pub const AGENT_SHARED_DIR: &str = "/run/ember/shared";
 pub const AGENT_STORAGE_DIR: &str = "/run/ember/storage";
 /// The hybrid-vsock Unix socket's name in the sandbox's state directory.
 pub const VSOCK_SOCKET: &str = "vsock.sock";
-/// The serial console log's name in the sandbox's state directory.
+/// The serial console log's name in the sandbox's state directory (mode 0600, at most
+/// `hypervisor.console_log_max_bytes`: the VMM's `ConsoleLog`).
 pub const CONSOLE_LOG: &str = "console.log";
 /// The guest's vsock context id.
 pub const GUEST_CID: u64 = 3;
@@ -213,6 +214,7 @@ pub fn vm_config(
     vm.cpu_profile = h.cpu_profile;
     vm.cmdline = kernel_cmdline(config);
     vm.serial = SerialSink::File(state_dir.join(CONSOLE_LOG));
+    vm.serial_max_bytes = h.console_log_max_bytes;
     vm.rng = true;
     let socket = state_dir.join(VSOCK_SOCKET);
     let len = socket.as_os_str().len();
@@ -680,6 +682,11 @@ mod tests {
             }]
         );
         assert_eq!(vm.serial, SerialSink::File(a.state.join("console.log")));
+        assert_eq!(
+            vm.serial_max_bytes,
+            ember_config::DEFAULT_CONSOLE_LOG_MAX_BYTES,
+            "hypervisor.console_log_max_bytes' default"
+        );
         assert!(vm.net.is_empty());
         assert_eq!(vm.cpu_profile, ember_config::CpuProfile::Auto);
         assert_eq!(vm.block_slots, 4, "hypervisor.block_slots' default");

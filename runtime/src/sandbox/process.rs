@@ -9,6 +9,7 @@
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -124,9 +125,11 @@ impl Backend for ProcessBackend {
             })?),
             None => None,
         };
+        // The agent's log names containers, paths and errors: root's only.
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(&log_path)
             .map_err(|e| fail(format!("{}: {e}", log_path.display())))?;
         let devnull =

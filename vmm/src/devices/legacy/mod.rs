@@ -1,6 +1,7 @@
 //! Legacy x86 devices: COM1 serial, the i8042 reset line, the POST debug port and
 //! ember's power-off port.
 
+pub mod console_log;
 pub mod i8042;
 pub mod power;
 pub mod serial;

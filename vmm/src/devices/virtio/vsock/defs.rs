@@ -47,6 +47,9 @@ pub const CREDIT_UPDATE_THRESHOLD: u32 = CONN_BUF_ALLOC / 4;
 pub const MAX_PKT_DATA: u32 = 64 << 10;
 /// Most simultaneous connections.
 pub const MAX_CONNECTIONS: usize = 4096;
+/// Most RSTs owed to the guest for packets that matched no connection (the oldest is
+/// dropped beyond that).
+pub const MAX_STRAY_RSTS: usize = 256;
 /// Most host clients still sending their `CONNECT` line.
 pub const MAX_HANDSHAKES: usize = 256;
 /// Longest `CONNECT <port>\n` line.

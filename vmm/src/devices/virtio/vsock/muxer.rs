@@ -55,8 +55,11 @@ pub struct Muxer {
     fds: HashMap<RawFd, FdKind>,
     /// fds currently registered with the event loop, and for what.
     watched: HashMap<RawFd, EventSet>,
-    /// RSTs for packets that matched no connection.
+    /// RSTs owed for packets that matched no connection, oldest first, each key once,
+    /// at most [`MAX_STRAY_RSTS`] (see [`Muxer::queue_stray_rst`]).
     stray_rsts: VecDeque<ConnKey>,
+    /// The keys in `stray_rsts`.
+    stray_rst_set: HashSet<ConnKey>,
     /// Connections with something for the guest, in round-robin order.
     rx_ready: VecDeque<ConnKey>,
     rx_ready_set: HashSet<ConnKey>,
@@ -92,6 +95,7 @@ impl Muxer {
             fds: HashMap::new(),
             watched: HashMap::new(),
             stray_rsts: VecDeque::new(),
+            stray_rst_set: HashSet::new(),
             rx_ready: VecDeque::new(),
             rx_ready_set: HashSet::new(),
             dirty: HashSet::new(),
@@ -127,6 +131,24 @@ impl Muxer {
     /// Whether anything waits for RX buffers.
     pub fn has_rx_work(&self) -> bool {
         !self.stray_rsts.is_empty() || !self.rx_ready.is_empty()
+    }
+
+    /// Owe the guest a RST for `key`, a packet that matched no connection.
+    ///
+    /// The guest decides how many such packets it sends and whether it posts RX buffers
+    /// to take the RSTs, so the queue is bounded: a key already queued is not queued
+    /// again, and when [`MAX_STRAY_RSTS`] are queued the oldest is dropped. Dropping one is
+    /// harmless: the guest only misses a reset of a connection the host never had.
+    fn queue_stray_rst(&mut self, key: ConnKey) {
+        if !self.stray_rst_set.insert(key) {
+            return;
+        }
+        if self.stray_rsts.len() >= MAX_STRAY_RSTS {
+            if let Some(old) = self.stray_rsts.pop_front() {
+                self.stray_rst_set.remove(&old);
+            }
+        }
+        self.stray_rsts.push_back(key);
     }
 
     fn mark_rx(&mut self, key: ConnKey) {
@@ -278,14 +300,14 @@ impl Muxer {
         }
         let key = (pkt.dst_port(), pkt.src_port());
         if pkt.type_() != TYPE_STREAM {
-            self.stray_rsts.push_back(key);
+            self.queue_stray_rst(key);
             return;
         }
         let Some(conn) = self.conns.get_mut(&key) else {
             match pkt.op() {
                 op::REQUEST => self.guest_connect(key, pkt.buf_alloc(), pkt.fwd_cnt()),
                 op::RST => {}
-                _ => self.stray_rsts.push_back(key),
+                _ => self.queue_stray_rst(key),
             }
             return;
         };
@@ -336,11 +358,11 @@ impl Muxer {
                         key.0,
                         target.display()
                     );
-                    self.stray_rsts.push_back(key);
+                    self.queue_stray_rst(key);
                     return;
                 }
                 None => {
-                    self.stray_rsts.push_back(key);
+                    self.queue_stray_rst(key);
                     return;
                 }
             };
@@ -527,7 +549,9 @@ impl Muxer {
         op: u16,
     ) {
         let Some(key) = key else {
-            self.stray_rsts.pop_front();
+            if let Some(k) = self.stray_rsts.pop_front() {
+                self.stray_rst_set.remove(&k);
+            }
             write_header(pkt, self.cid, local, peer, op, 0, Wrapping(0));
             return;
         };
@@ -836,5 +860,46 @@ mod tests {
         assert_eq!(parse_connect(b"CONNECT x"), None);
         assert_eq!(parse_connect(b"connect 1"), None);
         assert_eq!(parse_connect(b"CONNECT 99999999999"), None);
+    }
+
+    /// Hands the muxer a guest → host packet (no data) from guest port `src_port` to host
+    /// port `dst_port`.
+    fn handle(m: &mut Muxer, op: u16, dst_port: u32, src_port: u32) {
+        let mut hdr = [0u8; PKT_HEADER_SIZE];
+        // SAFETY: `hdr` is a whole header and outlives the packet.
+        let mut pkt = unsafe { VsockPacket::new(&mut hdr[..], None) }.unwrap();
+        pkt.set_src_cid(3)
+            .set_dst_cid(HOST_CID)
+            .set_src_port(src_port)
+            .set_dst_port(dst_port)
+            .set_type(TYPE_STREAM)
+            .set_op(op);
+        m.handle_tx(&pkt);
+    }
+
+    #[test]
+    fn stray_rsts_are_bounded_while_the_guest_takes_none() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut m = Muxer::new(&tmp.path().join("v.sock"), 3).unwrap();
+        // A guest that posts no RX buffers and keeps sending packets for no connection
+        // (data, and REQUESTs to host ports nothing listens on).
+        for i in 0..(4 * MAX_STRAY_RSTS as u32) {
+            handle(&mut m, op::RW, 5000, 10_000 + i);
+            handle(&mut m, op::REQUEST, 6000, 10_000 + i);
+        }
+        assert_eq!(m.stray_rsts.len(), MAX_STRAY_RSTS);
+        assert_eq!(m.stray_rst_set.len(), MAX_STRAY_RSTS);
+        assert!(m.has_rx_work());
+        // The newest are kept (the last packet's key among them).
+        let last = 10_000 + 4 * MAX_STRAY_RSTS as u32 - 1;
+        assert_eq!(m.stray_rsts.back(), Some(&(6000, last)));
+        assert!(!m.stray_rst_set.contains(&(5000, 10_000)));
+        // The same key again is owed once.
+        let before = m.stray_rsts.clone();
+        for _ in 0..1000 {
+            handle(&mut m, op::RW, 6000, last);
+        }
+        assert_eq!(m.stray_rsts, before);
+        assert!(m.conns.is_empty());
     }
 }
