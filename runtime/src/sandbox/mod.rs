@@ -499,12 +499,15 @@ impl Sandbox {
 
     async fn create_inner(&self, req: ContainerRequest) -> Result<i32, SandboxError> {
         let cid = req.id.as_str();
-        let rootfs = self.shared_dir.join(oci::rootfs_rel(cid));
+        // The shared directory is guest-writable: every target in it is resolved beneath it
+        // with no symlinks, and mounted on through the resolved fd.
+        let shared = mounts::Beneath::open(&self.shared_dir)?;
+        let rootfs = oci::rootfs_rel(cid);
         if req.rootfs_mounts.is_empty() {
             req.spec.check_rootfs()?;
-            mounts::bind(&req.spec.rootfs(), &rootfs, false)?;
+            mounts::bind_beneath(&shared, &rootfs, &req.spec.rootfs(), false)?;
         } else {
-            mounts::mount_all(&req.rootfs_mounts, &rootfs)?;
+            mounts::mount_all_beneath(&shared, &req.rootfs_mounts, &rootfs)?;
         }
         let agent_shared = self.backend.agent_shared_dir();
         let volume_dir = self.backend.block_volume_dir();
@@ -528,7 +531,7 @@ impl Sandbox {
             info!("sandbox={} container={cid}: {note}", self.id);
         }
         for b in &t.binds {
-            mounts::bind(&b.host, &self.shared_dir.join(&b.shared_rel), b.read_only)?;
+            mounts::bind_beneath(&shared, &b.shared_rel, &b.host, b.read_only)?;
         }
         let storages = self
             .backend
@@ -585,7 +588,10 @@ impl Sandbox {
     fn unshare_container(&self, cid: &str) -> Result<(), SandboxError> {
         self.backend.release_block_volumes(cid);
         let container_dir = self.shared_dir.join(cid);
-        mounts::remove_dir_safely(&container_dir)?;
+        // The guest may still be running: unmount and delete by fd beneath the shared
+        // directory, never through a path it could have swapped.
+        let shared = mounts::Beneath::open(&self.shared_dir)?;
+        mounts::remove_beneath(&shared, Path::new(cid))?;
         self.with_state(|s| -> Result<(), StateError> {
             s.remove_container(cid)?;
             s.release(&Resource::Mount {
