@@ -203,8 +203,7 @@ fn main() {
         crun_worker(b, r);
         return;
     }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !ember_tests::is_root() {
         println!("SKIP container_lifecycle: needs root (containers need namespaces and cgroups)");
         return;
     }

@@ -504,9 +504,7 @@ mod tests {
     #[test]
     fn moving_the_root_onto_a_bind_mount_gives_it_a_parent() {
         const TEST: &str = "moving_the_root_onto_a_bind_mount_gives_it_a_parent";
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            ember_tests::skip(TEST, "needs root (a mount namespace, mounts, chroot)");
+        if !ember_tests::require_root(TEST, "a mount namespace, mounts, chroot") {
             return;
         }
         let dir = tempfile::tempdir().unwrap();

@@ -51,8 +51,7 @@ fn request(mac: &str) -> pb::UpdateNetworkRequest {
 #[tokio::test]
 async fn update_network_configures_the_nic_with_that_mac() {
     const TEST: &str = "update_network_configures_the_nic_with_that_mac";
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !ember_tests::is_root() {
         return report_skip(TEST, "needs root (network namespaces)");
     }
     if Command::new("ip").arg("-V").output().is_err() {

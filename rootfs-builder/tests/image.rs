@@ -271,8 +271,7 @@ fn debug_image_adds_busybox_shell() {
 #[test]
 fn packed_binary_runs_in_a_chroot_of_the_image() {
     let test = "packed_binary_runs_in_a_chroot_of_the_image";
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !ember_tests::is_root() {
         return skip(test, "chroot needs root");
     }
     let Some(ls) = ember_rootfs_builder::tools::find("ls") else {

@@ -105,8 +105,10 @@ mod tests {
 
     #[test]
     fn finds_a_hierarchy_and_removes_nested_cgroups() {
-        if !nix::unistd::geteuid().is_root() {
-            ember_tests::skip("finds_a_hierarchy_and_removes_nested_cgroups", "needs root");
+        if !ember_tests::require_root(
+            "finds_a_hierarchy_and_removes_nested_cgroups",
+            "cgroup directories",
+        ) {
             return;
         }
         let hs = hierarchies();

@@ -669,8 +669,7 @@ mod tests {
 
     #[test]
     fn bind_and_safe_removal() {
-        if !nix::unistd::geteuid().is_root() {
-            ember_tests::skip("bind_and_safe_removal", "needs root to mount");
+        if !ember_tests::require_root("bind_and_safe_removal", "mounts") {
             return;
         }
         let tmp = tempfile::tempdir().unwrap();
@@ -705,8 +704,7 @@ mod tests {
 
     #[test]
     fn beneath_binds_mounts_and_removes() {
-        if !nix::unistd::geteuid().is_root() {
-            ember_tests::skip("beneath_binds_mounts_and_removes", "needs root to mount");
+        if !ember_tests::require_root("beneath_binds_mounts_and_removes", "mounts") {
             return;
         }
         let tmp = tempfile::tempdir().unwrap();
@@ -773,8 +771,7 @@ mod tests {
     fn bind_beneath_never_follows_a_swapped_parent() {
         use nix::fcntl::{renameat2, RenameFlags};
         use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-        if !nix::unistd::geteuid().is_root() {
-            ember_tests::skip("bind_beneath_never_follows_a_swapped_parent", "needs root");
+        if !ember_tests::require_root("bind_beneath_never_follows_a_swapped_parent", "mounts") {
             return;
         }
         let tmp = tempfile::tempdir().unwrap();

@@ -341,12 +341,22 @@ impl SandboxState {
         self.record.owner.alive()
     }
 
+    /// Writes the record to a temporary file, syncs it, renames it over `state.json` and
+    /// syncs the directory: after a crash (of ember, or of the host when the state dir is
+    /// on a disk) the record is the old one or the new one, whole.
     fn save(&self) -> Result<(), StateError> {
+        use std::io::Write;
         let path = self.dir.join(STATE_FILE);
         let tmp = self.dir.join(".state.json.tmp");
         let text = serde_json::to_vec_pretty(&self.record).expect("record serializes");
-        fs::write(&tmp, text).map_err(io(&tmp))?;
-        fs::rename(&tmp, &path).map_err(io(&path))
+        let mut f = fs::File::create(&tmp).map_err(io(&tmp))?;
+        f.write_all(&text).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+        drop(f);
+        fs::rename(&tmp, &path).map_err(io(&path))?;
+        fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(&self.dir))
     }
 
     /// Removes every recorded resource, newest first, including the state directory.

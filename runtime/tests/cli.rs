@@ -16,7 +16,7 @@ const EMBER: &str = env!("CARGO_BIN_EXE_ember");
 
 /// Why this test cannot run here, if it cannot.
 fn missing() -> Option<String> {
-    if !nix::unistd::geteuid().is_root() {
+    if !ember_tests::is_root() {
         return Some("needs root (namespaces, mounts, cgroups)".into());
     }
     if !busybox_available() {

@@ -27,8 +27,7 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Root and a usable /dev/kvm, or the reason to skip.
 fn host_problem() -> Option<&'static str> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !ember_tests::is_root() {
         return Some("needs root (KVM, taps, the state directory)");
     }
     if std::fs::OpenOptions::new()

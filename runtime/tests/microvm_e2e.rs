@@ -44,7 +44,7 @@ mod hw_kvm {
         if !ember_tests::hw_kvm_runs_here(test) {
             return None;
         }
-        let problem = if !nix::unistd::geteuid().is_root() {
+        let problem = if !ember_tests::is_root() {
             Some("needs root (KVM, mounts, cgroups)".to_string())
         } else if !busybox_available() {
             Some("needs Debian's busybox-static".into())

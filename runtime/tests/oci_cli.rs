@@ -24,7 +24,7 @@ const OCI: &str = env!("CARGO_BIN_EXE_ember-oci");
 
 /// Why the lifecycle tests cannot run here, if they cannot.
 fn missing() -> Option<String> {
-    if !nix::unistd::geteuid().is_root() {
+    if !ember_tests::is_root() {
         return Some("needs root (namespaces, mounts, cgroups)".into());
     }
     if !busybox_available() {

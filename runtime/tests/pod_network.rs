@@ -12,8 +12,7 @@ use ember_runtime::network::{self, FILTER_PRIORITY, TAP_NAME};
 use ember_runtime::state::{Resource, SandboxState};
 
 fn skip_unless_root(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !ember_tests::is_root() {
         ember_tests::skip(test, "needs root (network namespaces, taps, tc)");
         return true;
     }

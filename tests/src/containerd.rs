@@ -166,8 +166,7 @@ pub fn unavailable() -> Option<String> {
 }
 
 fn check_host() -> Result<(), ContainerdError> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !crate::is_root() {
         return Err(ContainerdError::NotRoot);
     }
     for bin in ["containerd", "ctr"] {

@@ -34,6 +34,22 @@ pub fn skip(test: &str, why: &str) {
     let _ = writeln!(std::io::stderr(), "SKIP {test}: {why}");
 }
 
+/// Whether this process runs as root (effective uid 0): the one place tests ask.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// For a test that needs root: `true` when it has it; otherwise prints the `SKIP` line
+/// ([`skip`]) saying root is needed and `what_for`, and returns `false`.
+pub fn require_root(test: &str, what_for: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    skip(test, &format!("needs root ({what_for})"));
+    false
+}
+
 /// Whether `test`, which needs hardware virtualization (a microVM whose guest runs user
 /// space), runs on this host. Such tests live in a module named `hw_kvm` so that
 /// `scripts/run-tests.sh` can find them.

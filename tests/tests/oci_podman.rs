@@ -20,8 +20,7 @@ use ember_tests::{fixtures, skip};
 const OCI_ROOT: &str = "/run/ember-oci";
 
 fn unavailable() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !ember_tests::is_root() {
         return Some("needs root".into());
     }
     for bin in ["podman", "conmon"] {

@@ -104,8 +104,7 @@ fn frame(dst: [u8; 6], src: [u8; 6], payload: &[u8]) -> Vec<u8> {
 #[test]
 fn frames_cross_the_tap_in_both_directions() {
     const TEST: &str = "frames_cross_the_tap_in_both_directions";
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !ember_tests::is_root() {
         common::skip(
             TEST,
             "needs root (CAP_NET_ADMIN) to create a tap and a network namespace",

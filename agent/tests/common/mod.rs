@@ -28,8 +28,7 @@ pub struct TestAgent {
 
 /// Returns why the agent tests cannot run here, if so.
 pub fn skip_reason() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !ember_tests::is_root() {
         return Some("needs root (containers need namespaces, mounts and cgroups)".into());
     }
     if !ember_tests::fixtures::busybox_available() {
