@@ -10,6 +10,7 @@ pub mod arch;
 pub mod config;
 pub mod devices;
 pub mod event_loop;
+pub mod guest_log;
 pub mod host;
 pub mod layout;
 pub mod memory;

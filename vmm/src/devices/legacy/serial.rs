@@ -48,7 +48,7 @@ impl BusDevice for Serial {
     fn write(&mut self, offset: u64, data: &[u8]) {
         if let (Some(&b), Ok(off)) = (data.first(), u8::try_from(offset)) {
             if let Err(e) = self.uart.write(off, b) {
-                log::warn!("serial: {e:?}");
+                crate::guest_warn!("serial: {e:?}");
             }
         }
     }

@@ -146,14 +146,14 @@ impl MmioTransport {
 
     fn with_queue(&mut self, f: impl FnOnce(&mut virtio_queue::Queue)) {
         if !self.queue_setup_allowed() {
-            log::warn!("virtio-mmio: queue register written outside driver setup; ignored");
+            crate::guest_warn!("virtio-mmio: queue register written outside driver setup; ignored");
             return;
         }
         let sel = self.queue_sel as usize;
         let mut dev = self.device();
         match dev.queues_mut().get_mut(sel) {
             Some(q) => f(q),
-            None => log::warn!("virtio-mmio: queue {sel} does not exist; write ignored"),
+            None => crate::guest_warn!("virtio-mmio: queue {sel} does not exist; write ignored"),
         }
     }
 
@@ -167,7 +167,7 @@ impl MmioTransport {
             let offered = self.device().avail_features();
             let acked = self.driver_features;
             if acked & !offered != 0 || acked & (1 << VIRTIO_F_VERSION_1) == 0 {
-                log::warn!("virtio-mmio: driver features {acked:#x} not acceptable (offered {offered:#x}); FEATURES_OK refused");
+                crate::guest_warn!("virtio-mmio: driver features {acked:#x} not acceptable (offered {offered:#x}); FEATURES_OK refused");
                 self.status = value & !status::FEATURES_OK;
                 return;
             }
@@ -222,7 +222,7 @@ impl MmioTransport {
             reg::DRIVER_FEATURES_SEL => self.driver_features_sel = v,
             reg::DRIVER_FEATURES => {
                 if self.status & status::FEATURES_OK != 0 {
-                    log::warn!("virtio-mmio: features written after FEATURES_OK; ignored");
+                    crate::guest_warn!("virtio-mmio: features written after FEATURES_OK; ignored");
                     return;
                 }
                 match self.driver_features_sel {
@@ -251,7 +251,7 @@ impl MmioTransport {
                     Some(evt) => {
                         let _ = evt.write(1);
                     }
-                    None => log::warn!("virtio-mmio: notify for unknown queue {v}"),
+                    None => crate::guest_warn!("virtio-mmio: notify for unknown queue {v}"),
                 }
             }
             reg::INTERRUPT_ACK => self.interrupt.ack(v),
@@ -268,7 +268,7 @@ impl BusDevice for MmioTransport {
             return;
         }
         if data.len() != 4 || !offset.is_multiple_of(4) {
-            log::warn!(
+            crate::guest_warn!(
                 "virtio-mmio: {}-byte read at {offset:#x}; registers are 32-bit",
                 data.len()
             );
@@ -284,14 +284,14 @@ impl BusDevice for MmioTransport {
             return;
         }
         let Ok(bytes) = <[u8; 4]>::try_from(data) else {
-            log::warn!(
+            crate::guest_warn!(
                 "virtio-mmio: {}-byte write at {offset:#x}; registers are 32-bit",
                 data.len()
             );
             return;
         };
         if !offset.is_multiple_of(4) {
-            log::warn!("virtio-mmio: unaligned write at {offset:#x}");
+            crate::guest_warn!("virtio-mmio: unaligned write at {offset:#x}");
             return;
         }
         self.write_reg(offset, u32::from_le_bytes(bytes));

@@ -100,7 +100,7 @@ pub trait VirtioDevice: Send {
     }
     /// Write the device-specific configuration space (read-only unless overridden).
     fn write_config(&mut self, offset: u64, _data: &[u8]) {
-        log::warn!(
+        crate::guest_warn!(
             "virtio device {}: guest wrote read-only config at {offset:#x}; ignored",
             self.device_type()
         );
@@ -258,7 +258,7 @@ impl DeviceState {
                 Some(i)
             }
             _ => {
-                log::warn!(
+                crate::guest_warn!(
                     "{device}: unexpected event {:?} for queue {i}",
                     events.event_set()
                 );

@@ -213,12 +213,12 @@ impl Block {
             let used = match (chain.clone().reader(mem), chain.writer(mem)) {
                 (Ok(mut r), Ok(mut w)) => request::execute(&disk, &mut r, &mut w, &mut self.bounce),
                 _ => {
-                    log::warn!("virtio-blk: descriptor chain {head} is malformed; dropped");
+                    crate::guest_warn!("virtio-blk: descriptor chain {head} is malformed; dropped");
                     0
                 }
             };
             if let Err(e) = queue.add_used(mem, head, used) {
-                log::warn!("virtio-blk: cannot return chain {head}: {e}");
+                crate::guest_warn!("virtio-blk: cannot return chain {head}: {e}");
                 break;
             }
             done += 1;

@@ -133,7 +133,7 @@ pub fn execute<B: BitmapSlice>(
 ) -> u32 {
     let writable = writer.available_bytes();
     if writable == 0 {
-        log::warn!("virtio-blk: {}", RequestError::NoStatus);
+        crate::guest_warn!("virtio-blk: {}", RequestError::NoStatus);
         return 0;
     }
     // The status byte is the last writable byte; data goes before it.

@@ -129,7 +129,7 @@ impl Fs {
                     }
                 }
                 _ => {
-                    log::warn!(
+                    crate::guest_warn!(
                         "virtio-fs {}: descriptor chain {head} is malformed; dropped",
                         self.tag
                     );
@@ -137,7 +137,7 @@ impl Fs {
                 }
             };
             if let Err(e) = queue.add_used(mem, head, used as u32) {
-                log::warn!("virtio-fs {}: cannot return chain {head}: {e}", self.tag);
+                crate::guest_warn!("virtio-fs {}: cannot return chain {head}: {e}", self.tag);
                 break;
             }
             done += 1;

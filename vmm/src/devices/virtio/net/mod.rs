@@ -94,10 +94,10 @@ impl Net {
                         }
                     }
                 }
-                _ => log::warn!("virtio-net: malformed TX chain {head}; dropped"),
+                _ => crate::guest_warn!("virtio-net: malformed TX chain {head}; dropped"),
             }
             if let Err(e) = queue.add_used(mem, head, 0) {
-                log::warn!("virtio-net: cannot return TX chain {head}: {e}");
+                crate::guest_warn!("virtio-net: cannot return TX chain {head}: {e}");
                 break;
             }
             done += 1;
@@ -147,7 +147,7 @@ impl Net {
                 }
             };
             if let Err(e) = queue.add_used(mem, head, written) {
-                log::warn!("virtio-net: cannot return RX buffer {head}: {e}");
+                crate::guest_warn!("virtio-net: cannot return RX buffer {head}: {e}");
                 break;
             }
             done += 1;

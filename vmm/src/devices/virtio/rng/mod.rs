@@ -48,12 +48,12 @@ impl Rng {
                     }
                 }
                 Err(_) => {
-                    log::warn!("virtio-rng: descriptor chain {head} is malformed; dropped");
+                    crate::guest_warn!("virtio-rng: descriptor chain {head} is malformed; dropped");
                     0
                 }
             };
             if let Err(e) = queue.add_used(mem, head, written) {
-                log::warn!("virtio-rng: cannot return chain {head}: {e}");
+                crate::guest_warn!("virtio-rng: cannot return chain {head}: {e}");
                 break;
             }
             done += 1;

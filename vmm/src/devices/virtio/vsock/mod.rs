@@ -82,10 +82,10 @@ impl Vsock {
             let head = chain.head_index();
             match VsockPacket::from_tx_virtq_chain(mem, &mut chain, MAX_PKT_DATA) {
                 Ok(pkt) => self.muxer.handle_tx(&pkt),
-                Err(e) => log::warn!("vsock: malformed TX packet {head}: {e}; dropped"),
+                Err(e) => crate::guest_warn!("vsock: malformed TX packet {head}: {e}; dropped"),
             }
             if let Err(e) = queue.add_used(mem, head, 0) {
-                log::warn!("vsock: cannot return TX buffer {head}: {e}");
+                crate::guest_warn!("vsock: cannot return TX buffer {head}: {e}");
                 break;
             }
             done += 1;

@@ -258,7 +258,7 @@ impl Muxer {
             return;
         };
         if self.conns.len() >= MAX_CONNECTIONS {
-            log::warn!(
+            crate::guest_warn!(
                 "vsock: {} connections open; refusing a new one",
                 self.conns.len()
             );
@@ -384,7 +384,7 @@ impl Muxer {
             return;
         };
         if conn.peer_shutdown & SHUTDOWN_SEND != 0 || conn.over_credit(data.len()) {
-            log::warn!(
+            crate::guest_warn!(
                 "vsock: guest port {} sent beyond its credit or after shutdown; resetting",
                 key.1
             );
@@ -516,12 +516,12 @@ impl Muxer {
                 }
                 Err(e) => {
                     // The packet stays owed; this buffer goes back unused.
-                    log::warn!("vsock: bad RX buffer {head}: {e}");
+                    crate::guest_warn!("vsock: bad RX buffer {head}: {e}");
                     0
                 }
             };
             if let Err(e) = queue.add_used(mem, head, len) {
-                log::warn!("vsock: cannot return RX buffer {head}: {e}");
+                crate::guest_warn!("vsock: cannot return RX buffer {head}: {e}");
                 break;
             }
             used += 1;
@@ -603,7 +603,7 @@ impl Muxer {
                     batch.push((head, pkt, room));
                 }
                 Err(e) if batch.is_empty() => {
-                    log::warn!("vsock: bad RX buffer {head}: {e}");
+                    crate::guest_warn!("vsock: bad RX buffer {head}: {e}");
                     let _ = queue.add_used(mem, head, 0);
                     used += 1;
                 }
