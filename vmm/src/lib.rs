@@ -7,6 +7,7 @@
 //! drives the same library from the command line.
 
 pub mod arch;
+pub mod capabilities;
 pub mod config;
 pub mod devices;
 pub mod event_loop;

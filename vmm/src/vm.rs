@@ -4,6 +4,7 @@
 //! before any thread starts, so a bad configuration is reported as one error.
 
 use crate::arch::{boot, cpuid, mptable, regs};
+use crate::capabilities;
 use crate::config::{ConfigError, SerialSink, VmConfig};
 use crate::devices::bus::{Bus, BusError};
 use crate::devices::legacy::console_log::ConsoleLog;
@@ -44,6 +45,9 @@ pub enum VmError {
     /// /dev/kvm cannot be used.
     #[error("cannot open /dev/kvm: {0} (is KVM enabled, and may this user open it?)")]
     OpenKvm(kvm_ioctls::Error),
+    /// The host's KVM lacks what the VMM needs.
+    #[error(transparent)]
+    Capabilities(#[from] capabilities::CapabilityError),
     /// A KVM ioctl failed.
     #[error("KVM {what} failed: {source}")]
     Kvm {
@@ -142,6 +146,7 @@ impl Vm {
         config.validate()?;
         let t0 = std::time::Instant::now();
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
+        capabilities::require(&capabilities::answers(&kvm)?)?;
         let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
         // Guest memory goes in before the irqchip and PIT exist: registering a memslot
         // waits for an SRCU grace period, which is immediate while nothing else uses the
