@@ -9,7 +9,42 @@ pub const MIN_MEMORY_MIB: u64 = 64;
 /// Most vCPUs the VMM accepts (the MP table and IOAPIC address 254 APIC ids).
 pub const MAX_VCPUS: u8 = 254;
 
-pub use ember_config::CpuProfile;
+/// Most virtio devices one VM can have: one IRQ each, from
+/// [`VIRTIO_IRQ_BASE`](crate::layout::VIRTIO_IRQ_BASE) to [`IRQ_MAX`](crate::layout::IRQ_MAX).
+pub const MAX_VIRTIO_DEVICES: usize =
+    (crate::layout::IRQ_MAX - crate::layout::VIRTIO_IRQ_BASE + 1) as usize;
+
+/// The default cap of a file serial sink ([`VmConfig::serial_max_bytes`]): 1 MiB.
+pub const DEFAULT_SERIAL_MAX_BYTES: u64 = 1 << 20;
+
+/// The CPU feature profile offered to the guest (the VMM's own type; ember's config has
+/// a setting of the same name that the runtime maps onto this).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum CpuProfile {
+    /// `emulation-safe` on hosts without hardware virtualization, `host` otherwise.
+    #[default]
+    Auto,
+    /// Everything KVM supports on this host.
+    Host,
+    /// Keeps a stock kernel away from what KVM's instruction emulator cannot run
+    /// (XSAVE, SMAP/SMEP, POPCNT, CMPXCHG16B); for PVM hosts.
+    EmulationSafe,
+}
+
+impl std::str::FromStr for CpuProfile {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "host" => Ok(Self::Host),
+            "emulation-safe" => Ok(Self::EmulationSafe),
+            _ => Err(format!(
+                "unknown cpu profile `{s}`: expected auto, host or emulation-safe"
+            )),
+        }
+    }
+}
 
 /// Where the guest's COM1 output goes.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -287,7 +322,7 @@ fn default_cmdline() -> String {
     "console=ttyS0 reboot=k panic=1".to_string()
 }
 fn default_serial_max_bytes() -> u64 {
-    ember_config::DEFAULT_CONSOLE_LOG_MAX_BYTES
+    DEFAULT_SERIAL_MAX_BYTES
 }
 fn default_vcpus() -> u8 {
     1
@@ -409,7 +444,7 @@ impl VmConfig {
                 host_mib: host_mib.unwrap_or(u64::MAX),
             });
         }
-        let max_devices = (crate::layout::IRQ_MAX - crate::layout::VIRTIO_IRQ_BASE + 1) as usize;
+        let max_devices = MAX_VIRTIO_DEVICES;
         if self.virtio_device_count() > max_devices {
             return Err(ConfigError::TooManyDevices(
                 self.virtio_device_count(),

@@ -211,7 +211,7 @@ pub fn vm_config(
             })
         }
     };
-    vm.cpu_profile = h.cpu_profile;
+    vm.cpu_profile = cpu_profile(h.cpu_profile);
     vm.cmdline = kernel_cmdline(config);
     vm.serial = SerialSink::File(state_dir.join(CONSOLE_LOG));
     vm.serial_max_bytes = h.console_log_max_bytes;
@@ -269,6 +269,19 @@ fn check_kvm() -> Result<(), MicrovmError> {
         }),
     }
 }
+
+/// The VMM's CPU profile for the config's `hypervisor.cpu_profile`.
+pub fn cpu_profile(setting: ember_config::CpuProfile) -> ember_vmm::CpuProfile {
+    match setting {
+        ember_config::CpuProfile::Auto => ember_vmm::CpuProfile::Auto,
+        ember_config::CpuProfile::Host => ember_vmm::CpuProfile::Host,
+        ember_config::CpuProfile::EmulationSafe => ember_vmm::CpuProfile::EmulationSafe,
+    }
+}
+
+/// Virtio devices a sandbox VM has besides its block slots: the root image disk, rng,
+/// vsock, the shared virtio-fs folder and the pod NIC.
+pub const SANDBOX_OWN_DEVICES: usize = 5;
 
 /// Refuses virtualization under which the guest's user space, and so the agent, cannot run.
 pub fn require_hardware_virtualization(virt: Virtualization) -> Result<(), MicrovmError> {
@@ -688,9 +701,38 @@ mod tests {
             "hypervisor.console_log_max_bytes' default"
         );
         assert!(vm.net.is_empty());
-        assert_eq!(vm.cpu_profile, ember_config::CpuProfile::Auto);
+        assert_eq!(vm.cpu_profile, ember_vmm::CpuProfile::Auto);
         assert_eq!(vm.block_slots, 4, "hypervisor.block_slots' default");
         vm.validate().unwrap();
+    }
+
+    /// The config's ranges and defaults are the VMM's limits: a value the config accepts
+    /// is one the VMM takes, and no VMM capacity is hidden by the config.
+    #[test]
+    fn config_ranges_are_the_vmms_limits() {
+        assert_eq!(
+            ember_config::VCPUS_RANGE,
+            (1, u32::from(ember_vmm::config::MAX_VCPUS))
+        );
+        assert_eq!(
+            u64::from(ember_config::MEMORY_MIB_RANGE.0),
+            ember_vmm::config::MIN_MEMORY_MIB
+        );
+        assert_eq!(
+            ember_config::BLOCK_SLOTS_RANGE.1 as usize,
+            ember_vmm::config::MAX_VIRTIO_DEVICES - SANDBOX_OWN_DEVICES
+        );
+        assert_eq!(
+            ember_config::DEFAULT_CONSOLE_LOG_MAX_BYTES,
+            ember_vmm::config::DEFAULT_SERIAL_MAX_BYTES
+        );
+        for (setting, name) in [
+            (ember_config::CpuProfile::Auto, "auto"),
+            (ember_config::CpuProfile::Host, "host"),
+            (ember_config::CpuProfile::EmulationSafe, "emulation-safe"),
+        ] {
+            assert_eq!(cpu_profile(setting), name.parse().unwrap(), "{name}");
+        }
     }
 
     #[test]
@@ -712,7 +754,7 @@ mod tests {
         assert!(vm
             .cmdline
             .contains("root=/dev/vda ro rootfstype=ext4 init=/init ember.agent_port=2048"));
-        assert_eq!(vm.cpu_profile, ember_config::CpuProfile::Host);
+        assert_eq!(vm.cpu_profile, ember_vmm::CpuProfile::Host);
     }
 
     #[test]

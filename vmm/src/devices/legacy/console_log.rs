@@ -11,7 +11,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-pub use ember_config::DEFAULT_CONSOLE_LOG_MAX_BYTES as DEFAULT_MAX_BYTES;
+pub use crate::config::DEFAULT_SERIAL_MAX_BYTES as DEFAULT_MAX_BYTES;
 
 /// Mode of a console log file: the owner (root) only.
 pub const MODE: u32 = 0o600;
