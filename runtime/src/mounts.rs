@@ -369,6 +369,16 @@ fn attach_bind(
         flags |= OpenTreeFlags::AT_RECURSIVE;
     }
     let tree = rustix::mount::open_tree(rustix::fs::CWD, source, flags).map_err(err)?;
+    if read_only {
+        // Read-only all the way down: the detached copy, submounts included, before it is
+        // attached (a bind remount would leave the submounts writable).
+        set_read_only_recursively(tree.as_fd()).map_err(|errno| MountError::Mount {
+            source_desc: source.display().to_string(),
+            target: target_desc.to_path_buf(),
+            fstype: "bind (mount_setattr MOUNT_ATTR_RDONLY, recursive)".into(),
+            errno,
+        })?;
+    }
     rustix::mount::move_mount(
         &tree,
         "",
@@ -377,16 +387,36 @@ fn attach_bind(
         MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
     )
     .map_err(err)?;
-    if read_only {
-        // `tree` now refers to the root of the attached mount, so the remount acts on it
-        // and on nothing else.
-        remount_read_only(
-            &source.display().to_string(),
-            &fd_path(tree.as_fd()),
-            target_desc,
-        )?;
-    }
     Ok(())
+}
+
+/// `mount_setattr(2)` with `AT_RECURSIVE` and `MOUNT_ATTR_RDONLY` on the mount tree `tree`
+/// (Linux 5.12+). Neither rustix nor nix wraps this call yet; libc has its number and
+/// struct.
+fn set_read_only_recursively(tree: BorrowedFd<'_>) -> Result<(), nix::Error> {
+    let attr = libc::mount_attr {
+        attr_set: libc::MOUNT_ATTR_RDONLY,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: the path is a valid empty C string, `attr` is a live mount_attr and its
+    // size is passed with it; the kernel only reads both.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            (libc::AT_EMPTY_PATH | libc::AT_RECURSIVE) as libc::c_uint,
+            &attr as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(nix::Error::last())
+    }
 }
 
 /// Bind-mounts the trusted host path `source` (recursively) on `rel` beneath the
@@ -712,6 +742,17 @@ mod tests {
         let data = tmp.path().join("data");
         std::fs::create_dir(&data).unwrap();
         std::fs::write(data.join("precious"), b"x").unwrap();
+        // A writable submount inside the source: a read-only bind must cover it too.
+        std::fs::create_dir(data.join("sub")).unwrap();
+        mount(
+            Some("tmpfs"),
+            &data.join("sub"),
+            Some("tmpfs"),
+            MsFlags::empty(),
+            None::<&str>,
+        )
+        .unwrap();
+        std::fs::write(data.join("sub/writable"), b"w").unwrap();
         let file = tmp.path().join("hosts");
         std::fs::write(&file, b"127.0.0.1 localhost\n").unwrap();
         let shared = tmp.path().join("shared");
@@ -727,6 +768,15 @@ mod tests {
             std::fs::write(target.join("new"), b"y").is_err(),
             "read-only bind"
         );
+        assert!(target.join("sub/writable").exists(), "submount not bound");
+        let e = std::fs::write(target.join("sub/new"), b"y").unwrap_err();
+        assert_eq!(
+            e.raw_os_error(),
+            Some(libc::EROFS),
+            "a submount of a read-only bind is writable"
+        );
+        // The source's own submount stays writable.
+        std::fs::write(data.join("sub/still"), b"y").unwrap();
         bind_beneath(&root, Path::new("c1/mounts/1"), &file, false).unwrap();
         assert_eq!(
             std::fs::read(shared.join("c1/mounts/1")).unwrap(),
