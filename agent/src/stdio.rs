@@ -294,7 +294,7 @@ impl StreamRegistry {
         let log = log.clone();
         std::thread::spawn(move || {
             match endpoint {
-                Endpoint::Output(src) => splice_out(src, sock),
+                Endpoint::Output(src) => splice_out(src, sock, &id, &log),
                 Endpoint::Input(dst) => splice_in(sock, dst),
             }
             let mut attached = registry.attached.lock().expect("stdio lock");
@@ -318,15 +318,24 @@ fn set_blocking(fd: &OwnedFd) -> nix::Result<()> {
 
 /// Process output → connection, then half-close so the reader sees EOF. A terminal master
 /// reports EIO once the terminal's last user is gone: that is EOF too.
-fn splice_out(mut src: File, sock: OwnedFd) {
+fn splice_out(mut src: File, sock: OwnedFd, id: &str, log: &Logger) {
     let mut dst = File::from(sock);
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = match src.read(&mut buf) {
-            Ok(0) | Err(_) => break,
+            Ok(0) => break,
             Ok(n) => n,
+            // A signal handled on this thread: not the end of the output.
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            // EIO: the terminal's last user is gone (EOF for a terminal master).
+            Err(e) if e.raw_os_error() == Some(libc::EIO) => break,
+            Err(e) => {
+                warn!(log, "stream output read failed; the rest of the output is lost"; "stream" => id, "error" => %e);
+                break;
+            }
         };
-        if dst.write_all(&buf[..n]).is_err() {
+        if let Err(e) = dst.write_all(&buf[..n]) {
+            warn!(log, "stream output write failed; the rest of the output is lost"; "stream" => id, "error" => %e);
             break;
         }
     }
@@ -340,8 +349,10 @@ fn splice_in(sock: OwnedFd, dst: StdinHandle) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = match src.read(&mut buf) {
-            Ok(0) | Err(_) => break,
+            Ok(0) => break,
             Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
         };
         let mut guard = dst.lock().expect("stdin lock");
         let Some(f) = guard.as_mut() else { return };

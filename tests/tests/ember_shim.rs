@@ -640,8 +640,9 @@ mod body {
         assert_eq!(
             (out.status.code(), out.stdout.len()),
             (Some(0), 8 << 20),
-            "{}",
-            text(&out.stderr)
+            "{}\n{}",
+            text(&out.stderr),
+            env.ctrd.log_tail(40)
         );
         let out = env.run(&["--rm"], &env.cid("true"), &["/bin/true"]);
         assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
