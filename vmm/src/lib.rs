@@ -18,6 +18,9 @@ pub mod memory;
 pub mod vcpu;
 pub mod vm;
 
+// The facade the runtime uses: what it needs of the VMM is re-exported here, so that the
+// device modules can change inside without the runtime following.
 pub use config::{CpuProfile, DiskConfig, SerialSink, VmConfig};
-pub use devices::legacy::power::ExitReason;
+pub use devices::legacy::power::{ExitLatch, ExitReason};
+pub use devices::virtio::block::{BlockError, BlockSlot};
 pub use vm::{Vm, VmError};

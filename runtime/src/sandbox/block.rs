@@ -12,7 +12,7 @@
 //! leaves nothing on the host to clean up.
 
 use ember_agent_protocol::agent::{storage::Driver, Storage};
-use ember_vmm::devices::virtio::block::{BlockError, BlockSlot};
+use ember_vmm::{BlockError, BlockSlot};
 
 use crate::oci::BlockVolume;
 
@@ -181,6 +181,7 @@ pub fn storage(volume: &BlockVolume, mmio_addr: u64) -> Storage {
 mod tests {
     use super::*;
     use crate::oci::{translate, BundleSpec, Translation};
+    // Slots outside a VM, for the tests only: built from the device internals.
     use ember_vmm::devices::virtio::block::Block;
     use ember_vmm::devices::virtio::Interrupt;
     use std::path::{Path, PathBuf};

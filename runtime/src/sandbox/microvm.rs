@@ -38,9 +38,8 @@ use ember_agent_protocol::agent::{
 };
 use ember_config::{Backend as BackendKind, Config};
 use ember_vmm::config::{FsConfig, NetConfig, VsockConfig, MAX_VCPUS, MIN_MEMORY_MIB};
-use ember_vmm::devices::legacy::power::ExitLatch;
 use ember_vmm::host::Virtualization;
-use ember_vmm::{DiskConfig, ExitReason, SerialSink, Vm, VmConfig, VmError};
+use ember_vmm::{DiskConfig, ExitLatch, ExitReason, SerialSink, Vm, VmConfig, VmError};
 use log::{info, warn};
 use tokio::sync::{oneshot, watch};
 
