@@ -95,20 +95,11 @@ pub fn cleanup(state_dir: &Path, ids: &[String], force: bool) -> Vec<CleanupOutc
                     removed: false,
                 },
             },
-            // A directory without a readable record: only its own tree can be removed.
-            Err(_) if force || !dir.join(crate::state::STATE_FILE).exists() => {
-                match crate::mounts::remove_dir_safely(&dir) {
-                    Ok(()) => CleanupOutcome {
-                        dir,
-                        result: "removed (it had no readable state record)".into(),
-                        removed: true,
-                    },
-                    Err(e) => CleanupOutcome {
-                        dir,
-                        result: e.to_string(),
-                        removed: false,
-                    },
-                }
+            // A directory without a readable record: what can be found without it goes (the
+            // mounts below the directory, the directory, the sandbox's cgroup, named after
+            // its id), and the outcome names what may remain.
+            Err(e) if force || !dir.join(crate::state::STATE_FILE).exists() => {
+                recover_without_record(dir, &name, &e.to_string())
             }
             Err(e) => CleanupOutcome {
                 dir,
@@ -121,9 +112,69 @@ pub fn cleanup(state_dir: &Path, ids: &[String], force: bool) -> Vec<CleanupOutc
     out
 }
 
+/// Cleanup of sandbox `id`'s directory `dir` whose record could not be read (`why`):
+/// removes the mounts below it, the directory and the cgroup `/ember/<id>`, and says what
+/// the record alone could have named (a pod tap, processes), which may remain.
+fn recover_without_record(dir: PathBuf, id: &str, why: &str) -> CleanupOutcome {
+    let mut failed = Vec::new();
+    if let Err(e) = crate::mounts::remove_dir_safely(&dir) {
+        failed.push(e.to_string());
+    }
+    let cgroup = crate::cgroups::sandbox_parent(id);
+    if let Err(e) = crate::cgroups::remove(&cgroup) {
+        failed.push(format!("cgroup {cgroup}: {e}"));
+    }
+    let removed = failed.is_empty();
+    let what = if removed {
+        format!("removed its mounts, its directory and cgroup {cgroup}")
+    } else {
+        format!("could not remove: {}", failed.join("; "))
+    };
+    CleanupOutcome {
+        dir,
+        result: format!(
+            "{what}; its state record was unreadable ({why}), so resources recorded only there \
+             (a pod tap, the agent or VMM process) may remain: look for processes and taps \
+             naming sandbox {id}"
+        ),
+        removed,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_corrupt_record_is_cleaned_up_as_far_as_it_can_be_and_says_what_may_remain() {
+        let tmp = tempfile::tempdir().unwrap();
+        let id = format!("corrupt-{}", std::process::id());
+        let st = SandboxState::create(tmp.path(), &id, "process").unwrap();
+        let dir = st.dir().to_path_buf();
+        drop(st);
+        std::fs::write(dir.join(crate::state::STATE_FILE), b"{ not json").unwrap();
+        // As root, the sandbox's cgroup exists too, and goes with it.
+        let cgroup = ember_tests::is_root()
+            .then(|| crate::cgroups::hierarchies().into_iter().next())
+            .flatten()
+            .map(|h| h.join("ember").join(&id))
+            .filter(|d| std::fs::create_dir_all(d).is_ok());
+
+        let out = cleanup(tmp.path(), std::slice::from_ref(&id), false);
+        assert_eq!(out.len(), 1);
+        assert!(!out[0].removed, "{}", out[0].result);
+        assert!(out[0].result.contains("--force"), "{}", out[0].result);
+        assert!(dir.exists());
+
+        let out = cleanup(tmp.path(), std::slice::from_ref(&id), true);
+        assert!(out[0].removed, "{}", out[0].result);
+        assert!(!dir.exists());
+        let r = &out[0].result;
+        assert!(r.contains("unreadable") && r.contains(&id), "{r}");
+        if let Some(c) = cgroup {
+            assert!(!c.exists(), "cgroup {} left", c.display());
+        }
+    }
 
     #[test]
     fn removes_stale_sandboxes_and_keeps_live_ones() {
