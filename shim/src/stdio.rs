@@ -86,6 +86,33 @@ impl Copiers {
         }
     }
 
+    /// Waits up to `limit` until every output stream has been copied to the end; the copies
+    /// still running then are stopped. Returns whether everything was copied.
+    pub async fn drain_outputs(&mut self, limit: std::time::Duration) -> bool {
+        let handles: Vec<JoinHandle<()>> = self.outputs.drain(..).collect();
+        let aborts: Vec<_> = handles.iter().map(|h| h.abort_handle()).collect();
+        let all = async {
+            for h in handles {
+                let _ = h.await;
+            }
+        };
+        if tokio::time::timeout(limit, all).await.is_ok() {
+            return true;
+        }
+        for a in aborts {
+            a.abort();
+        }
+        false
+    }
+
+    /// Takes the output copies out (to wait for them without holding a lock).
+    pub fn take(&mut self) -> Copiers {
+        Copiers {
+            close_stdin: self.close_stdin.clone(),
+            outputs: self.outputs.drain(..).collect(),
+        }
+    }
+
     /// Stops the copies (after delete, when nobody reads any more).
     pub fn abort(&mut self) {
         for h in self.outputs.drain(..) {
@@ -215,6 +242,37 @@ mod tests {
         assert!(s.stdin.starts_with("c1.e1."), "{}", s.stdin);
         assert!(s.stdin.ends_with(".stdin"), "{}", s.stdin);
         assert_eq!(s.stderr, "", "a terminal has no separate stderr stream");
+    }
+
+    #[tokio::test]
+    async fn draining_waits_for_the_copies_and_stops_the_ones_that_do_not_end() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let done = Arc::new(AtomicBool::new(false));
+        let d = done.clone();
+        let mut c = Copiers::default();
+        c.outputs.push(tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            d.store(true, Ordering::SeqCst);
+        }));
+        assert!(
+            c.take()
+                .drain_outputs(std::time::Duration::from_secs(10))
+                .await
+        );
+        assert!(
+            done.load(Ordering::SeqCst),
+            "returned before the copy ended"
+        );
+
+        let stuck = tokio::spawn(std::future::pending::<()>());
+        let abort = stuck.abort_handle();
+        let mut c = Copiers::default();
+        c.outputs.push(stuck);
+        let t = std::time::Instant::now();
+        assert!(!c.drain_outputs(std::time::Duration::from_millis(200)).await);
+        assert!(t.elapsed() < std::time::Duration::from_secs(5));
+        tokio::task::yield_now().await;
+        assert!(abort.is_finished(), "the stuck copy was not stopped");
     }
 
     #[test]

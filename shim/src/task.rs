@@ -48,6 +48,11 @@ pub const BUNDLE_RECORD: &str = "ember-sandbox.json";
 
 /// How long the OOM watcher pauses after dropping a notice from the agent.
 const OOM_DROP_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
+/// How long a process's exit waits for its output to be copied to containerd's FIFOs
+/// before it is published anyway (a client that does not read its FIFOs).
+const EXIT_OUTPUT_DRAIN: std::time::Duration = std::time::Duration::from_secs(60);
+/// [`EXIT_OUTPUT_DRAIN`] for an exec process.
+const EXEC_EXIT_OUTPUT_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A container of the pod.
 #[derive(Debug)]
@@ -317,6 +322,26 @@ impl EmberTask {
                     128 + libc::SIGKILL as u32
                 }
             };
+            // The exit is told only once the process's output has reached containerd's
+            // FIFOs: output still in flight (the guest's pipe, the vsock stream, the shim's
+            // buffer) would otherwise be cut off by the Delete that a client sends as soon
+            // as it sees the exit. Bounded, for a client that never reads.
+            // An exec's children may outlive it holding its output open (an init's die with
+            // its PID namespace), so an exec waits less.
+            let limit = if exec_id.is_empty() {
+                EXIT_OUTPUT_DRAIN
+            } else {
+                EXEC_EXIT_OUTPUT_DRAIN
+            };
+            let copiers = this.with_proc(&cid, &exec_id, |p, _| Ok(p.copiers.take()));
+            if let Ok(mut copiers) = copiers {
+                if !copiers.drain_outputs(limit).await {
+                    warn!(
+                        "sandbox={} container={cid} exec={exec_id}: output not all copied within {limit:?} of the exit; the rest is dropped",
+                        sb.id()
+                    );
+                }
+            }
             let exit = this.with_proc(&cid, &exec_id, |p, _| {
                 let first = p.exit().is_none();
                 Ok((p.set_exit(code), first))
