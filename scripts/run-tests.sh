@@ -69,7 +69,7 @@ awk '/^SKIP / { skipped[$0] = 1 }
      END {
         n = 0; for (k in skipped) n++
         m = 0; for (k in nested) m++
-        printf "nested KVM test host: %d reruns after an outer VM failure or a stalled test\n", reruns
+        printf "nested KVM test host: %d reruns after an outer VM failure, a stalled test or a failed test\n", reruns
         printf "summary: %d passed, %d failed, %d skipped\n", p - n - m, f, s + n
      }' "$log"
 exit "$status"

@@ -1040,6 +1040,7 @@ mod tests {
                    test hw_kvm::b ... ok\n\
                    test hw_kvm::d ... ignored\n";
         assert_eq!(passed_tests(out), ["hw_kvm::a", "hw_kvm::b"]);
+        assert_eq!(failed_tests(out), ["hw_kvm::c"]);
         assert_eq!(record_passed(&[]), "");
         let rec = record_passed(&passed_tests(out));
         assert!(rec.contains("test hw_kvm::b ... ok\n"), "{rec}");
@@ -1140,6 +1141,7 @@ impl KvmHost {
         let mut selection = shell_quote(filter);
         let mut passed_before: Vec<String> = Vec::new();
         let mut reruns = 0;
+        let mut retried_failures = false;
         loop {
             let mut job = Job::new(format!(
                 "{exe} {selection} --test-threads={}",
@@ -1159,18 +1161,32 @@ impl KvmHost {
             let broke = outcome.outer_failure.is_some()
                 || outcome.status.is_none()
                 || outcome.stalled.is_some();
-            if !broke || reruns == MAX_TEST_RERUNS {
+            let failed = failed_tests(&outcome.output);
+            // Tests that failed in a run that itself went fine get one more run in a fresh
+            // outer VM: everything in there is emulated, and a guest that crashed once
+            // under TCG (seen: a triple fault while the guest kernel checked its XSAVE
+            // layout) says little about ember. The RERUN record keeps the first failure.
+            let retry_failed = !broke && !failed.is_empty() && !retried_failures;
+            if (!broke && !retry_failed) || reruns == MAX_TEST_RERUNS {
                 outcome.output = record_passed(&passed_before) + &outcome.output;
                 return Ok((outcome, reruns));
             }
             passed_before.extend(passed_tests(&outcome.output));
-            let left: Vec<String> = list_tests(binary, filter)?
-                .into_iter()
-                .filter(|t| !passed_before.contains(t))
-                .collect();
+            let left: Vec<String> = if retry_failed {
+                retried_failures = true;
+                failed.clone()
+            } else {
+                list_tests(binary, filter)?
+                    .into_iter()
+                    .filter(|t| !passed_before.contains(t))
+                    .collect()
+            };
             let why = match (&outcome.outer_failure, &outcome.stalled) {
                 (Some(crash), _) => format!("the outer VM failed ({crash})"),
                 (None, Some(stall)) => format!("a test stalled ({stall})"),
+                (None, None) if retry_failed => {
+                    format!("{} failed ({})", failed.len(), failed.join(", "))
+                }
                 (None, None) => "the outer VM failed (it ended without recording a status)".into(),
             };
             report_rerun(&why, &outcome, left.len());
@@ -1191,13 +1207,22 @@ impl KvmHost {
 }
 
 /// How many times [`KvmHost::run_tests`] runs a binary's remaining tests again after its
-/// outer VM failed or a test stalled.
+/// outer VM failed or a test stalled (tests that failed get one of these, once).
 pub const MAX_TEST_RERUNS: u32 = 2;
 
 /// How long a nested test binary may print nothing before its run counts as stalled
 /// ([`Job::stall`]). The slowest test (a CRI pod of two containers, everything emulated)
 /// takes about 3 minutes; a step that hangs is caught after 10.
 pub const TEST_STALL: Duration = Duration::from_secs(600);
+
+/// The names of the tests libtest reported as failed (`test NAME ... FAILED`) in `output`.
+pub fn failed_tests(output: &str) -> Vec<String> {
+    output
+        .lines()
+        .filter_map(|l| l.strip_prefix("test ")?.strip_suffix(" ... FAILED"))
+        .map(str::to_string)
+        .collect()
+}
 
 /// The names of the tests libtest reported as passed (`test NAME ... ok`) in `output`.
 pub fn passed_tests(output: &str) -> Vec<String> {
@@ -1261,7 +1286,16 @@ fn report_rerun(why: &str, outcome: &Outcome, left: usize) {
             .collect(),
         None => Vec::new(),
     };
-    let output = if stall_record.is_empty() {
+    let failures: Vec<&str> = outcome
+        .output
+        .lines()
+        .skip_while(|l| *l != "failures:")
+        .take(150)
+        .collect();
+    let output = if !failures.is_empty() && stall_record.is_empty() {
+        // Failed tests: libtest's report of them (messages, containerd's log tails).
+        failures.join("\n")
+    } else if stall_record.is_empty() {
         tail(&outcome.output, 30)
     } else {
         // The test's last lines before the record, then the record.
