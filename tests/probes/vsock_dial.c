@@ -4,7 +4,8 @@
  * the agent's ttrpc and stdio ports (read from `ember.agent_port=` in /proc/cmdline, else
  * 1024 and 1025) at the guest's own context ids (VMADDR_CID_LOCAL, 3) and, when one
  * connects, sends a stream header for a guessed stream id and reads the answer. One line per
- * try: "cid C port P: connected, answer N" or "cid C port P: refused: <errno text>".
+ * try: "cid C port P: connected, wrote W, read R, answer N" or "cid C port P: refused: <errno
+ * text>". A connection the agent closes at once (it takes the host's CID only) reads 0.
  *
  * A C program because it must run in a busybox container with no libc of its own: built
  * with `cc -static` by the test. (No Rust target for static binaries is installed here,
@@ -53,7 +54,8 @@ static void dial(unsigned cid, unsigned port) {
     const char *id = "guess.init.stdout";
     unsigned char hdr[64] = {'E', 'M', 'I', 'O', 1, (unsigned char)strlen(id)};
     memcpy(hdr + 6, id, strlen(id));
-    ssize_t w = write(fd, hdr, 6 + strlen(id));
+    /* MSG_NOSIGNAL: a peer that closed at once must not kill the probe with SIGPIPE. */
+    ssize_t w = send(fd, hdr, 6 + strlen(id), MSG_NOSIGNAL);
     unsigned char answer = 0xff;
     ssize_t r = read(fd, &answer, 1);
     alarm(0);
