@@ -635,15 +635,10 @@ impl KvmHost {
         let _ = write!(
             s,
             "cd {cwd} || {{ echo 'ember-kvm-host: no folder {cwd}'; echo 126 > $R/status; off; }}\n\
-             /bin/sh -c {cmd} </dev/null >$R/output 2>&1 &\n\
-             pid=$!\n\
-             {watch}\
-             wait $pid\n\
-             echo $? > $R/status\n\
+             {launch}\
              off\n",
             cwd = shell_quote(&job.cwd.display().to_string()),
-            cmd = shell_quote(&job.command),
-            watch = job.stall.map(stall_script).unwrap_or_default(),
+            launch = launch_script(&job.command, &job.stall.map(stall_script).unwrap_or_default()),
         );
         s
     }
@@ -848,6 +843,22 @@ impl KvmHost {
     }
 }
 
+/// Stage 2's lines that run `command` with its output in `$R/output`, under `watch` (lines
+/// that see the command as `$pid`), and record its exit status in `$R/status`. The output
+/// file exists before the command and the watch start, and the command appends to it: a
+/// command slow to start cannot truncate what the watch has already written.
+fn launch_script(command: &str, watch: &str) -> String {
+    format!(
+        ": > $R/output\n\
+         /bin/sh -c {cmd} </dev/null >>$R/output 2>&1 &\n\
+         pid=$!\n\
+         {watch}\
+         wait $pid\n\
+         echo $? > $R/status\n",
+        cmd = shell_quote(command),
+    )
+}
+
 /// Stage 2's watch over the command started as `$pid`: when `$R/output` has not grown for
 /// `stall`, it writes `$R/stalled`, appends every process's state, wait channel and kernel
 /// stack and the tails of the logs under /run and /tmp to the output, and kills the command.
@@ -968,15 +979,15 @@ mod tests {
         assert!(s.contains("/sys/fs/cgroup/unified"), "{s}");
     }
 
-    /// Runs `cmd` as stage 2 does, watched by [`stall_script_every`] (stall after 2 s,
-    /// looking every second), in a fresh `$R`; returns `$R`'s `stalled` and `output`.
+    /// Runs `cmd` as stage 2 does, watched by [`stall_script_every`] (stall after
+    /// [`TEST_STALL`], looking every second), in a fresh `$R`; returns `$R`'s `stalled` and
+    /// `output`.
     fn watch(cmd: &str) -> (Option<String>, String) {
         let r = tempfile::tempdir().unwrap();
         let script = format!(
-            "R={}\n/bin/sh -c {} </dev/null >$R/output 2>&1 &\npid=$!\n{}wait $pid\necho $? > $R/status\n",
+            "R={}\n{}",
             r.path().display(),
-            shell_quote(cmd),
-            stall_script_every(Duration::from_secs(2), 1)
+            launch_script(cmd, &stall_script_every(TEST_STALL, 1))
         );
         let status = Command::new("/bin/sh")
             .arg("-c")
@@ -989,12 +1000,17 @@ mod tests {
         (read("stalled"), read("output").unwrap_or_default())
     }
 
+    /// The stall of [`watch`]: long enough that a command starved of CPU on a loaded CI
+    /// host still prints its first line before it (in one CI run, a forked shell took over
+    /// 2 s to start).
+    const TEST_STALL: Duration = Duration::from_secs(5);
+
     #[test]
     fn a_silent_command_is_recorded_and_killed() {
         let started = std::time::Instant::now();
         let (stalled, output) = watch("echo started; exec sleep 60");
         assert!(started.elapsed() < Duration::from_secs(30), "not killed");
-        assert_eq!(stalled.as_deref().map(str::trim), Some("no output for 2 s"));
+        assert_eq!(stalled.as_deref().map(str::trim), Some("no output for 5 s"));
         assert!(output.starts_with("started\n"), "{output}");
         assert!(output.contains("ember-kvm-host: STALL"), "{output}");
         // The process table, with the stalled command in it.
@@ -1007,9 +1023,10 @@ mod tests {
 
     #[test]
     fn a_command_that_keeps_printing_is_not_a_stall() {
-        let (stalled, output) = watch("for i in 1 2 3 4 5; do echo $i; sleep 1; done");
+        // Runs 8 s, longer than the stall, printing every second.
+        let (stalled, output) = watch("for i in 1 2 3 4 5 6 7 8; do echo $i; sleep 1; done");
         assert_eq!(stalled, None, "{output}");
-        assert_eq!(output, "1\n2\n3\n4\n5\n");
+        assert_eq!(output, "1\n2\n3\n4\n5\n6\n7\n8\n");
     }
 
     #[test]
