@@ -11,7 +11,7 @@ help:
 	@echo "make test     install dependencies, check formatting and lints, run all tests"
 	@echo "make build    build every crate (release)"
 	@echo "make guest    build the guest kernel and agent image into build/guest/ (cached)"
-	@echo "make install  install ember's binaries (and guest assets when built)"
+	@echo "make install  build and install the binaries, the guest assets and the default config"
 	@echo "make bench    run the benchmarks of the README's Performance section"
 	@echo "make clean    remove build outputs"
 
@@ -34,18 +34,7 @@ guest: deps
 	$(CARGO) run --release -p ember-rootfs-builder -- all --out build/guest
 
 install: build guest
-	install -D -m 0755 target/release/ember $(DESTDIR)$(PREFIX)/bin/ember
-	install -D -m 0755 target/release/ember-oci $(DESTDIR)$(PREFIX)/bin/ember-oci
-	install -D -m 0755 target/release/ember-vmm $(DESTDIR)$(PREFIX)/bin/ember-vmm
-	install -D -m 0755 target/release/ember-agent $(DESTDIR)$(PREFIX)/bin/ember-agent
-	install -D -m 0755 target/release/containerd-shim-ember-v2 $(DESTDIR)$(PREFIX)/bin/containerd-shim-ember-v2
-	install -D -m 0644 build/guest/vmlinux $(DESTDIR)/usr/share/ember/vmlinux
-	install -D -m 0644 build/guest/initramfs.cpio $(DESTDIR)/usr/share/ember/initramfs.cpio
-	install -D -m 0644 build/guest/rootfs.ext4 $(DESTDIR)/usr/share/ember/rootfs.ext4
-	install -D -m 0644 config/ember.toml.example $(DESTDIR)/usr/share/ember/config.toml.example
-	@# The default config, unless one is there already (never overwrite an admin's).
-	test -e $(DESTDIR)/etc/ember/config.toml || install -D -m 0644 config/ember.toml.example $(DESTDIR)/etc/ember/config.toml
-	@cat scripts/install-notes.txt
+	PREFIX=$(PREFIX) DESTDIR=$(DESTDIR) scripts/install.sh
 
 bench: deps
 	$(CARGO) bench -p ember-vmm --bench coldstart

@@ -3,7 +3,8 @@
 #   1. boot to the agent serving: ember's VMM vs QEMU 7.2 `-M microvm -accel kvm`, same
 #      vmlinux and initramfs (scripts/bench-boot.py);
 #   2. `ctr run --rm IMAGE id /bin/true` through the ember shim (microvm backend) vs the
-#      runc shim (tests/benches/ctr.rs);
+#      runc shim (tests/benches/ctr.rs); its 1 GiB stdout throughput part only with
+#      EMBER_BENCH_TP_RUNS=N (under emulation one such run took over 15 minutes);
 #   3. shim RSS per sandbox with 10 microVM sandboxes running (the VMM runs inside the
 #      shim, so this is VMM + shim + the guest memory the guest touched), vs the runc shim
 #      per container.
@@ -46,7 +47,7 @@ python3 scripts/bench-boot.py --runs "${EMBER_BENCH_BOOT_RUNS:-5}"
 
 echo "== 2. ctr run --rm /bin/true, microvm backend vs runc shim"
 EMBER_SHIM_DIR=$(cd "$target/release" && pwd) EMBER_CONFIG=$cfg EMBER_BENCH_RUNS=${EMBER_BENCH_RUNS:-5} \
-    EMBER_BENCH_TP_RUNS=1 "$EMBER_CTR_BENCH"
+    EMBER_BENCH_TP_RUNS=${EMBER_BENCH_TP_RUNS:-0} "$EMBER_CTR_BENCH"
 
 echo "== 3. RSS per sandbox with 10 sandboxes running"
 export EMBER_SHIM_DIR

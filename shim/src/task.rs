@@ -48,11 +48,6 @@ pub const BUNDLE_RECORD: &str = "ember-sandbox.json";
 
 /// How long the OOM watcher pauses after dropping a notice from the agent.
 const OOM_DROP_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
-/// How long a process's exit waits for its output to be copied to containerd's FIFOs
-/// before it is published anyway (a client that does not read its FIFOs).
-const EXIT_OUTPUT_DRAIN: std::time::Duration = std::time::Duration::from_secs(60);
-/// [`EXIT_OUTPUT_DRAIN`] for an exec process.
-const EXEC_EXIT_OUTPUT_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A container of the pod.
 #[derive(Debug)]
@@ -326,13 +321,7 @@ impl EmberTask {
             // FIFOs: output still in flight (the guest's pipe, the vsock stream, the shim's
             // buffer) would otherwise be cut off by the Delete that a client sends as soon
             // as it sees the exit. Bounded, for a client that never reads.
-            // An exec's children may outlive it holding its output open (an init's die with
-            // its PID namespace), so an exec waits less.
-            let limit = if exec_id.is_empty() {
-                EXIT_OUTPUT_DRAIN
-            } else {
-                EXEC_EXIT_OUTPUT_DRAIN
-            };
+            let limit = ember_runtime::sandbox::exit_output_drain(&exec_id);
             let copiers = this.with_proc(&cid, &exec_id, |p, _| Ok(p.copiers.take()));
             if let Ok(mut copiers) = copiers {
                 if !copiers.drain_outputs(limit).await {

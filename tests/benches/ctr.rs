@@ -40,10 +40,10 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn median<T: PartialOrd + Copy>(v: &[T]) -> T {
+fn median<T: PartialOrd + Copy + Default>(v: &[T]) -> T {
     let mut v = v.to_vec();
     v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
-    v[v.len() / 2]
+    v.get(v.len() / 2).copied().unwrap_or_default()
 }
 
 fn ctr_args<'a>(rt: &'a Runtime, id: &'a str, cmd: &[&'a str]) -> Vec<&'a str> {
@@ -182,15 +182,18 @@ fn main() {
     for rt in &runtimes {
         run_true(&ctrd, rt, &format!("warm-{}-{pid}", rt.name));
     }
+    // Each run is printed as it ends: a long run (under emulation) still shows its progress.
     for i in 0..runs {
         for rt in &mut runtimes {
             let d = run_true(&ctrd, rt, &format!("true-{}-{pid}-{i}", rt.name));
+            println!("run {i}: {} {:.1} ms", rt.name, d.as_secs_f64() * 1e3);
             rt.runs.push(d);
         }
     }
     for i in 0..tp_runs {
         for rt in &mut runtimes {
             let t = throughput(&ctrd, rt, &format!("dd-{}-{pid}-{i}", rt.name));
+            println!("stdout run {i}: {} {t:.0} MiB/s", rt.name);
             rt.throughput.push(t);
         }
     }
@@ -224,10 +227,14 @@ fn main() {
         );
     }
     if let [runc, ember] = runtimes.as_slice() {
-        println!(
-            "ratio ember/runc: run {:.2}x, stdout throughput {:.2}x",
-            median(&ember.runs).as_secs_f64() / median(&runc.runs).as_secs_f64(),
-            median(&ember.throughput) / median(&runc.throughput)
-        );
+        let run = median(&ember.runs).as_secs_f64() / median(&runc.runs).as_secs_f64();
+        if tp_runs == 0 {
+            println!("ratio ember/runc: run {run:.2}x (stdout throughput not measured)");
+        } else {
+            println!(
+                "ratio ember/runc: run {run:.2}x, stdout throughput {:.2}x",
+                median(&ember.throughput) / median(&runc.throughput)
+            );
+        }
     }
 }

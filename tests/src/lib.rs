@@ -8,8 +8,10 @@
 //! For end-to-end tests: [`containerd`] starts a private containerd (own root, state,
 //! sockets and config, cleaned up on drop) with the `runc` and `ember` runtimes registered,
 //! and [`cri`] drives its CRI plugin through a real CRI client. [`oci`] wraps `ember-oci`,
-//! the runc-compatible command line, for callers that take a runc binary.
+//! the runc-compatible command line, for callers that take a runc binary. [`backend`]
+//! gives each sandbox backend's config and how much slower its tests may be.
 
+pub mod backend;
 pub mod containerd;
 pub mod cri;
 pub mod fixtures;

@@ -1,11 +1,12 @@
 //! Helpers for the tests of `ember-oci`, ember's runc-compatible command line, under real
-//! callers (containerd's runc shim, dockerd): the built binary, an ember config for the
-//! `process` backend, and a wrapper script that sets `EMBER_CONFIG` for it (callers take
+//! callers (containerd's runc shim, dockerd): the built binary, an ember config for a
+//! sandbox backend, and a wrapper script that sets `EMBER_CONFIG` for it (callers take
 //! the path of one executable and pass no environment of their own).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use crate::backend::Backend;
 use crate::containerd::workspace_binary;
 
 /// The `ember-oci` to test: `$EMBER_OCI` when set (e.g. a release build for the
@@ -34,21 +35,15 @@ pub fn unavailable() -> Option<String> {
     None
 }
 
-/// Writes, in `dir`, an ember config for the `process` backend with `state_dir` (keep it
-/// short: agent socket paths must fit in sun_path) and an executable `ember-runc` that runs
-/// the built `ember-oci` with it. Returns the wrapper's path.
-pub fn wrapper(dir: &Path, state_dir: &Path) -> std::io::Result<PathBuf> {
+/// Writes, in `dir`, the ember config of `backend` ([`Backend::config`]) with `state_dir`
+/// (keep it short: agent socket paths must fit in sun_path) and an executable `ember-runc`
+/// that runs the built `ember-oci` with it. Returns the wrapper's path.
+pub fn wrapper(dir: &Path, state_dir: &Path, backend: Backend) -> std::io::Result<PathBuf> {
     let oci = binary().ok_or_else(|| {
         std::io::Error::new(std::io::ErrorKind::NotFound, "ember-oci is not built")
     })?;
     let config = dir.join("ember.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[sandbox]\nbackend = \"process\"\nstate_dir = \"{}\"\n",
-            state_dir.display()
-        ),
-    )?;
+    std::fs::write(&config, backend.config(state_dir, ""))?;
     let runc = dir.join("ember-runc");
     std::fs::write(
         &runc,

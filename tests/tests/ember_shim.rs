@@ -32,81 +32,22 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use ember_tests::backend::Backend;
 use ember_tests::containerd::{
     self, Containerd, Options, CRI_NAMESPACE, DEFAULT_NAMESPACE, EMBER_RUNTIME, EMBER_SHIM,
     SANDBOX_IMAGE,
 };
 use ember_tests::cri::{self, Cri};
 use ember_tests::image::busybox_image_tar;
-use ember_tests::{fixtures, guest, skip};
+use ember_tests::{fixtures, skip};
 
 const IMAGE: &str = "docker.io/library/busybox:ember";
 /// How long one step (a task reaching a state, a `ctr run` ending) may take on the process
-/// backend; [`Backend::timeout`] scales it.
+/// backend; [`Backend::scaled`] scales it.
 const TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the crash cleanup that containerd runs asynchronously may take on the process
 /// backend (scaled like [`TIMEOUT`]).
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// The sandbox backend a test runs ember with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Backend {
-    /// The agent on the host, in fresh namespaces: no VM.
-    Process,
-    /// Each pod in a KVM microVM; the VMM runs inside the shim, the agent in the guest.
-    Microvm,
-}
-
-impl Backend {
-    /// `sandbox.backend` in ember's config.
-    fn name(self) -> &'static str {
-        match self {
-            Backend::Process => "process",
-            Backend::Microvm => "microvm",
-        }
-    }
-
-    /// How many times longer than on the process backend anything may take. On a host
-    /// without hardware virtualization the microvm variants run in the nested KVM test host,
-    /// where containerd, the shim and the microVM inside all run under TCG.
-    fn slowness(self) -> u32 {
-        match self {
-            Backend::Process => 1,
-            Backend::Microvm => 5,
-        }
-    }
-
-    /// How long one step may take: 60 s on the process backend, 300 s on the microvm one.
-    fn timeout(self) -> Duration {
-        TIMEOUT * self.slowness()
-    }
-
-    /// The name the test harness lists `body`'s test of this backend by.
-    fn test_name(self, body: &str) -> String {
-        match self {
-            Backend::Process => body.to_string(),
-            Backend::Microvm => format!("hw_kvm::{body}"),
-        }
-    }
-}
-
-/// The guest kernel and initramfs of `make guest`, or why they are missing.
-fn guest_assets() -> Result<(PathBuf, PathBuf), String> {
-    let built = guest::workspace_root().join("build/guest");
-    let kernel = guest::kernel().filter(|p| p.is_file()).ok_or_else(|| {
-        format!(
-            "no guest kernel ({}, or EMBER_GUEST_KERNEL): run `make guest`",
-            built.join("vmlinux").display()
-        )
-    })?;
-    let initrd = guest::initramfs().filter(|p| p.is_file()).ok_or_else(|| {
-        format!(
-            "no guest initramfs ({}, or EMBER_GUEST_INITRD): run `make guest`",
-            built.join("initramfs.cpio").display()
-        )
-    })?;
-    Ok((kernel, initrd))
-}
 
 /// Why ember's shim cannot be tested here with `backend`, if it cannot.
 fn unavailable(backend: Backend) -> Option<String> {
@@ -127,10 +68,7 @@ fn unavailable(backend: Backend) -> Option<String> {
             dir.display()
         ));
     }
-    if backend == Backend::Microvm {
-        return guest_assets().err();
-    }
-    None
+    backend.unavailable()
 }
 
 /// Removes the ember state dir when dropped (after the containerd, declared before it).
@@ -150,28 +88,13 @@ struct Env {
     state: StateDir,
     _config_dir: tempfile::TempDir,
     backend: Backend,
-    /// How long one step may take ([`Backend::timeout`]).
+    /// How long one step may take (`backend.scaled(TIMEOUT)`).
     timeout: Duration,
 }
 
-/// The ember config of `backend` with `state_dir`, plus `extra` lines (each ending in a
-/// newline) in `[sandbox]`. The microvm backend gets the guest assets of `make guest` and
-/// 120 s for its agent to answer (in the nested KVM test host the guest boots under TCG).
+/// Writes the ember config of `backend` ([`Backend::config`]) to `path`.
 fn write_config(path: &Path, backend: Backend, state_dir: &Path, extra: &str) {
-    let mut config = format!(
-        "[sandbox]\nbackend = \"{}\"\nstate_dir = \"{}\"\n{extra}",
-        backend.name(),
-        state_dir.display()
-    );
-    if backend == Backend::Microvm {
-        let (kernel, initrd) = guest_assets().unwrap_or_else(|why| panic!("{why}"));
-        config.push_str(&format!(
-            "[hypervisor]\nkernel = \"{}\"\ninitrd = \"{}\"\n[agent]\ndial_timeout_ms = 120000\n",
-            kernel.display(),
-            initrd.display()
-        ));
-    }
-    std::fs::write(path, config).unwrap();
+    std::fs::write(path, backend.config(state_dir, extra)).unwrap();
 }
 
 impl Env {
@@ -216,7 +139,7 @@ impl Env {
         };
         let ctrd = Containerd::start(opts).unwrap();
         // A hung step fails its test with containerd's log rather than stalling the run.
-        ctrd.set_ctr_timeout(backend.timeout() * 2);
+        ctrd.set_ctr_timeout(backend.scaled(TIMEOUT) * 2);
         let tar = ctrd.scratch().join("busybox.tar");
         busybox_image_tar(&tar, IMAGE).unwrap();
         let ns = if cri {
@@ -231,7 +154,7 @@ impl Env {
             state,
             _config_dir: config_dir,
             backend,
-            timeout: backend.timeout(),
+            timeout: backend.scaled(TIMEOUT),
         })
     }
 

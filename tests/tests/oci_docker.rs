@@ -77,7 +77,8 @@ impl Docker {
         std::fs::create_dir_all(&run_dir).unwrap();
         // The README's form: the path of ember-oci, and `--config` (a global option) in
         // runtimeArgs, which dockerd puts in a wrapper script of its own.
-        ember_tests::oci::wrapper(tmp.path(), &state).unwrap();
+        ember_tests::oci::wrapper(tmp.path(), &state, ember_tests::backend::Backend::Process)
+            .unwrap();
         let oci = ember_tests::oci::binary().expect("checked");
         let config = tmp.path().join("ember.toml");
         let daemon_json = tmp.path().join("daemon.json");

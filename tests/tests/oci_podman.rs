@@ -57,7 +57,9 @@ impl Podman {
             .unwrap();
         let state = PathBuf::from(format!("/run/eps{}{tag}", std::process::id()));
         let run_root = PathBuf::from(format!("/run/epr{}{tag}", std::process::id()));
-        let runc = ember_tests::oci::wrapper(tmp.path(), &state).unwrap();
+        let runc =
+            ember_tests::oci::wrapper(tmp.path(), &state, ember_tests::backend::Backend::Process)
+                .unwrap();
         std::fs::write(
             tmp.path().join("containers.conf"),
             format!(

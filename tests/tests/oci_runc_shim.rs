@@ -1,19 +1,24 @@
 //! `ember-oci` driven by containerd's own runc shim (`io.containerd.runc.v2` with
-//! `--runc-binary`), the route Docker 20.10 takes, on the `process` backend: `ctr run`
-//! output and exit codes, a detached task's `ps`, `exec`, pause/resume and kill, and
-//! nothing left behind.
+//! `--runc-binary`), the route Docker 20.10 takes, on both sandbox backends: `ctr run`
+//! output and exit codes, a detached task's `ps`, `exec`, pause/resume and kill, a
+//! terminal, and nothing left behind. Each body runs as `name` on the `process` backend and
+//! as `hw_kvm::name` on the `microvm` one (each container in its own microVM), which runs in
+//! the nested KVM test host on hosts without hardware virtualization
+//! ([`ember_tests::hw_kvm_runs_here`]).
 //!
 //! Each test starts its own containerd (`ember_tests::containerd`) and gives the shim a
-//! wrapper script as its runc binary that sets `EMBER_CONFIG` (this test's process-backend
-//! config) and execs the built `ember-oci`, whose `--root` is under this test's temporary
+//! wrapper script as its runc binary that sets `EMBER_CONFIG` (this test's config for its
+//! backend) and execs the built `ember-oci`, whose `--root` is under this test's temporary
 //! directory (`ctr run --runc-root`). Needs root, containerd/ctr, the runc shim,
 //! busybox-static, and `ember-oci` and `ember-agent` built (`cargo build -p ember-runtime
-//! -p ember-agent`); otherwise each test says `SKIP` and why.
+//! -p ember-agent`), and for the microvm variants the guest assets (`make guest`);
+//! otherwise each test says `SKIP` and why.
 
 use std::path::PathBuf;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
+use ember_tests::backend::Backend;
 use ember_tests::containerd::{
     self, mounts_under, processes_mentioning, Containerd, Options, RUNC_RUNTIME,
 };
@@ -21,9 +26,11 @@ use ember_tests::image::busybox_image_tar;
 use ember_tests::{fixtures, skip};
 
 const IMAGE: &str = "docker.io/library/busybox:ember";
+/// How long one step may take on the process backend ([`Backend::scaled`] scales it).
+const STEP: Duration = Duration::from_secs(60);
 
-/// Why these tests cannot run here, if they cannot.
-fn unavailable() -> Option<String> {
+/// Why these tests cannot run here with `backend`, if they cannot.
+fn unavailable(backend: Backend) -> Option<String> {
     if let Some(why) = containerd::unavailable() {
         return Some(why);
     }
@@ -33,7 +40,7 @@ fn unavailable() -> Option<String> {
     if !fixtures::busybox_available() {
         return Some("busybox-static is not installed (apt-get install busybox-static)".into());
     }
-    ember_tests::oci::unavailable()
+    ember_tests::oci::unavailable().or_else(|| backend.unavailable())
 }
 
 /// A private containerd with the busybox image, an ember config and the wrapper.
@@ -45,6 +52,7 @@ struct Env {
     root: PathBuf,
     /// ember's `sandbox.state_dir` (short: agent socket paths must fit in sun_path).
     state: PathBuf,
+    backend: Backend,
     _tmp: tempfile::TempDir,
 }
 
@@ -68,19 +76,27 @@ impl Drop for Env {
 }
 
 impl Env {
-    fn start(test: &str, tag: &str) -> Option<Env> {
-        if let Some(why) = unavailable() {
-            skip(test, &why);
+    fn start(backend: Backend, body: &str, tag: &str) -> Option<Env> {
+        if let Some(why) = unavailable(backend) {
+            skip(&backend.test_name(body), &why);
             return None;
         }
         let tmp = tempfile::Builder::new()
             .prefix("ember-oci-shim")
             .tempdir()
             .unwrap();
-        let state = PathBuf::from(format!("/run/eos{}{tag}", std::process::id()));
+        // Both variants of a body may run at once (on a host with hardware KVM).
+        let suffix = if backend == Backend::Microvm { "v" } else { "" };
+        let state = PathBuf::from(format!("/run/eos{}{tag}{suffix}", std::process::id()));
         let _ = std::fs::remove_dir_all(&state);
-        let runc = ember_tests::oci::wrapper(tmp.path(), &state).unwrap();
-        let ctrd = Containerd::start(Options::default()).unwrap();
+        let runc = ember_tests::oci::wrapper(tmp.path(), &state, backend).unwrap();
+        let ctrd = Containerd::start(Options {
+            start_timeout: backend.scaled(Options::default().start_timeout),
+            ..Options::default()
+        })
+        .unwrap();
+        // A hung step fails its test with containerd's log rather than stalling the run.
+        ctrd.set_ctr_timeout(backend.scaled(STEP) * 2);
         let tar = ctrd.scratch().join("busybox.tar");
         busybox_image_tar(&tar, IMAGE).unwrap();
         ctrd.import_image(&tar, containerd::DEFAULT_NAMESPACE)
@@ -90,6 +106,7 @@ impl Env {
             runc,
             root: tmp.path().join("root"),
             state,
+            backend,
             _tmp: tmp,
         })
     }
@@ -115,7 +132,7 @@ impl Env {
     }
 
     /// `ctr ARGS` with a terminal as its stdin and stdout (ctr's `-t` needs one), under
-    /// util-linux's `script`, whose exit code is ctr's (`-e`); at most 120 s.
+    /// util-linux's `script`, whose exit code is ctr's (`-e`); at most two steps.
     fn ctr_in_terminal(&self, args: &[&str]) -> Output {
         let cmd = self.ctrd.ctr_command(containerd::DEFAULT_NAMESPACE);
         let line = std::iter::once(cmd.get_program().to_string_lossy().into_owned())
@@ -124,8 +141,9 @@ impl Env {
             .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
             .collect::<Vec<_>>()
             .join(" ");
+        let limit = (self.backend.scaled(STEP) * 2).as_secs().to_string();
         std::process::Command::new("timeout")
-            .args(["120", "script", "-qec", &line, "/dev/null"])
+            .args([limit.as_str(), "script", "-qec", &line, "/dev/null"])
             .stdin(std::process::Stdio::null())
             .output()
             .unwrap()
@@ -152,7 +170,7 @@ impl Env {
                 return;
             }
             assert!(
-                start.elapsed() < Duration::from_secs(60),
+                start.elapsed() < self.backend.scaled(STEP),
                 "task {id} is {st:?}, not {want:?}\n{}",
                 self.ctrd.log_tail(30)
             );
@@ -185,174 +203,213 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-fn cid(base: &str) -> String {
-    format!("{base}-{}", std::process::id())
+/// A unique container id: both variants of a body may run at once.
+fn cid(backend: Backend, base: &str) -> String {
+    match backend {
+        Backend::Process => format!("{base}-{}", std::process::id()),
+        Backend::Microvm => format!("{base}-v{}", std::process::id()),
+    }
 }
 
-#[test]
-fn ctr_run_echo_and_exit_codes() {
-    let Some(env) = Env::start("ctr_run_echo_and_exit_codes", "r") else {
-        return;
-    };
-    let id = cid("echo");
-    let out = env.run(&["--rm"], &id, &["echo", "hi"]);
-    assert!(
-        out.status.success(),
-        "ctr run: {}\n{}",
-        text(&out.stderr),
-        env.ctrd.log_tail(30)
-    );
-    assert_eq!(text(&out.stdout), "hi\n");
-    env.assert_nothing_left(&id);
+/// For each body of [`body`]: the test `name` on the process backend, and `hw_kvm::name` on
+/// the microvm backend (the module name is how the test runner finds the tests that need
+/// hardware virtualization).
+macro_rules! on_both_backends {
+    ($($name:ident),+ $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                body::$name(Backend::Process);
+            }
+        )+
 
-    let id = cid("code");
-    let out = env.run(&["--rm"], &id, &["sh", "-c", "echo to-stderr >&2; exit 7"]);
-    assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
-    assert!(text(&out.stderr).contains("to-stderr"));
-    env.assert_nothing_left(&id);
+        mod hw_kvm {
+            use super::{body, Backend};
+            $(
+                #[test]
+                fn $name() {
+                    if !ember_tests::hw_kvm_runs_here(concat!("hw_kvm::", stringify!($name))) {
+                        return;
+                    }
+                    body::$name(Backend::Microvm);
+                }
+            )+
+        }
+    };
 }
 
-#[test]
-fn detached_task_ps_exec_pause_kill() {
-    let Some(env) = Env::start("detached_task_ps_exec_pause_kill", "d") else {
-        return;
-    };
-    let id = cid("det");
-    let out = env.run(&["-d"], &id, &["sleep", "1000"]);
-    assert!(
-        out.status.success(),
-        "ctr run -d: {}\n{}",
-        text(&out.stderr),
-        env.ctrd.log_tail(30)
-    );
-    env.wait_status(&id, Some("RUNNING"));
-    // The task's pid is the holder's, and ember-oci's state agrees.
-    let pid = env
-        .ctr_ok(&["task", "ls"])
-        .lines()
-        .find(|l| l.starts_with(&id))
-        .and_then(|l| l.split_whitespace().nth(1).map(str::to_string))
-        .unwrap();
-    let state = std::process::Command::new(&env.runc)
-        .arg("--root")
-        .arg(env.ns_root())
-        .args(["state", &id])
-        .output()
-        .unwrap();
-    let state: serde_json::Value = serde_json::from_slice(&state.stdout)
-        .unwrap_or_else(|e| panic!("state: {e}: {}", text(&state.stderr)));
-    assert_eq!(state["status"], "running", "{state}");
-    assert_eq!(state["pid"].to_string(), pid, "{state}");
+on_both_backends!(
+    ctr_run_echo_and_exit_codes,
+    detached_task_ps_exec_pause_kill,
+    ctr_run_with_a_terminal,
+);
 
-    // ctr task ps: runc ps --format json, host pids of the container's cgroup.
-    let ps = env.ctr_ok(&["task", "ps", &id]);
-    assert!(ps.lines().count() >= 2, "no processes: {ps}");
+/// The test bodies that run on both backends ([`on_both_backends`]).
+mod body {
+    use super::*;
 
-    let out = env
-        .ctrd
-        .ctr(&[
-            "task",
-            "exec",
-            "--exec-id",
-            "e1",
-            &id,
-            "sh",
-            "-c",
-            "echo exec-hi; exit 3",
-        ])
-        .unwrap();
-    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
-    assert_eq!(text(&out.stdout), "exec-hi\n");
+    pub fn ctr_run_echo_and_exit_codes(backend: Backend) {
+        let Some(env) = Env::start(backend, "ctr_run_echo_and_exit_codes", "r") else {
+            return;
+        };
+        let id = cid(backend, "echo");
+        let out = env.run(&["--rm"], &id, &["echo", "hi"]);
+        assert!(
+            out.status.success(),
+            "ctr run: {}\n{}",
+            text(&out.stderr),
+            env.ctrd.log_tail(30)
+        );
+        assert_eq!(text(&out.stdout), "hi\n");
+        env.assert_nothing_left(&id);
 
-    // exec with a terminal: `ember-oci exec --detach --console-socket` under the shim.
-    if containerd::which("script").is_some() {
-        let args = [
-            "task",
-            "exec",
-            "-t",
-            "--exec-id",
-            "e2",
-            &id,
-            "sh",
-            "-c",
-            "test -t 0 && test -t 1 && echo exec-tty; exit 5",
-        ];
-        let out = env.ctr_in_terminal(&args);
-        assert_eq!(
-            out.status.code(),
-            Some(5),
-            "{}{}",
-            text(&out.stdout),
+        let id = cid(backend, "code");
+        let out = env.run(&["--rm"], &id, &["sh", "-c", "echo to-stderr >&2; exit 7"]);
+        assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
+        assert!(text(&out.stderr).contains("to-stderr"));
+        env.assert_nothing_left(&id);
+    }
+
+    pub fn detached_task_ps_exec_pause_kill(backend: Backend) {
+        let Some(env) = Env::start(backend, "detached_task_ps_exec_pause_kill", "d") else {
+            return;
+        };
+        let id = cid(backend, "det");
+        let out = env.run(&["-d"], &id, &["sleep", "1000"]);
+        assert!(
+            out.status.success(),
+            "ctr run -d: {}\n{}",
+            text(&out.stderr),
+            env.ctrd.log_tail(30)
+        );
+        env.wait_status(&id, Some("RUNNING"));
+        // The task's pid is the holder's, and ember-oci's state agrees.
+        let pid = env
+            .ctr_ok(&["task", "ls"])
+            .lines()
+            .find(|l| l.starts_with(&id))
+            .and_then(|l| l.split_whitespace().nth(1).map(str::to_string))
+            .unwrap();
+        let state = std::process::Command::new(&env.runc)
+            .arg("--root")
+            .arg(env.ns_root())
+            .args(["state", &id])
+            .output()
+            .unwrap();
+        let state: serde_json::Value = serde_json::from_slice(&state.stdout)
+            .unwrap_or_else(|e| panic!("state: {e}: {}", text(&state.stderr)));
+        assert_eq!(state["status"], "running", "{state}");
+        assert_eq!(state["pid"].to_string(), pid, "{state}");
+
+        // ctr task ps: runc ps --format json, host pids of the container's cgroup.
+        let ps = env.ctr_ok(&["task", "ps", &id]);
+        assert!(ps.lines().count() >= 2, "no processes: {ps}");
+
+        let out = env
+            .ctrd
+            .ctr(&[
+                "task",
+                "exec",
+                "--exec-id",
+                "e1",
+                &id,
+                "sh",
+                "-c",
+                "echo exec-hi; exit 3",
+            ])
+            .unwrap();
+        assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), "exec-hi\n");
+
+        // exec with a terminal: `ember-oci exec --detach --console-socket` under the shim.
+        if containerd::which("script").is_some() {
+            let args = [
+                "task",
+                "exec",
+                "-t",
+                "--exec-id",
+                "e2",
+                &id,
+                "sh",
+                "-c",
+                "test -t 0 && test -t 1 && echo exec-tty; exit 5",
+            ];
+            let out = env.ctr_in_terminal(&args);
+            assert_eq!(
+                out.status.code(),
+                Some(5),
+                "{}{}",
+                text(&out.stdout),
+                text(&out.stderr)
+            );
+            assert!(
+                text(&out.stdout).contains("exec-tty"),
+                "{}",
+                text(&out.stdout)
+            );
+        }
+
+        env.ctr_ok(&["task", "pause", &id]);
+        env.wait_status(&id, Some("PAUSED"));
+        env.ctr_ok(&["task", "resume", &id]);
+        env.wait_status(&id, Some("RUNNING"));
+
+        env.ctr_ok(&["task", "kill", "-s", "SIGKILL", &id]);
+        env.wait_status(&id, Some("STOPPED"));
+        let out = env.ctrd.ctr(&["task", "rm", &id]).unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains("exit code 137") || text(&out.stdout).contains("137"),
+            "ctr task rm does not report 137: {}",
             text(&out.stderr)
         );
+        env.ctr_ok(&["container", "rm", &id]);
+        env.assert_nothing_left(&id);
+    }
+
+    pub fn ctr_run_with_a_terminal(backend: Backend) {
+        let Some(env) = Env::start(backend, "ctr_run_with_a_terminal", "t") else {
+            return;
+        };
+        if containerd::which("script").is_none() {
+            return skip(
+                &backend.test_name("ctr_run_with_a_terminal"),
+                "util-linux's script is not installed",
+            );
+        }
+        let id = cid(backend, "tty");
+        // The container's terminal comes through the console socket the shim gave ember-oci.
+        let runc = env.runc.display().to_string();
+        let root = env.root.display().to_string();
+        let out = env.ctr_in_terminal(&[
+            "run",
+            "--rm",
+            "-t",
+            "--runtime",
+            RUNC_RUNTIME,
+            "--runc-binary",
+            &runc,
+            "--runc-root",
+            &root,
+            IMAGE,
+            &id,
+            "sh",
+            "-c",
+            "test -t 0 && test -t 1 && echo is-a-tty; exit 4",
+        ]);
+        assert_eq!(
+            out.status.code(),
+            Some(4),
+            "{}{}\n{}",
+            text(&out.stdout),
+            text(&out.stderr),
+            env.ctrd.log_tail(20)
+        );
         assert!(
-            text(&out.stdout).contains("exec-tty"),
+            text(&out.stdout).contains("is-a-tty"),
             "{}",
             text(&out.stdout)
         );
+        env.assert_nothing_left(&id);
     }
-
-    env.ctr_ok(&["task", "pause", &id]);
-    env.wait_status(&id, Some("PAUSED"));
-    env.ctr_ok(&["task", "resume", &id]);
-    env.wait_status(&id, Some("RUNNING"));
-
-    env.ctr_ok(&["task", "kill", "-s", "SIGKILL", &id]);
-    env.wait_status(&id, Some("STOPPED"));
-    let out = env.ctrd.ctr(&["task", "rm", &id]).unwrap();
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(
-        text(&out.stderr).contains("exit code 137") || text(&out.stdout).contains("137"),
-        "ctr task rm does not report 137: {}",
-        text(&out.stderr)
-    );
-    env.ctr_ok(&["container", "rm", &id]);
-    env.assert_nothing_left(&id);
-}
-
-#[test]
-fn ctr_run_with_a_terminal() {
-    let Some(env) = Env::start("ctr_run_with_a_terminal", "t") else {
-        return;
-    };
-    if containerd::which("script").is_none() {
-        return skip(
-            "ctr_run_with_a_terminal",
-            "util-linux's script is not installed",
-        );
-    }
-    let id = cid("tty");
-    // The container's terminal comes through the console socket the shim gave ember-oci.
-    let runc = env.runc.display().to_string();
-    let root = env.root.display().to_string();
-    let out = env.ctr_in_terminal(&[
-        "run",
-        "--rm",
-        "-t",
-        "--runtime",
-        RUNC_RUNTIME,
-        "--runc-binary",
-        &runc,
-        "--runc-root",
-        &root,
-        IMAGE,
-        &id,
-        "sh",
-        "-c",
-        "test -t 0 && test -t 1 && echo is-a-tty; exit 4",
-    ]);
-    assert_eq!(
-        out.status.code(),
-        Some(4),
-        "{}{}\n{}",
-        text(&out.stdout),
-        text(&out.stderr),
-        env.ctrd.log_tail(20)
-    );
-    assert!(
-        text(&out.stdout).contains("is-a-tty"),
-        "{}",
-        text(&out.stdout)
-    );
-    env.assert_nothing_left(&id);
 }

@@ -297,7 +297,9 @@ async fn run_init(
     info!("container={id}: created; holder {}", std::process::id());
     let status = relay::wait(sb.agent(), &target, pty).await;
     info!("container={id}: init exited with {status}");
-    relay.drain().await;
+    relay
+        .drain(crate::sandbox::exit_output_drain(&target.exec_id))
+        .await;
     // A `start` still waiting for its answer finishes before the sandbox goes.
     let lock_dir = dir.clone();
     let _lock = tokio::task::spawn_blocking(move || lock_dir.lock())

@@ -27,10 +27,6 @@ const FORWARDED: [libc::c_int; 6] = [
     libc::SIGUSR2,
 ];
 
-/// How long output may still arrive after the process exited (from its children that
-/// hold the streams, or data in flight).
-const DRAIN: Duration = Duration::from_secs(5);
-
 /// This side of a process's stdio.
 #[derive(Debug)]
 pub enum ProcessIo {
@@ -131,12 +127,14 @@ impl Relay {
         Ok(relay)
     }
 
-    /// Waits (a bounded time) for the output copies to reach the end of their streams.
-    pub async fn drain(self) {
-        let deadline = tokio::time::Instant::now() + DRAIN;
+    /// Waits for the output copies to reach the end of their streams, at most `limit`
+    /// ([`crate::sandbox::exit_output_drain`]): this process exits with the container's
+    /// status right after, and its caller (the runc shim, conmon) stops reading then.
+    pub async fn drain(self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
         for o in self.outputs {
             if tokio::time::timeout_at(deadline, o).await.is_err() {
-                warn!("output still open {DRAIN:?} after the process exited; dropped");
+                warn!("output still open {limit:?} after the process exited; the rest is dropped");
             }
         }
     }

@@ -639,6 +639,20 @@ pub struct WantedStreams {
     pub terminal: bool,
 }
 
+/// How long a process's exit may wait for its output to reach the caller (the output
+/// still in flight in the guest's pipe, the vsock stream and the host's buffers), before the
+/// exit is told anyway and the rest dropped: a caller that sees the exit deletes the process
+/// and stops reading. An init's children die with its PID namespace, so its output ends soon
+/// after it; an exec's background children may hold its output open, so an exec waits less.
+/// The shim and the OCI command line's relays both use it.
+pub fn exit_output_drain(exec_id: &str) -> std::time::Duration {
+    if exec_id.is_empty() {
+        std::time::Duration::from_secs(60)
+    } else {
+        std::time::Duration::from_secs(10)
+    }
+}
+
 /// Random bits in every stream id: a stream is attached by the first connection that
 /// names its id, so the id must not be guessable by anything else that can reach the
 /// agent's stdio listener.
