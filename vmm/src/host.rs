@@ -55,3 +55,31 @@ impl Virtualization {
         }
     }
 }
+
+/// The hypervisor signature (CPUID leaf `0x4000_0000`) of a CPU emulated by QEMU's TCG.
+const TCG_SIGNATURE: &[u8; 12] = b"TCGTCGTCGTCG";
+
+/// Whether this host's CPU is itself emulated by QEMU's TCG (its hypervisor signature in
+/// CPUID leaf `0x4000_0000` is `TCGTCGTCGTCG`), as in ember's nested KVM test host.
+///
+/// QEMU's TCG emulates AMD-V well enough for KVM, but not a guest's XSAVE state: there the
+/// guest kernel's check fails at every boot ("XSAVE consistency problem: size 2696 !=
+/// kernel_size 576": CPUID leaf 0xd does not follow the XCR0 the guest set), and now and
+/// then the guest triple-faults right after it. So `cpu_profile = "auto"` takes the
+/// emulation-safe profile (no XSAVE) on such hosts.
+pub fn cpu_emulated_by_tcg() -> bool {
+    use std::arch::x86_64::__cpuid;
+    /// Leaf 1 ECX bit 31: running under a hypervisor.
+    const HYPERVISOR: u32 = 1 << 31;
+    // SAFETY: CPUID exists on every x86_64 CPU and only reads identification registers.
+    #[allow(unused_unsafe)]
+    let (leaf1, leaf_hv) = unsafe { (__cpuid(1), __cpuid(0x4000_0000)) };
+    if leaf1.ecx & HYPERVISOR == 0 {
+        return false;
+    }
+    let mut signature = [0u8; 12];
+    signature[..4].copy_from_slice(&leaf_hv.ebx.to_le_bytes());
+    signature[4..8].copy_from_slice(&leaf_hv.ecx.to_le_bytes());
+    signature[8..].copy_from_slice(&leaf_hv.edx.to_le_bytes());
+    &signature == TCG_SIGNATURE
+}

@@ -73,8 +73,8 @@ struct Cli {
     /// Most bytes a --serial file keeps (its older half is dropped when full; default 1 MiB).
     #[arg(long, value_name = "BYTES")]
     serial_max_bytes: Option<u64>,
-    /// CPU features for the guest: auto (emulation-safe without hardware virtualization),
-    /// host, or emulation-safe.
+    /// CPU features for the guest: auto (emulation-safe without hardware virtualization or
+    /// on a CPU that QEMU's TCG emulates, host otherwise), host, or emulation-safe.
     #[arg(long, value_name = "PROFILE")]
     cpu_profile: Option<CpuProfile>,
     /// A vm.toml with the same settings (kernel, initrd, cmdline, vcpus, memory_mib,

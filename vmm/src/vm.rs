@@ -263,14 +263,16 @@ impl Vm {
         } = devices;
 
         let virt = Virtualization::detect(Path::new("/"));
-        let profile = cpuid::resolve(config.cpu_profile, virt);
+        let tcg = crate::host::cpu_emulated_by_tcg();
+        let profile = cpuid::resolve(config.cpu_profile, virt, tcg);
         match profile {
             cpuid::EffectiveProfile::EmulationSafe => {
                 cmdline.push(' ');
                 cmdline.push_str(cpuid::EMULATION_SAFE_CMDLINE);
                 log::info!(
-                    "cpu profile: emulation-safe ({:?} host, configured {:?}); appended `{}` to the kernel command line",
+                    "cpu profile: emulation-safe ({:?} host{}, configured {:?}); appended `{}` to the kernel command line",
                     virt,
+                    if tcg { " whose CPU QEMU's TCG emulates" } else { "" },
                     config.cpu_profile,
                     cpuid::EMULATION_SAFE_CMDLINE
                 );

@@ -19,12 +19,14 @@ pub enum EffectiveProfile {
 /// and died on `xrstor`), so the kernel is told as well.
 pub const EMULATION_SAFE_CMDLINE: &str = "noxsave nosmap nosmep clearcpuid=smap,smep,popcnt,cx16";
 
-/// Resolve `auto` for a host with virtualization `virt`.
-pub fn resolve(profile: CpuProfile, virt: Virtualization) -> EffectiveProfile {
+/// Resolve `auto` for a host with virtualization `virt`, whose CPU is emulated by QEMU's
+/// TCG when `tcg` ([`crate::host::cpu_emulated_by_tcg`]: hardware virtualization, but a
+/// guest's XSAVE state is not kept consistent there).
+pub fn resolve(profile: CpuProfile, virt: Virtualization, tcg: bool) -> EffectiveProfile {
     match profile {
         CpuProfile::Host => EffectiveProfile::Host,
         CpuProfile::EmulationSafe => EffectiveProfile::EmulationSafe,
-        CpuProfile::Auto if virt.is_hardware() => EffectiveProfile::Host,
+        CpuProfile::Auto if virt.is_hardware() && !tcg => EffectiveProfile::Host,
         CpuProfile::Auto => EffectiveProfile::EmulationSafe,
     }
 }
@@ -135,15 +137,24 @@ mod tests {
     #[test]
     fn auto_follows_the_host() {
         assert_eq!(
-            resolve(CpuProfile::Auto, Virtualization::Pvm),
+            resolve(CpuProfile::Auto, Virtualization::Pvm, false),
             EffectiveProfile::EmulationSafe
         );
         assert_eq!(
-            resolve(CpuProfile::Auto, Virtualization::HardwareVmx),
+            resolve(CpuProfile::Auto, Virtualization::HardwareVmx, false),
+            EffectiveProfile::Host
+        );
+        // Hardware virtualization on a CPU that QEMU's TCG emulates (the nested test host).
+        assert_eq!(
+            resolve(CpuProfile::Auto, Virtualization::HardwareSvm, true),
+            EffectiveProfile::EmulationSafe
+        );
+        assert_eq!(
+            resolve(CpuProfile::Host, Virtualization::Pvm, false),
             EffectiveProfile::Host
         );
         assert_eq!(
-            resolve(CpuProfile::Host, Virtualization::Pvm),
+            resolve(CpuProfile::Host, Virtualization::HardwareSvm, true),
             EffectiveProfile::Host
         );
     }
