@@ -1,9 +1,10 @@
 //! Who may talk to the agent. On vsock only the host (CID 2, where the VMM's muxer
 //! connects from) may open a ttrpc or stdio connection: a process inside the guest (a
 //! container that dials the agent's port, which `/proc/cmdline` names) is refused at
-//! accept, before it can send a request or attach a stream (the guest kernel has vsock
-//! loopback, so such a dial connects at the transport level). Unix listeners (the process
-//! backend) are guarded by their socket's file mode instead.
+//! accept, before it can send a request or attach a stream. The guest kernel is built
+//! without `CONFIG_VSOCKETS_LOOPBACK` as well, so such a dial does not even connect; this
+//! check holds should a kernel with loopback be used. Unix listeners (the process backend)
+//! are guarded by their socket's file mode instead.
 //!
 //! Refusals are logged at most once per [`REFUSAL_LOG_EVERY`], with the number left
 //! unlogged, so a dialling loop inside the guest cannot grow the log without bound.

@@ -995,8 +995,9 @@ mod body {
     /// Microvm only (#12: the agent is reachable from the host alone). A static probe
     /// (`tests/probes/vsock_dial.c`), bind-mounted into a container, dials the agent's
     /// ttrpc and stdio ports at the guest's own context ids and offers a guessed stream id:
-    /// the agent closes every such connection at once (it takes the host's CID only), so no
-    /// answer comes back, and the container's own run is unaffected.
+    /// no connection is made (the guest kernel has no vsock loopback; the agent would also
+    /// close it at once, as it takes the host's CID only), and the container's own run is
+    /// unaffected.
     pub fn container_cannot_reach_the_agent(backend: Backend) {
         let test = backend.test_name("container_cannot_reach_the_agent");
         if containerd::which("cc").is_none() {
@@ -1051,12 +1052,11 @@ mod body {
         assert!(stdout.contains("probe-done"), "{stdout}");
         let tries: Vec<&str> = stdout.lines().filter(|l| l.starts_with("cid ")).collect();
         assert_eq!(tries.len(), 4, "{stdout}");
-        // Refused by the guest kernel, or accepted there and closed at once by the agent
-        // (read 0, no status byte): never an answer.
+        // Refused by the guest kernel: it has no loopback transport.
         for line in tries {
             assert!(
-                line.contains(": refused: ") || line.contains(", read 0, answer -1"),
-                "a container reached an agent port: {line}"
+                line.contains(": refused: "),
+                "a container connected to an agent port: {line}"
             );
         }
         let _ = env.ctr(&["containers", "rm", &id]);
