@@ -264,8 +264,33 @@ async fn serve(cli: Cli, log: Logger) -> Result<(), AgentError> {
     Ok(())
 }
 
+/// The command line `args` (program name first). As the guest's init (`pid1`) the agent
+/// also gets, as arguments, the kernel command line's parameters that the kernel does not
+/// know itself (`noxsave`, which the kernel honours early but calls unknown, or a typo in
+/// `hypervisor.kernel_params`): an init that exits on them panics the guest, so as PID 1
+/// arguments that do not parse are named on stderr (the guest console) and ignored.
+fn command_line(args: Vec<String>, pid1: bool) -> Result<Cli, clap::Error> {
+    match Cli::try_parse_from(&args) {
+        Err(e)
+            if pid1
+                && !matches!(
+                    e.kind(),
+                    clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+                ) =>
+        {
+            eprintln!(
+                "ember-agent: as the guest's init, ignoring the arguments the kernel passed on: {}",
+                args[1..].join(" ")
+            );
+            Cli::try_parse_from(args.into_iter().take(1))
+        }
+        other => other,
+    }
+}
+
 fn main() {
-    let cli = Cli::parse();
+    let args: Vec<String> = std::env::args().collect();
+    let cli = command_line(args, std::process::id() == 1).unwrap_or_else(|e| e.exit());
     // The spawn helper must stay single-threaded: no runtime, no logger thread.
     if let Some(Command::Spawn) = &cli.command {
         std::process::exit(spawn::helper_main());
@@ -292,5 +317,27 @@ fn main() {
         drop(log);
         eprintln!("ember-agent: {e}");
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn as_init_the_kernels_leftover_parameters_are_ignored() {
+        let leftovers = args(&["/init", "noxsave", "nosmap", "nosmep"]);
+        let cli = command_line(leftovers.clone(), true).unwrap();
+        assert_eq!(cli.state_dir, PathBuf::from("/run/ember-agent"));
+        assert!(cli.listen.is_none() && cli.command.is_none());
+        // Not as init: a bad argument is an error, as for any program.
+        assert!(command_line(leftovers, false).is_err());
+        // Good arguments are used either way.
+        let cli = command_line(args(&["ember-agent", "--log-level", "debug"]), true).unwrap();
+        assert_eq!(cli.log_level, "debug");
     }
 }
