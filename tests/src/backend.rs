@@ -96,3 +96,53 @@ pub fn guest_assets() -> Result<(PathBuf, PathBuf), String> {
     })?;
     Ok((kernel, initrd))
 }
+
+/// Defines, for each body in the calling file's `body` module (a `fn(Backend)`), the test
+/// `name` on the process backend and `hw_kvm::name` on the microvm backend. The module name
+/// `hw_kvm` is how the test runner finds the tests that need hardware virtualization (and
+/// runs them in the nested KVM test host where there is none; see
+/// [`crate::hw_kvm_runs_here`]). After `microvm_only:`, bodies that test what only a
+/// microVM has (the guest's vsock, say): only their `hw_kvm::name` test.
+///
+/// ```ignore
+/// ember_tests::on_both_backends!(runs_echo, kills; microvm_only: guest_only_thing);
+/// mod body {
+///     pub fn runs_echo(backend: ember_tests::backend::Backend) { /* ... */ }
+/// }
+/// ```
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),+ $(,)?) => {
+        $crate::on_both_backends!($($name),+; microvm_only:);
+    };
+    ($($name:ident),+ $(,)?; microvm_only: $($vm_name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                body::$name($crate::backend::Backend::Process);
+            }
+        )+
+
+        mod hw_kvm {
+            use super::body;
+            $(
+                #[test]
+                fn $name() {
+                    if !$crate::hw_kvm_runs_here(concat!("hw_kvm::", stringify!($name))) {
+                        return;
+                    }
+                    body::$name($crate::backend::Backend::Microvm);
+                }
+            )+
+            $(
+                #[test]
+                fn $vm_name() {
+                    if !$crate::hw_kvm_runs_here(concat!("hw_kvm::", stringify!($vm_name))) {
+                        return;
+                    }
+                    body::$vm_name($crate::backend::Backend::Microvm);
+                }
+            )*
+        }
+    };
+}

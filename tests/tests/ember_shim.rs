@@ -463,46 +463,8 @@ fn finish(mut child: Child, timeout: Duration) -> (Option<i32>, String, String) 
     }
 }
 
-/// For each body of [`body`]: the test `name` on the process backend, and `hw_kvm::name` on
-/// the microvm backend. The module name `hw_kvm` is how the test runner finds the tests that
-/// need hardware virtualization (and runs them in the nested KVM test host where there is
-/// none).
-/// After `microvm_only:`, bodies that test what only a microVM has (the guest's vsock):
-/// only their `hw_kvm::name` test.
-macro_rules! on_both_backends {
-    ($($name:ident),+ $(,)?; microvm_only: $($vm_name:ident),+ $(,)?) => {
-        $(
-            #[test]
-            fn $name() {
-                body::$name(Backend::Process);
-            }
-        )+
-
-        mod hw_kvm {
-            use super::{body, Backend};
-            $(
-                #[test]
-                fn $name() {
-                    if !ember_tests::hw_kvm_runs_here(concat!("hw_kvm::", stringify!($name))) {
-                        return;
-                    }
-                    body::$name(Backend::Microvm);
-                }
-            )+
-            $(
-                #[test]
-                fn $vm_name() {
-                    if !ember_tests::hw_kvm_runs_here(concat!("hw_kvm::", stringify!($vm_name))) {
-                        return;
-                    }
-                    body::$vm_name(Backend::Microvm);
-                }
-            )+
-        }
-    };
-}
-
-on_both_backends!(
+// Each body as `name` (process backend) and `hw_kvm::name` (microvm backend).
+ember_tests::on_both_backends!(
     run_passes_stdout_and_exit_codes,
     kill_passes_signal_exit_codes,
     stdin_reaches_the_container,
@@ -515,7 +477,7 @@ on_both_backends!(
     microvm_only: container_cannot_reach_the_agent,
 );
 
-/// The test bodies that run on both backends ([`on_both_backends`]).
+/// The test bodies that run on both backends ([`ember_tests::on_both_backends`]).
 mod body {
     use super::*;
 

@@ -211,40 +211,14 @@ fn cid(backend: Backend, base: &str) -> String {
     }
 }
 
-/// For each body of [`body`]: the test `name` on the process backend, and `hw_kvm::name` on
-/// the microvm backend (the module name is how the test runner finds the tests that need
-/// hardware virtualization).
-macro_rules! on_both_backends {
-    ($($name:ident),+ $(,)?) => {
-        $(
-            #[test]
-            fn $name() {
-                body::$name(Backend::Process);
-            }
-        )+
-
-        mod hw_kvm {
-            use super::{body, Backend};
-            $(
-                #[test]
-                fn $name() {
-                    if !ember_tests::hw_kvm_runs_here(concat!("hw_kvm::", stringify!($name))) {
-                        return;
-                    }
-                    body::$name(Backend::Microvm);
-                }
-            )+
-        }
-    };
-}
-
-on_both_backends!(
+// Each body as `name` (process backend) and `hw_kvm::name` (microvm backend).
+ember_tests::on_both_backends!(
     ctr_run_echo_and_exit_codes,
     detached_task_ps_exec_pause_kill,
     ctr_run_with_a_terminal,
 );
 
-/// The test bodies that run on both backends ([`on_both_backends`]).
+/// The test bodies that run on both backends ([`ember_tests::on_both_backends`]).
 mod body {
     use super::*;
 
