@@ -1058,6 +1058,10 @@ mod tests {
                    test hw_kvm::d ... ignored\n";
         assert_eq!(passed_tests(out), ["hw_kvm::a", "hw_kvm::b"]);
         assert_eq!(failed_tests(out), ["hw_kvm::c"]);
+        assert!(!guest_triple_faulted(out));
+        assert!(guest_triple_faulted(
+            "ctr: failed to create shim task: sandbox echo: the VM exited while starting (a vCPU triple-faulted (see console.log))"
+        ));
         assert_eq!(record_passed(&[]), "");
         let rec = record_passed(&passed_tests(out));
         assert!(rec.contains("test hw_kvm::b ... ok\n"), "{rec}");
@@ -1158,7 +1162,7 @@ impl KvmHost {
         let mut selection = shell_quote(filter);
         let mut passed_before: Vec<String> = Vec::new();
         let mut reruns = 0;
-        let mut retried_failures = false;
+        let mut failure_retries = 0;
         loop {
             let mut job = Job::new(format!(
                 "{exe} {selection} --test-threads={}",
@@ -1181,16 +1185,22 @@ impl KvmHost {
             let failed = failed_tests(&outcome.output);
             // Tests that failed in a run that itself went fine get one more run in a fresh
             // outer VM: everything in there is emulated, and a guest that crashed once
-            // under TCG (seen: a triple fault while the guest kernel checked its XSAVE
-            // layout) says little about ember. The RERUN record keeps the first failure.
-            let retry_failed = !broke && !failed.is_empty() && !retried_failures;
+            // under TCG says little about ember. When a microVM guest triple-faulted
+            // (about one boot in 20 to 30 under TCG, at no fixed point), they get a second
+            // one. The RERUN record keeps each failure.
+            let allowed = if guest_triple_faulted(&outcome.output) {
+                2
+            } else {
+                1
+            };
+            let retry_failed = !broke && !failed.is_empty() && failure_retries < allowed;
             if (!broke && !retry_failed) || reruns == MAX_TEST_RERUNS {
                 outcome.output = record_passed(&passed_before) + &outcome.output;
                 return Ok((outcome, reruns));
             }
             passed_before.extend(passed_tests(&outcome.output));
             let left: Vec<String> = if retry_failed {
-                retried_failures = true;
+                failure_retries += 1;
                 failed.clone()
             } else {
                 list_tests(binary, filter)?
@@ -1224,8 +1234,15 @@ impl KvmHost {
 }
 
 /// How many times [`KvmHost::run_tests`] runs a binary's remaining tests again after its
-/// outer VM failed or a test stalled (tests that failed get one of these, once).
+/// outer VM failed or a test stalled (tests that failed get one of these, or two when a
+/// microVM guest triple-faulted: [`guest_triple_faulted`]).
 pub const MAX_TEST_RERUNS: u32 = 2;
+
+/// Whether a test's output says a microVM guest triple-faulted (the runtime's words for a
+/// VM whose vCPU shut down), which under TCG happens now and then to any guest.
+pub fn guest_triple_faulted(output: &str) -> bool {
+    output.contains("a vCPU triple-faulted")
+}
 
 /// How long a nested test binary may print nothing before its run counts as stalled
 /// ([`Job::stall`]). The slowest test (a CRI pod of two containers, everything emulated)

@@ -246,6 +246,8 @@ pub fn describe_exit(reason: ExitReason) -> String {
         ExitReason::Reset => {
             "the guest reset (a reboot, or a kernel panic: see console.log)".into()
         }
+        // The nested test host's runner looks for these words
+        // (`ember_tests::kvm_host::guest_triple_faulted`).
         ExitReason::TripleFault => "a vCPU triple-faulted (see console.log)".into(),
         ExitReason::Stopped => "stopped by the host".into(),
         ExitReason::Error => "a vCPU hit an error KVM could not handle".into(),
