@@ -9,7 +9,8 @@
 #
 # BUILD_DIR holds the binaries (default: ${CARGO_TARGET_DIR:-target}/release); GUEST_DIR
 # the guest kernel and images (default: build/guest, made by `make guest`).
-# PREFIX (default /usr/local) and DESTDIR as in make.
+# PREFIX (default /usr/local) and DESTDIR as in make; STRIP=1 strips the binaries as they
+# are installed (release builds are stripped already; a debug build is 700 MB otherwise).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${1:-${CARGO_TARGET_DIR:-target}/release}
@@ -28,8 +29,10 @@ for a in "${assets[@]}"; do
 done
 [ "$missing" = 0 ] || exit 1
 
+strip=()
+if [ "${STRIP:-}" = 1 ]; then strip=(--strip); fi
 for b in "${bins[@]}"; do
-    install -D -m 0755 "$build/$b" "$dest$prefix/bin/$b"
+    install -D -m 0755 "${strip[@]}" "$build/$b" "$dest$prefix/bin/$b"
 done
 for a in "${assets[@]}"; do
     install -D -m 0644 "$guest/$a" "$dest/usr/share/ember/$a"

@@ -61,6 +61,7 @@ const OUTER_FAILURE_MARKERS: &[&str] = &[
     "general protection fault",
     "stack guard page",
     "kernel stack overflow",
+    "ember-kvm-host: the outer VM froze",
 ];
 
 /// How often the outer console is read for [`OUTER_FAILURE_MARKERS`] while a command runs.
@@ -578,6 +579,20 @@ pub fn outer_failure(console: &str) -> Option<String> {
         .map(|l| l.trim().to_string())
 }
 
+/// How long past a job's stall time ([`Job::stall`]) its output may stay unchanged before
+/// the outer VM counts as frozen: the stall watch inside looks every
+/// [`STALL_LOOK_EVERY`] seconds and then needs a moment to write its record.
+const FROZEN_MARGIN: Duration = Duration::from_secs(180);
+
+/// What the console of a frozen outer VM ends with (an [`outer_failure`] marker).
+const FROZEN_MARKER: &str = "[ember-kvm-host: the outer VM froze";
+
+/// Whether output unchanged for `quiet`, under a stall watch of `stall`, means the outer VM
+/// froze: the watch inside would have written its record and ended the command by then.
+fn frozen(quiet: Duration, stall: Duration) -> bool {
+    quiet > stall + FROZEN_MARGIN
+}
+
 /// A nested KVM test host: the outer VM's shape and assets.
 #[derive(Debug, Clone)]
 pub struct KvmHost {
@@ -734,6 +749,12 @@ impl KvmHost {
         // rerun still fits the caller's time.
         let mut broke_at: Option<Instant> = None;
         let mut last_look = Instant::now();
+        // The output's size and when it last changed: with a stall watch inside, output
+        // that stays unchanged well past the stall means the watch itself is not running
+        // (an outer VM whose vCPUs all sleep and whose timers no longer fire: seen once,
+        // QEMU at 0 % CPU for over 10 minutes), so the outer VM counts as failed.
+        let mut output_seen = (0u64, Instant::now());
+        let mut froze = false;
         let status = loop {
             if let Some(status) = qemu.try_wait().map_err(io("qemu-system-x86_64"))? {
                 echo(true);
@@ -747,6 +768,20 @@ impl KvmHost {
                 }
             }
             if broke_at.is_some_and(|t| t.elapsed() > OUTER_FAILURE_GRACE) {
+                let _ = qemu.kill();
+                let _ = qemu.wait();
+                echo(true);
+                break None;
+            }
+            let size = std::fs::metadata(run.join("output")).map_or(0, |m| m.len());
+            if size != output_seen.0 {
+                output_seen = (size, Instant::now());
+            }
+            if job
+                .stall
+                .is_some_and(|stall| frozen(output_seen.1.elapsed(), stall))
+            {
+                froze = true;
                 let _ = qemu.kill();
                 let _ = qemu.wait();
                 echo(true);
@@ -779,6 +814,13 @@ impl KvmHost {
                 let _ = write!(console_text, "\n[qemu exited with {status}: {qemu_err}]");
             }
             Some(_) => {}
+            None if froze => {
+                let _ = write!(
+                    console_text,
+                    "\n{FROZEN_MARKER}: no output and no stall record for {} s; qemu was killed]",
+                    output_seen.1.elapsed().as_secs()
+                );
+            }
             None => {
                 let _ = write!(
                     console_text,
@@ -931,6 +973,23 @@ pub fn shell_quote(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_outer_vm_whose_stall_watch_did_not_act_is_frozen() {
+        let stall = Duration::from_secs(600);
+        assert!(
+            !frozen(Duration::from_secs(700), stall),
+            "the watch may still act"
+        );
+        assert!(frozen(Duration::from_secs(800), stall));
+        let console = format!(
+            "ember-kvm-host: stage 2\n{FROZEN_MARKER}: no output and no stall record for 800 s; qemu was killed]"
+        );
+        assert!(
+            outer_failure(&console).is_some(),
+            "a frozen VM is an outer failure"
+        );
+    }
 
     #[test]
     fn outer_failures_are_told_apart_from_command_output() {
