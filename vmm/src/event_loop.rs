@@ -52,6 +52,11 @@ impl EventLoop {
         let thread = std::thread::Builder::new()
             .name("ember-devices".into())
             .spawn(move || {
+                // virtio-fs's server sets the umask to 0 on the thread that serves
+                // FUSE_INIT; this keeps that umask on this thread only.
+                if let Err(e) = crate::devices::virtio::fs::unshare_fs_context() {
+                    log::error!("event loop: cannot unshare the file-system context, so virtio-fs may clear the process umask: {e}");
+                }
                 while !stop.load(Ordering::SeqCst) {
                     if let Err(e) = manager.run() {
                         log::error!("event loop: {e}");
@@ -71,5 +76,54 @@ impl EventLoop {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::virtio::fs::{ensure_nonzero_umask, thread_umask};
+    use std::sync::mpsc;
+
+    /// Clears its thread's umask when its eventfd fires, and reports the thread's umask.
+    struct UmaskClearer {
+        evt: EventFd,
+        seen: mpsc::Sender<u32>,
+    }
+
+    impl MutEventSubscriber for UmaskClearer {
+        fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+            let _ = self.evt.read();
+            // SAFETY: umask(2) touches no memory.
+            unsafe { libc::umask(0) };
+            let _ = self.seen.send(thread_umask());
+        }
+
+        fn init(&mut self, ops: &mut EventOps) {
+            ops.add(Events::new(&self.evt, EventSet::IN)).unwrap();
+        }
+    }
+
+    #[test]
+    fn what_a_device_does_to_its_umask_stays_on_the_device_thread() {
+        let before = ensure_nonzero_umask();
+        let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let (tx, rx) = mpsc::channel();
+        let clearer: Subscriber = Arc::new(Mutex::new(UmaskClearer {
+            evt: evt.try_clone().unwrap(),
+            seen: tx,
+        }));
+        let event_loop = EventLoop::start(vec![clearer]).unwrap();
+        evt.write(1).unwrap();
+        let on_device_thread = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the subscriber never ran");
+        event_loop.stop();
+        assert_eq!(on_device_thread, 0);
+        assert_eq!(
+            thread_umask(),
+            before,
+            "the device thread cleared the process umask"
+        );
     }
 }

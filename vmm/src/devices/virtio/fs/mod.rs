@@ -50,6 +50,37 @@ pub enum FsError {
     EventFd(std::io::Error),
 }
 
+/// Runs `f` on a thread of its own whose file-system context (umask, cwd) is not shared
+/// with the rest of the process, and returns what `f` returns.
+///
+/// fuse-backend-rs's `PassthroughFs::import` sets the umask to 0 (so the guest's modes
+/// are kept exactly), and the umask belongs to the whole process unless a thread unshares
+/// `CLONE_FS`: run on a shim thread, it left every file the shim created afterwards
+/// world-writable. The device thread unshares for the same reason
+/// ([`unshare_fs_context`]); the library has no option to skip it.
+pub fn with_private_umask<T: Send>(
+    f: impl FnOnce() -> std::io::Result<T> + Send,
+) -> std::io::Result<T> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            unshare_fs_context()?;
+            f()
+        })
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("virtio-fs import panicked")))
+    })
+}
+
+/// Gives the calling thread a file-system context (umask, cwd, root) of its own, so what
+/// the passthrough server does to its umask stays on this thread.
+pub fn unshare_fs_context() -> std::io::Result<()> {
+    // SAFETY: unshare(CLONE_FS) only detaches this thread's fs_struct; it touches no memory.
+    if unsafe { libc::unshare(libc::CLONE_FS) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// The virtio-fs device.
 pub struct Fs {
     tag: String,
@@ -80,7 +111,7 @@ impl Fs {
             ..Default::default()
         };
         let fs = PassthroughFs::<()>::new(cfg).map_err(|e| passthrough_err(e.to_string()))?;
-        fs.import().map_err(|e| passthrough_err(e.to_string()))?;
+        with_private_umask(|| fs.import()).map_err(|e| passthrough_err(e.to_string()))?;
         Ok(Self {
             tag: tag.to_string(),
             read_only,
@@ -184,5 +215,62 @@ impl MutEventSubscriber for Fs {
 
     fn init(&mut self, ops: &mut EventOps) {
         self.state.register_queue_events(ops, 0, "virtio-fs");
+    }
+}
+
+/// The calling thread's umask, read without changing it (`umask(2)` can only set it).
+#[cfg(test)]
+pub(crate) fn thread_umask() -> u32 {
+    let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("Umask:")).unwrap();
+    u32::from_str_radix(line["Umask:".len()..].trim(), 8).unwrap()
+}
+
+/// Sets a non-zero umask when the test runs with none, so that a cleared one shows.
+#[cfg(test)]
+pub(crate) fn ensure_nonzero_umask() -> u32 {
+    if thread_umask() == 0 {
+        // SAFETY: umask(2) touches no memory.
+        unsafe { libc::umask(0o022) };
+    }
+    thread_umask()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sharing_a_directory_leaves_the_process_umask_alone() {
+        let before = ensure_nonzero_umask();
+        let dir = tempfile::tempdir().unwrap();
+        let fs = Fs::new("t", dir.path(), false).unwrap();
+        assert_eq!(fs.tag(), "t");
+        assert_eq!(
+            thread_umask(),
+            before,
+            "the passthrough import cleared the umask"
+        );
+    }
+
+    #[test]
+    fn a_private_umask_is_cleared_only_on_its_own_thread() {
+        let before = ensure_nonzero_umask();
+        let inside = with_private_umask(|| {
+            // SAFETY: umask(2) touches no memory.
+            unsafe { libc::umask(0) };
+            Ok(thread_umask())
+        })
+        .unwrap();
+        assert_eq!(inside, 0);
+        assert_eq!(thread_umask(), before);
+    }
+
+    #[test]
+    fn a_failed_import_names_the_directory() {
+        let Err(err) = Fs::new("t", Path::new("/nonexistent/ember"), false) else {
+            panic!("a missing directory was shared");
+        };
+        assert!(err.to_string().contains("/nonexistent/ember"), "{err}");
     }
 }
