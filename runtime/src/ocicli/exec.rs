@@ -286,7 +286,10 @@ async fn run(ready: &mut ReadyOrError<'_>, job: &Job) -> Result<i32, OciCliError
     ready.ok();
     let status = relay::wait(&agent, &job.target, pty).await;
     relay
-        .drain(crate::sandbox::exit_output_drain(&job.target.exec_id))
+        .drain(
+            &job.target,
+            crate::sandbox::exit_output_drain(&job.target.exec_id),
+        )
         .await;
     Ok(status)
 }

@@ -298,7 +298,7 @@ async fn run_init(
     let status = relay::wait(sb.agent(), &target, pty).await;
     info!("container={id}: init exited with {status}");
     relay
-        .drain(crate::sandbox::exit_output_drain(&target.exec_id))
+        .drain(&target, crate::sandbox::exit_output_drain(&target.exec_id))
         .await;
     // A `start` still waiting for its answer finishes before the sandbox goes.
     let lock_dir = dir.clone();

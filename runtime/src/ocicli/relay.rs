@@ -45,6 +45,17 @@ pub struct Target {
     pub exec_id: String,
 }
 
+impl std::fmt::Display for Target {
+    /// `container=ID` and, for an exec, ` exec=ID`: the prefix of every relay log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "container={}", self.container_id)?;
+        if !self.exec_id.is_empty() {
+            write!(f, " exec={}", self.exec_id)?;
+        }
+        Ok(())
+    }
+}
+
 /// Running stdio copies.
 #[derive(Debug, Default)]
 pub struct Relay {
@@ -130,11 +141,11 @@ impl Relay {
     /// Waits for the output copies to reach the end of their streams, at most `limit`
     /// ([`crate::sandbox::exit_output_drain`]): this process exits with the container's
     /// status right after, and its caller (the runc shim, conmon) stops reading then.
-    pub async fn drain(self, limit: Duration) {
+    pub async fn drain(self, target: &Target, limit: Duration) {
         let deadline = tokio::time::Instant::now() + limit;
         for o in self.outputs {
             if tokio::time::timeout_at(deadline, o).await.is_err() {
-                warn!("output still open {limit:?} after the process exited; the rest is dropped");
+                warn!("{target}: output still open {limit:?} after the process exited; the rest is dropped");
             }
         }
     }
@@ -149,7 +160,7 @@ pub async fn resize(agent: &AgentConnection, target: &Target, pty: &OwnedFd) {
         r.rows = rows;
         r.cols = cols;
         if let Err(e) = agent.agent.tty_win_resize(ctx(), &r).await {
-            info!("resize: {}", rpc_message(&e));
+            info!("{target}: resize: {}", rpc_message(&e));
         }
     }
 }
@@ -177,7 +188,7 @@ pub async fn wait(agent: &AgentConnection, target: &Target, pty: Option<&OwnedFd
                     }
                 });
             }
-            Err(e) => warn!("cannot catch signal {s}: {e}"),
+            Err(e) => warn!("{target}: cannot catch signal {s}: {e}"),
         }
     }
     let mut w = WaitProcessRequest::new();
@@ -191,7 +202,7 @@ pub async fn wait(agent: &AgentConnection, target: &Target, pty: Option<&OwnedFd
                 return match r {
                     Ok(r) => r.exit_status,
                     Err(e) => {
-                        warn!("wait: {}", rpc_message(&e));
+                        warn!("{target}: wait: {}", rpc_message(&e));
                         128 + libc::SIGKILL
                     }
                 };
@@ -208,9 +219,25 @@ pub async fn wait(agent: &AgentConnection, target: &Target, pty: Option<&OwnedFd
                 r.exec_id = target.exec_id.clone();
                 r.signal = sig as u32;
                 if let Err(e) = agent.agent.signal_process(ctx(), &r).await {
-                    warn!("passing on signal {sig}: {}", rpc_message(&e));
+                    warn!("{target}: passing on signal {sig}: {}", rpc_message(&e));
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_lines_name_the_container_and_the_exec() {
+        let mut t = Target {
+            container_id: "c1".into(),
+            exec_id: String::new(),
+        };
+        assert_eq!(t.to_string(), "container=c1");
+        t.exec_id = "e2".into();
+        assert_eq!(t.to_string(), "container=c1 exec=e2");
     }
 }
