@@ -9,6 +9,7 @@ use ember_rootfs_builder::kconfig::{self, Fragment, KconfigError};
 use ember_rootfs_builder::kernel::{self as k, KernelError, KernelInputs, FRAGMENT};
 use ember_rootfs_builder::progress::Progress;
 use ember_rootfs_builder::tools;
+use ember_tests::guest::{retry_a_pvm_hang, ConsoleWatch};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -243,14 +244,31 @@ fn boot_prerequisites() -> Result<k::KernelArtifacts, String> {
     Ok(built)
 }
 
+/// [`boot_once`], once more after a hang on a PVM host
+/// ([`ember_tests::guest::retry_a_pvm_hang`]).
+fn boot(vmlinux: &Path, extra: &[String], milestones: &[&str]) -> Vec<String> {
+    let mut log = Vec::new();
+    let _ = retry_a_pvm_hang("boot under QEMU", || {
+        let (l, hung) = boot_once(vmlinux, extra, milestones);
+        log = l;
+        match hung {
+            true => Err(log[log.len().saturating_sub(3)..].join("\n")),
+            false => Ok(()),
+        }
+    });
+    log
+}
+
 /// Boots `vmlinux` under `qemu-system-x86_64 -M microvm -accel kvm` with `extra` QEMU
-/// arguments and returns the serial log (QEMU's own stderr lines start with `qemu: `).
+/// arguments and returns the serial log (QEMU's own stderr lines start with `qemu: `) and whether
+/// the guest stopped printing for `HANG_QUIET` before the milestones ([`ConsoleWatch`]).
 /// Reading stops `GRACE` after every milestone has shown up, when QEMU exits or
-/// reports a KVM internal error, or after `BOOT_TIMEOUT`; QEMU is then killed.
+/// reports a KVM internal error, after `BOOT_TIMEOUT`, or
+/// after `HANG_QUIET` without a line; QEMU is then killed.
 ///
 /// `arch-capabilities=off`: some PVM hosts refuse QEMU's write of that MSR (0x10a), and
 /// QEMU then aborts before the guest runs ("failed to set MSR 0x10a").
-fn boot(vmlinux: &Path, extra: &[String], milestones: &[&str]) -> Vec<String> {
+fn boot_once(vmlinux: &Path, extra: &[String], milestones: &[&str]) -> (Vec<String>, bool) {
     let mut qemu = Command::new("qemu-system-x86_64")
         .args(["-M", "microvm,acpi=off", "-accel", "kvm"])
         .args(["-cpu", "host,arch-capabilities=off"])
@@ -283,8 +301,14 @@ fn boot(vmlinux: &Path, extra: &[String], milestones: &[&str]) -> Vec<String> {
     let deadline = Instant::now() + BOOT_TIMEOUT;
     let mut log: Vec<String> = Vec::new();
     let mut grace: Option<Instant> = None;
+    let mut console = ConsoleWatch::default();
+    let mut hung = false;
     loop {
         if grace.is_some_and(|g| Instant::now() > g) || Instant::now() > deadline {
+            break;
+        }
+        if grace.is_none() && console.hung(log.len()) {
+            hung = true;
             break;
         }
         match rx.recv_timeout(Duration::from_secs(1)) {
@@ -317,7 +341,7 @@ fn boot(vmlinux: &Path, extra: &[String], milestones: &[&str]) -> Vec<String> {
     }
     let _ = qemu.kill();
     let _ = qemu.wait();
-    log
+    (log, hung)
 }
 
 fn tail(log: &[String]) -> String {

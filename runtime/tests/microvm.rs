@@ -11,6 +11,7 @@
 //! which must see both capacity changes. Needs root and /dev/kvm; skips, saying why,
 //! otherwise.
 
+use ember_tests::guest::{retry_after_hang, ConsoleWatch};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -105,29 +106,56 @@ impl Drop for Netns {
     }
 }
 
-/// Waits until the console log shows `want`, the VM ends, or the timeout passes.
+/// Why [`wait_for_console`] gave up.
+#[derive(Debug)]
+enum Missed {
+    /// The console did not grow for [`ember_tests::guest::HANG_QUIET`]; its last lines.
+    Hung(String),
+    /// The VM ended, or the timeout passed; the message.
+    Other(String),
+}
+
+impl std::fmt::Display for Missed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Missed::Hung(tail) => write!(
+                f,
+                "the guest printed nothing for {:?}; it ends with:\n{tail}",
+                ember_tests::guest::HANG_QUIET
+            ),
+            Missed::Other(m) => f.write_str(m),
+        }
+    }
+}
+
+/// Waits until the console log shows `want`, the VM ends, the console stops growing
+/// ([`ConsoleWatch`]), or the timeout passes.
 async fn wait_for_console(
     backend: &MicrovmBackend,
     log: &Path,
     want: &str,
-) -> Result<String, String> {
+) -> Result<String, Missed> {
     let start = Instant::now();
+    let mut watch = ConsoleWatch::default();
     loop {
         let text = std::fs::read_to_string(log).unwrap_or_default();
         if text.contains(want) {
             return Ok(text);
         }
         let tail = || ember_runtime::sandbox::tail(log, 20);
+        if watch.hung(text.len()) {
+            return Err(Missed::Hung(ember_runtime::sandbox::tail(log, 3)));
+        }
         if start.elapsed() > BOOT_TIMEOUT {
-            return Err(format!(
+            return Err(Missed::Other(format!(
                 "`{want}` not on the console after {:?}; it ends with:\n{}",
                 start.elapsed(),
                 tail()
-            ));
+            )));
         }
         tokio::select! {
             exit = backend.wait() => {
-                return Err(format!("the VM ended ({}) before `{want}`; console:\n{}", exit.status, tail()));
+                return Err(Missed::Other(format!("the VM ended ({}) before `{want}`; console:\n{}", exit.status, tail())));
             }
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
@@ -170,17 +198,6 @@ async fn microvm_boots_the_guest_kernel_with_its_devices_then_stops_and_cleans_u
         }
     };
     config.hypervisor.initrd = Some(initrd);
-    let mut state = SandboxState::create(tmp.path(), "vm1", "microvm").unwrap();
-    let shared = state.dir().join("shared");
-    std::fs::create_dir(&shared).unwrap();
-    state
-        .add(Resource::Dir {
-            path: shared.clone(),
-        })
-        .unwrap();
-    let socket = state.dir().join(VSOCK_SOCKET);
-    let console = state.dir().join(CONSOLE_LOG);
-
     // The pod network too, when iproute2 can make a namespace for it.
     let netns = Netns::new();
     if netns.is_none() {
@@ -188,41 +205,61 @@ async fn microvm_boots_the_guest_kernel_with_its_devices_then_stops_and_cleans_u
     }
     let netns_path = netns.as_ref().map(Netns::path);
 
-    // Without hardware virtualization the plain backend would refuse this host.
-    let mut backend = MicrovmBackend::for_kernel_boot_tests();
-    let started = Instant::now();
-    let endpoint = backend
-        .start(StartContext {
-            id: "vm1",
-            config: &config,
-            state: &mut state,
-            shared_dir: &shared,
-            netns: netns_path.as_deref(),
-        })
-        .await
-        .unwrap();
-    assert_eq!(
-        endpoint,
-        AgentEndpoint::HybridVsock {
-            socket: socket.clone(),
-            port: config.agent.port
-        }
-    );
-    assert!(state.record().resources.contains(&Resource::Socket {
-        path: socket.clone()
-    }));
-    assert!(socket.exists(), "the VMM listens on {}", socket.display());
-    assert_eq!(backend.log_path(), Some(console.clone()));
-    assert_eq!(backend.pid(), std::process::id());
-    let cmdline = backend.cmdline().unwrap().to_string();
-    assert!(cmdline.contains("ember.agent_port=1024"), "{cmdline}");
+    // A guest that hangs on a PVM host is booted once more, in a fresh sandbox.
+    let mut attempt = 0;
+    let (state, backend, socket, console, cmdline, started, log) = loop {
+        attempt += 1;
+        let mut state =
+            SandboxState::create(tmp.path(), &format!("vm{attempt}"), "microvm").unwrap();
+        let shared = state.dir().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        state
+            .add(Resource::Dir {
+                path: shared.clone(),
+            })
+            .unwrap();
+        let socket = state.dir().join(VSOCK_SOCKET);
+        let console = state.dir().join(CONSOLE_LOG);
 
-    let result = wait_for_console(&backend, &console, want).await;
-    let log = match result {
-        Ok(log) => log,
-        Err(e) => {
-            backend.stop(Duration::from_secs(5)).await;
-            panic!("{e}");
+        // Without hardware virtualization the plain backend would refuse this host.
+        let mut backend = MicrovmBackend::for_kernel_boot_tests();
+        let started = Instant::now();
+        let endpoint = backend
+            .start(StartContext {
+                id: &format!("vm{attempt}"),
+                config: &config,
+                state: &mut state,
+                shared_dir: &shared,
+                netns: netns_path.as_deref(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            endpoint,
+            AgentEndpoint::HybridVsock {
+                socket: socket.clone(),
+                port: config.agent.port
+            }
+        );
+        assert!(state.record().resources.contains(&Resource::Socket {
+            path: socket.clone()
+        }));
+        assert!(socket.exists(), "the VMM listens on {}", socket.display());
+        assert_eq!(backend.log_path(), Some(console.clone()));
+        assert_eq!(backend.pid(), std::process::id());
+        let cmdline = backend.cmdline().unwrap().to_string();
+        assert!(cmdline.contains("ember.agent_port=1024"), "{cmdline}");
+
+        match wait_for_console(&backend, &console, want).await {
+            Ok(log) => break (state, backend, socket, console, cmdline, started, log),
+            Err(Missed::Hung(tail)) if attempt == 1 && retry_after_hang(TEST, &tail) => {
+                backend.stop(Duration::from_secs(5)).await;
+                state.cleanup().unwrap();
+            }
+            Err(e) => {
+                backend.stop(Duration::from_secs(5)).await;
+                panic!("{e}");
+            }
         }
     };
     eprintln!("{TEST}: `{want}` after {:?}", started.elapsed());

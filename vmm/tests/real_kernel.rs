@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 const TIMEOUT: Duration = Duration::from_secs(400);
 
 use ember_tests::guest::kernel as find_kernel;
+use ember_tests::guest::{retry_a_pvm_hang, ConsoleWatch};
 
 /// A root tree whose /sbin/init prints a marker and reboots (busybox-static).
 fn make_tree(dir: &Path) -> PathBuf {
@@ -96,22 +97,35 @@ fn guest_kernel_boots_to_the_ext4_root_mount() {
     } else {
         "VFS: Mounted root (ext4 filesystem)"
     };
-    let start = Instant::now();
-    let mut vm = Vm::new(&config).expect("build the VM");
-    let cmdline = vm.cmdline().to_string();
-    let latch = vm.exit_latch();
-    vm.start().expect("start the VM");
-    let mut log = String::new();
-    while start.elapsed() < TIMEOUT && latch.reason().is_none() {
-        log = std::fs::read_to_string(&serial).unwrap_or_default();
-        if log.contains(want) {
-            break;
+    let mut start = Instant::now();
+    let mut cmdline = String::new();
+    let mut reason = ExitReason::Stopped;
+    let mut seen = false;
+    let _ = retry_a_pvm_hang("guest_kernel_boots_to_the_ext4_root_mount", || {
+        let _ = std::fs::remove_file(&serial);
+        start = Instant::now();
+        let mut vm = Vm::new(&config).expect("build the VM");
+        cmdline = vm.cmdline().to_string();
+        let latch = vm.exit_latch();
+        vm.start().expect("start the VM");
+        let mut console = ConsoleWatch::default();
+        let mut hung = false;
+        while start.elapsed() < TIMEOUT && latch.reason().is_none() {
+            let log = std::fs::read_to_string(&serial).unwrap_or_default();
+            seen = log.contains(want);
+            hung = !seen && console.hung(log.len());
+            if seen || hung {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(500));
         }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    let seen = log.contains(want);
-    vm.stop();
-    let reason = vm.wait();
+        vm.stop();
+        reason = vm.wait();
+        match hung {
+            true => Err(last_lines(&serial, 3)),
+            false => Ok(()),
+        }
+    });
     let log = std::fs::read_to_string(&serial).unwrap_or_default();
     let tail: String = log
         .lines()
@@ -149,25 +163,44 @@ fn guest_kernel_boots_to_the_ext4_root_mount() {
     eprintln!("booted to `{want}` in {:?}", start.elapsed());
 }
 
+/// The last `n` lines of the serial log.
+fn last_lines(serial: &Path, n: usize) -> String {
+    let log = std::fs::read_to_string(serial).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Why [`wait_for`] gave up.
+enum Missed {
+    /// The guest printed nothing for [`ember_tests::guest::HANG_QUIET`]; the log's tail.
+    Hung(String),
+    /// Timeout or VM exit; the message.
+    Other(String),
+}
+
 /// Wait until the serial log contains `want`; returns the log.
 fn wait_for(
     serial: &Path,
     want: &str,
     start: Instant,
     latch: &ember_vmm::devices::legacy::power::ExitLatch,
-) -> Result<String, String> {
+) -> Result<String, Missed> {
+    let mut console = ConsoleWatch::default();
     loop {
         let log = std::fs::read_to_string(serial).unwrap_or_default();
         if log.contains(want) {
             return Ok(log);
         }
+        if console.hung(log.len()) {
+            return Err(Missed::Hung(last_lines(serial, 3)));
+        }
         if start.elapsed() > TIMEOUT || latch.reason().is_some() {
             let tail: Vec<&str> = log.lines().rev().take(15).collect();
-            return Err(format!(
+            return Err(Missed::Other(format!(
                 "`{want}` not seen after {:?}; last lines:\n{}",
                 start.elapsed(),
                 tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            ));
+            )));
         }
         std::thread::sleep(Duration::from_millis(300));
     }
@@ -205,42 +238,61 @@ fn guest_kernel_mounts_a_virtiofs_root_and_its_vsock_driver_answers() {
         cid: 3,
     });
     config.serial = SerialSink::File(serial.clone());
-    let start = Instant::now();
-    let mut vm = Vm::new(&config).expect("build the VM");
-    let latch = vm.exit_latch();
-    vm.start().expect("start the VM");
-    let result = (|| {
-        wait_for(
-            &serial,
-            "Waiting 4 sec before mounting root device",
-            start,
-            &latch,
-        )?;
-        // Nobody listens on guest port 4242: the guest kernel answers RST, the client EOF.
-        let mut c = std::os::unix::net::UnixStream::connect(&vsock).map_err(|e| e.to_string())?;
-        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        c.write_all(b"CONNECT 4242\n").map_err(|e| e.to_string())?;
-        let mut buf = [0u8; 16];
-        match c.read(&mut buf) {
-            Ok(0) => {}
-            Ok(n) => {
-                return Err(format!(
-                    "unexpected answer {:?}",
-                    String::from_utf8_lossy(&buf[..n])
-                ))
+    let mut start = Instant::now();
+    let outcome = retry_a_pvm_hang(TEST, || {
+        let _ = std::fs::remove_file(&serial);
+        let _ = std::fs::remove_file(&vsock);
+        start = Instant::now();
+        let mut vm = Vm::new(&config).expect("build the VM");
+        let latch = vm.exit_latch();
+        vm.start().expect("start the VM");
+        let result = (|| {
+            wait_for(
+                &serial,
+                "Waiting 4 sec before mounting root device",
+                start,
+                &latch,
+            )?;
+            let other = |e: std::io::Error| Missed::Other(e.to_string());
+            // Nobody listens on guest port 4242: the guest kernel answers RST, the client EOF.
+            let mut c = std::os::unix::net::UnixStream::connect(&vsock).map_err(other)?;
+            c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            c.write_all(b"CONNECT 4242\n").map_err(other)?;
+            let mut buf = [0u8; 16];
+            match c.read(&mut buf) {
+                Ok(0) => {}
+                Ok(n) => {
+                    return Err(Missed::Other(format!(
+                        "unexpected answer {:?}",
+                        String::from_utf8_lossy(&buf[..n])
+                    )))
+                }
+                Err(e) => {
+                    return Err(Missed::Other(format!(
+                        "no RST from the guest's vsock driver: {e}"
+                    )))
+                }
             }
-            Err(e) => return Err(format!("no RST from the guest's vsock driver: {e}")),
+            wait_for(
+                &serial,
+                "VFS: Mounted root (virtiofs filesystem)",
+                start,
+                &latch,
+            )
+        })();
+        vm.stop();
+        vm.wait();
+        match result {
+            Err(Missed::Hung(tail)) => Err(tail),
+            Err(Missed::Other(e)) => Ok(Err(e)),
+            Ok(log) => Ok(Ok(log)),
         }
-        wait_for(
-            &serial,
-            "VFS: Mounted root (virtiofs filesystem)",
-            start,
-            &latch,
-        )
-    })();
-    vm.stop();
-    vm.wait();
-    let log = result.unwrap_or_else(|e| panic!("{e}"));
+    });
+    let log = match outcome {
+        Ok(Ok(log)) => log,
+        Ok(Err(e)) => panic!("{e}"),
+        Err(tail) => panic!("the guest hung twice; last lines:\n{tail}"),
+    };
     assert!(log
         .contains("Command line: console=ttyS0 reboot=k panic=1 rootfstype=virtiofs root=rootfs"));
     eprintln!(
