@@ -8,7 +8,8 @@
 //! A stalled guest must not hang create or exec, so nothing here waits without a bound:
 //! each dial attempt gets at most [`DIAL_ATTEMPT_TIMEOUT`] (within the overall
 //! `agent.dial_timeout_ms` of [`AgentEndpoint::connect`]), and opening a stdio stream (dial,
-//! header, the agent's status byte) at most [`STREAM_OPEN_TIMEOUT`].
+//! header, the agent's status byte) at most the limit its caller passes, which is
+//! `agent.dial_timeout_ms` as well ([`AgentEndpoint::open_stream`]).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -21,8 +22,6 @@ use tokio::net::UnixStream;
 /// answer to `CONNECT` (which waits for the guest's). A retry follows while the overall
 /// deadline of [`AgentEndpoint::connect`] allows.
 pub const DIAL_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Longest opening one stdio stream may take, from dial to the agent's status byte.
-pub const STREAM_OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Errors reaching the agent.
 #[derive(Debug, thiserror::Error)]
@@ -66,7 +65,7 @@ pub enum EndpointError {
         timeout_ms: u64,
     },
     /// A stdio stream was not attached in time.
-    #[error("stdio stream {id} on {what}: the agent did not attach it within {timeout_ms} ms; the guest's agent is stalled")]
+    #[error("stdio stream {id} on {what}: the agent did not attach it within {timeout_ms} ms (agent.dial_timeout_ms); the guest's agent is stalled")]
     StreamTimeout {
         /// The stream id.
         id: String,
@@ -207,14 +206,10 @@ impl AgentEndpoint {
     }
 
     /// Opens the stdio stream `id` (named in CreateContainer/ExecProcess) and returns the
-    /// attached connection, within [`STREAM_OPEN_TIMEOUT`].
-    pub async fn open_stream(&self, id: &str) -> Result<UnixStream, EndpointError> {
-        self.open_stream_within(id, STREAM_OPEN_TIMEOUT).await
-    }
-
-    /// [`AgentEndpoint::open_stream`] failing after `limit` (the dial included) with
+    /// attached connection; fails after `limit` (the dial included; callers pass
+    /// `agent.dial_timeout_ms`, the bound on reaching the agent at all) with
     /// [`EndpointError::StreamTimeout`] or [`EndpointError::DialTimeout`].
-    pub async fn open_stream_within(
+    pub async fn open_stream(
         &self,
         id: &str,
         limit: Duration,
@@ -315,8 +310,7 @@ mod tests {
         stdio.push(ember_agent_protocol::address::UNIX_STREAM_SUFFIX);
         let _srv = stalled(std::path::Path::new(&stdio));
         let ep = AgentEndpoint::Unix(agent);
-        let (r, took) =
-            bounded(ep.open_stream_within("c1.init.stdout", Duration::from_millis(300))).await;
+        let (r, took) = bounded(ep.open_stream("c1.init.stdout", Duration::from_millis(300))).await;
         let e = r.unwrap_err();
         assert!(
             matches!(&e, EndpointError::StreamTimeout { id, timeout_ms: 300, .. } if id == "c1.init.stdout"),
@@ -330,8 +324,7 @@ mod tests {
         let socket = tmp.path().join("vsock.sock");
         let _vmm = stalled(&socket);
         let ep = AgentEndpoint::HybridVsock { socket, port: 1024 };
-        let (r, _) =
-            bounded(ep.open_stream_within("c1.init.stdin", Duration::from_millis(300))).await;
+        let (r, _) = bounded(ep.open_stream("c1.init.stdin", Duration::from_millis(300))).await;
         let e = r.unwrap_err();
         // The dial's own limit and the stream's are equal here: either may fire first.
         assert!(

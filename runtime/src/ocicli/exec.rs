@@ -127,6 +127,7 @@ pub fn exec(store: &Store, opts: ExecOptions) -> Result<i32, OciCliError> {
             })?;
     let job = Job {
         endpoint,
+        dial_timeout: record.dial_timeout(),
         target: Target {
             container_id: opts.id.clone(),
             exec_id: new_exec_id(),
@@ -166,6 +167,8 @@ pub fn exec(store: &Store, opts: ExecOptions) -> Result<i32, OciCliError> {
 /// The process to start and how.
 struct Job {
     endpoint: AgentEndpoint,
+    /// `agent.dial_timeout_ms` of the container's `create`.
+    dial_timeout: Duration,
     target: Target,
     process: Value,
     terminal: bool,
@@ -229,7 +232,7 @@ async fn run(ready: &mut ReadyOrError<'_>, job: &Job) -> Result<i32, OciCliError
     let cid = &job.target.container_id;
     let agent = job
         .endpoint
-        .connect(Duration::from_secs(10))
+        .connect(job.dial_timeout)
         .await
         .map_err(|source| OciCliError::Unreachable {
             id: cid.clone(),
@@ -270,7 +273,7 @@ async fn run(ready: &mut ReadyOrError<'_>, job: &Job) -> Result<i32, OciCliError
         }
         _ => ProcessIo::Stdio,
     };
-    let relay = Relay::attach(&job.endpoint, &streams, &io)
+    let relay = Relay::attach(&job.endpoint, &streams, &io, job.dial_timeout)
         .await
         .map_err(|source| OciCliError::Unreachable {
             id: cid.clone(),

@@ -100,6 +100,7 @@ pub fn create(store: &Store, opts: CreateOptions) -> Result<(), OciCliError> {
         status: Status::Created,
         holder: None,
         endpoint: None,
+        dial_timeout_ms: Some(opts.config.agent.dial_timeout_ms),
         backend: opts.config.sandbox.backend.as_str().to_string(),
         sandbox_state_dir: opts.config.sandbox.state_dir.clone(),
         hooks,
@@ -265,7 +266,7 @@ async fn run_init(
         }
         _ => ProcessIo::Stdio,
     };
-    let relay = Relay::attach(sb.endpoint(), &streams, &io)
+    let relay = Relay::attach(sb.endpoint(), &streams, &io, sb.dial_timeout())
         .await
         .map_err(|source| OciCliError::Unreachable {
             id: id.clone(),

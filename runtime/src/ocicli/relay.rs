@@ -87,13 +87,14 @@ where
 }
 
 impl Relay {
-    /// Opens the process's streams and starts copying. Stdin is copied until this side
-    /// ends, then half-closed (the process reads EOF); output until the agent closes the
-    /// stream.
+    /// Opens the process's streams (each within `limit`, `agent.dial_timeout_ms`) and
+    /// starts copying. Stdin is copied until this side ends, then half-closed (the process
+    /// reads EOF); output until the agent closes the stream.
     pub async fn attach(
         endpoint: &AgentEndpoint,
         streams: &StdioStreams,
         io: &ProcessIo,
+        limit: Duration,
     ) -> Result<Relay, EndpointError> {
         let io_err = |id: &str, e: std::io::Error| EndpointError::Connect {
             what: format!("terminal for stream {id}"),
@@ -101,7 +102,7 @@ impl Relay {
         };
         let mut relay = Relay::default();
         if !streams.stdin.is_empty() {
-            let mut s = endpoint.open_stream(&streams.stdin).await?;
+            let mut s = endpoint.open_stream(&streams.stdin, limit).await?;
             match io {
                 ProcessIo::Stdio => {
                     tokio::spawn(async move {
@@ -120,7 +121,7 @@ impl Relay {
             }
         }
         if !streams.stdout.is_empty() {
-            let s = endpoint.open_stream(&streams.stdout).await?;
+            let s = endpoint.open_stream(&streams.stdout, limit).await?;
             relay.outputs.push(match io {
                 ProcessIo::Stdio => tokio::spawn(copy_out(s, tokio::io::stdout())),
                 ProcessIo::Pty(slave) => {
@@ -130,7 +131,7 @@ impl Relay {
             });
         }
         if !streams.stderr.is_empty() {
-            let s = endpoint.open_stream(&streams.stderr).await?;
+            let s = endpoint.open_stream(&streams.stderr, limit).await?;
             relay
                 .outputs
                 .push(tokio::spawn(copy_out(s, tokio::io::stderr())));

@@ -139,6 +139,11 @@ pub struct Record {
     pub holder: Option<ProcessId>,
     /// Where the agent listens (`None` while `create` starts the sandbox).
     pub endpoint: Option<StoredEndpoint>,
+    /// `agent.dial_timeout_ms` of the config `create` used: `exec`'s bound on reaching the
+    /// agent and opening its streams (`None` in records of older versions:
+    /// [`DEFAULT_EXEC_DIAL_TIMEOUT`]).
+    #[serde(default)]
+    pub dial_timeout_ms: Option<u64>,
     /// `sandbox.backend` of the config `create` used.
     pub backend: String,
     /// `sandbox.state_dir` of that config (where the sandbox's own state lives).
@@ -147,6 +152,18 @@ pub struct Record {
     /// `delete`; the others ran at `create`).
     #[serde(default)]
     pub hooks: super::hooks::HostHooks,
+}
+
+/// `exec`'s bound on reaching the agent for a record without `dial_timeout_ms` (written
+/// by an older version): the config's default.
+pub const DEFAULT_EXEC_DIAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl Record {
+    /// How long `exec` may take to reach the agent and open each stdio stream.
+    pub fn dial_timeout(&self) -> std::time::Duration {
+        self.dial_timeout_ms
+            .map_or(DEFAULT_EXEC_DIAL_TIMEOUT, std::time::Duration::from_millis)
+    }
 }
 
 /// `exit.json`.
@@ -374,10 +391,23 @@ mod tests {
             status: Status::Created,
             holder: None,
             endpoint: Some(StoredEndpoint::Unix { path: "/a".into() }),
+            dial_timeout_ms: Some(60_000),
             backend: "process".into(),
             sandbox_state_dir: "/run/ember".into(),
             hooks: Default::default(),
         }
+    }
+
+    #[test]
+    fn exec_reaches_the_agent_within_creates_dial_timeout() {
+        let mut r = record("c1");
+        r.dial_timeout_ms = Some(1_500);
+        assert_eq!(r.dial_timeout(), std::time::Duration::from_millis(1_500));
+        // A record written before the field existed.
+        let mut json = serde_json::to_value(&r).unwrap();
+        json.as_object_mut().unwrap().remove("dial_timeout_ms");
+        let old: Record = serde_json::from_value(json).unwrap();
+        assert_eq!(old.dial_timeout(), DEFAULT_EXEC_DIAL_TIMEOUT);
     }
 
     #[test]

@@ -245,6 +245,8 @@ pub struct Sandbox {
     endpoint: AgentEndpoint,
     agent: AgentConnection,
     shared_dir: PathBuf,
+    /// `agent.dial_timeout_ms`: the bound on opening a stdio stream as on reaching the agent.
+    dial_timeout: Duration,
     state: Mutex<Option<SandboxState>>,
     stopping: std::sync::atomic::AtomicBool,
     /// The pod's sandbox ("pause") container and its pid in the agent, once created: the
@@ -325,6 +327,7 @@ impl Sandbox {
                 endpoint,
                 agent,
                 shared_dir,
+                dial_timeout: Duration::from_millis(opts.config.agent.dial_timeout_ms),
                 state: Mutex::new(Some(state)),
                 stopping: Default::default(),
                 pod_sandbox: Default::default(),
@@ -455,10 +458,16 @@ impl Sandbox {
         f(g.as_mut().expect("sandbox not destroyed"))
     }
 
-    /// Opens the stdio stream `id` of a process.
+    /// `agent.dial_timeout_ms` of the config the sandbox started with: how long reaching
+    /// the agent, or opening a stdio stream, may take.
+    pub fn dial_timeout(&self) -> Duration {
+        self.dial_timeout
+    }
+
+    /// Opens the stdio stream `id` of a process, within [`Sandbox::dial_timeout`].
     pub async fn open_stream(&self, id: &str) -> Result<tokio::net::UnixStream, SandboxError> {
         self.endpoint
-            .open_stream(id)
+            .open_stream(id, self.dial_timeout)
             .await
             .map_err(|source| SandboxError::Agent {
                 id: self.id.clone(),
