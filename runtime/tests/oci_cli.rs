@@ -273,6 +273,30 @@ fn bundle_with_a_bad_field_is_named_and_leaves_nothing() {
 }
 
 #[test]
+fn preserved_fds_are_refused_not_dropped() {
+    let env = env("preservefds");
+    let b = busybox_bundle(&env.dir.join("bundle")).unwrap();
+    write_spec(&b, &default_spec(&["true"])).unwrap();
+    let bundle = b.to_str().unwrap();
+    let err = env.fails(&["create", "--preserve-fds", "2", "--bundle", bundle, "c1"]);
+    assert!(
+        err.contains("--preserve-fds 2") && err.contains("file descriptors"),
+        "{err}"
+    );
+    let err = env.fails(&["state", "c1"]);
+    assert!(err.contains("does not exist"), "nothing was created: {err}");
+    let err = env.fails(&[
+        "exec",
+        "--preserve-fds",
+        "1",
+        "--process",
+        "/dev/null",
+        "c1",
+    ]);
+    assert!(err.contains("--preserve-fds 1"), "{err}");
+}
+
+#[test]
 fn features_and_spec() {
     let env = env("features");
     let f: Value = serde_json::from_str(&env.ok(&["features"])).unwrap();

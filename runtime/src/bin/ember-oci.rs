@@ -81,7 +81,8 @@ enum Command {
         /// Accepted and ignored: the agent makes no session keyring.
         #[arg(long)]
         no_new_keyring: bool,
-        /// Accepted; extra fds cannot cross into the sandbox, so none are passed.
+        /// Only 0: extra fds cannot cross into the sandbox (the process runs under the
+        /// sandbox's agent), so a request for any is refused rather than dropped.
         #[arg(long, value_name = "N")]
         preserve_fds: Option<u32>,
         /// Container id.
@@ -133,7 +134,8 @@ enum Command {
         /// Give the process a terminal.
         #[arg(long, short = 't')]
         tty: bool,
-        /// Accepted; extra fds cannot cross into the sandbox.
+        /// Only 0: extra fds cannot cross into the sandbox, so a request for any is
+        /// refused rather than dropped.
         #[arg(long, value_name = "N")]
         preserve_fds: Option<u32>,
         /// Container id.
@@ -184,6 +186,18 @@ enum Command {
     },
 }
 
+/// `--preserve-fds N` with N > 0 asks for fds 3 to 3+N-1 in the container's process; they
+/// cannot reach a process that the sandbox's agent starts (in a microVM, another kernel),
+/// so the request fails instead of running the process without them.
+fn refuse_preserved_fds(n: Option<u32>) -> Result<(), OciCliError> {
+    match n {
+        None | Some(0) => Ok(()),
+        Some(n) => Err(OciCliError::Usage(format!(
+            "--preserve-fds {n}: ember cannot pass extra file descriptors into a sandbox (its processes are started by the sandbox's agent); run without it"
+        ))),
+    }
+}
+
 fn run(cli: Cli) -> Result<ExitCode, OciCliError> {
     let store = Store::new(&cli.root);
     match cli.command {
@@ -191,9 +205,11 @@ fn run(cli: Cli) -> Result<ExitCode, OciCliError> {
             bundle,
             pid_file,
             console_socket,
+            preserve_fds,
             id,
             ..
         } => {
+            refuse_preserved_fds(preserve_fds)?;
             let config =
                 ember_config::load(&LoadOptions::from_env(cli.config).assets(AssetCheck::Require))
                     .map_err(|e| OciCliError::Config(e.to_string()))?
@@ -221,10 +237,11 @@ fn run(cli: Cli) -> Result<ExitCode, OciCliError> {
             pid_file,
             console_socket,
             tty,
+            preserve_fds,
             id,
             args,
-            ..
         } => {
+            refuse_preserved_fds(preserve_fds)?;
             let code = exec::exec(
                 &store,
                 exec::ExecOptions {
