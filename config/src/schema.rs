@@ -125,20 +125,6 @@ impl Default for SandboxConfig {
     }
 }
 
-impl std::str::FromStr for CpuProfile {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "auto" => Ok(Self::Auto),
-            "host" => Ok(Self::Host),
-            "emulation-safe" => Ok(Self::EmulationSafe),
-            _ => Err(format!(
-                "unknown cpu profile `{s}`: expected auto, host or emulation-safe"
-            )),
-        }
-    }
-}
-
 /// The sandbox backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
