@@ -92,7 +92,7 @@ impl Vcpu {
     fn log_state(&self) {
         if let (Ok(r), Ok(s)) = (self.fd.get_regs(), self.fd.get_sregs()) {
             log::info!(
-                "vcpu{}: rip {:#x} rsp {:#x} cr0 {:#x} cr3 {:#x} cr4 {:#x} efer {:#x} cs {:#x}",
+                "vcpu{}: rip {:#x} rsp {:#x} cr0 {:#x} cr3 {:#x} cr4 {:#x} efer {:#x} cs {:#x}{}",
                 self.index,
                 r.rip,
                 r.rsp,
@@ -100,9 +100,22 @@ impl Vcpu {
                 s.cr3,
                 s.cr4,
                 s.efer,
-                s.cs.selector
+                s.cs.selector,
+                reset_state_note(r.rip, s.cs.selector)
             );
         }
+    }
+}
+
+/// What to add to a logged vCPU state that is the x86 reset state (`cs:rip` =
+/// `f000:fff0`): on AMD, KVM re-initialises a vCPU before it reports a triple fault
+/// (`shutdown_interception`: the VMCB is undefined after SHUTDOWN), so the faulting state
+/// is gone and these registers say nothing about the fault.
+fn reset_state_note(rip: u64, cs: u16) -> &'static str {
+    if rip == 0xfff0 && cs == 0xf000 {
+        " (the reset state: KVM on AMD resets a vCPU before reporting a triple fault, so where it faulted is not known)"
+    } else {
+        ""
     }
 }
 
@@ -182,5 +195,16 @@ impl VcpuHandle {
             std::thread::sleep(Duration::from_millis(1));
         }
         let _ = thread.join();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reset_state_is_called_what_it_is() {
+        assert!(reset_state_note(0xfff0, 0xf000).contains("reset state"));
+        assert_eq!(reset_state_note(0x1000600, 0x10), "");
     }
 }
