@@ -316,6 +316,10 @@ pub struct VmConfig {
     /// CPU feature profile.
     #[serde(default)]
     pub cpu_profile: CpuProfile,
+    /// Confine each VMM thread with its seccomp filter ([`crate::seccomp`]); on by
+    /// default. Off only to diagnose a suspected missing system call (`--no-seccomp`).
+    #[serde(default = "default_seccomp")]
+    pub seccomp: bool,
 }
 
 fn default_cmdline() -> String {
@@ -329,6 +333,9 @@ fn default_vcpus() -> u8 {
 }
 fn default_memory() -> u64 {
     256
+}
+fn default_seccomp() -> bool {
+    true
 }
 
 impl VmConfig {
@@ -349,6 +356,7 @@ impl VmConfig {
             fs: Vec::new(),
             net: Vec::new(),
             cpu_profile: CpuProfile::default(),
+            seccomp: default_seccomp(),
         }
     }
 
@@ -633,5 +641,9 @@ mod tests {
         std::fs::write(&p, "kernel = \"/k\"\nblock_slots = 3\n").unwrap();
         let c = VmConfig::from_file(&p).unwrap();
         assert_eq!((c.block_slots, c.virtio_device_count()), (3, 3));
+        assert!(c.seccomp, "seccomp is on unless turned off");
+        assert!(VmConfig::new("/k").seccomp);
+        std::fs::write(&p, "kernel = \"/k\"\nseccomp = false\n").unwrap();
+        assert!(!VmConfig::from_file(&p).unwrap().seccomp);
     }
 }

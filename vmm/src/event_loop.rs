@@ -1,12 +1,16 @@
 //! The device event loop: one thread, epoll through event-manager, apart from the vCPUs.
 //! Devices subscribe to their queue eventfds; a stop eventfd ends the loop.
 
+use crate::seccomp::{spawn_confined, Filter, SpawnError};
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
+
+/// The device thread's name.
+pub const THREAD_NAME: &str = "ember-devices";
 
 /// A subscriber shared between the event loop and the MMIO bus.
 pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
@@ -36,34 +40,32 @@ pub struct EventLoop {
 }
 
 impl EventLoop {
-    /// Start the loop thread with `subscribers`.
-    pub fn start(subscribers: Vec<Subscriber>) -> std::io::Result<Self> {
+    /// Start the loop thread with `subscribers`; it installs `filter` (the device
+    /// seccomp filter, if any) before it handles any event.
+    pub fn start(subscribers: Vec<Subscriber>, filter: Option<Filter>) -> Result<Self, SpawnError> {
+        let host_err = |source| SpawnError::Thread {
+            name: THREAD_NAME.into(),
+            source,
+        };
         let mut manager: EventManager<Subscriber> =
-            EventManager::new().map_err(|e| std::io::Error::other(e.to_string()))?;
+            EventManager::new().map_err(|e| host_err(std::io::Error::other(e.to_string())))?;
         let stop = Arc::new(AtomicBool::new(false));
-        let stop_evt = EventFd::new(libc::EFD_NONBLOCK)?;
+        let stop_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(host_err)?;
         manager.add_subscriber(Arc::new(Mutex::new(StopWatcher {
-            evt: stop_evt.try_clone()?,
+            evt: stop_evt.try_clone().map_err(host_err)?,
             stop: stop.clone(),
         })));
         for s in subscribers {
             manager.add_subscriber(s);
         }
-        let thread = std::thread::Builder::new()
-            .name("ember-devices".into())
-            .spawn(move || {
-                // virtio-fs's server sets the umask to 0 on the thread that serves
-                // FUSE_INIT; this keeps that umask on this thread only.
-                if let Err(e) = crate::devices::virtio::fs::unshare_fs_context() {
-                    log::error!("event loop: cannot unshare the file-system context, so virtio-fs may clear the process umask: {e}");
+        let thread = spawn_confined(THREAD_NAME.into(), filter, move || {
+            while !stop.load(Ordering::SeqCst) {
+                if let Err(e) = manager.run() {
+                    log::error!("event loop: {e}");
+                    break;
                 }
-                while !stop.load(Ordering::SeqCst) {
-                    if let Err(e) = manager.run() {
-                        log::error!("event loop: {e}");
-                        break;
-                    }
-                }
-            })?;
+            }
+        })?;
         Ok(Self {
             thread: Some(thread),
             stop_evt,

@@ -77,8 +77,13 @@ struct Cli {
     /// on a CPU that QEMU's TCG emulates, host otherwise), host, or emulation-safe.
     #[arg(long, value_name = "PROFILE")]
     cpu_profile: Option<CpuProfile>,
+    /// Run the VMM's threads without their seccomp filters (on by default: each vCPU and
+    /// the device thread may make only the system calls it needs, any other kills the
+    /// VMM with SIGSYS). For diagnosing a suspected missing system call only.
+    #[arg(long)]
+    no_seccomp: bool,
     /// A vm.toml with the same settings (kernel, initrd, cmdline, vcpus, memory_mib,
-    /// [[disks]] path/read_only, block_slots, serial, serial_max_bytes, cpu_profile); options given here
+    /// [[disks]] path/read_only, block_slots, serial, serial_max_bytes, cpu_profile, seccomp); options given here
     /// override it.
     #[arg(long, value_name = "PATH")]
     config: Option<PathBuf>,
@@ -134,6 +139,9 @@ impl Cli {
         }
         if let Some(v) = self.cpu_profile {
             c.cpu_profile = v;
+        }
+        if self.no_seccomp {
+            c.seccomp = false;
         }
         Ok(c)
     }

@@ -3,6 +3,7 @@
 
 use crate::devices::bus::Bus;
 use crate::devices::legacy::power::{ExitLatch, ExitReason};
+use crate::seccomp::{spawn_confined, Filter, SpawnError};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -44,17 +45,16 @@ pub struct VcpuHandle {
 }
 
 impl Vcpu {
-    /// Start the thread.
-    pub fn spawn(self) -> std::io::Result<VcpuHandle> {
+    /// Start the thread; it installs `filter` (the vCPU seccomp filter, if any) before
+    /// it enters the guest.
+    pub fn spawn(self, filter: Option<Filter>) -> Result<VcpuHandle, SpawnError> {
         let done = Arc::new(AtomicBool::new(false));
         let flag = done.clone();
         let index = self.index;
-        let thread = std::thread::Builder::new()
-            .name(format!("ember-vcpu{index}"))
-            .spawn(move || {
-                self.run();
-                flag.store(true, Ordering::SeqCst);
-            })?;
+        let thread = spawn_confined(format!("ember-vcpu{index}"), filter, move || {
+            self.run();
+            flag.store(true, Ordering::SeqCst);
+        })?;
         Ok(VcpuHandle {
             thread: Some(thread),
             done,

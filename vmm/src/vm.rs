@@ -24,6 +24,7 @@ use crate::event_loop::{EventLoop, Subscriber};
 use crate::host::Virtualization;
 use crate::layout::*;
 use crate::memory::{self, GuestMemory, MemoryError};
+use crate::seccomp::{Filters, SeccompError, SpawnError};
 use crate::vcpu::{self, Vcpu, VcpuHandle};
 use event_manager::MutEventSubscriber;
 use kvm_bindings::{
@@ -96,6 +97,12 @@ pub enum VmError {
         /// Why.
         source: std::io::Error,
     },
+    /// The seccomp filters could not be built.
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
+    /// A VMM thread could not be started, or could not install its seccomp filter.
+    #[error(transparent)]
+    Thread(#[from] SpawnError),
     /// The VM was started twice.
     #[error("the VM is already started")]
     AlreadyStarted,
@@ -135,6 +142,7 @@ pub struct Vm {
     exit: Arc<ExitLatch>,
     cmdline: String,
     block_slots: Vec<BlockSlot>,
+    filters: Option<Filters>,
     _vm: VmFd,
     _memory: GuestMemory,
 }
@@ -145,6 +153,13 @@ impl Vm {
     pub fn new(config: &VmConfig) -> Result<Self, VmError> {
         config.validate()?;
         let t0 = std::time::Instant::now();
+        // Compiled first: a filter that cannot be built fails here, before anything runs.
+        let filters = if config.seccomp {
+            Some(Filters::new()?)
+        } else {
+            log::warn!("vm: seccomp is off: the VMM's threads run unconfined");
+            None
+        };
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
         capabilities::require(&capabilities::answers(&kvm)?)?;
         let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
@@ -331,6 +346,7 @@ impl Vm {
             exit,
             cmdline,
             block_slots,
+            filters,
             _vm: vm,
             _memory: mem,
         })
@@ -362,13 +378,16 @@ impl Vm {
             what: "vCPU kick signal handler",
             source: e.into(),
         })?;
-        self.event_loop = Some(
-            EventLoop::start(std::mem::take(&mut self.subscribers))
-                .map_err(host_err("event loop"))?,
-        );
+        let (vcpu_filter, device_filter) = match &self.filters {
+            Some(f) => (Some(f.vcpu.clone()), Some(f.devices.clone())),
+            None => (None, None),
+        };
+        self.event_loop = Some(EventLoop::start(
+            std::mem::take(&mut self.subscribers),
+            device_filter,
+        )?);
         for v in self.vcpus.drain(..) {
-            self.running
-                .push(v.spawn().map_err(host_err("vCPU thread"))?);
+            self.running.push(v.spawn(vcpu_filter.clone())?);
         }
         Ok(())
     }

@@ -590,9 +590,11 @@ fn attach_and_detach_race_the_event_loop_without_mixing_data() {
     let (mut d, handle) = slot();
     let a = image(SECTORS, 0xaa);
     let b = image(SECTORS, 0xbb);
-    // The real event-loop thread processes the queue, as in a running VM.
+    // The real event-loop thread processes the queue, as in a running VM, confined by
+    // its seccomp filter.
     let subscriber: Subscriber = d.device.clone();
-    let event_loop = EventLoop::start(vec![subscriber]).unwrap();
+    let filter = ember_vmm::seccomp::Filter::new(ember_vmm::seccomp::ThreadKind::Devices).unwrap();
+    let event_loop = EventLoop::start(vec![subscriber], Some(filter)).unwrap();
 
     let done = Arc::new(AtomicBool::new(false));
     let swapper = {
