@@ -402,6 +402,9 @@ fn device_rules() -> Result<Rules, seccompiler::Error> {
     // setresuid/setresgid, back to root afterwards) and drop CAP_FSETID around writes
     // (capget/capset on this thread).
     r.allow(&[SYS_setresuid, SYS_setresgid, SYS_capget, SYS_capset]);
+    // virtio-fs: FUSE_INIT re-imports the share (`do_import`), which clears the umask
+    // (process-wide!) so that the guest's modes apply unmasked; only umask(0) is allowed.
+    r.allow_if(SYS_umask, vec![rule(&[(0, SeccompCmpOp::Eq, 0)])?]);
     Ok(r)
 }
 

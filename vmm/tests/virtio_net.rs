@@ -7,7 +7,6 @@ mod common;
 use common::driver::{Desc, Driver, DATA, F_WRITE};
 use ember_vmm::devices::virtio::net::tap::Tap;
 use ember_vmm::devices::virtio::net::{Net, RXQ, TXQ};
-use event_manager::{EventManager, SubscriberOps};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::Command;
 
@@ -120,9 +119,11 @@ fn frames_cross_the_tap_in_both_directions() {
     let sock = packet_socket(ns.path(), "embt0");
     let mut d = Driver::new(Net::new(tap, GUEST_MAC).unwrap(), 64);
     assert_eq!(d.init_queues(2) & 0x40, 0);
-    let mut em: EventManager<std::sync::Arc<std::sync::Mutex<Net>>> = EventManager::new().unwrap();
-    em.add_subscriber(d.device.clone());
-    let pump = |em: &mut EventManager<_>| while em.run_with_timeout(20).unwrap() > 0 {};
+    // The device runs on a thread confined by the device seccomp filter.
+    let mut em = common::confined::ConfinedLoop::new(vec![d.device.clone()]);
+    let pump = |em: &mut common::confined::ConfinedLoop| {
+        em.pump(20, 1);
+    };
 
     // Guest → tap.
     let out = frame([0xff; 6], GUEST_MAC, b"ember-out");

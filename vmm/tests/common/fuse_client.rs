@@ -4,9 +4,9 @@
 
 #![allow(dead_code)]
 
+use super::confined::ConfinedLoop;
 use super::driver::{Desc, Driver, DATA, F_WRITE};
 use ember_vmm::devices::virtio::fs::Fs;
-use ember_vmm::devices::virtio::VirtioDevice;
 use fuse_backend_rs::abi::fuse_abi::*;
 use std::path::Path;
 use vm_memory::ByteValued;
@@ -20,7 +20,11 @@ pub const REQUEST_QUEUE: usize = 1;
 pub struct FuseClient {
     /// The driver.
     pub d: Driver<Fs>,
+    /// The device thread, confined by the device seccomp filter.
+    em: ConfinedLoop,
     unique: u64,
+    /// The caller's uid and gid in the requests' headers (root by default).
+    pub creds: (u32, u32),
 }
 
 /// Copy a plain struct out of reply bytes.
@@ -44,7 +48,13 @@ impl FuseClient {
     pub fn new(dir: &Path, read_only: bool) -> Self {
         let mut d = Driver::new(Fs::new("share", dir, read_only).unwrap(), 64);
         assert_eq!(d.init_queues(2) & 0x40, 0);
-        Self { d, unique: 0 }
+        let em = ConfinedLoop::new(vec![d.device.clone()]);
+        Self {
+            d,
+            em,
+            unique: 0,
+            creds: (0, 0),
+        }
     }
 
     /// Send raw request bytes; returns the used length and the reply bytes.
@@ -74,11 +84,8 @@ impl FuseClient {
             ],
         );
         self.d.kick_q(REQUEST_QUEUE);
-        let dev = self.d.device.clone();
-        let mut dev = dev.lock().unwrap();
-        assert_eq!(dev.queue_events()[REQUEST_QUEUE].read().unwrap(), 1);
-        assert_eq!(dev.process_queue(REQUEST_QUEUE), 1);
-        drop(dev);
+        // The device thread reads the queue's eventfd and serves the request.
+        assert_eq!(self.em.run(10_000), 1, "one queue event handled");
         let used = self.d.used_q(REQUEST_QUEUE);
         assert_eq!(used.len(), 1);
         used[0].1
@@ -92,8 +99,8 @@ impl FuseClient {
             opcode,
             unique: self.unique,
             nodeid,
-            uid: 0,
-            gid: 0,
+            uid: self.creds.0,
+            gid: self.creds.1,
             pid: 1,
             padding: 0,
         };

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod confined;
 pub mod driver;
 pub mod fuse_client;
 pub mod vsock_guest;
