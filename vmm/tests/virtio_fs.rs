@@ -3,9 +3,12 @@
 
 mod common;
 
-use common::fuse_client::{cname, FuseClient};
-use fuse_backend_rs::abi::fuse_abi::{MkdirIn, SetattrIn};
-use std::os::unix::fs::MetadataExt;
+use common::fuse_client::{cname, decode, FuseClient};
+use fuse_backend_rs::abi::fuse_abi::{
+    AccessIn, CreateIn, EntryOut, FallocateIn, FlushIn, FsyncIn, LinkIn, LseekIn, LseekOut,
+    MkdirIn, MknodIn, OpenOut, ReleaseIn, Rename2In, RenameIn, SetattrIn,
+};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use vm_memory::ByteValued;
 
 const ROOT: u64 = 1;
@@ -181,4 +184,144 @@ fn malformed_requests_fail_alone() {
     );
     // The server still works.
     assert_eq!(c.lookup(ROOT, "hello.txt").unwrap().attr.size, 11);
+}
+
+/// A request body: a fixed part, then NUL-terminated names.
+fn body(fixed: &[u8], names: &[&str]) -> Vec<u8> {
+    let mut b = fixed.to_vec();
+    for n in names {
+        b.extend(cname(n));
+    }
+    b
+}
+
+#[test]
+fn every_kind_of_request_works_on_the_confined_device_thread() {
+    // The device runs on a thread with the device seccomp filter (`FuseClient`): each
+    // request here takes the passthrough down a different path of system calls, as an
+    // unprivileged guest user (the server switches to the caller's uid and gid).
+    let dir = share();
+    let p = dir.path();
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mut c = FuseClient::new(p, false);
+    c.init();
+    c.creds = (1000, 1000);
+
+    let create = CreateIn {
+        flags: libc::O_RDWR as u32,
+        mode: libc::S_IFREG | 0o644,
+        umask: 0o022,
+        fuse_flags: 0,
+    };
+    let reply = c
+        .call(35, ROOT, &body(create.as_slice(), &["new"]))
+        .unwrap();
+    let entry: EntryOut = decode(&reply);
+    let fh = decode::<OpenOut>(&reply[std::mem::size_of::<EntryOut>()..]).fh;
+    let node = entry.nodeid;
+    assert_eq!(
+        std::fs::metadata(p.join("new")).unwrap().uid(),
+        1000,
+        "CREATE as the caller"
+    );
+    assert_eq!(c.write(node, fh, 0, b"0123456789").unwrap(), 10);
+    let fsync = FsyncIn {
+        fh,
+        ..Default::default()
+    };
+    c.call(20, node, fsync.as_slice()).expect("FSYNC");
+    let flush = FlushIn {
+        fh,
+        ..Default::default()
+    };
+    c.call(25, node, flush.as_slice()).expect("FLUSH");
+    let fallocate = FallocateIn {
+        fh,
+        offset: 0,
+        length: 8192,
+        mode: 0,
+        padding: 0,
+    };
+    c.call(43, node, fallocate.as_slice()).expect("FALLOCATE");
+    assert_eq!(std::fs::metadata(p.join("new")).unwrap().len(), 8192);
+    let lseek = LseekIn {
+        fh,
+        offset: 0,
+        whence: libc::SEEK_DATA as u32,
+        ..Default::default()
+    };
+    let to = c.call(46, node, lseek.as_slice()).expect("LSEEK");
+    assert_eq!(decode::<LseekOut>(&to).offset, 0);
+    let setattr = SetattrIn {
+        valid: 1 | 8 | 32, // MODE | SIZE | MTIME
+        size: 4,
+        mode: 0o600,
+        mtime: 1_000_000,
+        ..Default::default()
+    };
+    c.call(4, node, setattr.as_slice()).expect("SETATTR");
+    let meta = std::fs::metadata(p.join("new")).unwrap();
+    assert_eq!(
+        (meta.len(), meta.mode() & 0o777, meta.mtime()),
+        (4, 0o600, 1_000_000)
+    );
+    let release = ReleaseIn {
+        fh,
+        ..Default::default()
+    };
+    c.call(18, node, release.as_slice()).expect("RELEASE");
+
+    let mkdir = MkdirIn {
+        mode: 0o755,
+        umask: 0,
+    };
+    c.call(9, ROOT, &body(mkdir.as_slice(), &["d"]))
+        .expect("MKDIR");
+    assert_eq!(std::fs::metadata(p.join("d")).unwrap().uid(), 1000);
+    let link = c
+        .call(6, ROOT, &body(&[], &["sym", "new"]))
+        .expect("SYMLINK");
+    let sym = decode::<EntryOut>(&link).nodeid;
+    assert_eq!(c.call(5, sym, &[]).expect("READLINK"), b"new");
+    let hard = LinkIn { oldnodeid: node };
+    c.call(13, ROOT, &body(hard.as_slice(), &["hard"]))
+        .expect("LINK");
+    assert_eq!(std::fs::metadata(p.join("new")).unwrap().nlink(), 2);
+    let mknod = MknodIn {
+        mode: libc::S_IFIFO | 0o644,
+        rdev: 0,
+        umask: 0,
+        padding: 0,
+    };
+    c.call(8, ROOT, &body(mknod.as_slice(), &["fifo"]))
+        .expect("MKNOD");
+    assert!(std::fs::metadata(p.join("fifo"))
+        .unwrap()
+        .file_type()
+        .is_fifo());
+    let rename = RenameIn { newdir: ROOT };
+    c.call(12, ROOT, &body(rename.as_slice(), &["new", "renamed"]))
+        .expect("RENAME");
+    let rename2 = Rename2In {
+        newdir: ROOT,
+        flags: 0,
+        padding: 0,
+    };
+    c.call(45, ROOT, &body(rename2.as_slice(), &["renamed", "again"]))
+        .expect("RENAME2");
+    assert!(p.join("again").is_file() && !p.join("new").exists());
+    c.call(17, ROOT, &[]).expect("STATFS");
+    let access = AccessIn {
+        mask: libc::R_OK as u32,
+        padding: 0,
+    };
+    c.call(34, ROOT, access.as_slice()).expect("ACCESS");
+    let dh = c.open(ROOT, libc::O_RDONLY, true).unwrap();
+    let names = FuseClient::dirent_names(&c.read(ROOT, dh, 0, 4096, true).unwrap());
+    assert!(names.contains(&"again".to_string()), "{names:?}");
+    c.call(10, ROOT, &cname("hard")).expect("UNLINK");
+    c.call(11, ROOT, &cname("d")).expect("RMDIR");
+    assert!(!p.join("hard").exists() && !p.join("d").exists());
+    // Extended attributes are off: refused, not fatal.
+    assert!(c.call(22, node, &body(&[0u8; 8], &["user.x"])).is_err());
 }
