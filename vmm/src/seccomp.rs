@@ -163,6 +163,10 @@ pub enum SpawnError {
 /// Start a thread named `name` that installs `filter` (if any) before anything else, then
 /// runs `body`. Returns once the filter is in place, so a filter the kernel refuses is
 /// this call's error rather than a thread that runs unconfined.
+///
+/// The thread also blocks every asynchronous signal (a vCPU unblocks its kick signal): a
+/// signal sent to the process (the shim's SIGCHLD, say) must be handled on one of the
+/// process's other threads, because its handler may make calls the filter forbids.
 pub fn spawn_confined<F>(
     name: String,
     filter: Option<Filter>,
@@ -175,6 +179,7 @@ where
     let thread = std::thread::Builder::new()
         .name(name.clone())
         .spawn(move || {
+            block_async_signals();
             let installed = filter.as_ref().map_or(Ok(()), Filter::apply);
             let ok = installed.is_ok();
             let _ = tx.send(installed);
@@ -196,6 +201,29 @@ where
             name,
             source: std::io::Error::other("the thread ended before reporting its seccomp filter"),
         }),
+    }
+}
+
+/// Block every signal on the calling thread except those a fault raises synchronously
+/// (which must reach it) and SIGABRT (a panic's abort).
+fn block_async_signals() {
+    // SAFETY: sigset manipulation on a local set; pthread_sigmask changes only this
+    // thread's mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut set);
+        for sig in [
+            libc::SIGSEGV,
+            libc::SIGBUS,
+            libc::SIGILL,
+            libc::SIGFPE,
+            libc::SIGTRAP,
+            libc::SIGSYS,
+            libc::SIGABRT,
+        ] {
+            libc::sigdelset(&mut set, sig);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
     }
 }
 
@@ -312,9 +340,9 @@ fn vcpu_rules() -> Result<Rules, seccompiler::Error> {
     r.allow_if(
         SYS_ioctl,
         ioctl_requests(&[
-            kvm::KVM_RUN().into(),
-            kvm::KVM_GET_REGS().into(),
-            kvm::KVM_GET_SREGS().into(),
+            kvm::KVM_RUN(),
+            kvm::KVM_GET_REGS(),
+            kvm::KVM_GET_SREGS(),
         ])?,
     );
     // Port I/O and MMIO exits: interrupts (serial irqfd, virtio irqfds) and the exit

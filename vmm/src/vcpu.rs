@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+use vmm_sys_util::signal::{register_signal_handler, unblock_signal, Killable, SIGRTMIN};
 
 /// Signal used to kick a vCPU thread out of KVM_RUN.
 fn kick_signal() -> i32 {
@@ -63,6 +63,11 @@ impl Vcpu {
     }
 
     fn run(mut self) {
+        // The thread starts with every asynchronous signal blocked (`spawn_confined`);
+        // the kick must get through.
+        if let Err(e) = unblock_signal(kick_signal()) {
+            log::error!("vcpu{}: cannot unblock the kick signal: {e}", self.index);
+        }
         while self.exit.reason().is_none() {
             match self.fd.run() {
                 Ok(exit) => {

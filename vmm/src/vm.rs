@@ -383,7 +383,10 @@ impl Vm {
             None => (None, None),
         };
         self.event_loop = Some(EventLoop::start(
-            std::mem::take(&mut self.subscribers),
+            // The VM keeps its own references: the devices are dropped with the VM, on
+            // the caller's thread, not on a confined VMM thread (a vsock device removes
+            // its socket file when dropped, which those threads may not do).
+            self.subscribers.clone(),
             device_filter,
         )?);
         for v in self.vcpus.drain(..) {

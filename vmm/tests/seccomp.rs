@@ -202,8 +202,23 @@ fn each_thread_kind_gets_only_its_own_calls() {
     assert_eq!(in_child(&devices, umask(0o22)), End::Signaled(libc::SIGSYS));
 }
 
-/// The `Seccomp:` and `NoNewPrivs:` lines of a thread's status.
-fn seccomp_status(tid: i64) -> (String, String) {
+/// What a thread's status says of its confinement.
+struct Status {
+    /// The `Seccomp:` line.
+    mode: String,
+    /// The `NoNewPrivs:` line.
+    no_new_privs: String,
+    /// The blocked signals (`SigBlk:`), bit `n - 1` for signal `n`.
+    blocked: u64,
+}
+
+impl Status {
+    fn blocks(&self, sig: i32) -> bool {
+        self.blocked & (1 << (sig - 1)) != 0
+    }
+}
+
+fn thread_status(tid: i64) -> Status {
     let status = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).unwrap();
     let line = |key: &str| {
         status
@@ -212,7 +227,12 @@ fn seccomp_status(tid: i64) -> (String, String) {
             .unwrap_or_else(|| panic!("no {key} in the status of thread {tid}"))
             .to_string()
     };
-    (line("Seccomp:"), line("NoNewPrivs:"))
+    let blocked = line("SigBlk:");
+    Status {
+        mode: line("Seccomp:"),
+        no_new_privs: line("NoNewPrivs:"),
+        blocked: u64::from_str_radix(blocked.trim_start_matches("SigBlk:").trim(), 16).unwrap(),
+    }
 }
 
 fn gettid() -> i64 {
@@ -239,18 +259,21 @@ fn a_confined_thread_shows_seccomp_mode_2_and_the_others_stay_unconfined() {
         )
         .expect("the thread starts with its filter");
         let tid = tid_rx.recv().unwrap();
-        let (mode, nnp) = seccomp_status(tid);
+        let st = thread_status(tid);
         if confined {
-            assert_eq!(mode, "Seccomp:\t2", "{kind} thread is in filter mode");
-            assert_eq!(nnp, "NoNewPrivs:\t1");
+            assert_eq!(st.mode, "Seccomp:\t2", "{kind} thread is in filter mode");
+            assert_eq!(st.no_new_privs, "NoNewPrivs:\t1");
         } else {
-            assert_eq!(mode, "Seccomp:\t0", "no filter asked, none installed");
+            assert_eq!(st.mode, "Seccomp:\t0", "no filter asked, none installed");
         }
+        // Signals sent to the process are left to the other threads.
+        assert!(st.blocks(libc::SIGCHLD) && st.blocks(libc::SIGTERM) && st.blocks(libc::SIGPIPE));
+        assert!(!st.blocks(libc::SIGSEGV) && !st.blocks(libc::SIGSYS));
         go_tx.send(()).unwrap();
         t.join().unwrap();
     }
     assert_eq!(
-        seccomp_status(gettid()).0,
+        thread_status(gettid()).mode,
         "Seccomp:\t0",
         "the spawning thread is not confined"
     );
@@ -270,7 +293,7 @@ fn threads_named(name: &str) -> Vec<i64> {
 
 /// Run a VM whose guest spins (`jmp $`) with a disk and virtio-rng, check its threads'
 /// seccomp mode, stop it.
-fn running_vm_thread_modes(seccomp: bool) -> Vec<(String, String)> {
+fn running_vm_thread_modes(seccomp: bool) -> Vec<(String, Status)> {
     let dir = tempfile::tempdir().unwrap();
     let kernel = common::write(dir.path(), "guest.img", &common::elf(&[0xeb, 0xfe], false));
     let disk = common::write(dir.path(), "disk.img", &vec![0u8; 1 << 20]);
@@ -302,7 +325,7 @@ fn running_vm_thread_modes(seccomp: bool) -> Vec<(String, String)> {
     let modes = names
         .iter()
         .zip(tids)
-        .map(|(n, t)| (n.to_string(), seccomp_status(t[0]).0))
+        .map(|(n, t)| (n.to_string(), thread_status(t[0])))
         .collect();
     vm.stop();
     assert_eq!(vm.wait(), ExitReason::Stopped);
@@ -314,11 +337,18 @@ fn a_running_vm_confines_its_vcpu_and_device_threads_unless_seccomp_is_off() {
     if !common::kvm_available("a_running_vm_confines_its_vcpu_and_device_threads") {
         return;
     }
-    for (thread, mode) in running_vm_thread_modes(true) {
-        assert_eq!(mode, "Seccomp:\t2", "{thread} with seccomp on");
+    let kick = libc::SIGRTMIN();
+    for (thread, st) in running_vm_thread_modes(true) {
+        assert_eq!(st.mode, "Seccomp:\t2", "{thread} with seccomp on");
+        assert!(
+            st.blocks(libc::SIGCHLD),
+            "{thread} leaves SIGCHLD to others"
+        );
+        let vcpu = thread.starts_with("ember-vcpu");
+        assert_eq!(!st.blocks(kick), vcpu, "{thread}: only vCPUs take the kick");
     }
-    for (thread, mode) in running_vm_thread_modes(false) {
-        assert_eq!(mode, "Seccomp:\t0", "{thread} with seccomp off");
+    for (thread, st) in running_vm_thread_modes(false) {
+        assert_eq!(st.mode, "Seccomp:\t0", "{thread} with seccomp off");
     }
 }
 
