@@ -58,7 +58,7 @@ impl EventLoop {
         for s in subscribers {
             manager.add_subscriber(s);
         }
-        let thread = spawn_confined(THREAD_NAME.into(), filter, move || {
+        let thread = spawn_confined(THREAD_NAME.into(), filter, &[], move || {
             while !stop.load(Ordering::SeqCst) {
                 if let Err(e) = manager.run() {
                     log::error!("event loop: {e}");

@@ -164,22 +164,24 @@ pub enum SpawnError {
 /// runs `body`. Returns once the filter is in place, so a filter the kernel refuses is
 /// this call's error rather than a thread that runs unconfined.
 ///
-/// The thread also blocks every asynchronous signal (a vCPU unblocks its kick signal): a
-/// signal sent to the process (the shim's SIGCHLD, say) must be handled on one of the
+/// The thread also blocks every asynchronous signal but `take_signals` (a vCPU's kick):
+/// a signal sent to the process (the shim's SIGCHLD, say) must be handled on one of the
 /// process's other threads, because its handler may make calls the filter forbids.
 pub fn spawn_confined<F>(
     name: String,
     filter: Option<Filter>,
+    take_signals: &[i32],
     body: F,
 ) -> Result<std::thread::JoinHandle<()>, SpawnError>
 where
     F: FnOnce() + Send + 'static,
 {
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let take_signals = take_signals.to_vec();
     let thread = std::thread::Builder::new()
         .name(name.clone())
         .spawn(move || {
-            block_async_signals();
+            block_async_signals(&take_signals);
             let installed = filter.as_ref().map_or(Ok(()), Filter::apply);
             let ok = installed.is_ok();
             let _ = tx.send(installed);
@@ -204,15 +206,15 @@ where
     }
 }
 
-/// Block every signal on the calling thread except those a fault raises synchronously
-/// (which must reach it) and SIGABRT (a panic's abort).
-fn block_async_signals() {
+/// Block every signal on the calling thread except `take`, those a fault raises
+/// synchronously (which must reach it) and SIGABRT (a panic's abort).
+fn block_async_signals(take: &[i32]) {
     // SAFETY: sigset manipulation on a local set; pthread_sigmask changes only this
     // thread's mask.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut set);
-        for sig in [
+        let synchronous = [
             libc::SIGSEGV,
             libc::SIGBUS,
             libc::SIGILL,
@@ -220,10 +222,12 @@ fn block_async_signals() {
             libc::SIGTRAP,
             libc::SIGSYS,
             libc::SIGABRT,
-        ] {
+        ];
+        for &sig in synchronous.iter().chain(take) {
             libc::sigdelset(&mut set, sig);
         }
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        // Unblocks `take` too, should the spawning thread block it.
+        libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
     }
 }
 
@@ -305,6 +309,9 @@ fn thread_runtime(r: &mut Rules) -> Result<(), seccompiler::Error> {
         SYS_nanosleep,
         SYS_clock_nanosleep,
     ]);
+    // std seeds a thread's HashMap keys from getrandom the first time the thread makes a
+    // HashMap (harmless: it only reads randomness). virtio-rng's source too.
+    r.allow(&[SYS_getrandom]);
     // Signals: the vCPU kick handler returns through rt_sigreturn; std tears down the
     // thread's alternate signal stack at exit; glibc masks signals around some calls.
     r.allow(&[SYS_rt_sigreturn, SYS_sigaltstack, SYS_rt_sigprocmask]);
@@ -339,11 +346,7 @@ fn vcpu_rules() -> Result<Rules, seccompiler::Error> {
     // trace level).
     r.allow_if(
         SYS_ioctl,
-        ioctl_requests(&[
-            kvm::KVM_RUN(),
-            kvm::KVM_GET_REGS(),
-            kvm::KVM_GET_SREGS(),
-        ])?,
+        ioctl_requests(&[kvm::KVM_RUN(), kvm::KVM_GET_REGS(), kvm::KVM_GET_SREGS()])?,
     );
     // Port I/O and MMIO exits: interrupts (serial irqfd, virtio irqfds) and the exit
     // latch are eventfd writes (write, above); the serial console's log file is written,
@@ -374,15 +377,15 @@ fn device_rules() -> Result<Rules, seccompiler::Error> {
         SYS_fdatasync,
         SYS_fsync,
     ]);
-    // virtio-rng.
-    r.allow(&[SYS_getrandom]);
+    // virtio-rng: getrandom (every thread may).
     // virtio-net: the tap is read and written (read, write above); it was opened and
     // configured (TUNSETIFF and friends) before the thread started, so no tap ioctl.
     //
     // virtio-vsock: the muxer accepts host connections on its Unix socket, connects to
     // `PATH_<port>` for guest connections (non-blocking AF_UNIX sockets only), makes
     // accepted sockets non-blocking (std: ioctl FIONBIO), shuts down a side, and removes
-    // its socket file when the device is dropped on this thread.
+    // its socket file when the device is dropped on this thread. std's socket reads and
+    // writes are recvfrom and sendto (MSG_NOSIGNAL).
     r.allow(&[
         SYS_accept4,
         SYS_connect,
@@ -427,9 +430,18 @@ fn device_rules() -> Result<Rules, seccompiler::Error> {
         SYS_getgid,
     ]);
     // virtio-fs: requests run with the guest caller's uid and gid (per-thread
-    // setresuid/setresgid, back to root afterwards) and drop CAP_FSETID around writes
-    // (capget/capset on this thread).
-    r.allow(&[SYS_setresuid, SYS_setresgid, SYS_capget, SYS_capset]);
+    // setresuid/setresgid of the effective id only, back to root afterwards: real and
+    // saved ids stay as they are, -1) and drop CAP_FSETID around writes (capget/capset
+    // on this thread).
+    let effective_only = || {
+        rule(&[
+            (0, SeccompCmpOp::Eq, u64::from(u32::MAX)),
+            (2, SeccompCmpOp::Eq, u64::from(u32::MAX)),
+        ])
+    };
+    r.allow_if(SYS_setresuid, vec![effective_only()?]);
+    r.allow_if(SYS_setresgid, vec![effective_only()?]);
+    r.allow(&[SYS_capget, SYS_capset]);
     // virtio-fs: FUSE_INIT re-imports the share (`do_import`), which clears the umask
     // (process-wide!) so that the guest's modes apply unmasked; only umask(0) is allowed.
     r.allow_if(SYS_umask, vec![rule(&[(0, SeccompCmpOp::Eq, 0)])?]);

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use vmm_sys_util::signal::{register_signal_handler, unblock_signal, Killable, SIGRTMIN};
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 /// Signal used to kick a vCPU thread out of KVM_RUN.
 fn kick_signal() -> i32 {
@@ -51,7 +51,8 @@ impl Vcpu {
         let done = Arc::new(AtomicBool::new(false));
         let flag = done.clone();
         let index = self.index;
-        let thread = spawn_confined(format!("ember-vcpu{index}"), filter, move || {
+        let kick = [kick_signal()];
+        let thread = spawn_confined(format!("ember-vcpu{index}"), filter, &kick, move || {
             self.run();
             flag.store(true, Ordering::SeqCst);
         })?;
@@ -63,11 +64,6 @@ impl Vcpu {
     }
 
     fn run(mut self) {
-        // The thread starts with every asynchronous signal blocked (`spawn_confined`);
-        // the kick must get through.
-        if let Err(e) = unblock_signal(kick_signal()) {
-            log::error!("vcpu{}: cannot unblock the kick signal: {e}", self.index);
-        }
         while self.exit.reason().is_none() {
             match self.fd.run() {
                 Ok(exit) => {

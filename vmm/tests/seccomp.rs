@@ -181,15 +181,34 @@ fn each_thread_kind_gets_only_its_own_calls() {
     };
     assert_eq!(in_child(&devices, unix_socket), End::Exited(0));
     assert_eq!(in_child(&vcpu, unix_socket), End::Signaled(libc::SIGSYS));
-    // getrandom is virtio-rng's, on the device thread.
-    let random = || {
-        let mut b = [0u8; 16];
-        // SAFETY: writes at most 16 bytes into b.
-        let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
-        i32::from(n != 16)
+    // Flushing a file is virtio-blk's (and virtio-fs's), on the device thread.
+    let flush = || {
+        // SAFETY: fails on fd -1 (if let through).
+        let r = unsafe { libc::fdatasync(-1) };
+        i32::from(r != -1)
     };
-    assert_eq!(in_child(&devices, random), End::Exited(0));
-    assert_eq!(in_child(&vcpu, random), End::Signaled(libc::SIGSYS));
+    assert_eq!(in_child(&devices, flush), End::Exited(0));
+    assert_eq!(in_child(&vcpu, flush), End::Signaled(libc::SIGSYS));
+    // virtio-fs may switch the effective uid (to the caller's and back), and no other.
+    let setresuid = |r: u32, e: u32, s: u32| {
+        move || {
+            // SAFETY: changes only the child's (thread's) ids.
+            let rc = unsafe { libc::syscall(libc::SYS_setresuid, r, e, s) };
+            i32::from(rc != 0)
+        }
+    };
+    assert_eq!(
+        in_child(&devices, setresuid(u32::MAX, 0, u32::MAX)),
+        End::Exited(0)
+    );
+    assert_eq!(
+        in_child(&devices, setresuid(0, 0, 0)),
+        End::Signaled(libc::SIGSYS)
+    );
+    assert_eq!(
+        in_child(&vcpu, setresuid(u32::MAX, 0, u32::MAX)),
+        End::Signaled(libc::SIGSYS)
+    );
     // virtio-fs may clear the umask, and nothing else.
     let umask = |mask| {
         move || {
@@ -252,6 +271,7 @@ fn a_confined_thread_shows_seccomp_mode_2_and_the_others_stay_unconfined() {
         let t = spawn_confined(
             format!("test-{kind}"),
             confined.then(|| filter(kind)),
+            &[libc::SIGUSR1],
             move || {
                 tid_tx.send(gettid()).unwrap();
                 let _ = go_rx.recv();
@@ -269,6 +289,7 @@ fn a_confined_thread_shows_seccomp_mode_2_and_the_others_stay_unconfined() {
         // Signals sent to the process are left to the other threads.
         assert!(st.blocks(libc::SIGCHLD) && st.blocks(libc::SIGTERM) && st.blocks(libc::SIGPIPE));
         assert!(!st.blocks(libc::SIGSEGV) && !st.blocks(libc::SIGSYS));
+        assert!(!st.blocks(libc::SIGUSR1), "the signal asked for is taken");
         go_tx.send(()).unwrap();
         t.join().unwrap();
     }

@@ -35,7 +35,7 @@ impl ConfinedLoop {
         let (cmd, cmds) = sync_channel::<Cmd>(0);
         let (reply, done) = sync_channel(0);
         let filter = Filter::new(ThreadKind::Devices).expect("device filter");
-        let thread = spawn_confined("test-devices".into(), Some(filter), move || {
+        let thread = spawn_confined("test-devices".into(), Some(filter), &[], move || {
             for c in cmds {
                 let handled = match c {
                     Cmd::Run(ms) => em.run_with_timeout(ms).unwrap(),
