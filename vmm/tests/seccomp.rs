@@ -6,6 +6,7 @@
 
 mod common;
 
+use common::kvm_available;
 use ember_vmm::seccomp::{spawn_confined, Filter, ThreadKind};
 use ember_vmm::{ExitReason, Vm, VmConfig};
 use std::time::{Duration, Instant};
@@ -355,7 +356,7 @@ fn running_vm_thread_modes(seccomp: bool) -> Vec<(String, Status)> {
 
 #[test]
 fn a_running_vm_confines_its_vcpu_and_device_threads_unless_seccomp_is_off() {
-    if !common::kvm_available("a_running_vm_confines_its_vcpu_and_device_threads") {
+    if !kvm_available("a_running_vm_confines_its_vcpu_and_device_threads") {
         return;
     }
     let kick = libc::SIGRTMIN();
@@ -375,7 +376,7 @@ fn a_running_vm_confines_its_vcpu_and_device_threads_unless_seccomp_is_off() {
 
 #[test]
 fn no_seccomp_flag_turns_the_filters_off_and_says_so() {
-    if !common::kvm_available("no_seccomp_flag_turns_the_filters_off_and_says_so") {
+    if !kvm_available("no_seccomp_flag_turns_the_filters_off_and_says_so") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -403,4 +404,50 @@ fn no_seccomp_flag_turns_the_filters_off_and_says_so() {
     assert!(!on.contains("seccomp is off"), "{on}");
     let off = run(&["--no-seccomp"]);
     assert!(off.contains("seccomp is off"), "{off}");
+}
+
+#[test]
+fn a_console_log_that_wraps_is_compacted_under_the_vcpu_filter() {
+    // The serial port's file sink drops its older half when full: pread64, pwrite64 and
+    // ftruncate on the vCPU thread that handles the port write.
+    if !kvm_available("a_console_log_that_wraps_is_compacted_under_the_vcpu_filter") {
+        return;
+    }
+    let mut code = vec![
+        0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+        0xb9, 0x10, 0x27, 0x00, 0x00, // mov ecx, 10000
+        0xb0, b'x', 0xee, // loop: mov al, 'x'; out dx, al
+        0xff, 0xc9, // dec ecx
+        0x75, 0xf9, // jnz loop
+    ];
+    code.extend([0x66, 0xba, 0x01, 0x05, 0xee, 0xf4, 0xeb, 0xfe]); // power off
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = common::write(dir.path(), "guest.img", &common::elf(&code, false));
+    let serial = dir.path().join("serial.log");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ember-vmm"))
+        .arg("--kernel")
+        .arg(&kernel)
+        .args([
+            "--memory-mib",
+            "64",
+            "--serial-max-bytes",
+            "4096",
+            "--serial",
+        ])
+        .arg(&serial)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "power-off, no SIGSYS; stderr: {stderr}"
+    );
+    let log = std::fs::read(&serial).unwrap();
+    assert!(log.len() <= 4096, "capped: {} bytes", log.len());
+    assert!(
+        log.starts_with(b"[ember: earlier console output dropped"),
+        "compacted"
+    );
+    assert!(log.ends_with(b"xxxx"));
 }
