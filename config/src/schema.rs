@@ -74,6 +74,11 @@ pub struct HypervisorConfig {
     /// message quotes when a guest fails. Default [`DEFAULT_CONSOLE_LOG_MAX_BYTES`] (1 MiB);
     /// allowed range [`crate::CONSOLE_LOG_MAX_BYTES_RANGE`].
     pub console_log_max_bytes: u64,
+    /// Confine the VMM's threads with their seccomp filters (a vCPU thread and the device
+    /// thread may make only the system calls they need; any other kills the process that
+    /// runs the VMM, with SIGSYS). On by default; turn it off only to diagnose a suspected
+    /// missing system call.
+    pub seccomp: bool,
 }
 
 impl Default for HypervisorConfig {
@@ -88,6 +93,7 @@ impl Default for HypervisorConfig {
             cpu_profile: CpuProfile::Auto,
             block_slots: DEFAULT_BLOCK_SLOTS,
             console_log_max_bytes: DEFAULT_CONSOLE_LOG_MAX_BYTES,
+            seccomp: true,
         }
     }
 }

@@ -39,6 +39,10 @@ fn defaults_are_documented_values() {
     assert_eq!(c.hypervisor.cpu_profile, CpuProfile::Auto);
     assert_eq!(c.hypervisor.block_slots, DEFAULT_BLOCK_SLOTS);
     assert_eq!(DEFAULT_BLOCK_SLOTS, 4);
+    assert!(
+        c.hypervisor.seccomp,
+        "the VMM's seccomp filters are on by default"
+    );
     assert_eq!(c.sandbox.backend, Backend::Microvm);
     assert_eq!(c.sandbox.state_dir, Path::new(DEFAULT_STATE_DIR));
     assert_eq!(c.agent.port, 1024);
@@ -367,4 +371,13 @@ fn from_env_reads_ember_config() {
     );
     assert_eq!(o.system_path, Path::new(SYSTEM_CONFIG));
     assert_eq!(o.assets, AssetCheck::Require);
+}
+
+#[test]
+fn seccomp_can_be_turned_off_and_must_be_a_boolean() {
+    let c = parse("[hypervisor]\nseccomp = false\n", None).unwrap();
+    assert!(!c.hypervisor.seccomp);
+    let msg = err("[hypervisor]\nseccomp = \"off\"\n");
+    assert!(msg.contains("/etc/ember/test.toml:2"), "{msg}");
+    assert!(msg.contains("seccomp"), "{msg}");
 }

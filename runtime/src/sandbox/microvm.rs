@@ -214,6 +214,7 @@ pub fn vm_config(
     vm.cmdline = kernel_cmdline(config);
     vm.serial = SerialSink::File(state_dir.join(CONSOLE_LOG));
     vm.serial_max_bytes = h.console_log_max_bytes;
+    vm.seccomp = h.seccomp;
     vm.rng = true;
     let socket = state_dir.join(VSOCK_SOCKET);
     let len = socket.as_os_str().len();
@@ -704,6 +705,7 @@ mod tests {
         assert!(vm.net.is_empty());
         assert_eq!(vm.cpu_profile, ember_vmm::CpuProfile::Auto);
         assert_eq!(vm.block_slots, 4, "hypervisor.block_slots' default");
+        assert!(vm.seccomp, "hypervisor.seccomp's default");
         vm.validate().unwrap();
     }
 
@@ -743,7 +745,9 @@ mod tests {
         c.hypervisor.initrd = None;
         c.hypervisor.image = Some(a.image.clone());
         c.hypervisor.cpu_profile = ember_config::CpuProfile::Host;
+        c.hypervisor.seccomp = false;
         let vm = vm_config(&c, &a.state, &a.shared, None).unwrap();
+        assert!(!vm.seccomp, "hypervisor.seccomp reaches the VMM");
         assert_eq!(vm.initrd, None);
         assert_eq!(
             vm.disks,
