@@ -316,7 +316,8 @@ fn thread_runtime(r: &mut Rules) -> Result<(), seccompiler::Error> {
     // thread's alternate signal stack at exit; glibc masks signals around some calls.
     r.allow(&[SYS_rt_sigreturn, SYS_sigaltstack, SYS_rt_sigprocmask]);
     // Thread exit, and `process::exit`/abort from a VMM thread (panic = "abort" in
-    // release builds ends the process with SIGABRT, through tgkill on its own thread id).
+    // release builds ends the process with SIGABRT, raised with tgkill: allowed for
+    // SIGABRT in this process only, the pid the filter is built in).
     r.allow(&[SYS_exit, SYS_exit_group, SYS_gettid, SYS_getpid]);
     let pid = u64::from(std::process::id());
     r.allow_if(
