@@ -115,7 +115,8 @@ mod tests {
             evt: evt.try_clone().unwrap(),
             seen: tx,
         }));
-        let event_loop = EventLoop::start(vec![clearer]).unwrap();
+        let filter = crate::seccomp::Filter::new(crate::seccomp::ThreadKind::Devices).unwrap();
+        let event_loop = EventLoop::start(vec![clearer], Some(filter)).unwrap();
         evt.write(1).unwrap();
         let on_device_thread = rx
             .recv_timeout(std::time::Duration::from_secs(10))

@@ -182,7 +182,22 @@ where
         .name(name.clone())
         .spawn(move || {
             block_async_signals(&take_signals);
-            let installed = filter.as_ref().map_or(Ok(()), Filter::apply);
+            // Before the filter, which does not allow unshare: virtio-fs clears the umask
+            // of the thread that serves FUSE_INIT, and it must stay on that thread.
+            if let Err(source) = crate::devices::virtio::fs::unshare_fs_context() {
+                let _ = tx.send(Err(SpawnError::Thread {
+                    name: std::thread::current()
+                        .name()
+                        .unwrap_or_default()
+                        .to_string(),
+                    source,
+                }));
+                return;
+            }
+            let installed = filter
+                .as_ref()
+                .map_or(Ok(()), Filter::apply)
+                .map_err(SpawnError::from);
             let ok = installed.is_ok();
             let _ = tx.send(installed);
             if ok {
@@ -197,7 +212,7 @@ where
         Ok(Ok(())) => Ok(thread),
         Ok(Err(e)) => {
             let _ = thread.join();
-            Err(e.into())
+            Err(e)
         }
         Err(_) => Err(SpawnError::Thread {
             name,
@@ -444,7 +459,8 @@ fn device_rules() -> Result<Rules, seccompiler::Error> {
     r.allow_if(SYS_setresgid, vec![effective_only()?]);
     r.allow(&[SYS_capget, SYS_capset]);
     // virtio-fs: FUSE_INIT re-imports the share (`do_import`), which clears the umask
-    // (process-wide!) so that the guest's modes apply unmasked; only umask(0) is allowed.
+    // (of this thread only: `spawn_confined` unshares CLONE_FS) so that the guest's modes
+    // apply unmasked; only umask(0) is allowed.
     r.allow_if(SYS_umask, vec![rule(&[(0, SeccompCmpOp::Eq, 0)])?]);
     Ok(r)
 }
