@@ -1240,6 +1240,12 @@ impl KvmHost {
                 "CARGO_MANIFEST_DIR".into(),
                 binary.package_dir.display().to_string(),
             ));
+            // The tests find the workspace's binaries through it (ember_tests::containerd):
+            // without it they would fall back to whatever ember is installed on PATH.
+            if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
+                job.env
+                    .push(("CARGO_TARGET_DIR".into(), t.to_string_lossy().into_owned()));
+            }
             job.timeout = timeout;
             job.deadline = deadline;
             job.stall = Some(TEST_STALL);
