@@ -140,8 +140,8 @@ pub struct Record {
     /// Where the agent listens (`None` while `create` starts the sandbox).
     pub endpoint: Option<StoredEndpoint>,
     /// `agent.dial_timeout_ms` of the config `create` used: `exec`'s bound on reaching the
-    /// agent and opening its streams (`None` in records of older versions:
-    /// [`DEFAULT_EXEC_DIAL_TIMEOUT`]).
+    /// agent and opening its streams (`None` in records of older versions: the config's
+    /// default, see [`Record::dial_timeout`]).
     #[serde(default)]
     pub dial_timeout_ms: Option<u64>,
     /// `sandbox.backend` of the config `create` used.
@@ -154,15 +154,15 @@ pub struct Record {
     pub hooks: super::hooks::HostHooks,
 }
 
-/// `exec`'s bound on reaching the agent for a record without `dial_timeout_ms` (written
-/// by an older version): the config's default.
-pub const DEFAULT_EXEC_DIAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
-
 impl Record {
-    /// How long `exec` may take to reach the agent and open each stdio stream.
+    /// How long `exec` may take to reach the agent and open each stdio stream:
+    /// `dial_timeout_ms`, or the config's default `agent.dial_timeout_ms` for a record
+    /// written by an older version.
     pub fn dial_timeout(&self) -> std::time::Duration {
-        self.dial_timeout_ms
-            .map_or(DEFAULT_EXEC_DIAL_TIMEOUT, std::time::Duration::from_millis)
+        std::time::Duration::from_millis(
+            self.dial_timeout_ms
+                .unwrap_or_else(|| ember_config::AgentConfig::default().dial_timeout_ms),
+        )
     }
 }
 
@@ -407,7 +407,10 @@ mod tests {
         let mut json = serde_json::to_value(&r).unwrap();
         json.as_object_mut().unwrap().remove("dial_timeout_ms");
         let old: Record = serde_json::from_value(json).unwrap();
-        assert_eq!(old.dial_timeout(), DEFAULT_EXEC_DIAL_TIMEOUT);
+        assert_eq!(
+            old.dial_timeout().as_millis() as u64,
+            ember_config::AgentConfig::default().dial_timeout_ms
+        );
     }
 
     #[test]

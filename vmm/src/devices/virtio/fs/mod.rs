@@ -56,8 +56,9 @@ pub enum FsError {
 /// fuse-backend-rs's `PassthroughFs::import` sets the umask to 0 (so the guest's modes
 /// are kept exactly), and the umask belongs to the whole process unless a thread unshares
 /// `CLONE_FS`: run on a shim thread, it left every file the shim created afterwards
-/// world-writable. The device thread unshares for the same reason
-/// ([`unshare_fs_context`]); the library has no option to skip it.
+/// world-writable. Every VMM thread, the device thread among them, unshares for the same
+/// reason (`seccomp::spawn_confined` calls [`unshare_fs_context`]); the library has no
+/// option to skip it.
 pub fn with_private_umask<T: Send>(
     f: impl FnOnce() -> std::io::Result<T> + Send,
 ) -> std::io::Result<T> {
@@ -111,6 +112,10 @@ impl Fs {
             ..Default::default()
         };
         let fs = PassthroughFs::<()>::new(cfg).map_err(|e| passthrough_err(e.to_string()))?;
+        // Imported here so that a share that cannot be opened fails the VM's creation,
+        // naming the path; the library imports again at the guest's FUSE_INIT (with
+        // `do_import` off it would instead take the guest's cache options), which costs
+        // one open of the root.
         with_private_umask(|| fs.import()).map_err(|e| passthrough_err(e.to_string()))?;
         Ok(Self {
             tag: tag.to_string(),
