@@ -1,4 +1,4 @@
-//! The KVM capabilities ember's VMM needs, owned here and checked by [`Vm::new`]
+//! The KVM capabilities ember's VMM needs, owned here and checked by [`crate::Vm::new`]
 //! (crate::Vm::new) before anything is built, the way Firecracker's `Kvm::new` and Cloud
 //! Hypervisor's `check_required_extensions` do. `ember check` asks the same list
 //! ([`probe`]).
