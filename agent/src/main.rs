@@ -330,7 +330,7 @@ mod tests {
 
     #[test]
     fn as_init_the_kernels_leftover_parameters_are_ignored() {
-        let leftovers = args(&["/init", "noxsave", "nosmap", "nosmep"]);
+        let leftovers = args(&["/init", "noxsave"]);
         let cli = command_line(leftovers.clone(), true).unwrap();
         assert_eq!(cli.state_dir, PathBuf::from("/run/ember-agent"));
         assert!(cli.listen.is_none() && cli.command.is_none());

@@ -213,7 +213,7 @@ fn cli_rejects_fragment_option_unknown_to_kconfig() {
 
 /// PVM-safe parameters (see docs/architecture.md) plus a marker to find in the log.
 const CMDLINE: &str = "console=ttyS0 root=/dev/vda ro rootfstype=ext4 panic=-1 \
-    noxsave nosmap nosmep clearcpuid=smap,smep,popcnt ember.boot_test=1";
+    noxsave clearcpuid=smap,smep,popcnt ember.boot_test=1";
 const MOUNTED: &str = "VFS: Mounted root (ext4 filesystem)";
 const RUN_SBIN_INIT: &str = "Run /sbin/init as init process";
 const RUN_INIT: &str = "Run /init as init process";

@@ -28,7 +28,7 @@ use std::fmt::Write as _;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// The modules the initramfs loads, in dependency order resolved by `modprobe
 /// --show-depends`, to mount the host's root: the PCI virtio transport, 9p over virtio and
@@ -593,6 +593,57 @@ fn frozen(quiet: Duration, stall: Duration) -> bool {
     quiet > stall + FROZEN_MARGIN
 }
 
+/// How often (seconds) stage 2 rewrites `$R/heartbeat` ([`heartbeat_script`]).
+const HEARTBEAT_EVERY: u64 = 5;
+
+/// How old the outer VM's heartbeat may get before the outer VM counts as frozen. An outer
+/// VM whose timers stopped firing (seen: QEMU at 0 % CPU, nothing printed for good) is
+/// caught after this rather than after the stall watch's time plus [`FROZEN_MARGIN`]
+/// (13 minutes for a test binary). Generous: a loaded but live outer VM rewrites it every
+/// [`HEARTBEAT_EVERY`] seconds, and its own soft-lockup watchdog fires after 60.
+const HEARTBEAT_STALE: Duration = Duration::from_secs(120);
+
+/// Stage 2's background loop that writes the time into `$R/heartbeat` every `every`
+/// seconds, so the host sees the outer VM's user space is alive by the file's mtime.
+fn heartbeat_script(every: u64) -> String {
+    format!("( while :; do date +%s > $R/heartbeat; sleep {every}; done ) </dev/null >/dev/null 2>&1 &\n")
+}
+
+/// How long ago the heartbeat file `path` was last written, by the host's clock; `None`
+/// before stage 2 has written it (or when it cannot be read).
+fn heartbeat_age(path: &Path) -> Option<Duration> {
+    let written = std::fs::metadata(path).and_then(|m| m.modified()).ok()?;
+    Some(
+        SystemTime::now()
+            .duration_since(written)
+            .unwrap_or_default(),
+    )
+}
+
+/// Why the host decided the outer VM froze.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Frozen {
+    /// Output unchanged and no stall record for this long ([`frozen`]).
+    Quiet(Duration),
+    /// The heartbeat stopped this long ago ([`HEARTBEAT_STALE`]).
+    Heartbeat(Duration),
+}
+
+/// Whether the outer VM counts as frozen, given how long its output has been unchanged,
+/// the job's stall watch and how old its heartbeat is.
+fn frozen_now(
+    quiet: Duration,
+    stall: Option<Duration>,
+    heartbeat: Option<Duration>,
+) -> Option<Frozen> {
+    if let Some(age) = heartbeat.filter(|age| *age > HEARTBEAT_STALE) {
+        return Some(Frozen::Heartbeat(age));
+    }
+    stall
+        .is_some_and(|stall| frozen(quiet, stall))
+        .then_some(Frozen::Quiet(quiet))
+}
+
 /// A nested KVM test host: the outer VM's shape and assets.
 #[derive(Debug, Clone)]
 pub struct KvmHost {
@@ -627,6 +678,7 @@ impl KvmHost {
              R={RUN_MOUNT}\n\
              off() {{ sync; echo o > /proc/sysrq-trigger; while :; do read -r _ < /dev/console; done 2>/dev/null; }}\n\
              echo 'ember-kvm-host: stage 2'\n\
+             {heartbeat}\
              for d in {tmpfs}; do mount -t tmpfs -o mode=0755 tmpfs $d; done\n\
              chmod 1777 /tmp /var/tmp\n\
              {keep}\
@@ -643,6 +695,7 @@ impl KvmHost {
             cgroups = self.cgroups.script(),
             tmpfs = TMPFS_DIRS.join(" "),
             keep = keep_script(&[&job.keep[..], std::slice::from_ref(&job.cwd)].concat()),
+            heartbeat = heartbeat_script(HEARTBEAT_EVERY),
         );
         for (k, v) in &job.env {
             let _ = writeln!(s, "export {k}={}", shell_quote(v));
@@ -754,7 +807,7 @@ impl KvmHost {
         // (an outer VM whose vCPUs all sleep and whose timers no longer fire: seen once,
         // QEMU at 0 % CPU for over 10 minutes), so the outer VM counts as failed.
         let mut output_seen = (0u64, Instant::now());
-        let mut froze = false;
+        let mut froze: Option<Frozen> = None;
         let status = loop {
             if let Some(status) = qemu.try_wait().map_err(io("qemu-system-x86_64"))? {
                 echo(true);
@@ -777,11 +830,12 @@ impl KvmHost {
             if size != output_seen.0 {
                 output_seen = (size, Instant::now());
             }
-            if job
-                .stall
-                .is_some_and(|stall| frozen(output_seen.1.elapsed(), stall))
-            {
-                froze = true;
+            froze = frozen_now(
+                output_seen.1.elapsed(),
+                job.stall,
+                heartbeat_age(&run.join("heartbeat")),
+            );
+            if froze.is_some() {
                 let _ = qemu.kill();
                 let _ = qemu.wait();
                 echo(true);
@@ -814,12 +868,17 @@ impl KvmHost {
                 let _ = write!(console_text, "\n[qemu exited with {status}: {qemu_err}]");
             }
             Some(_) => {}
-            None if froze => {
-                let _ = write!(
-                    console_text,
-                    "\n{FROZEN_MARKER}: no output and no stall record for {} s; qemu was killed]",
-                    output_seen.1.elapsed().as_secs()
-                );
+            None if froze.is_some() => {
+                let why = match froze {
+                    Some(Frozen::Heartbeat(age)) => {
+                        format!("its heartbeat stopped {} s ago", age.as_secs())
+                    }
+                    _ => format!(
+                        "no output and no stall record for {} s",
+                        output_seen.1.elapsed().as_secs()
+                    ),
+                };
+                let _ = write!(console_text, "\n{FROZEN_MARKER}: {why}; qemu was killed]");
             }
             None => {
                 let _ = write!(
@@ -973,6 +1032,7 @@ pub fn shell_quote(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::process::CommandExt;
 
     #[test]
     fn an_outer_vm_whose_stall_watch_did_not_act_is_frozen() {
@@ -989,6 +1049,70 @@ mod tests {
             outer_failure(&console).is_some(),
             "a frozen VM is an outer failure"
         );
+    }
+
+    #[test]
+    fn a_stopped_heartbeat_means_frozen_long_before_the_stall_margin() {
+        let stall = Some(Duration::from_secs(600));
+        let short = Duration::from_secs(10);
+        // Fresh heartbeat, quiet command: not frozen (the stall watch is still in charge).
+        assert_eq!(frozen_now(short, stall, Some(Duration::from_secs(6))), None);
+        // No heartbeat yet (stage 2 not started): only the output rule applies.
+        assert_eq!(frozen_now(short, stall, None), None);
+        let old = HEARTBEAT_STALE + Duration::from_secs(1);
+        assert_eq!(
+            frozen_now(short, stall, Some(old)),
+            Some(Frozen::Heartbeat(old))
+        );
+        // Without a stall watch the heartbeat still counts.
+        assert_eq!(
+            frozen_now(short, None, Some(old)),
+            Some(Frozen::Heartbeat(old))
+        );
+        let quiet = Duration::from_secs(800);
+        assert_eq!(
+            frozen_now(quiet, stall, Some(Duration::from_secs(1))),
+            Some(Frozen::Quiet(quiet))
+        );
+    }
+
+    #[test]
+    fn the_heartbeat_loop_keeps_its_file_fresh_and_an_old_file_is_old() {
+        let r = tempfile::tempdir().unwrap();
+        let file = r.path().join("heartbeat");
+        assert_eq!(heartbeat_age(&file), None, "no file yet");
+        let mut child = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(format!(
+                "R={}\n{}wait",
+                r.path().display(),
+                heartbeat_script(1)
+            ))
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        while heartbeat_age(&file).is_none() {
+            assert!(start.elapsed() < Duration::from_secs(20), "never written");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Set it 200 s into the past; the loop brings it back within its period.
+        let back = SystemTime::now() - Duration::from_secs(200);
+        std::fs::File::options()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_modified(back)
+            .unwrap();
+        assert!(heartbeat_age(&file).unwrap() > HEARTBEAT_STALE);
+        let start = Instant::now();
+        while heartbeat_age(&file).unwrap() > Duration::from_secs(10) {
+            assert!(start.elapsed() < Duration::from_secs(20), "not rewritten");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // SAFETY: kill(2) of the loop's own process group, which this test made.
+        unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+        let _ = child.wait();
     }
 
     #[test]

@@ -155,7 +155,7 @@ fn guest_kernel_boots_to_the_ext4_root_mount() {
     );
     if !hardware {
         assert!(
-            cmdline.contains("noxsave nosmap nosmep"),
+            cmdline.contains(ember_vmm::arch::cpuid::EMULATION_SAFE_CMDLINE),
             "auto picks emulation-safe here"
         );
         assert!(matches!(reason, ExitReason::Stopped), "{reason:?}");

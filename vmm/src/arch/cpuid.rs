@@ -17,7 +17,7 @@ pub enum EffectiveProfile {
 /// What the emulation-safe profile appends to the guest command line. Hiding the features
 /// in CPUID is not enough on a PVM host (measured: the guest still enumerated XSAVE state
 /// and died on `xrstor`), so the kernel is told as well.
-pub const EMULATION_SAFE_CMDLINE: &str = "noxsave nosmap nosmep clearcpuid=smap,smep,popcnt,cx16";
+pub const EMULATION_SAFE_CMDLINE: &str = "noxsave clearcpuid=smap,smep,popcnt,cx16";
 
 /// Resolve `auto` for a host with virtualization `virt`, whose CPU is emulated by QEMU's
 /// TCG when `tcg` ([`crate::host::cpu_emulated_by_tcg`]: hardware virtualization, but a
