@@ -593,6 +593,16 @@ fn frozen(quiet: Duration, stall: Duration) -> bool {
     quiet > stall + FROZEN_MARGIN
 }
 
+/// The outer kernel's command line, with `extra` (`EMBER_KVM_HOST_APPEND`: parameters to try
+/// against the outer VM's own failures, for diagnosis) at its end.
+fn outer_cmdline(extra: Option<&str>) -> String {
+    let base = "console=ttyS0 panic=-1 softlockup_panic=1 watchdog_thresh=30 quiet loglevel=4";
+    match extra.map(str::trim) {
+        Some(extra) if !extra.is_empty() => format!("{base} {extra}"),
+        _ => base.to_string(),
+    }
+}
+
 /// How often (seconds) stage 2 rewrites `$R/heartbeat` ([`heartbeat_script`]).
 const HEARTBEAT_EVERY: u64 = 5;
 
@@ -740,10 +750,10 @@ impl KvmHost {
             // a 40-minute run) panics it, and the panic powers it off (`panic=-1` with
             // `-no-reboot`), which `run_with_rerun` then sees. Thirty seconds of threshold
             // (a lockup after 60 s) so that a host that is merely busy does not trip it.
-            .args([
-                "-append",
-                "console=ttyS0 panic=-1 softlockup_panic=1 watchdog_thresh=30 quiet loglevel=4",
-            ])
+            .arg("-append")
+            .arg(outer_cmdline(
+                std::env::var("EMBER_KVM_HOST_APPEND").ok().as_deref(),
+            ))
             .arg("-serial")
             .arg(format!("file:{}", console.display()))
             .args(["-virtfs", "local,path=/,mount_tag=hostroot,security_model=passthrough,readonly=on,multidevs=remap"])
