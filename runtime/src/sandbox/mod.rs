@@ -678,7 +678,7 @@ pub fn stream_ids(
     wanted: WantedStreams,
 ) -> Result<StdioStreams, SandboxError> {
     let mut bytes = [0u8; STREAM_NONCE_BITS / 8];
-    getrandom::fill(&mut bytes).map_err(|e| SandboxError::Random(e.to_string()))?;
+    ember_sys::random::fill(&mut bytes).map_err(|e| SandboxError::Random(e.0.to_string()))?;
     let nonce: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     let proc = if exec_id.is_empty() { "init" } else { exec_id };
     let id = |name: &str, want: bool| {
