@@ -610,10 +610,10 @@ fn remove_at(dir: BorrowedFd<'_>, name: &Path, full: &Path) -> Result<(), MountE
     }
 }
 
-/// Splits mount(8)-style options into flags and the data string (the protocol crate's
-/// [`ember_agent_protocol::mount_options::split`], which the agent's storages use too).
+/// Splits mount(8)-style options into flags and the data string
+/// ([`ember_sys::mount_options::split`], which the agent's storages use too).
 fn parse_options(options: &[String]) -> (MsFlags, String) {
-    let (flags, data) = ember_agent_protocol::mount_options::split(options);
+    let (flags, data) = ember_sys::mount_options::split(options);
     (MsFlags::from_bits_truncate(flags), data)
 }
 
