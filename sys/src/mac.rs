@@ -41,8 +41,10 @@ pub fn parse(s: &str) -> Result<[u8; 6], MacError> {
     Ok(mac)
 }
 
-/// `mac` as `aa:bb:cc:dd:ee:ff` (lower case), which [`parse`] reads back.
-pub fn format(mac: &[u8; 6]) -> String {
+/// `mac` as `aa:bb:cc:dd:ee:ff` (lower-case pairs separated by `:`), which [`parse`] reads
+/// back. Any length is written the same way (an interface's hardware address need not be
+/// six bytes).
+pub fn format(mac: &[u8]) -> String {
     mac.iter()
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()
@@ -69,6 +71,8 @@ mod tests {
         assert_eq!(mac, [0x02, 0xab, 0xcd, 0x00, 0x0f, 0xff]);
         assert_eq!(format(&mac), "02:ab:cd:00:0f:ff");
         assert_eq!(parse(&format(&mac)).unwrap(), mac);
+        assert_eq!(format(&[0xab]), "ab");
+        assert_eq!(format(&[]), "");
     }
 
     #[test]
