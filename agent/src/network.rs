@@ -92,27 +92,9 @@ pub fn parse_cidr(s: &str) -> Result<Cidr, String> {
     Ok(Cidr { addr, prefix })
 }
 
-/// Parses `aa:bb:cc:dd:ee:ff`.
-pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
-    let parts: Vec<&str> = s.split(':').collect();
-    let mut mac = [0u8; 6];
-    if parts.len() != 6 {
-        return Err(format!("{s:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"));
-    }
-    for (i, p) in parts.iter().enumerate() {
-        mac[i] = u8::from_str_radix(p, 16)
-            .ok()
-            .filter(|_| p.len() == 2)
-            .ok_or_else(|| format!("{s:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"))?;
-    }
-    Ok(mac)
-}
-
-fn mac_string(mac: &[u8]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+/// Parses a NIC's MAC ([`ember_sys::mac::parse`]'s rule), as a message for [`invalid`].
+fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    ember_sys::mac::parse(s).map_err(|e| e.to_string())
 }
 
 /// A validated NIC configuration.
@@ -288,10 +270,10 @@ pub fn apply(nics: &[NicPlan], routes: &[RoutePlan]) -> Result<(), NetworkError>
         let Some((index, name)) = index_of(&nic.mac) else {
             return Err(NetworkError::NoSuchNic {
                 field: format!("interfaces[{i}].mac"),
-                mac: mac_string(&nic.mac),
+                mac: ember_sys::mac::format(&nic.mac),
                 present: links
                     .iter()
-                    .map(|(_, n, m)| format!("{n} {}", mac_string(m)))
+                    .map(|(_, n, m)| format!("{n} {}", ember_sys::mac::format(m)))
                     .collect::<Vec<_>>()
                     .join(", "),
             });

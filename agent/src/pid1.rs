@@ -156,18 +156,14 @@ impl RootMount {
 /// The mount of the reader's root in a mountinfo text: the first one whose mount point is
 /// `/` (mounts stacked over the root come after it). `None` without such a line.
 pub fn root_mount(mountinfo: &str) -> Option<RootMount> {
-    mountinfo.lines().find_map(|line| {
-        let fields: Vec<&str> = line.split(' ').collect();
-        if fields.get(4) != Some(&"/") {
-            return None;
-        }
-        let sep = fields.iter().position(|f| *f == "-")?;
-        Some(RootMount {
-            id: fields.first()?.parse().ok()?,
-            parent: fields.get(1)?.parse().ok()?,
-            fstype: (*fields.get(sep + 1)?).to_string(),
+    ember_sys::mountinfo::parse(mountinfo)
+        .into_iter()
+        .find(|m| m.mount_point == Path::new("/"))
+        .map(|m| RootMount {
+            id: m.id,
+            parent: m.parent,
+            fstype: m.fstype,
         })
-    })
 }
 
 /// This thread's mount table. Without /proc yet (the guest's init starts with nothing

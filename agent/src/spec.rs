@@ -63,22 +63,10 @@ pub fn parse<T: DeserializeOwned>(doc: &'static str, json: &str) -> Result<T, Sp
     })
 }
 
-/// Checks a container or exec id: 1..=128 of `[A-Za-z0-9_.-]`, not starting with `.`.
+/// Checks a container or exec id ([`ember_sys::id`]'s rule: 1..=128 of `[A-Za-z0-9_.-]`,
+/// not starting with `.`), naming the request field `name` when it is broken.
 pub fn check_id(name: &str, id: &str) -> Result<(), SpecError> {
-    let ok = !id.is_empty()
-        && id.len() <= 128
-        && !id.starts_with('.')
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
-    if ok {
-        Ok(())
-    } else {
-        Err(field(
-            name,
-            format!("{id:?} is not a valid id (1 to 128 of letters, digits, '_', '-', '.')"),
-        ))
-    }
+    ember_sys::id::check(id).map_err(|e| field(name, format!("{id:?} is not a valid id: {e}")))
 }
 
 /// Checks an exec process: args must be present.
@@ -219,9 +207,8 @@ mod tests {
         assert!(check_id("container_id", "abc-1.2_x").is_ok());
         assert!(check_id("container_id", "").is_err());
         assert!(check_id("container_id", "../x").is_err());
-        assert!(check_id("exec_id", "a/b")
-            .unwrap_err()
-            .to_string()
-            .starts_with("exec_id:"));
+        let e = check_id("exec_id", "a/b").unwrap_err().to_string();
+        assert!(e.starts_with("exec_id:"), "{e}");
+        assert!(e.contains(r#""a/b" is not a valid id: holds '/'"#), "{e}");
     }
 }

@@ -128,10 +128,10 @@ pub fn wait_for_capacity(sys_block: &Path, name: &str, timeout: Duration) -> Res
     }
 }
 
-/// Splits mount(8)-style options into flags and the data string (the protocol crate's
-/// [`ember_agent_protocol::mount_options::split`]).
+/// Splits mount(8)-style options into flags and the data string
+/// ([`ember_sys::mount_options::split`], which the runtime uses too).
 pub fn parse_options(options: &[String]) -> (MsFlags, String) {
-    let (flags, data) = ember_agent_protocol::mount_options::split(options);
+    let (flags, data) = ember_sys::mount_options::split(options);
     (MsFlags::from_bits_truncate(flags), data)
 }
 

@@ -344,8 +344,9 @@ fn boot_once(vmlinux: &Path, extra: &[String], milestones: &[&str]) -> (Vec<Stri
     (log, hung)
 }
 
+/// The last 60 lines of the console.
 fn tail(log: &[String]) -> String {
-    log[log.len().saturating_sub(60)..].join("\n")
+    ember_sys::tail::lines(&log.join("\n"), 60)
 }
 
 fn assert_init_ran(log: &[String]) {

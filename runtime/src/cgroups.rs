@@ -24,17 +24,13 @@ pub fn sandbox_parent(sandbox_id: &str) -> String {
 
 /// Mount points of every cgroup hierarchy (v1 and v2) of this process's mount namespace.
 pub fn hierarchies() -> Vec<PathBuf> {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+    let Ok(mounts) = ember_sys::mountinfo::read(Path::new("/proc/self/mountinfo")) else {
         return Vec::new();
     };
-    let mut out: Vec<PathBuf> = info
-        .lines()
-        .filter_map(|l| {
-            let (pre, post) = l.split_once(" - ")?;
-            let fstype = post.split(' ').next()?;
-            let point = pre.split(' ').nth(4)?;
-            (fstype == "cgroup" || fstype == "cgroup2").then(|| PathBuf::from(point))
-        })
+    let mut out: Vec<PathBuf> = mounts
+        .into_iter()
+        .filter(|m| m.fstype == "cgroup" || m.fstype == "cgroup2")
+        .map(|m| m.mount_point)
         .collect();
     out.sort();
     out.dedup();

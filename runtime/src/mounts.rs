@@ -101,42 +101,15 @@ pub struct MountSpec {
 
 /// Mount points currently at or below `path` (from `/proc/self/mountinfo`), deepest first.
 pub fn mounts_under(path: &Path) -> Vec<PathBuf> {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+    let Ok(mounts) = ember_sys::mountinfo::read(Path::new("/proc/self/mountinfo")) else {
         return Vec::new();
     };
-    let mut found: Vec<PathBuf> = info
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|p| PathBuf::from(unescape(p)))
-        .filter(|p| p.starts_with(path))
-        .collect();
-    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    found.dedup();
-    found
+    ember_sys::mountinfo::mount_points_under(&mounts, path)
 }
 
 /// Whether `path` is a mount point.
 pub fn is_mount_point(path: &Path) -> bool {
     mounts_under(path).iter().any(|p| p == path)
-}
-
-/// mountinfo escapes space, tab, newline and backslash as octal.
-fn unescape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let b = s.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 4 <= b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
-                out.push(v as char);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(b[i] as char);
-        i += 1;
-    }
-    out
 }
 
 /// Detaches every mount at or below `path`, deepest first. Nothing mounted is fine.
@@ -637,10 +610,10 @@ fn remove_at(dir: BorrowedFd<'_>, name: &Path, full: &Path) -> Result<(), MountE
     }
 }
 
-/// Splits mount(8)-style options into flags and the data string (the protocol crate's
-/// [`ember_agent_protocol::mount_options::split`], which the agent's storages use too).
+/// Splits mount(8)-style options into flags and the data string
+/// ([`ember_sys::mount_options::split`], which the agent's storages use too).
 fn parse_options(options: &[String]) -> (MsFlags, String) {
-    let (flags, data) = ember_agent_protocol::mount_options::split(options);
+    let (flags, data) = ember_sys::mount_options::split(options);
     (MsFlags::from_bits_truncate(flags), data)
 }
 
@@ -689,13 +662,6 @@ pub fn mount_all(mounts: &[MountSpec], target: &Path) -> Result<(), MountError> 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mountinfo_escapes_are_decoded() {
-        assert_eq!(unescape(r"/a\040b"), "/a b");
-        assert_eq!(unescape("/plain"), "/plain");
-        assert_eq!(unescape(r"/x\\"), r"/x\\");
-    }
 
     #[test]
     fn bind_and_safe_removal() {

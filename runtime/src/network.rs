@@ -20,10 +20,8 @@
 //! ioctls, because the kernel does not create tun/tap devices over rtnetlink.
 
 use std::fmt;
-use std::fs::{File, OpenOptions};
 use std::io;
 use std::net::IpAddr;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use ember_netlink::netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
@@ -59,13 +57,8 @@ const RT_TABLE_MAIN: u32 = 254;
 #[derive(Debug, thiserror::Error)]
 pub enum NetworkError {
     /// The pod's network namespace cannot be entered.
-    #[error("cannot enter network namespace {path}: {source}")]
-    Netns {
-        /// The namespace file.
-        path: PathBuf,
-        /// Why.
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Netns(#[from] ember_sys::netns::NetnsError),
     /// An rtnetlink request failed.
     #[error("{what}{}: {source}", in_ns(.netns))]
     Netlink {
@@ -161,13 +154,9 @@ pub struct PodInterface {
 }
 
 impl PodInterface {
-    /// The MAC as `aa:bb:cc:dd:ee:ff`.
+    /// The MAC as `aa:bb:cc:dd:ee:ff` ([`ember_sys::mac::format`]).
     pub fn mac_string(&self) -> String {
-        self.mac
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(":")
+        ember_sys::mac::format(&self.mac)
     }
 }
 
@@ -188,32 +177,16 @@ pub struct PodNetwork {
     pub routes: Vec<PodRoute>,
 }
 
-/// Runs `f` on a thread that entered network namespace `netns` (setns changes only the
-/// calling thread, so the caller's threads stay where they are).
+/// Runs `f` in network namespace `netns` (on a thread of its own, see
+/// [`ember_sys::netns::run_in`]), or right here without one.
 fn in_netns<T: Send>(
     netns: Option<&Path>,
     f: impl FnOnce() -> Result<T, NetworkError> + Send,
 ) -> Result<T, NetworkError> {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            if let Some(ns) = netns {
-                let file = File::open(ns).map_err(|source| NetworkError::Netns {
-                    path: ns.to_path_buf(),
-                    source,
-                })?;
-                // SAFETY: setns on a namespace fd we opened; it affects this thread only.
-                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    return Err(NetworkError::Netns {
-                        path: ns.to_path_buf(),
-                        source: io::Error::last_os_error(),
-                    });
-                }
-            }
-            f()
-        })
-        .join()
-        .expect("network thread does not panic")
-    })
+    match netns {
+        Some(ns) => ember_sys::netns::run_in(ns, f)?,
+        None => f(),
+    }
 }
 
 /// ember-netlink's socket with the namespace named in errors.
@@ -513,48 +486,30 @@ fn interface_routes(answers: &[RouteNetlinkMessage], index: u32) -> Vec<PodRoute
     routes
 }
 
-const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
-const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
-const IFF_TAP: libc::c_short = 0x0002;
-const IFF_NO_PI: libc::c_short = 0x1000;
-const IFF_VNET_HDR: libc::c_short = 0x4000;
-
 /// Creates persistent tap `name` in the calling thread's namespace (or reuses it), with
-/// the flags the VMM opens it with, so it outlives this function and the VMM attaches to
-/// it by name.
+/// the flags the VMM opens it with ([`ember_sys::tap::FLAGS`]), so it outlives this
+/// function and the VMM attaches to it by name.
 fn create_persistent_tap(name: &str, netns: Option<&Path>) -> Result<(), NetworkError> {
-    let err = |what, source| NetworkError::Tap {
-        name: name.to_string(),
-        netns: netns.map(Path::to_path_buf),
-        what,
-        source,
+    use ember_sys::tap::{Tap, TapError};
+    let err = |e: TapError| {
+        let (what, source) = match e {
+            TapError::BadName(_) => (
+                "name",
+                io::Error::new(io::ErrorKind::InvalidInput, "must be 1 to 15 bytes"),
+            ),
+            TapError::OpenTun(e) => ("open /dev/net/tun", e),
+            TapError::Ioctl { what, source, .. } => (what, source),
+        };
+        NetworkError::Tap {
+            name: name.to_string(),
+            netns: netns.map(Path::to_path_buf),
+            what,
+            source,
+        }
     };
-    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
-        return Err(err(
-            "name",
-            io::Error::new(io::ErrorKind::InvalidInput, "must be 1 to 15 bytes"),
-        ));
-    }
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/net/tun")
-        .map_err(|e| err("open /dev/net/tun", e))?;
-    // SAFETY: ifreq is plain old data, zero is a valid value.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, s) in req.ifr_name.iter_mut().zip(name.as_bytes()) {
-        *d = *s as libc::c_char;
-    }
-    req.ifr_ifru.ifru_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
-    // SAFETY: TUNSETIFF reads and writes the ifreq we own.
-    if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &mut req) } < 0 {
-        return Err(err("TUNSETIFF", io::Error::last_os_error()));
-    }
-    // SAFETY: TUNSETPERSIST takes its argument by value.
-    if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETPERSIST, 1 as libc::c_ulong) } < 0 {
-        return Err(err("TUNSETPERSIST", io::Error::last_os_error()));
-    }
-    Ok(())
+    Tap::open(name, false)
+        .and_then(|tap| tap.set_persist(true))
+        .map_err(err)
 }
 
 /// Creates tap `tap` in the pod's network namespace `netns`, joins it to the pod's

@@ -311,7 +311,7 @@ fn block_volume(m: &Value, index: usize, guest_path: PathBuf) -> Option<BlockVol
     if !source.is_absolute() || !is_disk_source(&source) {
         return None;
     }
-    let (flags, _) = ember_agent_protocol::mount_options::split(&options);
+    let (flags, _) = ember_sys::mount_options::split(&options);
     Some(BlockVolume {
         index,
         destination: m

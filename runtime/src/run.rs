@@ -1,6 +1,7 @@
 //! `ember run`: one container from an OCI bundle without containerd, with this terminal's
 //! stdio attached, in its own sandbox that is removed when the container ends.
 
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 
 use ember_agent_protocol::agent::{
@@ -89,7 +90,7 @@ async fn run_in(sb: &Sandbox, id: &str, spec: BundleSpec, terminal: bool) -> Res
     // echo) and the container's gets our window size; restored when this guard drops.
     let _raw = if terminal { RawTerminal::enter() } else { None };
     if terminal {
-        if let Some((rows, cols)) = window_size() {
+        if let Some((rows, cols)) = ember_sys::tty::window_size(std::io::stdin().as_fd()) {
             let mut r = ember_agent_protocol::agent::TtyWinResizeRequest::new();
             r.container_id = id.to_string();
             r.rows = rows;
@@ -205,17 +206,4 @@ impl Drop for RawTerminal {
             &self.0,
         );
     }
-}
-
-/// The size of this process's terminal (rows, columns).
-fn window_size() -> Option<(u32, u32)> {
-    let mut ws = libc::winsize {
-        ws_row: 0,
-        ws_col: 0,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCGWINSZ only writes a winsize struct, which `ws` is, owned here.
-    let r = unsafe { libc::ioctl(libc::STDIN_FILENO, libc::TIOCGWINSZ, &mut ws) };
-    (r == 0 && ws.ws_row > 0).then_some((ws.ws_row as u32, ws.ws_col as u32))
 }

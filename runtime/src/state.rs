@@ -44,10 +44,13 @@ pub enum StateError {
         source: serde_json::Error,
     },
     /// A sandbox id that cannot be a directory name.
-    #[error(
-        "sandbox id {0:?}: must be 1 to 128 characters of [A-Za-z0-9_.-] and not start with '.'"
-    )]
-    BadId(String),
+    #[error("sandbox id {id:?}: {reason}")]
+    BadId {
+        /// The id.
+        id: String,
+        /// Which part of the rule it breaks.
+        reason: ember_sys::id::IdError,
+    },
     /// A sandbox with this id already has state.
     #[error("sandbox {id}: state already exists at {path} (another sandbox with this id runs, or run `ember cleanup`)")]
     Exists {
@@ -199,19 +202,12 @@ pub struct SandboxState {
     record: Record,
 }
 
-/// Checks that `id` is usable as a directory name.
+/// Checks that `id` is usable as a directory name ([`ember_sys::id`]'s rule).
 pub fn check_id(id: &str) -> Result<(), StateError> {
-    let ok = !id.is_empty()
-        && id.len() <= 128
-        && !id.starts_with('.')
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(StateError::BadId(id.to_string()))
-    }
+    ember_sys::id::check(id).map_err(|reason| StateError::BadId {
+        id: id.to_string(),
+        reason,
+    })
 }
 
 /// The directory holding every sandbox's state under `state_dir`.
@@ -440,6 +436,8 @@ mod tests {
             assert!(check_id(bad).is_err(), "{bad:?}");
         }
         check_id("pod-1_a.b").unwrap();
+        let e = check_id("a/b").unwrap_err().to_string();
+        assert!(e.starts_with(r#"sandbox id "a/b": holds '/'"#), "{e}");
     }
 
     #[test]

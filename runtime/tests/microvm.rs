@@ -142,9 +142,9 @@ async fn wait_for_console(
         if text.contains(want) {
             return Ok(text);
         }
-        let tail = || ember_runtime::sandbox::tail(log, 20);
+        let tail = || ember_sys::tail::file(log, 20);
         if watch.hung(text.len()) {
-            return Err(Missed::Hung(ember_runtime::sandbox::tail(log, 3)));
+            return Err(Missed::Hung(ember_sys::tail::file(log, 3)));
         }
         if start.elapsed() > BOOT_TIMEOUT {
             return Err(Missed::Other(format!(

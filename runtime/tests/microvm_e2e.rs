@@ -23,9 +23,7 @@ mod hw_kvm {
     use ember_config::{Backend as BackendKind, Config};
     use ember_runtime::oci::BundleSpec;
     use ember_runtime::sandbox::microvm::CONSOLE_LOG;
-    use ember_runtime::sandbox::{
-        ctx, ctx_no_timeout, tail, ContainerRequest, Sandbox, SandboxOptions,
-    };
+    use ember_runtime::sandbox::{ctx, ctx_no_timeout, ContainerRequest, Sandbox, SandboxOptions};
     use ember_tests::containerd::{mounts_under, processes_mentioning};
     use ember_tests::fixtures::{busybox_available, busybox_bundle, default_spec, write_spec};
     use ember_tests::guest::{initramfs as guest_initramfs, kernel as guest_kernel};
@@ -458,7 +456,7 @@ mod hw_kvm {
                 eprintln!(
                     "--- the guest console ({}) ends with:\n{}",
                     self.console.display(),
-                    tail(&self.console, 80)
+                    ember_sys::tail::file(&self.console, 80)
                 );
             }
         }

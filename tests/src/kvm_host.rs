@@ -556,16 +556,10 @@ impl Outcome {
     pub fn tails(&self, n: usize) -> String {
         format!(
             "--- last lines of the command's output ---\n{}\n--- last lines of the outer VM's console ---\n{}",
-            tail(&self.output, n),
-            tail(&self.console, n)
+            ember_sys::tail::lines(&self.output, n),
+            ember_sys::tail::lines(&self.console, n)
         )
     }
-}
-
-/// The last `n` lines of `s`.
-pub fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// The first line of `console` that shows the outer VM's kernel failing before stage 2
@@ -861,8 +855,8 @@ impl KvmHost {
                 }
                 return Err(KvmHostError::Timeout {
                     timeout,
-                    output: tail(&read("output"), 40),
-                    console: tail(&console, 40),
+                    output: ember_sys::tail::lines(&read("output"), 40),
+                    console: ember_sys::tail::lines(&console, 40),
                 });
             }
             std::thread::sleep(Duration::from_millis(200));
@@ -1270,12 +1264,6 @@ mod tests {
             "{rec}"
         );
     }
-
-    #[test]
-    fn tail_keeps_the_last_lines() {
-        assert_eq!(tail("a\nb\nc\n", 2), "b\nc");
-        assert_eq!(tail("a", 5), "a");
-    }
 }
 
 /// A test binary cargo built, and the package folder it runs in (cargo runs tests there).
@@ -1535,7 +1523,7 @@ fn report_rerun(why: &str, outcome: &Outcome, left: usize) {
         // Failed tests: libtest's report of them (messages, containerd's log tails).
         failures.join("\n")
     } else if stall_record.is_empty() {
-        tail(&outcome.output, 30)
+        ember_sys::tail::lines(&outcome.output, 30)
     } else {
         // The test's last lines before the record, then the record.
         let before = outcome
@@ -1543,13 +1531,17 @@ fn report_rerun(why: &str, outcome: &Outcome, left: usize) {
             .split("ember-kvm-host: STALL")
             .next()
             .unwrap_or("");
-        format!("{}\n{}", tail(before, 30), stall_record.join("\n"))
+        format!(
+            "{}\n{}",
+            ember_sys::tail::lines(before, 30),
+            stall_record.join("\n")
+        )
     };
     let record = format!(
         "--- last lines of the command's output ---\n{}\n--- the outer console from the crash on ---\n{}",
         output,
         if from_crash.is_empty() {
-            tail(&outcome.console, 40)
+            ember_sys::tail::lines(&outcome.console, 40)
         } else {
             from_crash.join("\n")
         }

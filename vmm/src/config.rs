@@ -207,38 +207,21 @@ pub struct NetConfig {
 }
 
 impl NetConfig {
-    /// The MAC address as bytes.
+    /// The MAC address as bytes: the configured one ([`ember_sys::mac::parse`]'s rule:
+    /// six pairs of hex digits separated by `:`, unicast), or a random locally
+    /// administered unicast one.
     pub fn mac_bytes(&self) -> Result<[u8; 6], String> {
         match &self.mac {
             Some(m) => parse_mac(m),
-            None => {
-                let mut mac = [0u8; 6];
-                // SAFETY: fills the 6-byte buffer.
-                unsafe { libc::getrandom(mac.as_mut_ptr().cast(), 6, 0) };
-                mac[0] = (mac[0] & 0xfe) | 0x02; // unicast, locally administered
-                Ok(mac)
-            }
+            None => ember_sys::mac::random_local()
+                .map_err(|e| format!("cannot make a random MAC for tap {}: {e}", self.tap)),
         }
     }
 }
 
-/// Parse `aa:bb:cc:dd:ee:ff`.
-pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
-    let parts: Vec<&str> = s.split(':').collect();
-    let mut mac = [0u8; 6];
-    if parts.len() != 6 {
-        return Err(format!(
-            "MAC `{s}`: expected six hex bytes like 02:00:00:00:00:01"
-        ));
-    }
-    for (m, p) in mac.iter_mut().zip(parts) {
-        *m =
-            u8::from_str_radix(p, 16).map_err(|_| format!("MAC `{s}`: `{p}` is not a hex byte"))?;
-    }
-    if mac[0] & 1 == 1 {
-        return Err(format!("MAC `{s}` is a multicast address"));
-    }
-    Ok(mac)
+/// [`ember_sys::mac::parse`], its error as the message.
+fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    ember_sys::mac::parse(s).map_err(|e| e.to_string())
 }
 
 impl std::str::FromStr for NetConfig {

@@ -48,10 +48,7 @@ impl Drop for Netns {
 /// An AF_PACKET socket on `ifname` inside the namespace at `ns`.
 fn packet_socket(ns: std::path::PathBuf, ifname: &str) -> OwnedFd {
     let ifname = std::ffi::CString::new(ifname).unwrap();
-    std::thread::spawn(move || {
-        let f = std::fs::File::open(ns).unwrap();
-        // SAFETY: setns on a namespace fd; this thread only.
-        assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+    ember_sys::netns::run_in(&ns, move || {
         // SAFETY: plain socket calls with valid arguments; the fd is owned at once.
         unsafe {
             let fd = libc::socket(
@@ -87,7 +84,6 @@ fn packet_socket(ns: std::path::PathBuf, ifname: &str) -> OwnedFd {
             owned
         }
     })
-    .join()
     .unwrap()
 }
 

@@ -12,7 +12,6 @@
 
 pub mod address;
 pub mod client;
-pub mod mount_options;
 pub mod stream;
 pub mod version;
 

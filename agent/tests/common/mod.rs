@@ -72,14 +72,13 @@ impl TestAgent {
         let ns = netns.map(|p| std::fs::File::open(p).unwrap());
         let ns_fd = ns.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
         // SAFETY: prctl and setns are async-signal-safe. The agent dies with the test
-        // process, so an aborted test leaves no agent behind.
+        // process, so an aborted test leaves no agent behind. `ns` outlives the spawn, so
+        // its fd is open in the child.
         unsafe {
             cmd.pre_exec(move || {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
                 if let Some(fd) = ns_fd {
-                    if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
+                    ember_sys::netns::enter(std::os::fd::BorrowedFd::borrow_raw(fd))?;
                 }
                 Ok(())
             });

@@ -84,13 +84,11 @@ impl Host {
 
     /// How cgroups are mounted, from `/proc/self/mountinfo` (or `/proc/mounts`).
     pub fn cgroup_mode(&self) -> CgroupMode {
-        let (v1, v2_root, v2_elsewhere) = cgroup_mounts(
-            &self
-                .read("/proc/self/mountinfo")
-                .map(|m| mountinfo_to_mounts(&m))
-                .or_else(|| self.read("/proc/mounts"))
-                .unwrap_or_default(),
-        );
+        let mounts = match self.read("/proc/self/mountinfo") {
+            Some(m) => mountinfo_targets(&m),
+            None => proc_mounts_targets(&self.read("/proc/mounts").unwrap_or_default()),
+        };
+        let (v1, v2_root, v2_elsewhere) = cgroup_mounts(&mounts);
         match (v1, v2_root, v2_elsewhere) {
             (_, true, _) => CgroupMode::Unified,
             (true, false, true) => CgroupMode::Hybrid,
@@ -108,32 +106,33 @@ impl Host {
     }
 }
 
-/// Turn mountinfo lines into `/proc/mounts`-style `source target fstype` lines.
-fn mountinfo_to_mounts(mountinfo: &str) -> String {
-    mountinfo
+/// (mount point, filesystem type) of each mount in a mountinfo text.
+fn mountinfo_targets(mountinfo: &str) -> Vec<(String, String)> {
+    ember_sys::mountinfo::parse(mountinfo)
+        .into_iter()
+        .map(|m| (m.mount_point.to_string_lossy().into_owned(), m.fstype))
+        .collect()
+}
+
+/// (mount point, filesystem type) of each line of a `/proc/mounts` text
+/// (`source target fstype ...`).
+fn proc_mounts_targets(mounts: &str) -> Vec<(String, String)> {
+    mounts
         .lines()
         .filter_map(|l| {
-            let fields: Vec<&str> = l.split_whitespace().collect();
-            let sep = fields.iter().position(|f| *f == "-")?;
-            let target = fields.get(4)?;
-            let fstype = fields.get(sep + 1)?;
-            let source = fields.get(sep + 2).unwrap_or(&"none");
-            Some(format!("{source} {target} {fstype}\n"))
+            let f: Vec<&str> = l.split_whitespace().collect();
+            Some((f.get(1)?.to_string(), f.get(2)?.to_string()))
         })
         .collect()
 }
 
 /// (any v1 controller, cgroup2 at /sys/fs/cgroup, cgroup2 elsewhere).
-fn cgroup_mounts(mounts: &str) -> (bool, bool, bool) {
+fn cgroup_mounts(mounts: &[(String, String)]) -> (bool, bool, bool) {
     let mut out = (false, false, false);
-    for l in mounts.lines() {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        let (Some(target), Some(fstype)) = (f.get(1), f.get(2)) else {
-            continue;
-        };
-        match *fstype {
+    for (target, fstype) in mounts {
+        match fstype.as_str() {
             "cgroup" => out.0 = true,
-            "cgroup2" if *target == "/sys/fs/cgroup" => out.1 = true,
+            "cgroup2" if target == "/sys/fs/cgroup" => out.1 = true,
             "cgroup2" => out.2 = true,
             _ => {}
         }
@@ -150,10 +149,15 @@ mod tests {
         let mi = "30 23 0:26 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro\n\
                   31 30 0:27 / /sys/fs/cgroup/unified rw shared:10 - cgroup2 cgroup2 rw\n\
                   32 30 0:28 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n";
-        assert_eq!(cgroup_mounts(&mountinfo_to_mounts(mi)), (true, false, true));
+        assert_eq!(cgroup_mounts(&mountinfo_targets(mi)), (true, false, true));
         let unified = "25 1 0:22 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
         assert_eq!(
-            cgroup_mounts(&mountinfo_to_mounts(unified)),
+            cgroup_mounts(&mountinfo_targets(unified)),
+            (false, true, false)
+        );
+        let mounts = "cgroup2 /sys/fs/cgroup cgroup2 rw 0 0\nproc /proc proc rw 0 0\n";
+        assert_eq!(
+            cgroup_mounts(&proc_mounts_targets(mounts)),
             (false, true, false)
         );
     }

@@ -79,19 +79,6 @@ pub fn send_fd(path: &Path, fd: &OwnedFd, name: &str) -> Result<(), OciCliError>
     Ok(())
 }
 
-/// The window size of the terminal `fd` (rows, columns), when it has one.
-pub fn window_size(fd: &OwnedFd) -> Option<(u32, u32)> {
-    let mut ws = libc::winsize {
-        ws_row: 0,
-        ws_col: 0,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCGWINSZ only writes a winsize struct, which `ws` is, owned here.
-    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) };
-    (r == 0 && ws.ws_row > 0).then_some((ws.ws_row as u32, ws.ws_col as u32))
-}
-
 /// Makes the terminal `fd` the controlling terminal of this process, which must be a
 /// session leader (after setsid): then the kernel sends it SIGWINCH when the caller resizes
 /// the master, and the relay passes the new size on.

@@ -52,8 +52,13 @@ pub enum OciCliError {
         status: String,
     },
     /// A container id that cannot be used.
-    #[error("invalid container id {0:?}: must be 1 to 128 characters of [A-Za-z0-9_.-] and not start with '.'")]
-    BadId(String),
+    #[error("invalid container id {id:?}: {reason}")]
+    BadId {
+        /// The id.
+        id: String,
+        /// Which part of the rule it breaks.
+        reason: ember_sys::id::IdError,
+    },
     /// The bundle is unusable; the message names the file and the field.
     #[error("bundle {bundle}: {source}")]
     Bundle {

@@ -2,7 +2,7 @@
 //! between this process's fds 0–2 (or the slave of a host terminal) and the agent's stdio
 //! streams, the signals this process receives passed on to it, and its exit status.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
 use ember_agent_protocol::agent::{
@@ -154,7 +154,7 @@ impl Relay {
 
 /// Passes the terminal's window size (rows, columns) to the process.
 pub async fn resize(agent: &AgentConnection, target: &Target, pty: &OwnedFd) {
-    if let Some((rows, cols)) = super::console::window_size(pty) {
+    if let Some((rows, cols)) = ember_sys::tty::window_size(pty.as_fd()) {
         let mut r = TtyWinResizeRequest::new();
         r.container_id = target.container_id.clone();
         r.exec_id = target.exec_id.clone();

@@ -188,9 +188,13 @@ pub struct ContainerDir {
     pub dir: PathBuf,
 }
 
-/// Checks a container id (the same rule as sandbox ids: it names directories).
+/// Checks a container id (the same rule as sandbox ids, [`ember_sys::id`]'s: it names
+/// directories).
 pub fn check_id(id: &str) -> Result<(), OciCliError> {
-    crate::state::check_id(id).map_err(|_| OciCliError::BadId(id.to_string()))
+    ember_sys::id::check(id).map_err(|reason| OciCliError::BadId {
+        id: id.to_string(),
+        reason,
+    })
 }
 
 impl Store {

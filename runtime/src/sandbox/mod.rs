@@ -102,35 +102,6 @@ fn log_tail(log: &str) -> String {
     }
 }
 
-/// Most bytes [`tail`] reads from the end of a log.
-pub const TAIL_MAX_BYTES: u64 = 64 << 10;
-
-/// The last `n` lines of a log file (empty when unreadable), from at most its last
-/// [`TAIL_MAX_BYTES`]: the guest writes the console log, so its size and its line lengths
-/// are the guest's choice, and reading it whole could take the host's memory. A line cut
-/// by that limit is left out; bytes that are not UTF-8 are shown as U+FFFD.
-pub fn tail(path: &Path, n: usize) -> String {
-    use std::io::{Read, Seek, SeekFrom};
-    let read_end = || -> std::io::Result<(Vec<u8>, bool)> {
-        let mut f = std::fs::File::open(path)?;
-        let len = f.metadata()?.len();
-        let start = len.saturating_sub(TAIL_MAX_BYTES);
-        f.seek(SeekFrom::Start(start))?;
-        let mut buf = Vec::new();
-        f.take(TAIL_MAX_BYTES).read_to_end(&mut buf)?;
-        Ok((buf, start > 0))
-    };
-    let Ok((buf, cut)) = read_end() else {
-        return String::new();
-    };
-    let text = String::from_utf8_lossy(&buf);
-    let mut lines: Vec<&str> = text.lines().collect();
-    if cut && !lines.is_empty() {
-        lines.remove(0);
-    }
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
 /// What the runtime tells a backend when starting it.
 #[derive(Debug)]
 pub struct StartContext<'a> {
@@ -370,7 +341,12 @@ impl Sandbox {
             })
             .await?;
         let timeout = Duration::from_millis(opts.config.agent.dial_timeout_ms);
-        let log = || backend.log_path().map(|p| tail(&p, 20)).unwrap_or_default();
+        let log = || {
+            backend
+                .log_path()
+                .map(|p| ember_sys::tail::file(&p, 20))
+                .unwrap_or_default()
+        };
         let agent = tokio::select! {
             r = endpoint.connect(timeout) => r.map_err(|source| SandboxError::Agent {
                 id: id.to_string(),
@@ -678,7 +654,7 @@ pub fn stream_ids(
     wanted: WantedStreams,
 ) -> Result<StdioStreams, SandboxError> {
     let mut bytes = [0u8; STREAM_NONCE_BITS / 8];
-    getrandom::fill(&mut bytes).map_err(|e| SandboxError::Random(e.to_string()))?;
+    ember_sys::random::fill(&mut bytes).map_err(|e| SandboxError::Random(e.0.to_string()))?;
     let nonce: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     let proc = if exec_id.is_empty() { "init" } else { exec_id };
     let id = |name: &str, want: bool| {
@@ -700,43 +676,5 @@ pub fn rpc_message(e: &ttrpc::Error) -> String {
     match e {
         ttrpc::Error::RpcStatus(s) => s.message().to_string(),
         other => other.to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tail_reads_the_last_lines_of_a_large_log() {
-        let tmp = tempfile::tempdir().unwrap();
-        let path = tmp.path().join("console.log");
-        let mut text: String = (0..200_000).map(|i| format!("line {i}\n")).collect();
-        assert!(text.len() as u64 > 10 * TAIL_MAX_BYTES);
-        text.push_str("not utf-8 \u{fffd} end");
-        let mut bytes = text.into_bytes();
-        bytes.extend_from_slice(b" \xff\n");
-        std::fs::write(&path, &bytes).unwrap();
-        let got = tail(&path, 3);
-        assert_eq!(
-            got,
-            "line 199998\nline 199999\nnot utf-8 \u{fffd} end \u{fffd}"
-        );
-        assert_eq!(tail(&path, 0), "");
-        // Asking for more lines than the window holds gives whole lines only.
-        let all = tail(&path, usize::MAX);
-        assert!(all.len() as u64 <= TAIL_MAX_BYTES);
-        assert!(all.starts_with("line "), "{}", &all[..20]);
-        assert!(all.lines().next().unwrap().len() > "line ".len());
-    }
-
-    #[test]
-    fn tail_of_a_small_or_missing_log() {
-        let tmp = tempfile::tempdir().unwrap();
-        let path = tmp.path().join("agent.log");
-        assert_eq!(tail(&path, 5), "");
-        std::fs::write(&path, "a\nb\nc\n").unwrap();
-        assert_eq!(tail(&path, 2), "b\nc");
-        assert_eq!(tail(&path, 10), "a\nb\nc");
     }
 }

@@ -7,7 +7,7 @@
 //! for hosts without hardware virtualization, and says so in the log at every start.
 
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -169,7 +169,7 @@ impl Backend for ProcessBackend {
             .collect();
         let mut envp: Vec<*const libc::c_char> = env.iter().map(|a| a.as_ptr()).collect();
         envp.push(std::ptr::null());
-        let netns_fd = netns.as_ref().map(|f| f.as_raw_fd());
+        let netns_fd = netns.as_ref().map(|f| f.as_fd());
         let (log_fd, null_fd) = (log_file.as_raw_fd(), devnull.as_raw_fd());
         let mut stack = vec![0u8; 64 * 1024];
         let flags = CloneFlags::CLONE_NEWNS
@@ -180,7 +180,7 @@ impl Backend for ProcessBackend {
             // SAFETY: only async-signal-safe calls on fds and pointers prepared above.
             unsafe {
                 if let Some(fd) = netns_fd {
-                    if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    if ember_sys::netns::enter(fd).is_err() {
                         return 126;
                     }
                 }

@@ -39,10 +39,10 @@ impl Rng {
                 Ok(mut w) => {
                     let n = w.available_bytes().min(MAX_REQUEST);
                     let mut buf = vec![0u8; n];
-                    match getrandom(&mut buf) {
+                    match ember_sys::random::fill(&mut buf) {
                         Ok(()) => w.write_all(&buf).map(|_| n as u32).unwrap_or(0),
                         Err(e) => {
-                            log::error!("virtio-rng: getrandom failed: {e}");
+                            log::error!("virtio-rng: {e}");
                             0
                         }
                     }
@@ -61,25 +61,6 @@ impl Rng {
         self.state.notify(&[(0, done)]);
         done
     }
-}
-
-/// Fill `buf` from the host's CSPRNG.
-fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        let rest = &mut buf[filled..];
-        // SAFETY: writes at most `rest.len()` bytes into `rest`.
-        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        filled += n as usize;
-    }
-    Ok(())
 }
 
 impl VirtioDevice for Rng {

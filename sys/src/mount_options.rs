@@ -1,6 +1,7 @@
-//! mount(8)-style options, as `Storage.options` carries them (and as containerd describes a
-//! rootfs mount): the ones that are mount(2) flags, and the rest joined as the data string.
-//! The agent (storages) and the runtime (containerd's rootfs mounts) both split them here.
+//! mount(8)-style options, as the agent protocol's `Storage.options` carries them (and as
+//! containerd describes a rootfs mount): the ones that are mount(2) flags, and the rest
+//! joined as the data string. The agent (storages) and the runtime (containerd's rootfs
+//! mounts, OCI mounts) both split them here.
 
 /// Splits `options` into mount(2) flags (`libc::MS_*`) and the comma-joined data string.
 /// `rw` and `defaults` clear nothing but are not data either.
