@@ -126,15 +126,15 @@ impl std::str::FromStr for RateLimitConfig {
         let mut c = Self::default();
         let number = |v: &str, what: &str| {
             v.parse::<u64>()
-                .map_err(|_| format!("`{v}` in `{s}`: {what} must be a whole number"))
+                .map_err(|_| format!("`{v}`: {what} must be a whole number"))
         };
         for part in s.split(',').filter(|p| !p.is_empty()) {
             let (key, value) = part.split_once('=').ok_or_else(|| {
-                format!("`{part}` in `{s}`: expected bandwidth=SIZE/MS, ops=SIZE/MS, bandwidth_burst=N or ops_burst=N")
+                format!("`{part}`: expected bandwidth=SIZE/MS, ops=SIZE/MS, bandwidth_burst=N or ops_burst=N")
             })?;
             let rate = |v: &str| -> Result<(u64, u64), String> {
                 let (size, ms) = v.split_once('/').ok_or_else(|| {
-                    format!("`{part}` in `{s}`: expected {key}=SIZE/MS (SIZE tokens every MS milliseconds)")
+                    format!("`{part}`: expected {key}=SIZE/MS (SIZE tokens every MS milliseconds)")
                 })?;
                 Ok((number(size, "SIZE")?, number(ms, "MS")?))
             };
@@ -145,12 +145,12 @@ impl std::str::FromStr for RateLimitConfig {
                 "ops_burst" => c.ops.one_time_burst = number(value, "the burst")?,
                 _ => {
                     return Err(format!(
-                        "unknown rate limit `{key}` in `{s}`: expected bandwidth, ops, bandwidth_burst or ops_burst"
+                        "unknown rate limit `{key}`: expected bandwidth, ops, bandwidth_burst or ops_burst"
                     ))
                 }
             }
         }
-        c.validate().map_err(|e| format!("`{s}`: {e}"))?;
+        c.validate()?;
         Ok(c)
     }
 }

@@ -87,8 +87,8 @@ impl RateLimiter {
         for b in [&mut self.bandwidth, &mut self.ops].into_iter().flatten() {
             b.refill(now);
         }
-        let bw_ok = self.bandwidth.as_ref().map_or(true, |b| b.can_take(bytes));
-        let ops_ok = self.ops.as_ref().map_or(true, |b| b.can_take(1));
+        let bw_ok = self.bandwidth.as_ref().is_none_or(|b| b.can_take(bytes));
+        let ops_ok = self.ops.as_ref().is_none_or(|b| b.can_take(1));
         if bw_ok && ops_ok {
             if let Some(b) = self.bandwidth.as_mut() {
                 b.take(bytes);
@@ -169,13 +169,11 @@ mod tests {
 
     /// Whether the timerfd is armed, and for how long.
     fn timer_remaining(l: &RateLimiter) -> Option<Duration> {
-        // SAFETY: timerfd_gettime writes only `spec`.
+        // SAFETY: an all-zero itimerspec is valid (plain integers).
         let mut spec: libc::itimerspec = unsafe { std::mem::zeroed() };
-        // SAFETY: as above, on the limiter's own timerfd.
-        assert_eq!(
-            unsafe { libc::timerfd_gettime(l.as_raw_fd(), &mut spec) },
-            0
-        );
+        // SAFETY: timerfd_gettime on the limiter's own timerfd writes only `spec`.
+        let rc = unsafe { libc::timerfd_gettime(l.as_raw_fd(), &mut spec) };
+        assert_eq!(rc, 0);
         let d = Duration::new(spec.it_value.tv_sec as u64, spec.it_value.tv_nsec as u32);
         (!d.is_zero()).then_some(d)
     }

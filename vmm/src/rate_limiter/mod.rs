@@ -4,9 +4,10 @@
 //! `size`, an optional `one_time_burst` and a `refill_time` in milliseconds.
 //!
 //! Written here rather than taken from a library: `dbs-utils`' `rate_limiter` (Firecracker's,
-//! packaged by Dragonball) pins event-manager 0.2 and vmm-sys-util 0.11 and pulls in
-//! kvm-bindings, `timerfd` (rustix) and anyhow, so it would duplicate the rust-vmm line this
-//! workspace moves as one (event-manager 0.4, vmm-sys-util 0.15; see
+//! packaged by Dragonball; 0.2.1 is its latest release) depends on event-manager 0.2 and
+//! vmm-sys-util 0.11 and pulls in the `timerfd` crate (rustix), thiserror 1 and anyhow, so it
+//! would duplicate the rust-vmm line this workspace moves as one (event-manager 0.4,
+//! vmm-sys-util 0.15; see
 //! `docs/architecture.md`); the other token-bucket crates are async (tokio) or
 //! thread-safe counters without a timer to register on an epoll loop. What a device needs
 //! is small: the arithmetic ([`bucket`]), a clock that tests can drive ([`clock`]), and a
