@@ -7,7 +7,10 @@
 //! 4. ember's built-in defaults.
 
 use crate::error::{ConfigError, Location};
-use crate::schema::{AgentConfig, Backend, Config, HypervisorConfig, LogConfig, SandboxConfig};
+use crate::schema::{
+    AgentConfig, Backend, Config, HypervisorConfig, LogConfig, NetRateLimit, RateLimit,
+    RateLimitBucket, SandboxConfig,
+};
 use crate::spans::{line_in, KeyIndex};
 use serde_aux::serde_introspection::serde_introspect;
 use std::ffi::OsString;
@@ -29,6 +32,17 @@ pub const BLOCK_SLOTS_RANGE: (u32, u32) = (0, 14);
 pub const AGENT_PORT_RANGE: (u32, u32) = (1, 0xffff_fffe);
 /// Accepted caps of a sandbox VM's console log, in bytes (4 KiB to 1 GiB).
 pub const CONSOLE_LOG_MAX_BYTES_RANGE: (u64, u64) = (4096, 1 << 30);
+/// Largest `size` and `one_time_burst` of a rate limiter's bucket: 2^50 (a PiB, or 10^15
+/// requests: beyond any real limit, and small enough for exact arithmetic in the VMM).
+pub const RATE_LIMIT_SIZE_MAX: u64 = 1 << 50;
+/// Accepted `refill_time` of a rate limiter's bucket, in milliseconds (up to an hour).
+pub const RATE_LIMIT_REFILL_TIME_MS_RANGE: (u64, u64) = (1, 3_600_000);
+/// The rate limiters' sections.
+const RATE_LIMITS: [&str; 3] = [
+    "hypervisor.block_rate_limit",
+    "hypervisor.net_rate_limit.rx",
+    "hypervisor.net_rate_limit.tx",
+];
 /// Accepted agent dial timeouts in milliseconds.
 pub const DIAL_TIMEOUT_MS_RANGE: (u64, u64) = (100, 600_000);
 
@@ -207,6 +221,14 @@ fn known_keys(section: &str) -> Option<&'static [&'static str]> {
         "sandbox" => serde_introspect::<SandboxConfig>(),
         "agent" => serde_introspect::<AgentConfig>(),
         "log" => serde_introspect::<LogConfig>(),
+        "hypervisor.net_rate_limit" => serde_introspect::<NetRateLimit>(),
+        s if RATE_LIMITS.contains(&s) => serde_introspect::<RateLimit>(),
+        s if s.rsplit_once('.').is_some_and(|(limit, bucket)| {
+            RATE_LIMITS.contains(&limit) && ["bandwidth", "ops"].contains(&bucket)
+        }) =>
+        {
+            serde_introspect::<RateLimitBucket>()
+        }
         _ => return None,
     })
 }
@@ -329,6 +351,16 @@ fn validate(
         DIAL_TIMEOUT_MS_RANGE,
         " ms",
     )?;
+    let limits = [
+        &h.block_rate_limit,
+        &h.net_rate_limit.rx,
+        &h.net_rate_limit.tx,
+    ];
+    for (section, limit) in RATE_LIMITS.iter().zip(limits) {
+        for (name, bucket) in [("bandwidth", &limit.bandwidth), ("ops", &limit.ops)] {
+            validate_bucket(&format!("{section}.{name}"), bucket, file, index)?;
+        }
+    }
     if h.initrd.is_some() && h.image.is_some() {
         return Err(ConfigError::Conflict {
             at: at("hypervisor.image"),
@@ -349,6 +381,69 @@ fn validate(
             at: at("sandbox.state_dir"),
             key: "sandbox.state_dir".to_string(),
             message: "must not be empty".to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// A rate limiter's bucket: all zero (no limit), or a size and a refill time in range.
+fn validate_bucket(
+    prefix: &str,
+    bucket: &RateLimitBucket,
+    file: Option<&Path>,
+    index: Option<&KeyIndex>,
+) -> Result<(), ConfigError> {
+    if *bucket == RateLimitBucket::default() {
+        return Ok(());
+    }
+    // The line of the key, or of the bucket's table when the key is not written.
+    let at = |key: &str| {
+        let written = index.is_some_and(|i| i.get(key).is_some());
+        location(file, index, if written { key } else { prefix })
+    };
+    let (lo, hi) = RATE_LIMIT_REFILL_TIME_MS_RANGE;
+    for (field, value, min, max, unit) in [
+        ("size", bucket.size, 1, RATE_LIMIT_SIZE_MAX, ""),
+        (
+            "one_time_burst",
+            bucket.one_time_burst,
+            0,
+            RATE_LIMIT_SIZE_MAX,
+            "",
+        ),
+        ("refill_time", bucket.refill_time, lo, hi, " ms"),
+    ] {
+        if value > max {
+            let key = format!("{prefix}.{field}");
+            return Err(ConfigError::OutOfRange {
+                at: at(&key),
+                key,
+                value: value.to_string(),
+                allowed: format!("{min} to {max}{unit}"),
+            });
+        }
+    }
+    if bucket.size == 0 {
+        let key = format!("{prefix}.size");
+        return Err(ConfigError::InvalidValue {
+            at: at(&key),
+            key,
+            message: format!(
+                "must be 1 to {RATE_LIMIT_SIZE_MAX} when refill_time or one_time_burst is set \
+                 (the bucket's capacity: bytes for bandwidth, requests or frames for ops); \
+                 leave the whole bucket out for no limit"
+            ),
+        });
+    }
+    if bucket.refill_time == 0 {
+        let key = format!("{prefix}.refill_time");
+        return Err(ConfigError::InvalidValue {
+            at: at(&key),
+            key,
+            message: format!(
+                "must be {lo} to {hi} ms when size is set: the time to refill the bucket \
+                 from empty to full"
+            ),
         });
     }
     Ok(())

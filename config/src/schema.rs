@@ -79,6 +79,50 @@ pub struct HypervisorConfig {
     /// runs the VMM, with SIGSYS). On by default; turn it off only to diagnose a suspected
     /// missing system call.
     pub seccomp: bool,
+    /// `[hypervisor.block_rate_limit]`: the rate limiter of each virtio-blk device of a
+    /// sandbox VM (the image disk and every block-volume slot, each with its own limiter of
+    /// these settings). Unlimited by default.
+    pub block_rate_limit: RateLimit,
+    /// `[hypervisor.net_rate_limit]`: the rate limiters of the pod NIC, for frames the guest
+    /// receives (`rx`) and sends (`tx`). Unlimited by default.
+    pub net_rate_limit: NetRateLimit,
+}
+
+/// A rate limiter, shaped as Firecracker's: a `bandwidth` bucket (bytes) and an `ops`
+/// bucket (requests, or frames). A bucket left out (or all zero) limits nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimit {
+    /// Bytes.
+    pub bandwidth: RateLimitBucket,
+    /// Operations: virtio-blk requests, or network frames.
+    pub ops: RateLimitBucket,
+}
+
+/// One token bucket: `size` tokens, refilled from empty to full in `refill_time`
+/// milliseconds, plus `one_time_burst` extra tokens spent first and never refilled. A
+/// request larger than `size` still goes through once the bucket is full, and the next
+/// ones wait until the excess is paid back. All zero: no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitBucket {
+    /// Tokens the bucket holds when full (1 to [`crate::RATE_LIMIT_SIZE_MAX`]).
+    pub size: u64,
+    /// Extra tokens available once, at the start (0 to [`crate::RATE_LIMIT_SIZE_MAX`]).
+    pub one_time_burst: u64,
+    /// Milliseconds to refill the bucket from empty to full
+    /// ([`crate::RATE_LIMIT_REFILL_TIME_MS_RANGE`]).
+    pub refill_time: u64,
+}
+
+/// The pod NIC's rate limiters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetRateLimit {
+    /// Frames from the pod network to the guest.
+    pub rx: RateLimit,
+    /// Frames from the guest to the pod network.
+    pub tx: RateLimit,
 }
 
 impl Default for HypervisorConfig {
@@ -94,6 +138,8 @@ impl Default for HypervisorConfig {
             block_slots: DEFAULT_BLOCK_SLOTS,
             console_log_max_bytes: DEFAULT_CONSOLE_LOG_MAX_BYTES,
             seccomp: true,
+            block_rate_limit: RateLimit::default(),
+            net_rate_limit: NetRateLimit::default(),
         }
     }
 }

@@ -381,3 +381,105 @@ fn seccomp_can_be_turned_off_and_must_be_a_boolean() {
     assert!(msg.contains("/etc/ember/test.toml:2"), "{msg}");
     assert!(msg.contains("seccomp"), "{msg}");
 }
+
+#[test]
+fn rate_limits_are_unlimited_by_default_and_read_as_written() {
+    let d = Config::default().hypervisor;
+    assert_eq!(d.block_rate_limit, RateLimit::default());
+    assert_eq!(d.net_rate_limit, NetRateLimit::default());
+    let c = parse(
+        "[hypervisor.block_rate_limit]\n\
+         bandwidth = { size = 10485760, refill_time = 1000 }\n\
+         [hypervisor.block_rate_limit.ops]\nsize = 100\none_time_burst = 50\nrefill_time = 500\n\
+         [hypervisor.net_rate_limit.rx.bandwidth]\nsize = 1250000\nrefill_time = 100\n\
+         [hypervisor.net_rate_limit.tx]\nops = { size = 1000, refill_time = 1000 }\n",
+        None,
+    )
+    .unwrap();
+    let h = c.hypervisor;
+    assert_eq!(
+        h.block_rate_limit,
+        RateLimit {
+            bandwidth: RateLimitBucket {
+                size: 10 << 20,
+                one_time_burst: 0,
+                refill_time: 1000
+            },
+            ops: RateLimitBucket {
+                size: 100,
+                one_time_burst: 50,
+                refill_time: 500
+            },
+        }
+    );
+    assert_eq!(h.net_rate_limit.rx.bandwidth.size, 1_250_000);
+    assert_eq!(h.net_rate_limit.rx.ops, RateLimitBucket::default());
+    assert_eq!(h.net_rate_limit.tx.ops.size, 1000);
+    assert_eq!(h.net_rate_limit.tx.bandwidth, RateLimitBucket::default());
+    // An all-zero bucket is the same as none.
+    let c = parse(
+        "[hypervisor.block_rate_limit.ops]\nsize = 0\nrefill_time = 0\n",
+        None,
+    )
+    .unwrap();
+    assert_eq!(c.hypervisor.block_rate_limit, RateLimit::default());
+}
+
+#[test]
+fn nonsense_rate_limits_are_refused_naming_the_key_and_line() {
+    let msg = err(
+        "[hypervisor]\nvcpus = 1\n[hypervisor.block_rate_limit.bandwidth]\nrefill_time = 1000\n",
+    );
+    assert!(msg.contains("test.toml:3"), "{msg}");
+    assert!(
+        msg.contains("hypervisor.block_rate_limit.bandwidth.size: must be 1 to 1125899906842624"),
+        "{msg}"
+    );
+    let msg = err("[hypervisor.net_rate_limit.tx.ops]\nsize = 10\n");
+    assert!(msg.contains("test.toml:1"), "{msg}");
+    assert!(
+        msg.contains("hypervisor.net_rate_limit.tx.ops.refill_time: must be 1 to 3600000 ms"),
+        "{msg}"
+    );
+    let msg = err(
+        "[hypervisor.net_rate_limit.rx.bandwidth]\nrefill_time = 10\nsize = 2000000000000000000\n",
+    );
+    assert!(msg.contains("test.toml:3"), "{msg}");
+    assert!(
+        msg.contains(
+            "hypervisor.net_rate_limit.rx.bandwidth.size = 2000000000000000000 is out of range: allowed 1 to 1125899906842624"
+        ),
+        "{msg}"
+    );
+    let msg = err("[hypervisor.block_rate_limit.ops]\nsize = 1\nrefill_time = 3600001\n");
+    assert!(
+        msg.contains("hypervisor.block_rate_limit.ops.refill_time = 3600001 is out of range: allowed 1 to 3600000 ms"),
+        "{msg}"
+    );
+    let msg = err("[hypervisor.block_rate_limit.ops]\nsize = 1\nrefill_time = 1\none_time_burst = 2000000000000000000\n");
+    assert!(
+        msg.contains("hypervisor.block_rate_limit.ops.one_time_burst = 2000000000000000000 is out of range: allowed 0 to"),
+        "{msg}"
+    );
+    let msg = err("[hypervisor.block_rate_limit.ops]\nsize = -1\nrefill_time = 1\n");
+    assert!(msg.contains("test.toml:2"), "{msg}");
+    assert!(
+        msg.contains("hypervisor.block_rate_limit.ops.size"),
+        "{msg}"
+    );
+    let msg = err("[hypervisor.block_rate_limit.bandwidth]\nsize = 1\nrefil_time = 5\n");
+    assert!(msg.contains("test.toml:3"), "{msg}");
+    assert!(
+        msg.contains("unknown key `hypervisor.block_rate_limit.bandwidth.refil_time`"),
+        "{msg}"
+    );
+    assert!(msg.contains("did you mean `refill_time`?"), "{msg}");
+    let msg = err("[hypervisor.net_rate_limit]\nrxx = { ops = { size = 1, refill_time = 1 } }\n");
+    assert!(
+        msg.contains("unknown key `hypervisor.net_rate_limit.rxx`"),
+        "{msg}"
+    );
+    assert!(msg.contains("did you mean `rx`?"), "{msg}");
+    let msg = err("[hypervisor.block_rate_limit]\nbandwith = { size = 1, refill_time = 1 }\n");
+    assert!(msg.contains("did you mean `bandwidth`?"), "{msg}");
+}

@@ -1,5 +1,8 @@
 //! The typed configuration of one VM, from the library API, the CLI or a `vm.toml` file.
 
+pub use crate::rate_limiter::config::{
+    BucketConfig, NetRateLimitConfig, RateLimitConfig, MAX_BUCKET_SIZE, MAX_REFILL_TIME_MS,
+};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
@@ -296,6 +299,15 @@ pub struct VmConfig {
     /// Network devices, as `[[net]]` tables.
     #[serde(default)]
     pub net: Vec<NetConfig>,
+    /// The rate limiter of each virtio-blk device (every disk and slot has its own with
+    /// these settings); all zero (the default): unlimited. `[block_rate_limit.bandwidth]`
+    /// and `[block_rate_limit.ops]` in `vm.toml`.
+    #[serde(default)]
+    pub block_rate_limit: RateLimitConfig,
+    /// The rate limiters of each virtio-net device, received (`rx`) and sent (`tx`)
+    /// frames; all zero (the default): unlimited.
+    #[serde(default)]
+    pub net_rate_limit: NetRateLimitConfig,
     /// CPU feature profile.
     #[serde(default)]
     pub cpu_profile: CpuProfile,
@@ -338,6 +350,8 @@ impl VmConfig {
             vsock: None,
             fs: Vec::new(),
             net: Vec::new(),
+            block_rate_limit: RateLimitConfig::default(),
+            net_rate_limit: NetRateLimitConfig::default(),
             cpu_profile: CpuProfile::default(),
             seccomp: default_seccomp(),
         }
@@ -424,6 +438,15 @@ impl VmConfig {
                     })
                 }
             }
+        }
+        for (key, limit) in [
+            ("block_rate_limit", &self.block_rate_limit),
+            ("net_rate_limit.rx", &self.net_rate_limit.rx),
+            ("net_rate_limit.tx", &self.net_rate_limit.tx),
+        ] {
+            limit
+                .validate()
+                .map_err(|e| ConfigError::Invalid(format!("{key}.{e}")))?;
         }
         if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
             return Err(ConfigError::Vcpus(self.vcpus));
@@ -628,5 +651,38 @@ mod tests {
         assert!(VmConfig::new("/k").seccomp);
         std::fs::write(&p, "kernel = \"/k\"\nseccomp = false\n").unwrap();
         assert!(!VmConfig::from_file(&p).unwrap().seccomp);
+    }
+
+    #[test]
+    fn rate_limits_in_vm_toml_and_their_validation() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("vm.toml");
+        std::fs::write(
+            &p,
+            "kernel = \"/k\"\n[block_rate_limit.bandwidth]\nsize = 4096\nrefill_time = 100\n\
+             [net_rate_limit.tx]\nops = { size = 10, refill_time = 1000, one_time_burst = 5 }\n",
+        )
+        .unwrap();
+        let c = VmConfig::from_file(&p).unwrap();
+        assert_eq!(c.block_rate_limit.bandwidth, BucketConfig::new(4096, 100));
+        assert!(c.block_rate_limit.ops.is_unlimited());
+        assert_eq!(c.net_rate_limit.tx.ops.one_time_burst, 5);
+        assert!(c.net_rate_limit.rx.is_unlimited());
+        assert!(VmConfig::new("/k").block_rate_limit.is_unlimited());
+        std::fs::write(
+            &p,
+            "kernel = \"/k\"\n[block_rate_limit.ops]\nsize = 1\nrefil = 5\n",
+        )
+        .unwrap();
+        let e = VmConfig::from_file(&p).unwrap_err().to_string();
+        assert!(e.contains("refil"), "{e}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = dir.path().join("vmlinux");
+        std::fs::write(&kernel, b"").unwrap();
+        let mut c = VmConfig::new(&kernel);
+        c.net_rate_limit.rx.ops = BucketConfig::new(0, 100);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.starts_with("net_rate_limit.rx.ops: size is 0"), "{e}");
     }
 }

@@ -15,6 +15,7 @@ pub mod guest_log;
 pub mod host;
 pub mod layout;
 pub mod memory;
+pub mod rate_limiter;
 pub mod seccomp;
 pub mod vcpu;
 pub mod vm;

@@ -64,6 +64,22 @@ struct Cli {
     /// and inside the network namespace file PATH. Repeat for more interfaces.
     #[arg(long = "net", value_name = "TAP[,mac=..,netns=PATH]")]
     net: Vec<ember_vmm::config::NetConfig>,
+    /// Rate-limit each virtio-blk device (every --disk and --block-slots slot has its own
+    /// limiter): comma-separated `bandwidth=SIZE/MS` (SIZE bytes every MS milliseconds),
+    /// `ops=SIZE/MS` (SIZE requests every MS milliseconds), `bandwidth_burst=N` and
+    /// `ops_burst=N` (N extra tokens, once, at the start). Example:
+    /// `bandwidth=10485760/1000,ops=1000/1000` is 10 MiB/s and 1000 requests/s.
+    /// Unlimited by default.
+    #[arg(long, value_name = "LIMITS")]
+    block_rate_limit: Option<ember_vmm::config::RateLimitConfig>,
+    /// Rate-limit the frames each virtio-net device delivers to the guest, in bytes and
+    /// frames; same LIMITS as --block-rate-limit. Unlimited by default.
+    #[arg(long, value_name = "LIMITS")]
+    net_rx_rate_limit: Option<ember_vmm::config::RateLimitConfig>,
+    /// Rate-limit the frames the guest sends through each virtio-net device, in bytes and
+    /// frames; same LIMITS as --block-rate-limit. Unlimited by default.
+    #[arg(long, value_name = "LIMITS")]
+    net_tx_rate_limit: Option<ember_vmm::config::RateLimitConfig>,
     /// Add a virtio-rng device fed from the host's getrandom.
     #[arg(long)]
     rng: bool,
@@ -83,8 +99,10 @@ struct Cli {
     #[arg(long)]
     no_seccomp: bool,
     /// A vm.toml with the same settings (kernel, initrd, cmdline, vcpus, memory_mib,
-    /// [[disks]] path/read_only, block_slots, serial, serial_max_bytes, cpu_profile, seccomp); options given here
-    /// override it.
+    /// [[disks]] path/read_only, block_slots, serial, serial_max_bytes, cpu_profile, seccomp,
+    /// [block_rate_limit.bandwidth] / [block_rate_limit.ops] and [net_rate_limit.rx.*] /
+    /// [net_rate_limit.tx.*] with size, one_time_burst, refill_time in ms); options given
+    /// here override it.
     #[arg(long, value_name = "PATH")]
     config: Option<PathBuf>,
     /// Log level of the VMM's messages on stderr (error, warn, info, debug, trace).
@@ -118,6 +136,15 @@ impl Cli {
         }
         if let Some(v) = self.block_slots {
             c.block_slots = v;
+        }
+        if let Some(v) = self.block_rate_limit {
+            c.block_rate_limit = v;
+        }
+        if let Some(v) = self.net_rx_rate_limit {
+            c.net_rate_limit.rx = v;
+        }
+        if let Some(v) = self.net_tx_rate_limit {
+            c.net_rate_limit.tx = v;
         }
         if self.rng {
             c.rng = true;

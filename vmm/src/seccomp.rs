@@ -3,7 +3,7 @@
 //! Each kind of VMM thread gets its own allow-list ([`ThreadKind`]): the vCPU threads
 //! (KVM_RUN and the port-I/O and MMIO exits handled on them) and the device thread (epoll
 //! and every device's queue work: virtio-blk file I/O, virtio-fs passthrough, vsock Unix
-//! sockets, the tap, getrandom). Any other system call kills the whole process
+//! sockets, the tap, getrandom, the rate limiters' timers). Any other system call kills the whole process
 //! (`SECCOMP_RET_KILL_PROCESS`): while the VMM runs as threads of the shim, a guest that
 //! took over a device model must not get to use the shim's privileges.
 //!
@@ -393,6 +393,10 @@ fn device_rules() -> Result<Rules, seccompiler::Error> {
         SYS_fdatasync,
         SYS_fsync,
     ]);
+    // Rate limiters of virtio-blk and virtio-net: a blocked limiter arms its timerfd (made
+    // before the thread started; it is read with `read`, above) and reads the monotonic
+    // clock (clock_gettime, every thread may).
+    r.allow(&[SYS_timerfd_settime]);
     // virtio-rng: getrandom (every thread may).
     // virtio-net: the tap is read and written (read, write above); it was opened and
     // configured (TUNSETIFF and friends) before the thread started, so no tap ioctl.

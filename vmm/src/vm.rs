@@ -24,6 +24,7 @@ use crate::event_loop::{EventLoop, Subscriber};
 use crate::host::Virtualization;
 use crate::layout::*;
 use crate::memory::{self, GuestMemory, MemoryError};
+use crate::rate_limiter::{RateLimitConfig, RateLimiter, RateLimiterError};
 use crate::seccomp::{Filters, SeccompError, SpawnError};
 use crate::vcpu::{self, Vcpu, VcpuHandle};
 use event_manager::MutEventSubscriber;
@@ -72,6 +73,9 @@ pub enum VmError {
     /// A network device could not be set up.
     #[error(transparent)]
     Net(#[from] NetError),
+    /// A device's rate limiter could not be made.
+    #[error(transparent)]
+    RateLimiter(#[from] RateLimiterError),
     /// A shared folder could not be set up.
     #[error(transparent)]
     Fs(#[from] FsError),
@@ -239,16 +243,21 @@ impl Vm {
             subscribers: Vec::new(),
             cmdline: config.cmdline.trim().to_string(),
         };
+        // Each device gets its own limiter (and timerfd), made here, before the device
+        // thread is confined.
+        let limiter = |limits: &RateLimitConfig| RateLimiter::new(limits).map_err(VmError::from);
         for (i, disk) in config.disks.iter().enumerate() {
-            devices.add(Block::new(
-                &disk.path,
-                disk.read_only,
-                &format!("ember-disk{i}"),
-            )?)?;
+            devices.add(
+                Block::new(&disk.path, disk.read_only, &format!("ember-disk{i}"))?
+                    .with_rate_limiter(limiter(&config.block_rate_limit)?),
+            )?;
         }
         let mut block_slots = Vec::new();
         for i in 0..usize::from(config.block_slots) {
-            let added = devices.add(Block::slot(&format!("ember-slot{i}"))?)?;
+            let added = devices.add(
+                Block::slot(&format!("ember-slot{i}"))?
+                    .with_rate_limiter(limiter(&config.block_rate_limit)?),
+            )?;
             block_slots.push(BlockSlot::new(
                 i,
                 added.mmio_addr,
@@ -259,7 +268,10 @@ impl Vm {
         for n in &config.net {
             let tap = Tap::open(&n.tap, n.netns.as_deref()).map_err(NetError::from)?;
             let mac = n.mac_bytes().map_err(ConfigError::Invalid)?;
-            devices.add(Net::new(tap, mac)?)?;
+            devices.add(Net::new(tap, mac)?.with_rate_limiters(
+                limiter(&config.net_rate_limit.rx)?,
+                limiter(&config.net_rate_limit.tx)?,
+            ))?;
         }
         for f in &config.fs {
             devices.add(Fs::new(&f.tag, &f.dir, f.read_only)?)?;

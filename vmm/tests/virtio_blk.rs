@@ -670,3 +670,164 @@ fn attach_and_detach_race_the_event_loop_without_mixing_data() {
     assert!(cycles > 0);
     eprintln!("{ok_a} reads of A, {ok_b} of B, {ioerr} IOERR over {cycles} swap cycles");
 }
+
+// Rate limiting: the device runs on a thread confined by the device seccomp filter (the
+// limiter's timerfd is armed there), with the host's clock and the limiter's real timer.
+
+/// A disk whose device has `limits`, on a confined event loop.
+fn limited_disk(
+    limits: &str,
+) -> (
+    tempfile::NamedTempFile,
+    Driver<Block>,
+    common::confined::ConfinedLoop,
+) {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    for s in 0..DISK_SECTORS {
+        f.write_all(&[s as u8; 512]).unwrap();
+    }
+    f.flush().unwrap();
+    let limits: ember_vmm::config::RateLimitConfig = limits.parse().unwrap();
+    let limiter = ember_vmm::rate_limiter::RateLimiter::new(&limits).unwrap();
+    assert_eq!(limiter.is_some(), !limits.is_unlimited());
+    let block = Block::new(f.path(), false, "ember-limited")
+        .unwrap()
+        .with_rate_limiter(limiter);
+    let mut d = Driver::new(block, 64);
+    assert_ne!(d.init() & dev_status::DRIVER_OK, 0);
+    let em = common::confined::ConfinedLoop::new(vec![d.device.clone()]);
+    (f, d, em)
+}
+
+/// Queue `n` reads of `len` bytes of sector `i` (each with its own buffer and status byte)
+/// and kick once.
+fn queue_reads(d: &mut Driver<Block>, n: u64, len: u32) {
+    for i in 0..n {
+        let hdr = DATA + 0x100 * i;
+        let mut h = Vec::new();
+        h.extend(types::IN.to_le_bytes());
+        h.extend(0u32.to_le_bytes());
+        h.extend(i.to_le_bytes());
+        d.poke(hdr, &h);
+        d.poke(hdr + 0x80, &[0xff]);
+        d.submit(&[
+            Desc {
+                addr: hdr,
+                len: 16,
+                flags: 0,
+                next: 0,
+            },
+            Desc {
+                addr: DATA + 0x10_0000 * (i + 1),
+                len,
+                flags: F_WRITE,
+                next: 0,
+            },
+            Desc {
+                addr: hdr + 0x80,
+                len: 1,
+                flags: F_WRITE,
+                next: 0,
+            },
+        ]);
+    }
+    d.kick();
+}
+
+/// Pump the confined loop until `want` requests completed in all (or 20 s passed); returns
+/// the used entries.
+fn complete(
+    d: &mut Driver<Block>,
+    em: &common::confined::ConfinedLoop,
+    mut used: Vec<(u32, u32)>,
+    want: usize,
+) -> Vec<(u32, u32)> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while used.len() < want && Instant::now() < deadline {
+        em.run(100);
+        used.extend(d.used());
+    }
+    used
+}
+
+fn next_avail(d: &Driver<Block>) -> u16 {
+    use virtio_queue::QueueT;
+    d.device.lock().unwrap().queues()[0].next_avail()
+}
+
+use std::time::{Duration, Instant};
+
+#[test]
+fn a_bandwidth_limit_completes_the_budget_and_leaves_the_rest_for_the_timer() {
+    // 4 KiB per second: one 4 KiB read at once, the next two a second apart.
+    let (_f, mut d, em) = limited_disk("bandwidth=4096/1000");
+    let t0 = Instant::now();
+    queue_reads(&mut d, 3, 4096);
+    em.pump(10, 1);
+    let used = d.used();
+    assert_eq!(used.len(), 1, "only the budget is completed: {used:?}");
+    assert_eq!(used[0].1, 4096 + 1);
+    assert_eq!(
+        next_avail(&d),
+        1,
+        "the refused requests are still available, not taken and not failed"
+    );
+    let used = complete(&mut d, &em, used, 3);
+    let elapsed = t0.elapsed();
+    assert_eq!(used.len(), 3, "the timer resumed the queue: {used:?}");
+    assert!(
+        elapsed >= Duration::from_millis(1990),
+        "two more 4 KiB reads at 4 KiB/s took only {elapsed:?}"
+    );
+    for i in 0..3u64 {
+        assert_eq!(d.peek(DATA + 0x100 * i + 0x80, 1)[0], status::OK);
+        let data = d.peek(DATA + 0x10_0000 * (i + 1), 4096);
+        assert!(data[..512].iter().all(|b| *b == i as u8), "read {i}");
+    }
+}
+
+#[test]
+fn an_ops_limit_counts_requests() {
+    let (_f, mut d, em) = limited_disk("ops=2/500");
+    let t0 = Instant::now();
+    queue_reads(&mut d, 4, 512);
+    em.pump(10, 1);
+    let used = d.used();
+    assert_eq!(used.len(), 2, "{used:?}");
+    assert_eq!(next_avail(&d), 2);
+    let used = complete(&mut d, &em, used, 4);
+    assert_eq!(used.len(), 4);
+    assert!(
+        t0.elapsed() >= Duration::from_millis(490),
+        "{:?}",
+        t0.elapsed()
+    );
+}
+
+#[test]
+fn a_request_larger_than_the_bucket_still_completes() {
+    // A 2 KiB bucket and 8 KiB reads: each goes through once the bucket is full, and the
+    // debt it leaves (6 KiB, 3 refills of 250 ms) delays the next one.
+    let (_f, mut d, em) = limited_disk("bandwidth=2048/250");
+    let t0 = Instant::now();
+    queue_reads(&mut d, 2, 8192);
+    em.pump(10, 1);
+    let used = d.used();
+    assert_eq!(used.len(), 1, "{used:?}");
+    let used = complete(&mut d, &em, used, 2);
+    assert_eq!(used.len(), 2, "no deadlock on an oversize request");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(990),
+        "{:?}",
+        t0.elapsed()
+    );
+}
+
+#[test]
+fn an_unlimited_device_completes_everything_at_once() {
+    let (_f, mut d, em) = limited_disk("");
+    queue_reads(&mut d, 16, 4096);
+    em.pump(10, 1);
+    assert_eq!(d.used().len(), 16);
+    assert_eq!(next_avail(&d), 16);
+}

@@ -1,5 +1,7 @@
 //! virtio-net on a real tap inside a test network namespace: a frame the guest sends
-//! comes out of the tap, and a frame sent into the tap reaches the guest's RX queue.
+//! comes out of the tap, and a frame sent into the tap reaches the guest's RX queue; with
+//! rate limiters, frames beyond the budget wait (in the ring, or in the tap) for the
+//! limiter's timer.
 //! Needs root (CAP_NET_ADMIN) and iproute2; skips saying so otherwise.
 
 mod common;
@@ -16,8 +18,8 @@ const GUEST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x42];
 struct Netns(String);
 
 impl Netns {
-    fn new() -> Option<Self> {
-        let name = format!("ember-net-test-{}", std::process::id());
+    fn new(tag: &str) -> Option<Self> {
+        let name = format!("ember-net-{tag}-{}", std::process::id());
         let ok = Command::new("ip")
             .args(["netns", "add", &name])
             .status()
@@ -106,7 +108,7 @@ fn frames_cross_the_tap_in_both_directions() {
         );
         return;
     }
-    let Some(ns) = Netns::new() else {
+    let Some(ns) = Netns::new("test") else {
         common::skip(TEST, "`ip netns add` failed (apt-get install iproute2)");
         return;
     };
@@ -190,4 +192,116 @@ fn frames_cross_the_tap_in_both_directions() {
     let b = got.expect("the frame sent into the tap reached an RX buffer");
     assert_eq!(u16::from_le_bytes([b[10], b[11]]), 1, "num_buffers = 1");
     assert!(b[..10].iter().all(|x| *x == 0), "no offload flags");
+}
+
+#[test]
+fn rate_limits_hold_frames_until_the_timer_in_both_directions() {
+    const TEST: &str = "rate_limits_hold_frames_until_the_timer_in_both_directions";
+    if !ember_tests::is_root() {
+        common::skip(
+            TEST,
+            "needs root (CAP_NET_ADMIN) to create a tap and a network namespace",
+        );
+        return;
+    }
+    let Some(ns) = Netns::new("limit") else {
+        common::skip(TEST, "`ip netns add` failed (apt-get install iproute2)");
+        return;
+    };
+    let tap = Tap::open("embt1", Some(&ns.path())).expect("tap in the test namespace");
+    ns.ip(&["link", "set", "embt1", "up"]);
+    let sock = packet_socket(ns.path(), "embt1");
+    // 1000 bytes per 500 ms each way: frames of 1000 bytes go one per refill.
+    let limits: ember_vmm::config::RateLimitConfig = "bandwidth=1000/500".parse().unwrap();
+    let limiter = || ember_vmm::rate_limiter::RateLimiter::new(&limits).unwrap();
+    let net = Net::new(tap, GUEST_MAC)
+        .unwrap()
+        .with_rate_limiters(limiter(), limiter());
+    let mut d = Driver::new(net, 64);
+    assert_eq!(d.init_queues(2) & 0x40, 0);
+    let em = common::confined::ConfinedLoop::new(vec![d.device.clone()]);
+    let mut payload = b"ember-limited".to_vec();
+    payload.resize(1000 - 14, 0x5a);
+
+    // Guest → tap: three frames; one goes at once, the others wait in the ring.
+    let t0 = std::time::Instant::now();
+    for i in 0..3u64 {
+        let mut pkt = vec![0u8; 12];
+        pkt.extend(frame([0xff; 6], GUEST_MAC, &payload));
+        assert_eq!(pkt.len(), 1012);
+        d.poke(DATA + 0x1000 * i, &pkt);
+        d.submit_q(
+            TXQ,
+            &[Desc {
+                addr: DATA + 0x1000 * i,
+                len: pkt.len() as u32,
+                flags: 0,
+                next: 0,
+            }],
+        );
+    }
+    d.kick_q(TXQ);
+    em.pump(10, 1);
+    let mut sent = d.used_q(TXQ).len();
+    assert_eq!(sent, 1, "only the budget is sent");
+    let deadline = t0 + std::time::Duration::from_secs(20);
+    while sent < 3 && std::time::Instant::now() < deadline {
+        em.run(100);
+        sent += d.used_q(TXQ).len();
+    }
+    assert_eq!(sent, 3, "the timer resumed TX");
+    assert!(
+        t0.elapsed() >= std::time::Duration::from_millis(990),
+        "{:?}",
+        t0.elapsed()
+    );
+
+    // Tap → guest: three frames into the tap; one reaches the guest at once, the others
+    // wait (one in the device, the rest in the tap, which is not read meanwhile).
+    // Buffers to spare: the kernel's own frames on a new link take some.
+    for i in 0..12 {
+        d.submit_q(
+            RXQ,
+            &[Desc {
+                addr: DATA + 0x10000 * (i + 1),
+                len: 2048,
+                flags: F_WRITE,
+                next: 0,
+            }],
+        );
+    }
+    d.kick_q(RXQ);
+    em.pump(10, 1);
+    let inbound = frame(GUEST_MAC, [0x02, 0, 0, 0, 0, 0xee], &payload);
+    let t1 = std::time::Instant::now();
+    for _ in 0..3 {
+        // SAFETY: sends the frame from a valid buffer.
+        let n = unsafe { libc::send(sock.as_raw_fd(), inbound.as_ptr().cast(), inbound.len(), 0) };
+        assert_eq!(n as usize, inbound.len());
+    }
+    // Frames of our own, among whatever else the kernel sends on a new link (IPv6
+    // router solicitations and such, which count against the budget too).
+    let ours = |d: &mut Driver<Net>| {
+        d.used_q(RXQ)
+            .into_iter()
+            .filter(|(id, _)| {
+                let at = DATA + 0x10000 * (u64::from(*id) + 1);
+                d.peek(at + 12, inbound.len()) == inbound
+            })
+            .count()
+    };
+    em.pump(10, 1);
+    let mut got = ours(&mut d);
+    assert!(got <= 1, "at most the budget is delivered at once: {got}");
+    let deadline = t1 + std::time::Duration::from_secs(20);
+    while got < 3 && std::time::Instant::now() < deadline {
+        em.run(100);
+        got += ours(&mut d);
+    }
+    assert_eq!(got, 3, "the timer resumed RX and the tap was read again");
+    assert!(
+        t1.elapsed() >= std::time::Duration::from_millis(990),
+        "{:?}",
+        t1.elapsed()
+    );
 }

@@ -16,7 +16,9 @@
 //!   interface's MAC;
 //! - `hypervisor.block_slots` empty virtio-blk slots, right after the image disk, for the
 //!   containers' block volumes ([`super::block`]): each volume is attached to a free slot
-//!   and mounted by the agent under [`AGENT_STORAGE_DIR`].
+//!   and mounted by the agent under [`AGENT_STORAGE_DIR`];
+//! - `hypervisor.block_rate_limit` on each virtio-blk device (image disk and slots) and
+//!   `hypervisor.net_rate_limit` on the NIC ([`rate_limit`]).
 //!
 //! The serial console goes to `console.log` in the state directory.
 //!
@@ -37,7 +39,10 @@ use ember_agent_protocol::agent::{
     storage::Driver, Interface, Route, Storage, UpdateNetworkRequest,
 };
 use ember_config::{Backend as BackendKind, Config};
-use ember_vmm::config::{FsConfig, NetConfig, VsockConfig, MAX_VCPUS, MIN_MEMORY_MIB};
+use ember_vmm::config::{
+    BucketConfig, FsConfig, NetConfig, NetRateLimitConfig, RateLimitConfig, VsockConfig, MAX_VCPUS,
+    MIN_MEMORY_MIB,
+};
 use ember_vmm::host::Virtualization;
 use ember_vmm::{DiskConfig, ExitLatch, ExitReason, SerialSink, Vm, VmConfig, VmError};
 use log::{info, warn};
@@ -215,6 +220,11 @@ pub fn vm_config(
     vm.serial = SerialSink::File(state_dir.join(CONSOLE_LOG));
     vm.serial_max_bytes = h.console_log_max_bytes;
     vm.seccomp = h.seccomp;
+    vm.block_rate_limit = rate_limit(&h.block_rate_limit);
+    vm.net_rate_limit = NetRateLimitConfig {
+        rx: rate_limit(&h.net_rate_limit.rx),
+        tx: rate_limit(&h.net_rate_limit.tx),
+    };
     vm.rng = true;
     let socket = state_dir.join(VSOCK_SOCKET);
     let len = socket.as_os_str().len();
@@ -238,6 +248,20 @@ pub fn vm_config(
         });
     }
     Ok(vm)
+}
+
+/// The VMM's limiter settings for a `[hypervisor.*_rate_limit]` section (the same keys;
+/// `ember-config` has checked them against the VMM's limits, see the tests).
+pub fn rate_limit(limit: &ember_config::RateLimit) -> RateLimitConfig {
+    let bucket = |b: &ember_config::RateLimitBucket| BucketConfig {
+        size: b.size,
+        one_time_burst: b.one_time_burst,
+        refill_time: b.refill_time,
+    };
+    RateLimitConfig {
+        bandwidth: bucket(&limit.bandwidth),
+        ops: bucket(&limit.ops),
+    }
 }
 
 /// How a VM exit reads in messages.
@@ -706,6 +730,57 @@ mod tests {
         assert_eq!(vm.cpu_profile, ember_vmm::CpuProfile::Auto);
         assert_eq!(vm.block_slots, 4, "hypervisor.block_slots' default");
         assert!(vm.seccomp, "hypervisor.seccomp's default");
+        assert!(
+            vm.block_rate_limit.is_unlimited()
+                && vm.net_rate_limit.rx.is_unlimited()
+                && vm.net_rate_limit.tx.is_unlimited(),
+            "no rate limit unless configured"
+        );
+        vm.validate().unwrap();
+    }
+
+    #[test]
+    fn rate_limits_reach_every_device_of_the_vm() {
+        let a = assets();
+        let parsed = ember_config::parse(
+            "[hypervisor.block_rate_limit]\n\
+             bandwidth = { size = 10485760, refill_time = 1000, one_time_burst = 4096 }\n\
+             ops = { size = 500, refill_time = 250 }\n\
+             [hypervisor.net_rate_limit.rx.bandwidth]\nsize = 1250000\nrefill_time = 100\n\
+             [hypervisor.net_rate_limit.tx.ops]\nsize = 1000\nrefill_time = 1000\n",
+            None,
+        )
+        .unwrap();
+        let mut c = config(&a);
+        c.hypervisor.block_rate_limit = parsed.hypervisor.block_rate_limit;
+        c.hypervisor.net_rate_limit = parsed.hypervisor.net_rate_limit;
+        c.hypervisor.block_slots = 2;
+        let vm = vm_config(&c, &a.state, &a.shared, None).unwrap();
+        assert_eq!(
+            vm.block_rate_limit,
+            RateLimitConfig {
+                bandwidth: BucketConfig {
+                    size: 10 << 20,
+                    one_time_burst: 4096,
+                    refill_time: 1000
+                },
+                ops: BucketConfig::new(500, 250),
+            },
+            "one setting, applied by the VMM to the image disk and to each slot"
+        );
+        assert_eq!(
+            vm.net_rate_limit,
+            NetRateLimitConfig {
+                rx: RateLimitConfig {
+                    bandwidth: BucketConfig::new(1_250_000, 100),
+                    ops: BucketConfig::default(),
+                },
+                tx: RateLimitConfig {
+                    bandwidth: BucketConfig::default(),
+                    ops: BucketConfig::new(1000, 1000),
+                },
+            }
+        );
         vm.validate().unwrap();
     }
 
@@ -728,6 +803,14 @@ mod tests {
         assert_eq!(
             ember_config::DEFAULT_CONSOLE_LOG_MAX_BYTES,
             ember_vmm::config::DEFAULT_SERIAL_MAX_BYTES
+        );
+        assert_eq!(
+            ember_config::RATE_LIMIT_SIZE_MAX,
+            ember_vmm::config::MAX_BUCKET_SIZE
+        );
+        assert_eq!(
+            ember_config::RATE_LIMIT_REFILL_TIME_MS_RANGE,
+            (1, ember_vmm::config::MAX_REFILL_TIME_MS)
         );
         for (setting, name) in [
             (ember_config::CpuProfile::Auto, "auto"),

@@ -9,11 +9,16 @@
 //! interrupt, and Linux's virtio_blk re-reads `capacity` (virtblk_config_changed). A slot
 //! never offers VIRTIO_BLK_F_RO, because features cannot be renegotiated after boot; a
 //! read-only attachment answers writes with IOERR instead.
+//!
+//! With a [`RateLimiter`] ([`Block::with_rate_limiter`]), each request takes one operation
+//! and its data length in bytes; a request the limiter refuses stays in the available ring,
+//! the queue stops there, and the limiter's timer (on the event loop) resumes it.
 
 pub mod request;
 pub mod slot;
 
 use super::{read_config_bytes, DeviceState, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::rate_limiter::RateLimiter;
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use request::{Disk, ID_LEN, SECTOR_SIZE};
 pub use slot::BlockSlot;
@@ -23,6 +28,7 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 use virtio_queue::QueueT;
+use vmm_sys_util::epoll::EventSet;
 
 /// virtio device id of a block device.
 pub const DEVICE_TYPE: u32 = 2;
@@ -32,6 +38,10 @@ pub const QUEUE_SIZE: u16 = 256;
 const F_RO: u32 = 5;
 /// VIRTIO_BLK_F_FLUSH.
 const F_FLUSH: u32 = 9;
+/// Event data of the queue's eventfd.
+const TOKEN_QUEUE: u32 = 0;
+/// Event data of the rate limiter's timer.
+const TOKEN_RATE_LIMIT: u32 = 1;
 
 /// Errors of creating a block device or attaching a backing to a slot.
 #[derive(Debug, Error)]
@@ -136,6 +146,8 @@ pub struct Block {
     state: DeviceState,
     /// Reused transfer buffer (no allocation per request).
     bounce: Vec<u8>,
+    /// Bounds the guest's I/O through this device; `None`: unlimited.
+    limiter: Option<RateLimiter>,
 }
 
 fn id_bytes(id: &str) -> [u8; ID_LEN] {
@@ -157,6 +169,7 @@ impl Block {
             id: id_bytes(id),
             state: DeviceState::new(&[QUEUE_SIZE]).map_err(BlockError::EventFd)?,
             bounce: Vec::new(),
+            limiter: None,
         })
     }
 
@@ -170,7 +183,15 @@ impl Block {
             id: id_bytes(id),
             state: DeviceState::new(&[QUEUE_SIZE]).map_err(BlockError::EventFd)?,
             bounce: Vec::new(),
+            limiter: None,
         })
+    }
+
+    /// The same device with `limiter` bounding its requests (`None`: unlimited). The
+    /// limiter stays with the device across a slot's attachments.
+    pub fn with_rate_limiter(mut self, limiter: Option<RateLimiter>) -> Self {
+        self.limiter = limiter;
+        self
     }
 
     /// Whether this device is a slot (see [`Block::slot`]).
@@ -195,11 +216,16 @@ impl Block {
         std::mem::replace(&mut self.backing, backing)
     }
 
-    /// Process every available request of the queue; returns how many were completed.
+    /// Process the available requests of the queue, as many as the rate limiter (if any)
+    /// lets through; returns how many were completed. A refused request is left available
+    /// for the limiter's timer to resume.
     pub fn process_queue(&mut self) -> usize {
         let Some(mem) = self.state.mem.as_ref() else {
             return 0;
         };
+        if self.limiter.as_ref().is_some_and(RateLimiter::is_blocked) {
+            return 0;
+        }
         let disk = Disk {
             file: self.backing.as_ref().map(|b| &b.file),
             size: self.backing.as_ref().map_or(0, |b| b.size),
@@ -210,6 +236,20 @@ impl Block {
         let mut done = 0;
         while let Some(chain) = queue.pop_descriptor_chain(mem) {
             let head = chain.head_index();
+            if let Some(limiter) = self.limiter.as_mut() {
+                // The data length: what the driver gives past the 16-byte header, plus
+                // what it takes before the status byte (0 for a malformed chain).
+                let readable = chain.clone().reader(mem).map_or(0, |r| r.available_bytes());
+                let writable = chain.clone().writer(mem).map_or(0, |w| w.available_bytes());
+                let bytes = readable
+                    .saturating_sub(16)
+                    .saturating_add(writable.saturating_sub(1));
+                if !limiter.consume(bytes as u64) {
+                    // Put the chain back: it stays available until the timer fires.
+                    queue.set_next_avail(queue.next_avail().wrapping_sub(1));
+                    break;
+                }
+            }
             let used = match (chain.clone().reader(mem), chain.writer(mem)) {
                 (Ok(mut r), Ok(mut w)) => request::execute(&disk, &mut r, &mut w, &mut self.bounce),
                 _ => {
@@ -262,6 +302,15 @@ impl VirtioDevice for Block {
 
 impl MutEventSubscriber for Block {
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        if events.data() == TOKEN_RATE_LIMIT {
+            if let Some(limiter) = self.limiter.as_mut() {
+                limiter.on_timer();
+            }
+            if self.is_activated() {
+                self.process_queue();
+            }
+            return;
+        }
         // The eventfd is drained even before activation, so it does not spin.
         if self.state.take_queue_event(&events, "virtio-blk").is_some() && self.is_activated() {
             self.process_queue();
@@ -269,6 +318,13 @@ impl MutEventSubscriber for Block {
     }
 
     fn init(&mut self, ops: &mut EventOps) {
-        self.state.register_queue_events(ops, 0, "virtio-blk");
+        self.state
+            .register_queue_events(ops, TOKEN_QUEUE, "virtio-blk");
+        if let Some(limiter) = &self.limiter {
+            let events = Events::with_data(limiter, TOKEN_RATE_LIMIT, EventSet::IN);
+            if let Err(e) = ops.add(events) {
+                log::error!("virtio-blk: cannot watch the rate limiter's timer: {e}");
+            }
+        }
     }
 }

@@ -1,9 +1,16 @@
 //! virtio-net over a tap: one RX and one TX queue, a MAC address from the config, no
 //! offloads (the guest sends and receives plain Ethernet frames).
+//!
+//! Optional rate limiters ([`Net::with_rate_limiters`]), one per direction, count one
+//! operation and the frame's length (without the virtio-net header) per frame. A TX frame
+//! the limiter refuses stays in the available ring; an RX frame waits in the device's one
+//! frame buffer, and the tap is not read while it waits. Each limiter's timer resumes its
+//! direction on the event loop.
 
 pub mod tap;
 
 use super::{DeviceState, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::rate_limiter::RateLimiter;
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use std::io::{ErrorKind, Read, Write};
 use tap::{Tap, TapError, VNET_HDR_LEN};
@@ -25,6 +32,8 @@ const F_MAC: u32 = 5;
 pub const MAX_FRAME: usize = 65_562;
 const TOKEN_QUEUE_BASE: u32 = 0;
 const TOKEN_TAP: u32 = 16;
+const TOKEN_RX_LIMIT: u32 = 17;
+const TOKEN_TX_LIMIT: u32 = 18;
 
 /// Errors of creating a network device.
 #[derive(Debug, Error)]
@@ -48,6 +57,10 @@ pub struct Net {
     pending: Option<usize>,
     /// Whether the tap fd is on the event loop (off while the guest has no RX buffers).
     tap_watched: bool,
+    /// Bounds frames to the guest; `None`: unlimited.
+    rx_limiter: Option<RateLimiter>,
+    /// Bounds frames from the guest; `None`: unlimited.
+    tx_limiter: Option<RateLimiter>,
 }
 
 impl Net {
@@ -60,7 +73,17 @@ impl Net {
             rx_buf: vec![0u8; MAX_FRAME],
             pending: None,
             tap_watched: false,
+            rx_limiter: None,
+            tx_limiter: None,
         })
+    }
+
+    /// The same device with limiters on received (`rx`) and sent (`tx`) frames (`None`:
+    /// unlimited).
+    pub fn with_rate_limiters(mut self, rx: Option<RateLimiter>, tx: Option<RateLimiter>) -> Self {
+        self.rx_limiter = rx;
+        self.tx_limiter = tx;
+        self
     }
 
     /// The tap's name.
@@ -68,16 +91,32 @@ impl Net {
         self.tap.name()
     }
 
-    /// Send every frame the guest queued; returns how many chains were returned.
+    /// Send the frames the guest queued, as many as the TX limiter (if any) lets through;
+    /// returns how many chains were returned.
     pub fn process_tx(&mut self) -> usize {
         let Some(mem) = self.state.mem.as_ref() else {
             return 0;
         };
+        if self
+            .tx_limiter
+            .as_ref()
+            .is_some_and(RateLimiter::is_blocked)
+        {
+            return 0;
+        }
         let queue = &mut self.state.queues[TXQ];
         let mut frame = Vec::with_capacity(MAX_FRAME);
         let mut done = 0;
         while let Some(chain) = queue.pop_descriptor_chain(mem) {
             let head = chain.head_index();
+            if let Some(limiter) = self.tx_limiter.as_mut() {
+                let len = chain.clone().reader(mem).map_or(0, |r| r.available_bytes());
+                if !limiter.consume(len.saturating_sub(VNET_HDR_LEN) as u64) {
+                    // Put the chain back: it stays available until the timer fires.
+                    queue.set_next_avail(queue.next_avail().wrapping_sub(1));
+                    break;
+                }
+            }
             frame.clear();
             match chain.reader(mem) {
                 Ok(mut r)
@@ -105,8 +144,8 @@ impl Net {
         done
     }
 
-    /// Move frames from the tap into RX buffers until one side runs dry; returns how
-    /// many buffers were used.
+    /// Move frames from the tap into RX buffers until one side runs dry or the RX limiter
+    /// (if any) says stop; returns how many buffers were used.
     pub fn process_rx(&mut self) -> usize {
         let Some(mem) = self.state.mem.as_ref() else {
             return 0;
@@ -114,6 +153,14 @@ impl Net {
         let queue = &mut self.state.queues[RXQ];
         let mut done = 0;
         loop {
+            // A blocked limiter: the frame in hand waits, and the tap is not read.
+            if self
+                .rx_limiter
+                .as_ref()
+                .is_some_and(RateLimiter::is_blocked)
+            {
+                break;
+            }
             // The frame is read into the one reused buffer and stays there while it waits.
             let len = match self.pending.take() {
                 Some(len) => len,
@@ -132,6 +179,14 @@ impl Net {
                 break;
             };
             let head = chain.head_index();
+            if let Some(limiter) = self.rx_limiter.as_mut() {
+                if !limiter.consume((len - VNET_HDR_LEN) as u64) {
+                    // The buffer goes back to the ring and the frame waits for the timer.
+                    queue.set_next_avail(queue.next_avail().wrapping_sub(1));
+                    self.pending = Some(len);
+                    break;
+                }
+            }
             let frame = &mut self.rx_buf[..len];
             let written = match chain.writer(mem) {
                 Ok(mut w) if w.available_bytes() >= len => {
@@ -155,9 +210,14 @@ impl Net {
         done
     }
 
-    /// Watch the tap only while frames can be delivered (no frame waiting for a buffer).
+    /// Watch the tap only while frames can be delivered (no frame waiting for a buffer or
+    /// for the RX limiter).
     fn sync_tap_watch(&mut self, ops: &mut EventOps) {
-        let want = self.pending.is_none();
+        let want = self.pending.is_none()
+            && !self
+                .rx_limiter
+                .as_ref()
+                .is_some_and(RateLimiter::is_blocked);
         if want == self.tap_watched {
             return;
         }
@@ -175,17 +235,26 @@ impl Net {
 
     /// One round of work for event `token` (also used by tests without an event loop).
     pub fn handle(&mut self, token: u32, ops: &mut EventOps) {
-        if token < TOKEN_TAP {
-            if let Some(evt) = self
-                .state
-                .queue_events
-                .get((token - TOKEN_QUEUE_BASE) as usize)
-            {
-                let _ = evt.read();
+        match token {
+            TOKEN_RX_LIMIT => {
+                if let Some(limiter) = self.rx_limiter.as_mut() {
+                    limiter.on_timer();
+                }
             }
+            TOKEN_TX_LIMIT => {
+                if let Some(limiter) = self.tx_limiter.as_mut() {
+                    limiter.on_timer();
+                }
+            }
+            t if t < TOKEN_TAP => {
+                if let Some(evt) = self.state.queue_events.get((t - TOKEN_QUEUE_BASE) as usize) {
+                    let _ = evt.read();
+                }
+            }
+            _ => {}
         }
         if self.is_activated() {
-            let tx = if token == TOKEN_QUEUE_BASE + TXQ as u32 {
+            let tx = if token == TOKEN_QUEUE_BASE + TXQ as u32 || token == TOKEN_TX_LIMIT {
                 self.process_tx()
             } else {
                 0
@@ -228,6 +297,16 @@ impl MutEventSubscriber for Net {
     fn init(&mut self, ops: &mut EventOps) {
         self.state
             .register_queue_events(ops, TOKEN_QUEUE_BASE, "virtio-net");
+        for (limiter, token) in [
+            (&self.rx_limiter, TOKEN_RX_LIMIT),
+            (&self.tx_limiter, TOKEN_TX_LIMIT),
+        ] {
+            if let Some(limiter) = limiter {
+                if let Err(e) = ops.add(Events::with_data(limiter, token, EventSet::IN)) {
+                    log::error!("virtio-net: cannot watch a rate limiter's timer: {e}");
+                }
+            }
+        }
         self.sync_tap_watch(ops);
     }
 }
