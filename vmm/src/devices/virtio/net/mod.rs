@@ -180,7 +180,7 @@ impl Net {
             };
             let head = chain.head_index();
             if let Some(limiter) = self.rx_limiter.as_mut() {
-                if !limiter.consume((len - VNET_HDR_LEN) as u64) {
+                if !limiter.consume(len.saturating_sub(VNET_HDR_LEN) as u64) {
                     // The buffer goes back to the ring and the frame waits for the timer.
                     queue.set_next_avail(queue.next_avail().wrapping_sub(1));
                     self.pending = Some(len);
