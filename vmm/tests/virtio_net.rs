@@ -48,6 +48,26 @@ impl Drop for Netns {
 }
 
 /// An AF_PACKET socket on `ifname` inside the namespace at `ns`.
+/// A tap `ifname`, up, in a new network namespace tagged `tag`, and a packet socket on it
+/// there; `None` (after a SKIP line for `test`) without root or `ip netns`.
+fn tap_in_netns(test: &str, tag: &str, ifname: &str) -> Option<(Netns, Tap, OwnedFd)> {
+    if !ember_tests::is_root() {
+        common::skip(
+            test,
+            "needs root (CAP_NET_ADMIN) to create a tap and a network namespace",
+        );
+        return None;
+    }
+    let Some(ns) = Netns::new(tag) else {
+        common::skip(test, "`ip netns add` failed (apt-get install iproute2)");
+        return None;
+    };
+    let tap = Tap::open(ifname, Some(&ns.path())).expect("tap in the test namespace");
+    ns.ip(&["link", "set", ifname, "up"]);
+    let sock = packet_socket(ns.path(), ifname);
+    Some((ns, tap, sock))
+}
+
 fn packet_socket(ns: std::path::PathBuf, ifname: &str) -> OwnedFd {
     let ifname = std::ffi::CString::new(ifname).unwrap();
     ember_sys::netns::run_in(&ns, move || {
@@ -101,20 +121,9 @@ fn frame(dst: [u8; 6], src: [u8; 6], payload: &[u8]) -> Vec<u8> {
 #[test]
 fn frames_cross_the_tap_in_both_directions() {
     const TEST: &str = "frames_cross_the_tap_in_both_directions";
-    if !ember_tests::is_root() {
-        common::skip(
-            TEST,
-            "needs root (CAP_NET_ADMIN) to create a tap and a network namespace",
-        );
-        return;
-    }
-    let Some(ns) = Netns::new("test") else {
-        common::skip(TEST, "`ip netns add` failed (apt-get install iproute2)");
+    let Some((_ns, tap, sock)) = tap_in_netns(TEST, "test", "embt0") else {
         return;
     };
-    let tap = Tap::open("embt0", Some(&ns.path())).expect("tap in the test namespace");
-    ns.ip(&["link", "set", "embt0", "up"]);
-    let sock = packet_socket(ns.path(), "embt0");
     let mut d = Driver::new(Net::new(tap, GUEST_MAC).unwrap(), 64);
     assert_eq!(d.init_queues(2) & 0x40, 0);
     // The device runs on a thread confined by the device seccomp filter.
@@ -197,20 +206,9 @@ fn frames_cross_the_tap_in_both_directions() {
 #[test]
 fn rate_limits_hold_frames_until_the_timer_in_both_directions() {
     const TEST: &str = "rate_limits_hold_frames_until_the_timer_in_both_directions";
-    if !ember_tests::is_root() {
-        common::skip(
-            TEST,
-            "needs root (CAP_NET_ADMIN) to create a tap and a network namespace",
-        );
-        return;
-    }
-    let Some(ns) = Netns::new("limit") else {
-        common::skip(TEST, "`ip netns add` failed (apt-get install iproute2)");
+    let Some((_ns, tap, sock)) = tap_in_netns(TEST, "limit", "embt1") else {
         return;
     };
-    let tap = Tap::open("embt1", Some(&ns.path())).expect("tap in the test namespace");
-    ns.ip(&["link", "set", "embt1", "up"]);
-    let sock = packet_socket(ns.path(), "embt1");
     // 1000 bytes per 500 ms each way: frames of 1000 bytes go one per refill.
     let limits: ember_vmm::config::RateLimitConfig = "bandwidth=1000/500".parse().unwrap();
     let limiter = || ember_vmm::rate_limiter::RateLimiter::new(&limits).unwrap();
