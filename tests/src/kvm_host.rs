@@ -35,6 +35,10 @@ use std::time::{Duration, Instant, SystemTime};
 /// overlayfs.
 const INITRAMFS_MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p", "overlay"];
 
+/// Parameters of the outer VM's `kvm_amd` (`EMBER_KVM_HOST_KVM_AMD` replaces them, for
+/// diagnosis). Empty: the module's defaults.
+const KVM_AMD_PARAMS: &str = "";
+
 /// The modules stage 2 loads: KVM (AMD-V, which TCG emulates), vhost-vsock (QEMU's vsock
 /// for reference benchmarks), and what pod networking and its tests use.
 const HOST_MODULES: &[&str] = &[
@@ -597,7 +601,7 @@ fn outer_cmdline(extra: Option<&str>) -> String {
     }
 }
 
-/// How often (seconds) stage 2 rewrites `$R/heartbeat` ([`heartbeat_script`]).
+/// How often (seconds) stage 2 writes its heartbeat ([`heartbeat_script`]).
 const HEARTBEAT_EVERY: u64 = 5;
 
 /// How old the outer VM's heartbeat may get before the outer VM counts as frozen. An outer
@@ -607,16 +611,33 @@ const HEARTBEAT_EVERY: u64 = 5;
 /// [`HEARTBEAT_EVERY`] seconds, and its own soft-lockup watchdog fires after 60.
 const HEARTBEAT_STALE: Duration = Duration::from_secs(120);
 
-/// Stage 2's background loop that writes the time into `$R/heartbeat` every `every`
-/// seconds, so the host sees the outer VM's user space is alive by the file's mtime.
-fn heartbeat_script(every: u64) -> String {
-    format!("( while :; do date +%s > $R/heartbeat; sleep {every}; done ) </dev/null >/dev/null 2>&1 &\n")
+/// The outer VM's second serial port, which QEMU writes to the run folder's `heartbeat`.
+const HEARTBEAT_TTY: &str = "/dev/ttyS1";
+
+/// Stage 2's background loop that writes a byte to `target` every `every` seconds, so the
+/// host sees by the file's mtime that the outer VM's user space is alive; `copy_dir` is
+/// where busybox is copied (`/`, the root's tmpfs layer, in the outer VM).
+///
+/// It must not depend on 9p: with the root's 9p busy (`scripts/install.sh` stripping
+/// 700 MB of binaries read over it), a loop that ran `date` and `sleep` from the 9p root
+/// and wrote into the 9p run folder once went 120 s without a beat in a live outer VM. So
+/// the loop writes to a serial port (`target`, [`HEARTBEAT_TTY`]) and runs a static
+/// busybox copied into the root's tmpfs layer first (the host's `sleep` when busybox is
+/// missing).
+fn heartbeat_script(every: u64, target: &str, copy_dir: &str) -> String {
+    format!(
+        "hb={copy_dir}/.ember-kvm-host-heartbeat\n\
+         if b=$(command -v busybox) && cp \"$b\" $hb; then hb_sleep=\"$hb sleep\"; else hb_sleep=sleep; fi\n\
+         ( while :; do echo . > {target}; $hb_sleep {every}; done ) </dev/null >/dev/null 2>&1 &\n"
+    )
 }
 
 /// How long ago the heartbeat file `path` was last written, by the host's clock; `None`
-/// before stage 2 has written it (or when it cannot be read).
+/// before stage 2 has written to it (QEMU makes it empty at start) or when it cannot be
+/// read.
 fn heartbeat_age(path: &Path) -> Option<Duration> {
-    let written = std::fs::metadata(path).and_then(|m| m.modified()).ok()?;
+    let meta = std::fs::metadata(path).ok().filter(|m| m.len() > 0)?;
+    let written = meta.modified().ok()?;
     Some(
         SystemTime::now()
             .duration_since(written)
@@ -680,26 +701,30 @@ impl KvmHost {
             s,
             "#!/bin/sh\n\
              R={RUN_MOUNT}\n\
+             KVM_AMD_PARAMS={kvm_amd}\n\
              off() {{ sync; echo o > /proc/sysrq-trigger; while :; do read -r _ < /dev/console; done 2>/dev/null; }}\n\
              echo 'ember-kvm-host: stage 2'\n\
-             {heartbeat}\
              for d in {tmpfs}; do mount -t tmpfs -o mode=0755 tmpfs $d; done\n\
+             {heartbeat}\
              chmod 1777 /tmp /var/tmp\n\
              {keep}\
              mkdir -p /dev/pts /dev/shm && mount -t devpts -o newinstance,ptmxmode=0666 devpts /dev/pts && mount -t tmpfs tmpfs /dev/shm\n\
              [ -e /dev/ptmx ] || ln -s pts/ptmx /dev/ptmx\n\
              grep -qw svm /proc/cpuinfo || {{ echo nosvm > $R/status; off; }}\n\
-             for mod in {mods}; do modprobe -d {m} $mod || echo \"ember-kvm-host: modprobe $mod failed\"; done\n\
+             for mod in {mods}; do p=; [ $mod = kvm_amd ] && p=\"$KVM_AMD_PARAMS\"; modprobe -d {m} $mod $p || echo \"ember-kvm-host: modprobe $mod $p failed\"; done\n\
              [ -c /dev/kvm ] || {{ echo 'ember-kvm-host: no /dev/kvm after modprobe kvm_amd'; echo nokvm > $R/status; off; }}\n\
              {cgroups}\
              ip link set lo up\n\
              hostname ember-kvm-host\n\
              export HOME=/root PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin EMBER_IN_KVM_HOST=1\n",
             mods = HOST_MODULES.join(" "),
+            kvm_amd = shell_quote(
+                &std::env::var("EMBER_KVM_HOST_KVM_AMD").unwrap_or_else(|_| KVM_AMD_PARAMS.into())
+            ),
             cgroups = self.cgroups.script(),
             tmpfs = TMPFS_DIRS.join(" "),
             keep = keep_script(&[&job.keep[..], std::slice::from_ref(&job.cwd)].concat()),
-            heartbeat = heartbeat_script(HEARTBEAT_EVERY),
+            heartbeat = heartbeat_script(HEARTBEAT_EVERY, HEARTBEAT_TTY, ""),
         );
         for (k, v) in &job.env {
             let _ = writeln!(s, "export {k}={}", shell_quote(v));
@@ -750,6 +775,9 @@ impl KvmHost {
             ))
             .arg("-serial")
             .arg(format!("file:{}", console.display()))
+            // ttyS1: stage 2's heartbeat (see HEARTBEAT_TTY).
+            .arg("-serial")
+            .arg(format!("file:{}", run.join("heartbeat").display()))
             .args(["-virtfs", "local,path=/,mount_tag=hostroot,security_model=passthrough,readonly=on,multidevs=remap"])
             .arg("-virtfs")
             .arg(format!(
@@ -1090,7 +1118,11 @@ mod tests {
             .arg(format!(
                 "R={}\n{}wait",
                 r.path().display(),
-                heartbeat_script(1)
+                heartbeat_script(
+                    1,
+                    &file.display().to_string(),
+                    &r.path().display().to_string()
+                )
             ))
             .process_group(0)
             .spawn()
@@ -1164,6 +1196,10 @@ mod tests {
         assert!(s.contains("echo $? > $R/status"), "{s}");
         assert!(s.contains("modprobe -d /m $mod"), "{s}");
         assert!(s.contains("/sys/fs/cgroup/unified"), "{s}");
+        assert!(s.contains("echo . > /dev/ttyS1"), "the heartbeat: {s}");
+        // The whole script parses.
+        let parsed = Command::new("/bin/sh").arg("-n").arg("-c").arg(&s).status();
+        assert!(parsed.unwrap().success(), "stage 2 does not parse:\n{s}");
     }
 
     /// Runs `cmd` as stage 2 does, watched by [`stall_script_every`] (stall after
