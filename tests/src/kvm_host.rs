@@ -627,8 +627,8 @@ const HEARTBEAT_TTY: &str = "/dev/ttyS1";
 fn heartbeat_script(every: u64, target: &str, copy_dir: &str) -> String {
     format!(
         "hb={copy_dir}/.ember-kvm-host-heartbeat\n\
-         if b=$(command -v busybox) && cp \"$b\" $hb; then hb_sleep=\"$hb sleep\"; else hb_sleep=sleep; fi\n\
-         ( while :; do echo . > {target}; $hb_sleep {every}; done ) </dev/null >/dev/null 2>&1 &\n"
+         if b=$(command -v busybox) && mkdir -p $hb && cp \"$b\" $hb/busybox && $hb/busybox true; then hb_sleep=\"$hb/busybox sleep\"; else hb_sleep=sleep; fi\n\
+         ( while :; do echo . >> {target}; $hb_sleep {every} || sleep {every}; done ) </dev/null >/dev/null 2>&1 &\n"
     )
 }
 
@@ -1132,6 +1132,10 @@ mod tests {
             assert!(start.elapsed() < Duration::from_secs(20), "never written");
             std::thread::sleep(Duration::from_millis(50));
         }
+        // One beat per second, not a spinning loop (a sleep that fails at once).
+        std::thread::sleep(Duration::from_secs(3));
+        let beats = std::fs::metadata(&file).unwrap().len() / 2;
+        assert!((2..=6).contains(&beats), "{beats} beats in about 3 s");
         // Set it 200 s into the past; the loop brings it back within its period.
         let back = SystemTime::now() - Duration::from_secs(200);
         std::fs::File::options()
@@ -1196,7 +1200,7 @@ mod tests {
         assert!(s.contains("echo $? > $R/status"), "{s}");
         assert!(s.contains("modprobe -d /m $mod"), "{s}");
         assert!(s.contains("/sys/fs/cgroup/unified"), "{s}");
-        assert!(s.contains("echo . > /dev/ttyS1"), "the heartbeat: {s}");
+        assert!(s.contains("echo . >> /dev/ttyS1"), "the heartbeat: {s}");
         // The whole script parses.
         let parsed = Command::new("/bin/sh").arg("-n").arg("-c").arg(&s).status();
         assert!(parsed.unwrap().success(), "stage 2 does not parse:\n{s}");
