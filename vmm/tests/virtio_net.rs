@@ -68,6 +68,22 @@ fn tap_in_netns(test: &str, tag: &str, ifname: &str) -> Option<(Netns, Tap, Owne
     Some((ns, tap, sock))
 }
 
+/// Posts `n` 2 KiB RX buffers to the device and kicks the RX queue.
+fn post_rx_buffers(d: &mut Driver<Net>, n: u64) {
+    for i in 0..n {
+        d.submit_q(
+            RXQ,
+            &[Desc {
+                addr: DATA + 0x10000 * (i + 1),
+                len: 2048,
+                flags: F_WRITE,
+                next: 0,
+            }],
+        );
+    }
+    d.kick_q(RXQ);
+}
+
 fn packet_socket(ns: std::path::PathBuf, ifname: &str) -> OwnedFd {
     let ifname = std::ffi::CString::new(ifname).unwrap();
     ember_sys::netns::run_in(&ns, move || {
@@ -165,18 +181,7 @@ fn frames_cross_the_tap_in_both_directions() {
     assert!(seen, "the guest's frame came out of the tap");
 
     // Tap → guest.
-    for i in 0..4 {
-        d.submit_q(
-            RXQ,
-            &[Desc {
-                addr: DATA + 0x10000 * (i + 1),
-                len: 2048,
-                flags: F_WRITE,
-                next: 0,
-            }],
-        );
-    }
-    d.kick_q(RXQ);
+    post_rx_buffers(&mut d, 4);
     pump(&mut em);
     let inbound = frame(GUEST_MAC, [0x02, 0, 0, 0, 0, 0xee], b"ember-in");
     // SAFETY: sends the frame from a valid buffer.
@@ -257,18 +262,7 @@ fn rate_limits_hold_frames_until_the_timer_in_both_directions() {
     // Tap → guest: three frames into the tap; one reaches the guest at once, the others
     // wait (one in the device, the rest in the tap, which is not read meanwhile).
     // Buffers to spare: the kernel's own frames on a new link take some.
-    for i in 0..12 {
-        d.submit_q(
-            RXQ,
-            &[Desc {
-                addr: DATA + 0x10000 * (i + 1),
-                len: 2048,
-                flags: F_WRITE,
-                next: 0,
-            }],
-        );
-    }
-    d.kick_q(RXQ);
+    post_rx_buffers(&mut d, 12);
     em.pump(10, 1);
     let inbound = frame(GUEST_MAC, [0x02, 0, 0, 0, 0, 0xee], &payload);
     let t1 = std::time::Instant::now();
