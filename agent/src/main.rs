@@ -111,6 +111,27 @@ fn logger(level: &str) -> Result<Logger, AgentError> {
     ))
 }
 
+/// Sends the `log` facade's records to `log` at the same level, through the libraries made
+/// for it (`slog-stdlog` forwards to `slog-scope`'s global logger). Keep the guard: the
+/// global logger is unset when it drops.
+fn bridge_log_facade(log: &Logger, level: &str) -> Option<slog_scope::GlobalLoggerGuard> {
+    let level = match level.parse::<slog::Level>().ok()? {
+        slog::Level::Critical | slog::Level::Error => log::Level::Error,
+        slog::Level::Warning => log::Level::Warn,
+        slog::Level::Info => log::Level::Info,
+        slog::Level::Debug => log::Level::Debug,
+        slog::Level::Trace => log::Level::Trace,
+    };
+    let guard = slog_scope::set_global_logger(log.new(o!("from" => "log")));
+    match slog_stdlog::init_with_level(level) {
+        Ok(()) => Some(guard),
+        Err(e) => {
+            slog::warn!(log, "library log lines stay unlogged"; "error" => %e);
+            Some(guard)
+        }
+    }
+}
+
 enum Listener {
     Unix(tokio::net::UnixListener, PathBuf),
     Vsock(tokio_vsock::VsockListener),
@@ -302,6 +323,9 @@ fn main() {
             std::process::exit(2);
         }
     };
+    // Crates the agent links that log through the `log` facade (ember-netlink, ttrpc) go
+    // to the same drain: without a `log` logger their lines would be dropped.
+    let _log_bridge = bridge_log_facade(&log, &cli.log_level);
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -323,6 +347,42 @@ fn main() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A drain that keeps each record's message and level.
+    struct Capture(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+    impl Drain for Capture {
+        type Ok = ();
+        type Err = slog::Never;
+        fn log(&self, r: &slog::Record, _: &slog::OwnedKVList) -> Result<(), slog::Never> {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("{} {}", r.level().as_short_str(), r.msg()));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn library_log_lines_reach_the_agent_log_at_its_level() {
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = Logger::root(Capture(seen.clone()).fuse(), o!());
+        let guard = bridge_log_facade(&log, "debug");
+        assert!(guard.is_some());
+        log::debug!("rtnetlink: skipped an answer");
+        log::trace!("below the level");
+        let seen = seen.lock().unwrap().clone();
+        assert!(
+            seen.iter()
+                .any(|l| l == "DEBG rtnetlink: skipped an answer"),
+            "{seen:?}"
+        );
+        assert!(
+            !seen.iter().any(|l| l.contains("below the level")),
+            "{seen:?}"
+        );
+        assert!(bridge_log_facade(&log, "loud").is_none());
+    }
 
     fn args(a: &[&str]) -> Vec<String> {
         a.iter().map(|s| s.to_string()).collect()
