@@ -51,6 +51,14 @@ pub enum StateError {
         /// Which part of the rule it breaks.
         reason: ember_sys::id::IdError,
     },
+    /// A container id that cannot be a directory name.
+    #[error("container id {id:?}: {reason}")]
+    BadContainerId {
+        /// The id.
+        id: String,
+        /// Which part of the rule it breaks.
+        reason: ember_sys::id::IdError,
+    },
     /// A sandbox with this id already has state.
     #[error("sandbox {id}: state already exists at {path} (another sandbox with this id runs, or run `ember cleanup`)")]
     Exists {
@@ -205,6 +213,15 @@ pub struct SandboxState {
 /// Checks that `id` is usable as a directory name ([`ember_sys::id`]'s rule).
 pub fn check_id(id: &str) -> Result<(), StateError> {
     ember_sys::id::check(id).map_err(|reason| StateError::BadId {
+        id: id.to_string(),
+        reason,
+    })
+}
+
+/// Checks that container id `id` is usable as a directory name (the same rule as
+/// [`check_id`]; the error names a container).
+pub fn check_container_id(id: &str) -> Result<(), StateError> {
+    ember_sys::id::check(id).map_err(|reason| StateError::BadContainerId {
         id: id.to_string(),
         reason,
     })
@@ -438,6 +455,9 @@ mod tests {
         check_id("pod-1_a.b").unwrap();
         let e = check_id("a/b").unwrap_err().to_string();
         assert!(e.starts_with(r#"sandbox id "a/b": holds '/'"#), "{e}");
+        let e = check_container_id("a/b").unwrap_err().to_string();
+        assert!(e.starts_with(r#"container id "a/b": holds '/'"#), "{e}");
+        check_container_id("pod-1_a.b").unwrap();
     }
 
     #[test]

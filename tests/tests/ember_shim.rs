@@ -412,16 +412,11 @@ fn cmdline(pid: u32) -> String {
 /// The directories of the host cgroup `/ember/<path>` that exist, in every cgroup hierarchy
 /// mounted here (cgroup v1 controllers, the v2 unified tree, or both on hybrid hosts).
 fn cgroup_dirs(path: &str) -> Vec<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut dirs: Vec<PathBuf> = info
-        .lines()
-        .filter_map(|l| {
-            let (pre, post) = l.split_once(" - ")?;
-            let fstype = post.split(' ').next()?;
-            let point = pre.split(' ').nth(4)?;
-            matches!(fstype, "cgroup" | "cgroup2")
-                .then(|| Path::new(point).join("ember").join(path))
-        })
+    let mounts = ember_sys::mountinfo::read(Path::new("/proc/self/mountinfo")).unwrap_or_default();
+    let mut dirs: Vec<PathBuf> = mounts
+        .iter()
+        .filter(|m| matches!(m.fstype.as_str(), "cgroup" | "cgroup2"))
+        .map(|m| m.mount_point.join("ember").join(path))
         .filter(|d| d.is_dir())
         .collect();
     dirs.sort();

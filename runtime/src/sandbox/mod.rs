@@ -457,7 +457,7 @@ impl Sandbox {
     /// agent's pid of its init process. On failure the shared mounts are removed again.
     pub async fn create_container(&self, req: ContainerRequest) -> Result<i32, SandboxError> {
         let cid = req.id.clone();
-        crate::state::check_id(&cid)?;
+        crate::state::check_container_id(&cid)?;
         let container_dir = self.shared_dir.join(&cid);
         self.with_state(|s| {
             s.add_container(&cid)?;
