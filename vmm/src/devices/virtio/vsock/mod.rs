@@ -58,8 +58,8 @@ pub struct Vsock<B: VsockBackend = Muxer> {
     backend: B,
 }
 
-/// Whether `cid` may be a guest's: 0-2 are reserved, and the device's config space and
-/// the packet headers carry it in 32 bits.
+/// Refuse a `cid` no guest may have: 0-2 are reserved, and ember keeps guest CIDs within
+/// 32 bits.
 fn check_cid(cid: u64) -> Result<(), VsockError> {
     if cid < 3 || cid > u64::from(u32::MAX) {
         return Err(VsockError::ReservedCid(cid));
