@@ -13,9 +13,10 @@
 //! sockets are watched only while there is something to do with them, so a stalled
 //! connection costs no CPU.
 
+use super::backend::{GuestPacket, VsockBackend};
 use super::connection::{Connection, State};
 use super::defs::*;
-use crate::memory::GuestMemory;
+use super::rx::RxQueue;
 use event_manager::{EventOps, Events};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{ErrorKind, Read, Write};
@@ -23,7 +24,6 @@ use std::num::Wrapping;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use virtio_vsock::packet::{VsockPacket, PKT_HEADER_SIZE};
 use vm_memory::bitmap::BitmapSlice;
 use vm_memory::WriteVolatile;
@@ -118,7 +118,7 @@ impl Muxer {
     }
 
     /// Register the listener with the event loop.
-    pub fn init(&mut self, ops: &mut EventOps) {
+    fn watch_listener(&mut self, ops: &mut EventOps) {
         if let Err(e) = ops.add(Events::with_data(
             &self.listener,
             TOKEN_LISTENER,
@@ -126,11 +126,6 @@ impl Muxer {
         )) {
             log::error!("vsock: cannot watch {}: {e}", self.path.display());
         }
-    }
-
-    /// Whether anything waits for RX buffers.
-    pub fn has_rx_work(&self) -> bool {
-        !self.stray_rsts.is_empty() || !self.rx_ready.is_empty()
     }
 
     /// Owe the guest a RST for `key`, a packet that matched no connection.
@@ -154,37 +149,6 @@ impl Muxer {
     fn mark_rx(&mut self, key: ConnKey) {
         if self.rx_ready_set.insert(key) {
             self.rx_ready.push_back(key);
-        }
-    }
-
-    /// Handle readiness of the listener or a host socket.
-    pub fn handle_event(&mut self, token: u32, set: EventSet, ops: &mut EventOps) {
-        if token == TOKEN_LISTENER {
-            self.accept(ops);
-            return;
-        }
-        let fd = token as RawFd;
-        match self.fds.get(&fd) {
-            Some(FdKind::Handshake) => self.read_handshake(fd, ops),
-            Some(FdKind::Conn(key)) => {
-                let key = *key;
-                if set.intersects(
-                    EventSet::IN | EventSet::HANG_UP | EventSet::READ_HANG_UP | EventSet::ERROR,
-                ) {
-                    if let Some(c) = self.conns.get_mut(&key) {
-                        c.readable = true;
-                    }
-                    self.mark_rx(key);
-                }
-                if set.contains(EventSet::OUT) {
-                    self.flush_tx(key);
-                }
-                self.dirty.insert(key);
-            }
-            None => {
-                log::debug!("vsock: event for unknown fd {fd}");
-                self.unwatch(fd, ops);
-            }
         }
     }
 
@@ -248,7 +212,7 @@ impl Muxer {
         self.unwatch(fd, ops);
         if self.listener_paused {
             self.listener_paused = false;
-            self.init(ops);
+            self.watch_listener(ops);
         }
         let Some(peer_port) = port else {
             log::debug!(
@@ -286,65 +250,6 @@ impl Muxer {
                 return p;
             }
         }
-    }
-
-    /// A packet the guest sent (its chain is returned by the caller).
-    pub fn handle_tx<B: BitmapSlice>(&mut self, pkt: &VsockPacket<'_, B>) {
-        if pkt.src_cid() != self.cid || pkt.dst_cid() != HOST_CID {
-            log::debug!(
-                "vsock: dropping packet {}->{}",
-                pkt.src_cid(),
-                pkt.dst_cid()
-            );
-            return;
-        }
-        let key = (pkt.dst_port(), pkt.src_port());
-        if pkt.type_() != TYPE_STREAM {
-            self.queue_stray_rst(key);
-            return;
-        }
-        let Some(conn) = self.conns.get_mut(&key) else {
-            match pkt.op() {
-                op::REQUEST => self.guest_connect(key, pkt.buf_alloc(), pkt.fwd_cnt()),
-                op::RST => {}
-                _ => self.queue_stray_rst(key),
-            }
-            return;
-        };
-        conn.peer_buf_alloc = pkt.buf_alloc();
-        conn.peer_fwd_cnt = Wrapping(pkt.fwd_cnt());
-        match pkt.op() {
-            op::RESPONSE if conn.state == State::Connecting => {
-                conn.state = State::Established;
-                let ok = format!("OK {}\n", conn.local_port);
-                if conn.stream.write_all(ok.as_bytes()).is_err() {
-                    conn.pending.rst = true;
-                }
-            }
-            op::RW if conn.state == State::Established => {
-                if let Some(data) = pkt.data_slice() {
-                    let len = (pkt.len() as usize).min(data.len());
-                    self.guest_data(key, &data.subslice(0, len).expect("len within slice"));
-                }
-            }
-            op::CREDIT_UPDATE => {}
-            op::CREDIT_REQUEST => conn.pending.credit_update = true,
-            op::SHUTDOWN => {
-                conn.peer_shutdown |= pkt.flags() & (SHUTDOWN_RCV | SHUTDOWN_SEND);
-                if conn.peer_shutdown == SHUTDOWN_RCV | SHUTDOWN_SEND {
-                    // Both directions closed: flush what the socket takes and reset.
-                    conn.pending.rst = true;
-                }
-                self.flush_tx(key);
-            }
-            op::RST => {
-                self.guest_reset(key);
-                return;
-            }
-            _ => conn.pending.rst = true, // protocol violation
-        }
-        self.mark_rx(key);
-        self.dirty.insert(key);
     }
 
     fn guest_connect(&mut self, key: ConnKey, buf_alloc: u32, fwd_cnt: u32) {
@@ -461,77 +366,6 @@ impl Muxer {
         self.close(key);
     }
 
-    /// Fill RX buffers with what is owed to the guest; returns how many were used.
-    ///
-    /// Control packets (RST, REQUEST, RESPONSE, a credit update with no data to carry it)
-    /// take one buffer each; data goes through `Muxer::read_batch` (batched `readv` per connection).
-    pub fn fill_rx(&mut self, mem: &GuestMemory, queue: &mut Queue) -> usize {
-        let mut used = 0;
-        loop {
-            let (key, local, peer, op) = if let Some(&(local, peer)) = self.stray_rsts.front() {
-                (None, local, peer, op::RST)
-            } else {
-                let Some(&key) = self.rx_ready.front() else {
-                    break;
-                };
-                let Some(c) = self.conns.get(&key) else {
-                    self.pop_ready();
-                    continue;
-                };
-                let data = c.readable && c.wants_to_read();
-                let p = c.pending;
-                let op = if p.rst {
-                    op::RST
-                } else if p.request {
-                    op::REQUEST
-                } else if p.response {
-                    op::RESPONSE
-                } else if p.credit_update && !data {
-                    op::CREDIT_UPDATE
-                } else if data {
-                    match self.read_batch(mem, queue, key) {
-                        Some(n) => {
-                            used += n;
-                            continue;
-                        }
-                        None => break,
-                    }
-                } else {
-                    // Nothing owed after all: untracked until an event says otherwise.
-                    self.pop_ready();
-                    self.dirty.insert(key);
-                    continue;
-                };
-                (Some(key), c.local_port, c.peer_port, op)
-            };
-            let Some(mut chain) = queue.pop_descriptor_chain(mem) else {
-                self.rx_starved = true;
-                break;
-            };
-            let head = chain.head_index();
-            let len = match VsockPacket::from_rx_virtq_chain(mem, &mut chain, MAX_PKT_DATA) {
-                Ok(mut pkt) => {
-                    self.send_control(&mut pkt, key, local, peer, op);
-                    PKT_HEADER_SIZE as u32
-                }
-                Err(e) => {
-                    // The packet stays owed; this buffer goes back unused.
-                    crate::guest_warn!("vsock: bad RX buffer {head}: {e}");
-                    0
-                }
-            };
-            if let Err(e) = queue.add_used(mem, head, len) {
-                crate::guest_warn!("vsock: cannot return RX buffer {head}: {e}");
-                break;
-            }
-            used += 1;
-        }
-        if used > 0 {
-            self.rx_starved = false;
-        }
-        used
-    }
-
     fn pop_ready(&mut self) {
         if let Some(key) = self.rx_ready.pop_front() {
             self.rx_ready_set.remove(&key);
@@ -577,72 +411,75 @@ impl Muxer {
 
     /// Move data from `key`'s host socket into as many RX buffers as its credit allows,
     /// with one `readv` (one syscall instead of one per 4 KiB buffer). Buffers left over
-    /// go back to the ring. Returns how many buffers were used, or `None` when there is
-    /// no usable RX buffer.
-    fn read_batch(&mut self, mem: &GuestMemory, queue: &mut Queue, key: ConnKey) -> Option<usize> {
+    /// go back to the ring. Returns whether it made progress (`false`: no usable RX
+    /// buffer).
+    fn read_batch(&mut self, rx: &mut RxQueue<'_>, key: ConnKey) -> bool {
         const MAX_BATCH: usize = 64;
         let conn = self.conns.get_mut(&key).expect("ready connection exists");
         let mut credit = conn.peer_credit() as usize;
-        let mut used = 0;
         let mut batch = Vec::with_capacity(MAX_BATCH);
+        let mut iov: Vec<libc::iovec> = Vec::with_capacity(MAX_BATCH);
         while batch.len() < MAX_BATCH && credit > 0 {
-            let Some(mut chain) = queue.pop_descriptor_chain(mem) else {
-                self.rx_starved = true;
+            let Some(buf) = rx.pop() else {
                 break;
             };
-            let head = chain.head_index();
-            match VsockPacket::from_rx_virtq_chain(mem, &mut chain, MAX_PKT_DATA) {
-                Ok(pkt) => {
-                    let room = pkt.data_slice().map_or(0, |d| d.len()).min(credit);
-                    if room == 0 {
-                        // Header-only buffer: not usable for data.
-                        queue.go_to_previous_position();
-                        break;
-                    }
-                    credit -= room;
-                    batch.push((head, pkt, room));
-                }
-                Err(e) if batch.is_empty() => {
-                    crate::guest_warn!("vsock: bad RX buffer {head}: {e}");
-                    let _ = queue.add_used(mem, head, 0);
-                    used += 1;
-                }
-                Err(_) => {
-                    // Leave it for the next round, so the batch's tail stays contiguous.
-                    queue.go_to_previous_position();
-                    break;
-                }
-            }
+            let room = buf.pkt.data_slice().map_or(0, |d| d.len()).min(credit);
+            let Some(data) = buf.pkt.data_slice().filter(|_| room > 0) else {
+                // Header-only buffer: not usable for data.
+                rx.put_back(buf);
+                break;
+            };
+            iov.push(libc::iovec {
+                iov_base: data.ptr_guard_mut().as_ptr().cast(),
+                iov_len: room,
+            });
+            credit -= room;
+            batch.push((buf, room));
         }
         if batch.is_empty() {
             // No usable buffer (none left, or one too small for data): stop for now.
-            return (used > 0).then_some(used);
+            return false;
         }
-        let mut iov: Vec<libc::iovec> = batch
-            .iter()
-            .map(|(_, pkt, room)| {
-                let d = pkt.data_slice().expect("has data room");
-                libc::iovec {
-                    iov_base: d.ptr_guard_mut().as_ptr().cast(),
-                    iov_len: *room,
-                }
-            })
-            .collect();
-        // SAFETY: every iovec points into guest memory that `mem` keeps mapped, within a
-        // descriptor the guest made device-writable, for at most its length.
+        // SAFETY: every iovec points into guest memory that `rx`'s memory keeps mapped,
+        // within a descriptor the guest made device-writable, for at most its length.
         let n = unsafe { libc::readv(conn.stream.as_raw_fd(), iov.as_mut_ptr(), iov.len() as i32) };
+        // Bytes read, or the control packet that takes the first buffer instead.
+        let (mut left, control) = if n > 0 {
+            (n as usize, None)
+        } else if n == 0 {
+            conn.host_eof = true;
+            (0, Some((op::SHUTDOWN, SHUTDOWN_SEND)))
+        } else {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == ErrorKind::WouldBlock {
+                conn.readable = false;
+                (0, None)
+            } else {
+                conn.pending.rst = true;
+                (0, Some((op::RST, 0)))
+            }
+        };
         let mut filled = 0;
-        let result = if n > 0 {
-            let mut left = n as usize;
-            for (head, pkt, room) in batch.iter_mut() {
-                if left == 0 {
-                    break;
-                }
-                let take = left.min(*room);
+        let mut unused = Vec::new();
+        for (mut buf, room) in batch {
+            if let Some((op, flags)) = control.filter(|_| filled == 0) {
+                write_header(
+                    &mut buf.pkt,
+                    self.cid,
+                    conn.local_port,
+                    conn.peer_port,
+                    op,
+                    flags,
+                    conn.fwd_cnt,
+                );
+                rx.complete(buf, PKT_HEADER_SIZE as u32);
+                filled += 1;
+            } else if left > 0 {
+                let take = left.min(room);
                 left -= take;
                 conn.rx_cnt += Wrapping(take as u32);
                 write_header(
-                    pkt,
+                    &mut buf.pkt,
                     self.cid,
                     conn.local_port,
                     conn.peer_port,
@@ -650,47 +487,23 @@ impl Muxer {
                     0,
                     conn.fwd_cnt,
                 );
-                pkt.set_len(take as u32);
-                let _ = queue.add_used(mem, *head, (PKT_HEADER_SIZE + take) as u32);
+                buf.pkt.set_len(take as u32);
+                rx.complete(buf, (PKT_HEADER_SIZE + take) as u32);
                 filled += 1;
-            }
-            None
-        } else if n == 0 {
-            conn.host_eof = true;
-            Some((op::SHUTDOWN, SHUTDOWN_SEND))
-        } else {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == ErrorKind::WouldBlock {
-                conn.readable = false;
-                None
             } else {
-                conn.pending.rst = true;
-                Some((op::RST, 0))
+                unused.push(buf);
             }
-        };
-        if let Some((op, flags)) = result {
-            let (head, pkt, _) = &mut batch[0];
-            write_header(
-                pkt,
-                self.cid,
-                conn.local_port,
-                conn.peer_port,
-                op,
-                flags,
-                conn.fwd_cnt,
-            );
-            let _ = queue.add_used(mem, *head, PKT_HEADER_SIZE as u32);
-            filled = 1;
+        }
+        // Newest first, so each goes back on the ring in its place.
+        for buf in unused.into_iter().rev() {
+            rx.put_back(buf);
         }
         if filled > 0 {
             conn.pending.credit_update = false;
             conn.last_fwd_cnt_sent = conn.fwd_cnt;
         }
-        for _ in filled..batch.len() {
-            queue.go_to_previous_position();
-        }
         let again = conn.pending.any() || (conn.readable && conn.wants_to_read());
-        let rst = conn.pending.rst && result.is_some_and(|(op, _)| op == op::RST);
+        let rst = conn.pending.rst && control.is_some_and(|(op, _)| op == op::RST);
         self.pop_ready();
         if rst {
             self.close(key);
@@ -700,7 +513,7 @@ impl Muxer {
         self.dirty.insert(key);
         // Progress either way: buffers were filled, or (nothing to read) the connection
         // left the ready queue.
-        Some(used + filled)
+        true
     }
 
     /// Forget a connection. Its socket stays open (in `closed`) until `sync_watches` has
@@ -713,8 +526,66 @@ impl Muxer {
         }
     }
 
+    fn watch(&mut self, fd: RawFd, set: EventSet, ops: &mut EventOps) {
+        let events = Events::with_data_raw(fd, fd as u32, set);
+        let result = match self.watched.get(&fd) {
+            Some(cur) if *cur == set => return,
+            Some(_) => ops.modify(events),
+            None => ops.add(events),
+        };
+        match result {
+            Ok(()) => {
+                self.watched.insert(fd, set);
+            }
+            Err(e) => log::warn!("vsock: cannot watch fd {fd}: {e}"),
+        }
+    }
+
+    fn unwatch(&mut self, fd: RawFd, ops: &mut EventOps) {
+        if let Some(set) = self.watched.remove(&fd) {
+            let _ = ops.remove(Events::with_data_raw(fd, fd as u32, set));
+        }
+    }
+}
+
+impl VsockBackend for Muxer {
+    fn init(&mut self, ops: &mut EventOps) {
+        self.watch_listener(ops);
+    }
+
+    /// Handle readiness of the listener or a host socket.
+    fn handle_event(&mut self, token: u32, set: EventSet, ops: &mut EventOps) {
+        if token == TOKEN_LISTENER {
+            self.accept(ops);
+            return;
+        }
+        let fd = token as RawFd;
+        match self.fds.get(&fd) {
+            Some(FdKind::Handshake) => self.read_handshake(fd, ops),
+            Some(FdKind::Conn(key)) => {
+                let key = *key;
+                if set.intersects(
+                    EventSet::IN | EventSet::HANG_UP | EventSet::READ_HANG_UP | EventSet::ERROR,
+                ) {
+                    if let Some(c) = self.conns.get_mut(&key) {
+                        c.readable = true;
+                    }
+                    self.mark_rx(key);
+                }
+                if set.contains(EventSet::OUT) {
+                    self.flush_tx(key);
+                }
+                self.dirty.insert(key);
+            }
+            None => {
+                log::debug!("vsock: event for unknown fd {fd}");
+                self.unwatch(fd, ops);
+            }
+        }
+    }
+
     /// Bring the event loop's watch list in line with what each changed connection needs.
-    pub fn sync_watches(&mut self, ops: &mut EventOps) {
+    fn sync_watches(&mut self, ops: &mut EventOps) {
         for c in std::mem::take(&mut self.closed) {
             self.unwatch(c.stream.as_raw_fd(), ops);
         }
@@ -742,32 +613,130 @@ impl Muxer {
         }
     }
 
+    /// A packet the guest sent (its chain is returned by the caller).
+    fn send_pkt(&mut self, pkt: &GuestPacket<'_>) {
+        if pkt.src_cid() != self.cid || pkt.dst_cid() != HOST_CID {
+            log::debug!(
+                "vsock: dropping packet {}->{}",
+                pkt.src_cid(),
+                pkt.dst_cid()
+            );
+            return;
+        }
+        let key = (pkt.dst_port(), pkt.src_port());
+        if pkt.type_() != TYPE_STREAM {
+            self.queue_stray_rst(key);
+            return;
+        }
+        let Some(conn) = self.conns.get_mut(&key) else {
+            match pkt.op() {
+                op::REQUEST => self.guest_connect(key, pkt.buf_alloc(), pkt.fwd_cnt()),
+                op::RST => {}
+                _ => self.queue_stray_rst(key),
+            }
+            return;
+        };
+        conn.peer_buf_alloc = pkt.buf_alloc();
+        conn.peer_fwd_cnt = Wrapping(pkt.fwd_cnt());
+        match pkt.op() {
+            op::RESPONSE if conn.state == State::Connecting => {
+                conn.state = State::Established;
+                let ok = format!("OK {}\n", conn.local_port);
+                if conn.stream.write_all(ok.as_bytes()).is_err() {
+                    conn.pending.rst = true;
+                }
+            }
+            op::RW if conn.state == State::Established => {
+                if let Some(data) = pkt.data_slice() {
+                    let len = (pkt.len() as usize).min(data.len());
+                    self.guest_data(key, &data.subslice(0, len).expect("len within slice"));
+                }
+            }
+            op::CREDIT_UPDATE => {}
+            op::CREDIT_REQUEST => conn.pending.credit_update = true,
+            op::SHUTDOWN => {
+                conn.peer_shutdown |= pkt.flags() & (SHUTDOWN_RCV | SHUTDOWN_SEND);
+                if conn.peer_shutdown == SHUTDOWN_RCV | SHUTDOWN_SEND {
+                    // Both directions closed: flush what the socket takes and reset.
+                    conn.pending.rst = true;
+                }
+                self.flush_tx(key);
+            }
+            op::RST => {
+                self.guest_reset(key);
+                return;
+            }
+            _ => conn.pending.rst = true, // protocol violation
+        }
+        self.mark_rx(key);
+        self.dirty.insert(key);
+    }
+
+    /// Whether anything waits for RX buffers.
+    fn has_pending_rx(&self) -> bool {
+        !self.stray_rsts.is_empty() || !self.rx_ready.is_empty()
+    }
+
+    /// Fill RX buffers from `rx` with what is owed to the guest.
+    ///
+    /// Control packets (RST, REQUEST, RESPONSE, a credit update with no data to carry it)
+    /// take one buffer each; data goes through `Muxer::read_batch` (batched `readv` per connection).
+    fn recv_pkts(&mut self, rx: &mut RxQueue<'_>) {
+        let used_before = rx.used();
+        loop {
+            let (key, local, peer, op) = if let Some(&(local, peer)) = self.stray_rsts.front() {
+                (None, local, peer, op::RST)
+            } else {
+                let Some(&key) = self.rx_ready.front() else {
+                    break;
+                };
+                let Some(c) = self.conns.get(&key) else {
+                    self.pop_ready();
+                    continue;
+                };
+                let data = c.readable && c.wants_to_read();
+                let p = c.pending;
+                let op = if p.rst {
+                    op::RST
+                } else if p.request {
+                    op::REQUEST
+                } else if p.response {
+                    op::RESPONSE
+                } else if p.credit_update && !data {
+                    op::CREDIT_UPDATE
+                } else if data {
+                    if self.read_batch(rx, key) {
+                        continue;
+                    }
+                    break;
+                } else {
+                    // Nothing owed after all: untracked until an event says otherwise.
+                    self.pop_ready();
+                    self.dirty.insert(key);
+                    continue;
+                };
+                (Some(key), c.local_port, c.peer_port, op)
+            };
+            // A malformed buffer is returned empty by `rx` and the packet stays owed.
+            let Some(mut buf) = rx.pop() else {
+                break;
+            };
+            self.send_control(&mut buf.pkt, key, local, peer, op);
+            rx.complete(buf, PKT_HEADER_SIZE as u32);
+        }
+        if rx.starved() {
+            self.rx_starved = true;
+        }
+        if rx.used() > used_before {
+            self.rx_starved = false;
+        }
+    }
+
     /// The guest refilled its RX queue: sockets we stopped watching may be read again.
-    pub fn rx_refilled(&mut self) {
+    fn rx_refilled(&mut self) {
         self.rx_starved = false;
         let keys: Vec<ConnKey> = self.conns.keys().copied().collect();
         self.dirty.extend(keys);
-    }
-
-    fn watch(&mut self, fd: RawFd, set: EventSet, ops: &mut EventOps) {
-        let events = Events::with_data_raw(fd, fd as u32, set);
-        let result = match self.watched.get(&fd) {
-            Some(cur) if *cur == set => return,
-            Some(_) => ops.modify(events),
-            None => ops.add(events),
-        };
-        match result {
-            Ok(()) => {
-                self.watched.insert(fd, set);
-            }
-            Err(e) => log::warn!("vsock: cannot watch fd {fd}: {e}"),
-        }
-    }
-
-    fn unwatch(&mut self, fd: RawFd, ops: &mut EventOps) {
-        if let Some(set) = self.watched.remove(&fd) {
-            let _ = ops.remove(Events::with_data_raw(fd, fd as u32, set));
-        }
     }
 }
 
@@ -874,7 +843,7 @@ mod tests {
             .set_dst_port(dst_port)
             .set_type(TYPE_STREAM)
             .set_op(op);
-        m.handle_tx(&pkt);
+        m.send_pkt(&pkt);
     }
 
     #[test]
@@ -889,7 +858,7 @@ mod tests {
         }
         assert_eq!(m.stray_rsts.len(), MAX_STRAY_RSTS);
         assert_eq!(m.stray_rst_set.len(), MAX_STRAY_RSTS);
-        assert!(m.has_rx_work());
+        assert!(m.has_pending_rx());
         // The newest are kept (the last packet's key among them).
         let last = 10_000 + 4 * MAX_STRAY_RSTS as u32 - 1;
         assert_eq!(m.stray_rsts.back(), Some(&(6000, last)));
