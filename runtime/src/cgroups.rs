@@ -1,6 +1,8 @@
 //! Host cgroups of a sandbox: the parent `/ember/<sandbox>` under which the agent (process
-//! backend) creates each container's cgroup, and its removal in every hierarchy (cgroup v1
-//! controllers, the v2 unified tree, or both on hybrid hosts).
+//! backend) creates each container's cgroup, its removal in every hierarchy (cgroup v1
+//! controllers, the v2 unified tree, or both on hybrid hosts), and moving a host process
+//! into a container's cgroup and back ([`join`]: the OCI command line's holder process,
+//! whose cgroup is where containerd's runc shim and conmon read stats and OOM events).
 
 use std::path::{Path, PathBuf};
 
@@ -10,6 +12,14 @@ pub enum CgroupError {
     /// A cgroup directory could not be removed (usually: processes still in it).
     #[error("cannot remove cgroup {path}: {source}")]
     Remove {
+        /// The cgroup directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A process could not be moved into a cgroup.
+    #[error("cannot move a process into cgroup {path}: {source}")]
+    Join {
         /// The cgroup directory.
         path: PathBuf,
         /// Why.
@@ -61,6 +71,90 @@ pub fn remove(path: &str) -> Result<(), CgroupError> {
     Ok(())
 }
 
+/// Where a process was before [`join`] moved it, per hierarchy, for [`Joined::leave`].
+#[derive(Debug, Default)]
+pub struct Joined {
+    pid: u32,
+    back: Vec<PathBuf>,
+}
+
+impl Joined {
+    /// The cgroup directories the process was moved into.
+    pub fn count(&self) -> usize {
+        self.back.len()
+    }
+
+    /// Moves the process back where it was, in every hierarchy [`join`] moved it in
+    /// (so that the cgroup it joined can be removed). Returns what failed.
+    pub fn leave(self) -> Vec<CgroupError> {
+        self.back
+            .iter()
+            .filter_map(|dir| write_pid(dir, self.pid).err())
+            .collect()
+    }
+}
+
+/// Moves process `pid` (with all its threads) into cgroup `path` in every hierarchy where
+/// that cgroup exists, and returns where it was (the root of a hierarchy when its line in
+/// `/proc/<pid>/cgroup` cannot be placed under the mount) with what failed.
+pub fn join(path: &str, pid: u32) -> (Joined, Vec<CgroupError>) {
+    let rel = path.trim_start_matches('/');
+    let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    let mounts = ember_sys::mountinfo::read(Path::new("/proc/self/mountinfo")).unwrap_or_default();
+    let mut joined = Joined {
+        pid,
+        back: Vec::new(),
+    };
+    let mut failed = Vec::new();
+    let mut seen = Vec::new();
+    for m in mounts
+        .iter()
+        .filter(|m| m.fstype == "cgroup" || m.fstype == "cgroup2")
+    {
+        if seen.contains(&m.mount_point) {
+            continue;
+        }
+        seen.push(m.mount_point.clone());
+        let dir = m.mount_point.join(rel);
+        if !dir.is_dir() {
+            continue;
+        }
+        let was = current_dir(m, &own).unwrap_or_else(|| m.mount_point.clone());
+        match write_pid(&dir, pid) {
+            Ok(()) => joined.back.push(was),
+            Err(e) => failed.push(e),
+        }
+    }
+    (joined, failed)
+}
+
+/// The directory, under mount `m` of a cgroup hierarchy, of the cgroup that
+/// `/proc/<pid>/cgroup` text `own` places the process in for that hierarchy.
+pub fn current_dir(m: &ember_sys::mountinfo::Mount, own: &str) -> Option<PathBuf> {
+    let options: Vec<&str> = m.super_options.split(',').collect();
+    own.lines().find_map(|line| {
+        let mut parts = line.splitn(3, ':');
+        let (id, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let ours = if m.fstype == "cgroup2" {
+            id == "0" && controllers.is_empty()
+        } else {
+            !controllers.is_empty() && controllers.split(',').all(|c| options.contains(&c))
+        };
+        if !ours {
+            return None;
+        }
+        let rel = Path::new(path).strip_prefix(&m.root).ok()?;
+        Some(m.mount_point.join(rel))
+    })
+}
+
+fn write_pid(dir: &Path, pid: u32) -> Result<(), CgroupError> {
+    std::fs::write(dir.join("cgroup.procs"), pid.to_string()).map_err(|source| CgroupError::Join {
+        path: dir.to_path_buf(),
+        source,
+    })
+}
+
 fn collect_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
     out.push(dir.to_path_buf());
     if let Ok(entries) = std::fs::read_dir(dir) {
@@ -98,6 +192,77 @@ fn remove_one(dir: &Path) -> Result<(), CgroupError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_is_placed_in_the_hierarchy_its_controllers_name() {
+        let mount = |line: &str| ember_sys::mountinfo::parse_line(line).unwrap();
+        let own = "12:memory:/docker/abc\n4:cpu,cpuacct:/system.slice/x\n1:name=systemd:/init.scope\n0::/user.slice\n";
+        let mem = mount("35 25 0:30 / /sys/fs/cgroup/memory rw,nosuid - cgroup cgroup rw,memory");
+        assert_eq!(
+            current_dir(&mem, own),
+            Some(PathBuf::from("/sys/fs/cgroup/memory/docker/abc"))
+        );
+        let cpu =
+            mount("36 25 0:31 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct");
+        assert_eq!(
+            current_dir(&cpu, own),
+            Some(PathBuf::from("/sys/fs/cgroup/cpu,cpuacct/system.slice/x"))
+        );
+        let sysd =
+            mount("30 25 0:26 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,xattr,name=systemd");
+        assert_eq!(
+            current_dir(&sysd, own),
+            Some(PathBuf::from("/sys/fs/cgroup/systemd/init.scope"))
+        );
+        let v2 = mount("29 25 0:25 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw,nsdelegate");
+        assert_eq!(
+            current_dir(&v2, own),
+            Some(PathBuf::from("/sys/fs/cgroup/unified/user.slice"))
+        );
+        // A hierarchy whose controllers the process has no line for, and a mount of a
+        // subtree the process is outside of.
+        let pids = mount("37 25 0:32 / /sys/fs/cgroup/pids rw - cgroup cgroup rw,pids");
+        assert_eq!(current_dir(&pids, own), None);
+        let sub = mount("38 25 0:30 /kubepods /mnt/mem rw - cgroup cgroup rw,memory");
+        assert_eq!(current_dir(&sub, own), None);
+    }
+
+    #[test]
+    fn a_joined_process_is_in_the_cgroup_and_leaves_it_for_where_it_was() {
+        if !ember_tests::require_root(
+            "a_joined_process_is_in_the_cgroup_and_leaves_it_for_where_it_was",
+            "cgroup directories",
+        ) {
+            return;
+        }
+        let path = format!("/ember-test-join-{}/c1", std::process::id());
+        let made: Vec<PathBuf> = hierarchies()
+            .iter()
+            .map(|h| h.join(path.trim_start_matches('/')))
+            .filter(|d| std::fs::create_dir_all(d).is_ok())
+            .collect();
+        assert!(!made.is_empty(), "no cgroup could be made");
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let before = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        let (joined, failed) = join(&path, pid);
+        let during = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        let left = joined.count();
+        let failed_leave = joined.leave();
+        let after = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        let top = path.rsplit_once('/').unwrap().0.to_string();
+        remove(&top).unwrap();
+        // cpuset (v1) refuses tasks until its cpus and mems are set: that one may fail.
+        assert!(left >= 1, "joined nothing; failures: {failed:?}");
+        assert!(during.contains(&path), "{during}");
+        assert!(failed_leave.is_empty(), "{failed_leave:?}");
+        assert_eq!(after, before);
+    }
 
     #[test]
     fn finds_a_hierarchy_and_removes_nested_cgroups() {

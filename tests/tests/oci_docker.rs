@@ -300,6 +300,13 @@ fn docker_detached_logs_exec_top_stop() {
         vec![(64 * 1024 * 1024).to_string()],
         "the container's memory limit"
     );
+    // docker stats: the runc shim reads the cgroup of the pid file's process (the holder),
+    // which sits in the container's cgroup, so the limit shown is the container's.
+    let out = d.docker(&["stats", "--no-stream", "--format", "{{.MemUsage}}", &name]);
+    assert_runs(&d, &out, 0);
+    let usage = text(&out.stdout);
+    assert!(usage.trim().ends_with("/ 64MiB"), "docker stats: {usage:?}");
+    assert!(!usage.starts_with("0B"), "docker stats: {usage:?}");
     let out = d.docker(&["exec", &name, "sh", "-c", "echo exec-hi; exit 4"]);
     assert_runs(&d, &out, 4);
     assert_eq!(text(&out.stdout), "exec-hi\n");
@@ -311,12 +318,52 @@ fn docker_detached_logs_exec_top_stop() {
         "{}",
         text(&out.stdout)
     );
+    assert!(
+        !text(&out.stdout).contains("ember-oci"),
+        "the holder is not one of the container's processes: {}",
+        text(&out.stdout)
+    );
     // docker stop: SIGTERM through `ember-oci kill`, which the trap answers.
     let out = d.docker(&["stop", "-t", "20", &name]);
     assert_runs(&d, &out, 0);
     let out = d.docker(&["inspect", "-f", "{{.State.ExitCode}}", &name]);
     assert_eq!(text(&out.stdout).trim(), "0", "{}", text(&out.stderr));
     assert!(text(&d.docker(&["logs", &name]).stdout).contains("got-term"));
+    let out = d.docker(&["rm", &name]);
+    assert_runs(&d, &out, 0);
+    d.assert_nothing_left();
+}
+
+#[test]
+fn docker_reports_an_oom_kill() {
+    let Some(d) = Docker::start("docker_reports_an_oom_kill", "o") else {
+        return;
+    };
+    let name = format!("oom-{}", std::process::id());
+    // The shell keeps the whole substitution in memory: far past the 32 MiB limit.
+    let out = d.docker(&[
+        "run",
+        "--name",
+        &name,
+        "--runtime",
+        "ember",
+        "--network",
+        "none",
+        "--memory",
+        "32m",
+        "--memory-swap",
+        "32m",
+        IMAGE,
+        "sh",
+        "-c",
+        "x=$(head -c 300000000 /dev/zero | tr '\\0' a); echo survived",
+    ]);
+    assert!(!text(&out.stdout).contains("survived"), "{}", text(&out.stdout));
+    assert_eq!(out.status.code(), Some(137), "{}", text(&out.stderr));
+    // containerd's runc shim watches the OOM events of the holder's cgroup: the
+    // container's, so Docker learns of the OOM kill.
+    let out = d.docker(&["inspect", "-f", "{{.State.OOMKilled}}", &name]);
+    assert_eq!(text(&out.stdout).trim(), "true", "{}", text(&out.stderr));
     let out = d.docker(&["rm", &name]);
     assert_runs(&d, &out, 0);
     d.assert_nothing_left();

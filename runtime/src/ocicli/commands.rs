@@ -242,16 +242,13 @@ pub fn pids(store: &Store, id: &str) -> Result<Vec<i32>, OciCliError> {
 }
 
 /// The host pids of a container's processes: on the `process` backend those of its host
-/// cgroup (`/ember/<id>/<id>`); in a microVM the holder's pid stands for them.
+/// cgroup (`/ember/<id>/<id>`) but the holder's; in a microVM the holder's pid stands for
+/// them.
 pub fn host_pids(record: &Record) -> Vec<i32> {
     if record.backend != "process" {
         return record.holder.iter().map(|h| h.pid).collect();
     }
-    let cgroup = format!(
-        "{}/{}",
-        crate::cgroups::sandbox_parent(&record.sandbox_id),
-        record.id
-    );
+    let cgroup = super::holder::container_cgroup(record);
     let mut pids = Vec::new();
     for dir in crate::cgroups::existing(&cgroup) {
         collect_procs(&dir, &mut pids);
@@ -259,6 +256,9 @@ pub fn host_pids(record: &Record) -> Vec<i32> {
             break;
         }
     }
+    // The holder sits in the container's cgroup too; it is not one of its processes.
+    let holder = record.holder.as_ref().map(|h| h.pid);
+    pids.retain(|p| Some(*p) != holder);
     pids.sort_unstable();
     pids.dedup();
     pids

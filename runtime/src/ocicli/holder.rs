@@ -208,7 +208,23 @@ async fn hold(
             return 1;
         }
     };
-    let result = run_init(ready, dir, record, spec, parts.console_socket, &sb).await;
+    let mut cgroup = None;
+    let result = run_init(
+        ready,
+        dir,
+        record,
+        spec,
+        parts.console_socket,
+        &sb,
+        &mut cgroup,
+    )
+    .await;
+    if let Some(joined) = cgroup {
+        // Out of the container's cgroup, or it could not be removed.
+        for e in joined.leave() {
+            warn!("container={id}: {e}");
+        }
+    }
     if let Err(e) = &result {
         if !ready.sent() {
             ready.fail(&e.to_string());
@@ -234,6 +250,7 @@ async fn run_init(
     spec: BundleSpec,
     console_socket: Option<PathBuf>,
     sb: &Sandbox,
+    cgroup: &mut Option<crate::cgroups::Joined>,
 ) -> Result<i32, OciCliError> {
     let id = record.id.clone();
     let terminal = spec.terminal();
@@ -254,6 +271,9 @@ async fn run_init(
         stdio: streams.clone(),
     })
     .await?;
+    if record.backend == "process" {
+        *cgroup = Some(join_container_cgroup(&record));
+    }
     let io = match (terminal, console_socket) {
         (true, Some(socket)) => {
             let pty = console::open_pty()?;
@@ -308,4 +328,39 @@ async fn run_init(
         .map_err(|e| OciCliError::Holder(format!("lock: {e}")))??;
     dir.save_exit(ExitRecord { status })?;
     Ok(status)
+}
+
+/// The oom_score_adj of a holder in its container's cgroup: the kernel's OOM killer picks
+/// the container's processes, not the holder (which would end the container for the
+/// caller without an OOM of its own).
+const HOLDER_OOM_SCORE_ADJ: &str = "-998";
+
+/// Moves the holder into its container's host cgroup (`process` backend): containerd's
+/// runc shim and conmon find a container's cgroup through the pid in the pid file, so
+/// `docker stats`, its memory limit and OOM events are the container's. The holder's
+/// own OOM score is lowered first.
+fn join_container_cgroup(record: &Record) -> crate::cgroups::Joined {
+    let id = &record.id;
+    if let Err(e) = std::fs::write("/proc/self/oom_score_adj", HOLDER_OOM_SCORE_ADJ) {
+        warn!("container={id}: oom_score_adj {HOLDER_OOM_SCORE_ADJ}: {e}");
+    }
+    let path = container_cgroup(record);
+    let (joined, failed) = crate::cgroups::join(&path, std::process::id());
+    for e in failed {
+        warn!("container={id}: {e}");
+    }
+    info!(
+        "container={id}: holder in cgroup {path} ({} hierarchies)",
+        joined.count()
+    );
+    joined
+}
+
+/// The host cgroup of a `process`-backend container (`/ember/<sandbox>/<id>`).
+pub fn container_cgroup(record: &Record) -> String {
+    format!(
+        "{}/{}",
+        crate::cgroups::sandbox_parent(&record.sandbox_id),
+        record.id
+    )
 }
