@@ -60,8 +60,8 @@ impl Containers {
             Vec::new()
         } else {
             // A block storage may wait for its disk to show a capacity: off the async threads.
-            let storages = storages.to_vec();
-            blocking(move || storage::mount_all(&storages)).await?
+            let (sys, storages) = (self.sys.clone(), storages.to_vec());
+            blocking(move || storage::mount_all(&*sys, &storages)).await?
         };
         let bundle = self.bundles.join(id);
         let result = async {
@@ -100,7 +100,7 @@ impl Containers {
                 }
                 let _ = std::fs::remove_dir_all(&dir);
                 let _ = std::fs::remove_dir_all(&bundle);
-                storage::unmount_all(&mounted);
+                storage::unmount_all(&*self.sys, &mounted);
                 return Err(e);
             }
         };

@@ -33,6 +33,7 @@ use crate::spawn::{self, SpawnError, Spawner};
 use crate::spec::SpecError;
 use crate::stdio::{ProcessStdio, StdioError, StreamRegistry};
 use crate::storage::{Mounted, StorageError};
+use crate::syscall::Syscall;
 use crate::tty::TtyError;
 
 use self::spare::{SpareBundles, SPARES_DIR};
@@ -159,6 +160,8 @@ pub struct StreamIds {
 /// The container table.
 pub struct Containers {
     log: Logger,
+    /// Mounts and unmounts the containers' storages.
+    sys: Arc<dyn Syscall>,
     reaper: Reaper,
     spawner: Spawner,
     streams: StreamRegistry,
@@ -200,9 +203,10 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 }
 
 impl Containers {
-    /// A table keeping its state under `state_dir`.
+    /// A table keeping its state under `state_dir`, making its system calls through `sys`.
     pub fn new(
         log: Logger,
+        sys: Arc<dyn Syscall>,
         reaper: Reaper,
         streams: StreamRegistry,
         state_dir: &Path,
@@ -220,6 +224,7 @@ impl Containers {
         let (oom_tx, oom_rx) = mpsc::unbounded_channel();
         Ok(Containers {
             log,
+            sys,
             spawner: Spawner::new(reaper.clone()),
             reaper,
             streams,

@@ -140,7 +140,7 @@ impl Containers {
         for p in c.execs.values() {
             self.streams.release(&p.stdio.ids);
         }
-        storage::unmount_all(&c.storages);
+        storage::unmount_all(&*self.sys, &c.storages);
         recycle_bundle(&self.spares, &self.bundles, &c.bundle);
         info!(self.log, "container removed"; "container" => id);
         Ok(())
@@ -171,7 +171,7 @@ impl Containers {
         for p in c.execs.values() {
             self.streams.release(&p.stdio.ids);
         }
-        storage::unmount_all(&c.storages);
+        storage::unmount_all(&*self.sys, &c.storages);
         // Its pipes and terminal close now, as with a synchronous removal.
         let Container { cgroup, bundle, .. } = c;
         let (log, cleanups, spares, bundles) = (
