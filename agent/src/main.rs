@@ -23,6 +23,7 @@ mod spawn;
 mod spec;
 mod stdio;
 mod storage;
+mod syscall;
 mod tty;
 
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
@@ -210,9 +211,10 @@ fn serve_streams(listener: Listener, streams: stdio::StreamRegistry, log: Logger
 async fn serve(cli: Cli, log: Logger) -> Result<(), AgentError> {
     let mode = cli.init.resolve();
     let pid1 = mode == pid1::InitMode::Vm;
+    let sys: Arc<dyn syscall::Syscall> = Arc::new(syscall::Real);
     match mode {
-        pid1::InitMode::Vm => pid1::setup(&log)?,
-        pid1::InitMode::Namespace => pid1::setup_namespace(&log)?,
+        pid1::InitMode::Vm => pid1::setup(&*sys, &log)?,
+        pid1::InitMode::Namespace => pid1::setup_namespace(&*sys, &log)?,
         _ => {}
     }
     let addr: Address = match &cli.listen {
@@ -224,15 +226,19 @@ async fn serve(cli: Cli, log: Logger) -> Result<(), AgentError> {
     };
     let reaper = reaper::Reaper::start()?;
     let streams = stdio::StreamRegistry::default();
-    let containers =
-        container::Containers::new(log.clone(), reaper, streams.clone(), &cli.state_dir).map_err(
-            |source| AgentError::StateDir {
-                path: cli.state_dir.clone(),
-                source,
-            },
-        )?;
+    let containers = container::Containers::new(
+        log.clone(),
+        sys.clone(),
+        reaper,
+        streams.clone(),
+        &cli.state_dir,
+    )
+    .map_err(|source| AgentError::StateDir {
+        path: cli.state_dir.clone(),
+        source,
+    })?;
     let containers = Arc::new(containers);
-    let sandbox = sandbox::Sandbox::new(cli.state_dir.join("sandbox"));
+    let sandbox = sandbox::Sandbox::new(cli.state_dir.join("sandbox"), sys);
     let svc = service::AgentService::new(log.clone(), containers.clone(), sandbox);
 
     let stdio_addr = addr.stdio_address();

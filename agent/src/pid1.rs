@@ -1,16 +1,17 @@
 //! PID-1 duties in the guest: a root that containers can pivot_root(2) away from, the
 //! pseudo filesystems, loopback, and the agent port from the kernel command line. Zombie
 //! reaping is [`crate::reaper`]'s job (PID 1 adopts every orphan). None of this runs when
-//! the agent is an ordinary host process.
+//! the agent is an ordinary host process. Every system call goes through
+//! [`crate::syscall::Syscall`].
 
-use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use nix::errno::Errno;
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::mount::{MntFlags, MsFlags};
 use nix::sys::stat::Mode;
-use nix::unistd::{chdir, chroot, mkdir};
 use slog::{info, warn, Logger};
+
+use crate::syscall::Syscall;
 
 /// The kernel command line parameter naming the agent's vsock port.
 pub const PORT_PARAM: &str = "ember.agent_port=";
@@ -166,29 +167,34 @@ pub fn root_mount(mountinfo: &str) -> Option<RootMount> {
         })
 }
 
+/// The mode of the mount points [`setup`] creates (as `mkdir -p` makes them, less the umask).
+const MOUNT_POINT_MODE: Mode = Mode::S_IRWXU.union(Mode::S_IRWXG).union(Mode::S_IRWXO);
+
 /// This thread's mount table. Without /proc yet (the guest's init starts with nothing
 /// mounted), /proc is mounted for the read and unmounted again, so that nothing is mounted
 /// on the initial rootfs before [`leave_initial_rootfs`] may move it.
-fn read_mountinfo() -> Result<String, Pid1Error> {
-    if let Ok(text) = std::fs::read_to_string(MOUNTINFO) {
+fn read_mountinfo(sys: &dyn Syscall) -> Result<String, Pid1Error> {
+    if let Ok(text) = sys.read_to_string(Path::new(MOUNTINFO)) {
         return Ok(text);
     }
-    let _ = std::fs::create_dir_all("/proc");
-    mount(
-        Some("proc"),
-        "/proc",
+    let _ = sys.mkdir(Path::new("/proc"), MOUNT_POINT_MODE);
+    sys.mount(
+        Some(Path::new("proc")),
+        Path::new("/proc"),
         Some("proc"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        None::<&str>,
+        None,
     )
     .map_err(|errno| Pid1Error::Mount {
         fstype: "proc",
         target: "/proc",
         errno,
     })?;
-    let text = std::fs::read_to_string(MOUNTINFO).map_err(Pid1Error::Mountinfo);
+    let text = sys
+        .read_to_string(Path::new(MOUNTINFO))
+        .map_err(Pid1Error::Mountinfo);
     // Should it stay, the bind of the root below takes it along (MS_REC): harmless.
-    let _ = umount2("/proc", MntFlags::MNT_DETACH);
+    let _ = sys.umount2(Path::new("/proc"), MntFlags::MNT_DETACH);
     text
 }
 
@@ -204,38 +210,39 @@ fn read_mountinfo() -> Result<String, Pid1Error> {
 /// namespaces copy this layout) and they keep its isolation (no chroot fallback). `dir` is
 /// an absolute path to a directory that may be created on the current root; it is removed
 /// again.
-fn move_root_onto_bind_mount(dir: &Path) -> Result<(), Pid1Error> {
+fn move_root_onto_bind_mount(sys: &dyn Syscall, dir: &Path) -> Result<(), Pid1Error> {
     let at = |step: &'static str| move |errno| Pid1Error::MoveRoot { step, errno };
+    let root = Path::new("/");
     // MS_MOVE refuses a mount whose parent is shared. The initial rootfs is private unless
     // something made it shared; this makes sure.
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
+    sys.mount(
+        None,
+        root,
+        None,
         MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
+        None,
     )
     .map_err(at("mount --make-rprivate /"))?;
-    match mkdir(dir, Mode::S_IRWXU) {
+    match sys.mkdir(dir, Mode::S_IRWXU) {
         Ok(()) | Err(Errno::EEXIST) => {}
         Err(errno) => return Err(at("mkdir")(errno)),
     }
     // MS_REC takes along whatever is already mounted below `/`.
-    mount(
-        Some("/"),
+    sys.mount(
+        Some(root),
         dir,
-        None::<&str>,
+        None,
         MsFlags::MS_BIND | MsFlags::MS_REC,
-        None::<&str>,
+        None,
     )
     .map_err(at("mount --rbind / <dir>"))?;
-    chdir(dir).map_err(at("chdir <dir>"))?;
-    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+    sys.chdir(dir).map_err(at("chdir <dir>"))?;
+    sys.mount(Some(Path::new(".")), root, None, MsFlags::MS_MOVE, None)
         .map_err(at("mount --move . /"))?;
-    chroot(".").map_err(at("chroot ."))?;
-    chdir("/").map_err(at("chdir /"))?;
+    sys.chroot(Path::new(".")).map_err(at("chroot ."))?;
+    sys.chdir(root).map_err(at("chdir /"))?;
     // Nothing is mounted on it any more: an empty directory of the (shared) rootfs.
-    let _ = std::fs::remove_dir(dir);
+    let _ = sys.rmdir(dir);
     Ok(())
 }
 
@@ -243,11 +250,11 @@ fn move_root_onto_bind_mount(dir: &Path) -> Result<(), Pid1Error> {
 /// moves it onto a bind mount of itself ([`move_root_onto_bind_mount`]) so that containers
 /// can pivot_root. A root on a disk (hypervisor.image) or virtio-fs already has a parent
 /// and is left alone. Runs before anything else is mounted.
-fn leave_initial_rootfs(log: &Logger) -> Result<(), Pid1Error> {
-    let mountinfo = read_mountinfo()?;
+fn leave_initial_rootfs(sys: &dyn Syscall, log: &Logger) -> Result<(), Pid1Error> {
+    let mountinfo = read_mountinfo(sys)?;
     match root_mount(&mountinfo) {
         Some(root) if root.is_initial_rootfs() => {
-            move_root_onto_bind_mount(Path::new(NEW_ROOT_DIR))?;
+            move_root_onto_bind_mount(sys, Path::new(NEW_ROOT_DIR))?;
             info!(log, "/ was the initial rootfs (initramfs), on which pivot_root(2) fails: moved it onto a bind mount of itself, so containers can pivot_root";
                 "fstype" => root.fstype, "mount_id" => root.id);
         }
@@ -261,12 +268,20 @@ fn leave_initial_rootfs(log: &Logger) -> Result<(), Pid1Error> {
 }
 
 /// Gives `/` a parent mount when it is the initial rootfs ([`leave_initial_rootfs`]), mounts
-/// the pseudo filesystems (already-mounted ones are left alone) and brings up `lo`.
-pub fn setup(log: &Logger) -> Result<(), Pid1Error> {
-    leave_initial_rootfs(log)?;
+/// the pseudo filesystems (already-mounted ones are left alone) and brings up `lo`. The
+/// mount points are made one level each: their parents are `/` or a filesystem mounted
+/// just before.
+pub fn setup(sys: &dyn Syscall, log: &Logger) -> Result<(), Pid1Error> {
+    leave_initial_rootfs(sys, log)?;
     for (source, target, fstype, flags, data) in MOUNTS {
-        let _ = std::fs::create_dir_all(target);
-        match mount(Some(*source), *target, Some(*fstype), *flags, *data) {
+        let _ = sys.mkdir(Path::new(target), MOUNT_POINT_MODE);
+        match sys.mount(
+            Some(Path::new(source)),
+            Path::new(target),
+            Some(fstype),
+            *flags,
+            *data,
+        ) {
             Ok(()) => info!(log, "mounted"; "fstype" => fstype, "target" => target),
             Err(Errno::EBUSY) => {}
             Err(errno) => {
@@ -278,10 +293,9 @@ pub fn setup(log: &Logger) -> Result<(), Pid1Error> {
             }
         }
     }
-    if !Path::new("/dev/ptmx").exists() {
-        let _ = std::os::unix::fs::symlink("pts/ptmx", "/dev/ptmx");
-    }
-    if let Err(e) = loopback_up() {
+    // Only where devtmpfs has no /dev/ptmx: the link fails with EEXIST otherwise.
+    let _ = sys.symlink(Path::new("pts/ptmx"), Path::new("/dev/ptmx"));
+    if let Err(e) = sys.set_link_up("lo").map_err(Pid1Error::Loopback) {
         warn!(log, "loopback setup failed"; "error" => %e);
         return Err(e);
     }
@@ -317,26 +331,26 @@ impl InitMode {
 }
 
 /// Setup of [`InitMode::Namespace`].
-pub fn setup_namespace(log: &Logger) -> Result<(), Pid1Error> {
+pub fn setup_namespace(sys: &dyn Syscall, log: &Logger) -> Result<(), Pid1Error> {
     let err = |target, fstype, errno| Pid1Error::Mount {
         fstype,
         target,
         errno,
     };
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
+    sys.mount(
+        None,
+        Path::new("/"),
+        None,
         MsFlags::MS_REC | MsFlags::MS_SLAVE,
-        None::<&str>,
+        None,
     )
     .map_err(|e| err("/", "(propagation rslave)", e))?;
-    mount(
-        Some("proc"),
-        "/proc",
+    sys.mount(
+        Some(Path::new("proc")),
+        Path::new("/proc"),
         Some("proc"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        None::<&str>,
+        None,
     )
     .map_err(|e| err("/proc", "proc", e))?;
     info!(
@@ -346,35 +360,252 @@ pub fn setup_namespace(log: &Logger) -> Result<(), Pid1Error> {
     Ok(())
 }
 
-/// Sets IFF_UP on `lo`.
-pub fn loopback_up() -> Result<(), Pid1Error> {
-    let sock = nix::sys::socket::socket(
-        nix::sys::socket::AddressFamily::Inet,
-        nix::sys::socket::SockType::Datagram,
-        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .map_err(|e| Pid1Error::Loopback(e.into()))?;
-    // SAFETY: ifreq is plain old data; the ioctls read and write it in place.
-    unsafe {
-        let mut req: libc::ifreq = std::mem::zeroed();
-        for (i, b) in b"lo\0".iter().enumerate() {
-            req.ifr_name[i] = *b as libc::c_char;
-        }
-        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
-            return Err(Pid1Error::Loopback(std::io::Error::last_os_error()));
-        }
-        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
-            return Err(Pid1Error::Loopback(std::io::Error::last_os_error()));
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
+    use std::os::fd::AsRawFd;
+
+    use nix::mount::mount;
+    use nix::unistd::{chdir, chroot};
+
     use super::*;
+    use crate::syscall::{Call, Real, Recorder};
+
+    fn logger() -> Logger {
+        Logger::root(slog::Discard, slog::o!())
+    }
+
+    /// A mountinfo text whose root is on a disk (it has a parent mount).
+    const DISK_ROOT: &str = "20 1 254:0 / / ro,relatime - ext4 /dev/vda ro\n";
+    /// The guest booted from the initramfs, /proc mounted for the read.
+    const INITRAMFS_ROOT: &str = "1 1 0:2 / / rw - rootfs rootfs rw\n\
+                                  14 1 0:20 / /proc rw,nosuid,nodev,noexec - proc proc rw\n";
+
+    const NOSUID_NODEV_NOEXEC: MsFlags = MsFlags::MS_NOSUID
+        .union(MsFlags::MS_NODEV)
+        .union(MsFlags::MS_NOEXEC);
+
+    /// The pseudo filesystem mounts of [`setup`], in order.
+    fn pseudo_mounts() -> Vec<Call> {
+        vec![
+            Call::mount(
+                Some("proc"),
+                "/proc",
+                Some("proc"),
+                NOSUID_NODEV_NOEXEC,
+                None,
+            ),
+            Call::mount(
+                Some("sysfs"),
+                "/sys",
+                Some("sysfs"),
+                NOSUID_NODEV_NOEXEC,
+                None,
+            ),
+            Call::mount(
+                Some("devtmpfs"),
+                "/dev",
+                Some("devtmpfs"),
+                MsFlags::MS_NOSUID,
+                Some("mode=0755"),
+            ),
+            Call::mount(
+                Some("devpts"),
+                "/dev/pts",
+                Some("devpts"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+                Some("newinstance,ptmxmode=0666,mode=0620"),
+            ),
+            Call::mount(
+                Some("shm"),
+                "/dev/shm",
+                Some("tmpfs"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                Some("mode=1777"),
+            ),
+            Call::mount(
+                Some("tmpfs"),
+                "/run",
+                Some("tmpfs"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                Some("mode=0755"),
+            ),
+            Call::mount(
+                Some("cgroup2"),
+                "/sys/fs/cgroup",
+                Some("cgroup2"),
+                NOSUID_NODEV_NOEXEC,
+                None,
+            ),
+        ]
+    }
+
+    #[test]
+    fn setup_mounts_the_pseudo_filesystems_in_order_then_brings_up_lo() {
+        let sys = Recorder::new();
+        sys.answer_read(MOUNTINFO, Ok(DISK_ROOT.into()));
+        setup(&sys, &logger()).unwrap();
+        let mut expected = vec![Call::Read(MOUNTINFO.into())];
+        for m in pseudo_mounts() {
+            let target = m.path().unwrap().to_path_buf();
+            expected.push(Call::Mkdir(target, MOUNT_POINT_MODE));
+            expected.push(m);
+        }
+        expected.push(Call::Symlink("pts/ptmx".into(), "/dev/ptmx".into()));
+        expected.push(Call::LinkUp("lo".into()));
+        assert_eq!(sys.calls(), expected);
+    }
+
+    #[test]
+    fn setup_leaves_an_already_mounted_filesystem_alone() {
+        let sys = Recorder::new();
+        sys.answer_read(MOUNTINFO, Ok(DISK_ROOT.into()));
+        sys.fail_when(|c| c.path() == Some(Path::new("/sys")), Errno::EBUSY);
+        setup(&sys, &logger()).unwrap();
+        assert_eq!(sys.mounts(), pseudo_mounts(), "every mount is still tried");
+        assert_eq!(sys.calls().last(), Some(&Call::LinkUp("lo".into())));
+    }
+
+    #[test]
+    fn a_failing_mount_stops_setup_and_names_it() {
+        let sys = Recorder::new();
+        sys.answer_read(MOUNTINFO, Ok(DISK_ROOT.into()));
+        sys.fail_when(
+            |c| matches!(c, Call::Mount { target, .. } if target == Path::new("/dev/pts")),
+            Errno::EPERM,
+        );
+        let e = setup(&sys, &logger()).unwrap_err().to_string();
+        assert!(
+            e.contains("devpts") && e.contains("/dev/pts") && e.contains("EPERM"),
+            "{e}"
+        );
+        // Nothing after it: no /dev/shm, no loopback.
+        assert_eq!(sys.mounts(), pseudo_mounts()[..4]);
+        assert!(!sys.calls().contains(&Call::LinkUp("lo".into())));
+    }
+
+    #[test]
+    fn a_failing_loopback_fails_setup() {
+        let sys = Recorder::new();
+        sys.answer_read(MOUNTINFO, Ok(DISK_ROOT.into()));
+        sys.fail_when(|c| matches!(c, Call::LinkUp(_)), Errno::ENODEV);
+        let e = setup(&sys, &logger()).unwrap_err().to_string();
+        assert!(e.contains("loopback interface lo"), "{e}");
+    }
+
+    #[test]
+    fn the_initramfs_root_moves_onto_a_bind_of_itself_before_anything_is_mounted() {
+        let sys = Recorder::new();
+        // No /proc yet: the first read fails, the one after mounting /proc works.
+        sys.answer_read(MOUNTINFO, Err(std::io::ErrorKind::NotFound.into()));
+        sys.answer_read(MOUNTINFO, Ok(INITRAMFS_ROOT.into()));
+        setup(&sys, &logger()).unwrap();
+        let proc = Call::mount(
+            Some("proc"),
+            "/proc",
+            Some("proc"),
+            NOSUID_NODEV_NOEXEC,
+            None,
+        );
+        let calls = sys.calls();
+        let expected = [
+            Call::Read(MOUNTINFO.into()),
+            Call::Mkdir("/proc".into(), MOUNT_POINT_MODE),
+            proc.clone(),
+            Call::Read(MOUNTINFO.into()),
+            Call::Umount("/proc".into(), MntFlags::MNT_DETACH),
+            Call::mount(None, "/", None, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None),
+            Call::Mkdir(NEW_ROOT_DIR.into(), Mode::S_IRWXU),
+            Call::mount(
+                Some("/"),
+                NEW_ROOT_DIR,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None,
+            ),
+            Call::Chdir(NEW_ROOT_DIR.into()),
+            Call::mount(Some("."), "/", None, MsFlags::MS_MOVE, None),
+            Call::Chroot(".".into()),
+            Call::Chdir("/".into()),
+            Call::Rmdir(NEW_ROOT_DIR.into()),
+            // Only then the pseudo filesystems, /proc first.
+            Call::Mkdir("/proc".into(), MOUNT_POINT_MODE),
+            proc,
+        ];
+        assert_eq!(calls[..expected.len()], expected);
+        assert_eq!(sys.mounts()[4..], pseudo_mounts());
+    }
+
+    #[test]
+    fn a_root_with_a_parent_is_not_moved() {
+        let sys = Recorder::new();
+        sys.answer_read(MOUNTINFO, Ok(DISK_ROOT.into()));
+        setup(&sys, &logger()).unwrap();
+        let calls = sys.calls();
+        assert!(!calls.iter().any(|c| matches!(c, Call::Chroot(_))));
+        assert!(!calls
+            .iter()
+            .any(|c| matches!(c, Call::Mount { flags, .. } if flags.contains(MsFlags::MS_MOVE))));
+    }
+
+    #[test]
+    fn a_failed_move_of_the_root_names_its_step_and_stops() {
+        let sys = Recorder::new();
+        sys.answer_read(MOUNTINFO, Ok(INITRAMFS_ROOT.into()));
+        sys.fail_when(
+            |c| matches!(c, Call::Mount { flags, .. } if flags.contains(MsFlags::MS_MOVE)),
+            Errno::EINVAL,
+        );
+        let e = setup(&sys, &logger()).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Pid1Error::MoveRoot {
+                    step: "mount --move . /",
+                    errno: Errno::EINVAL
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("hypervisor.image"), "{e}");
+        let calls = sys.calls();
+        assert!(!calls.iter().any(|c| matches!(c, Call::Chroot(_))));
+        assert_eq!(sys.mounts().len(), 3, "no pseudo filesystem: {calls:?}");
+    }
+
+    #[test]
+    fn without_proc_a_failing_proc_mount_is_reported() {
+        let sys = Recorder::new();
+        sys.fail_when(|c| matches!(c, Call::Mount { .. }), Errno::EPERM);
+        let e = setup(&sys, &logger()).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "cannot mount proc on /proc: EPERM: Operation not permitted"
+        );
+    }
+
+    #[test]
+    fn namespace_init_makes_the_root_rslave_then_mounts_proc() {
+        let sys = Recorder::new();
+        setup_namespace(&sys, &logger()).unwrap();
+        assert_eq!(
+            sys.calls(),
+            [
+                Call::mount(None, "/", None, MsFlags::MS_REC | MsFlags::MS_SLAVE, None),
+                Call::mount(
+                    Some("proc"),
+                    "/proc",
+                    Some("proc"),
+                    NOSUID_NODEV_NOEXEC,
+                    None
+                ),
+            ]
+        );
+        let sys = Recorder::new();
+        sys.fail_when(|c| c.path() == Some(Path::new("/")), Errno::EACCES);
+        let e = setup_namespace(&sys, &logger()).unwrap_err().to_string();
+        assert!(e.contains("rslave") && e.contains(" on /: "), "{e}");
+        assert_eq!(sys.calls().len(), 1, "/proc is not mounted");
+    }
 
     #[test]
     fn port_comes_from_the_command_line() {
@@ -489,7 +720,7 @@ mod tests {
         chroot(root).map_err(e("chroot"))?;
         chdir("/").map_err(e("chdir"))?;
         let before = root_mount(&mountinfo_at(&proc)?).ok_or("no root before")?;
-        move_root_onto_bind_mount(Path::new(NEW_ROOT_DIR)).map_err(|e| e.to_string())?;
+        move_root_onto_bind_mount(&Real, Path::new(NEW_ROOT_DIR)).map_err(|e| e.to_string())?;
         let after = root_mount(&mountinfo_at(&proc)?).ok_or("no root after")?;
         if std::fs::read_to_string("/etc/marker").ok().as_deref() != Some("here") {
             return Err("the moved root does not show the old root's files".into());

@@ -3,11 +3,12 @@
 //! storages; DestroySandbox unmounts them.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use ember_agent_protocol::agent::CreateSandboxRequest;
 
 use crate::storage::{self, Mounted, StorageError};
+use crate::syscall::Syscall;
 
 /// Errors of sandbox setup.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +45,7 @@ pub enum SandboxError {
 /// The sandbox's state.
 pub struct Sandbox {
     dir: PathBuf,
+    sys: Arc<dyn Syscall>,
     storages: Mutex<Vec<Mounted>>,
 }
 
@@ -72,10 +74,11 @@ pub fn resolv_conf(dns: &[String], search: &[String]) -> String {
 }
 
 impl Sandbox {
-    /// A sandbox keeping its files in `dir`.
-    pub fn new(dir: PathBuf) -> Sandbox {
+    /// A sandbox keeping its files in `dir`, making its system calls through `sys`.
+    pub fn new(dir: PathBuf, sys: Arc<dyn Syscall>) -> Sandbox {
         Sandbox {
             dir,
+            sys,
             storages: Mutex::new(Vec::new()),
         }
     }
@@ -86,10 +89,12 @@ impl Sandbox {
             sysctl_path(key)?;
         }
         if !req.hostname.is_empty() {
-            nix::unistd::sethostname(&req.hostname).map_err(|source| SandboxError::Hostname {
-                name: req.hostname.clone(),
-                source,
-            })?;
+            self.sys
+                .sethostname(&req.hostname)
+                .map_err(|source| SandboxError::Hostname {
+                    name: req.hostname.clone(),
+                    source,
+                })?;
         }
         if !req.dns.is_empty() || !req.dns_search.is_empty() {
             let path = self.dir.join("resolv.conf");
@@ -103,7 +108,7 @@ impl Sandbox {
                 message: e.to_string(),
             })?;
         }
-        let mounted = storage::mount_all(&req.storages)?;
+        let mounted = storage::mount_all(&*self.sys, &req.storages)?;
         self.storages.lock().expect("sandbox lock").extend(mounted);
         Ok(())
     }
@@ -111,13 +116,68 @@ impl Sandbox {
     /// Unmounts the sandbox storages.
     pub fn destroy(&self) {
         let mounted = std::mem::take(&mut *self.storages.lock().expect("sandbox lock"));
-        storage::unmount_all(&mounted);
+        storage::unmount_all(&*self.sys, &mounted);
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use ember_agent_protocol::agent::{storage::Driver, Storage};
+    use nix::errno::Errno;
+    use nix::mount::{MntFlags, MsFlags};
+
     use super::*;
+    use crate::syscall::{Call, Recorder};
+
+    fn request(hostname: &str, tmpfs_at: &Path) -> CreateSandboxRequest {
+        let mut s = Storage::new();
+        s.driver = Driver::TMPFS.into();
+        s.mount_point = tmpfs_at.display().to_string();
+        let mut req = CreateSandboxRequest::new();
+        req.hostname = hostname.into();
+        req.storages = vec![s];
+        req
+    }
+
+    #[test]
+    fn create_sets_the_hostname_then_mounts_the_storages_and_destroy_unmounts_them() {
+        let d = tempfile::tempdir().unwrap();
+        let shared = d.path().join("shared");
+        let sys = Arc::new(Recorder::new());
+        let sandbox = Sandbox::new(d.path().join("sandbox"), sys.clone());
+        sandbox.create(&request("pod-a", &shared)).unwrap();
+        let mount = Call::mount(
+            Some("tmpfs"),
+            &shared,
+            Some("tmpfs"),
+            MsFlags::empty(),
+            None,
+        );
+        assert_eq!(
+            sys.calls(),
+            [Call::Sethostname("pod-a".into()), mount.clone()]
+        );
+        sandbox.destroy();
+        assert_eq!(
+            sys.calls()[2..],
+            [Call::Umount(shared.clone(), MntFlags::MNT_DETACH)]
+        );
+        assert!(!shared.exists());
+    }
+
+    #[test]
+    fn a_refused_hostname_is_named_and_nothing_is_mounted() {
+        let d = tempfile::tempdir().unwrap();
+        let sys = Arc::new(Recorder::new());
+        sys.fail_when(|c| matches!(c, Call::Sethostname(_)), Errno::EPERM);
+        let sandbox = Sandbox::new(d.path().join("sandbox"), sys.clone());
+        let e = sandbox
+            .create(&request("pod-a", &d.path().join("shared")))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "hostname \"pod-a\": EPERM: Operation not permitted");
+        assert_eq!(sys.mounts(), []);
+    }
 
     #[test]
     fn sysctl_keys_map_into_proc_sys_only() {

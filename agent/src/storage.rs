@@ -7,13 +7,17 @@
 //! [`CAPACITY_TIMEOUT`]) for the capacity to show, and fails clearly if it stays 0. On
 //! removal a block storage is synced before it is unmounted, because the host detaches the
 //! disk right after.
+//!
+//! The mount system calls go through [`crate::syscall::Syscall`]; the mount points are
+//! created and removed with `std::fs`.
 
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ember_agent_protocol::agent::{storage::Driver, Storage};
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::mount::{MntFlags, MsFlags};
+
+use crate::syscall::Syscall;
 
 /// Where platform devices (virtio-mmio transports among them) are listed in sysfs.
 const PLATFORM_DEVICES: &str = "/sys/bus/platform/devices";
@@ -220,7 +224,11 @@ fn mmio_block_device(platform: &Path, iomem: &str, addr: u64) -> Option<String> 
 }
 
 /// Mounts one storage (creating the mount point) and returns what to unmount later.
-pub fn mount_storage(index: usize, s: &Storage) -> Result<Mounted, StorageError> {
+pub fn mount_storage(
+    sys: &dyn Syscall,
+    index: usize,
+    s: &Storage,
+) -> Result<Mounted, StorageError> {
     let field = |field: &'static str, message: String| StorageError::Field {
         index,
         field,
@@ -325,34 +333,36 @@ pub fn mount_storage(index: usize, s: &Storage) -> Result<Mounted, StorageError>
     let data_opt = (!data.is_empty()).then_some(data.as_str());
     if driver == Driver::BIND {
         let bind = MsFlags::MS_BIND | MsFlags::MS_REC;
-        mount(Some(&source), &target, None::<&str>, bind, None::<&str>).map_err(fail)?;
+        sys.mount(Some(&source), &target, None, bind, None)
+            .map_err(fail)?;
         let extra = flags & !(MsFlags::MS_BIND | MsFlags::MS_REC);
         if !extra.is_empty() {
-            if let Err(e) = mount(
-                None::<&str>,
+            if let Err(e) = sys.mount(
+                None,
                 &target,
-                None::<&str>,
+                None,
                 MsFlags::MS_REMOUNT | MsFlags::MS_BIND | extra,
-                None::<&str>,
+                None,
             ) {
-                let _ = umount2(&target, MntFlags::MNT_DETACH);
+                let _ = sys.umount2(&target, MntFlags::MNT_DETACH);
                 return Err(fail(e));
             }
         }
     } else {
-        mount(Some(&source), &target, Some(fstype), flags, data_opt).map_err(fail)?;
+        sys.mount(Some(&source), &target, Some(fstype), flags, data_opt)
+            .map_err(fail)?;
     }
     Ok(made)
 }
 
 /// Mounts every storage in order; on failure unmounts the ones already mounted.
-pub fn mount_all(storages: &[Storage]) -> Result<Vec<Mounted>, StorageError> {
+pub fn mount_all(sys: &dyn Syscall, storages: &[Storage]) -> Result<Vec<Mounted>, StorageError> {
     let mut done = Vec::new();
     for (i, s) in storages.iter().enumerate() {
-        match mount_storage(i, s) {
+        match mount_storage(sys, i, s) {
             Ok(m) => done.push(m),
             Err(e) => {
-                unmount_all(&done);
+                unmount_all(sys, &done);
                 return Err(e);
             }
         }
@@ -364,15 +374,13 @@ pub fn mount_all(storages: &[Storage]) -> Result<Vec<Mounted>, StorageError> {
 /// the mount points the mounts created. A block storage is synced first and unmounted at
 /// once when nothing uses it any more, so its data is on the disk before the host detaches
 /// it.
-pub fn unmount_all(mounted: &[Mounted]) {
+pub fn unmount_all(sys: &dyn Syscall, mounted: &[Mounted]) {
     for m in mounted.iter().rev() {
         let synced_unmount = m.block && {
-            if let Ok(dir) = std::fs::File::open(&m.target) {
-                let _ = nix::unistd::syncfs(dir.as_raw_fd());
-            }
-            umount2(&m.target, MntFlags::empty()).is_ok()
+            let _ = sys.syncfs(&m.target);
+            sys.umount2(&m.target, MntFlags::empty()).is_ok()
         };
-        if synced_unmount || umount2(&m.target, MntFlags::MNT_DETACH).is_ok() {
+        if synced_unmount || sys.umount2(&m.target, MntFlags::MNT_DETACH).is_ok() {
             remove_created(m);
         }
     }
@@ -380,7 +388,336 @@ pub fn unmount_all(mounted: &[Mounted]) {
 
 #[cfg(test)]
 mod tests {
+    use std::os::fd::AsRawFd;
+
+    use nix::errno::Errno;
+
     use super::*;
+    use crate::syscall::{Call, Recorder};
+
+    fn storage(
+        driver: Driver,
+        source: &str,
+        target: &Path,
+        fstype: &str,
+        options: &[&str],
+    ) -> Storage {
+        let mut s = Storage::new();
+        s.driver = driver.into();
+        s.source = source.into();
+        s.mount_point = target.display().to_string();
+        s.fstype = fstype.into();
+        s.options = options.iter().map(|o| o.to_string()).collect();
+        s
+    }
+
+    fn mount_call(
+        source: Option<&str>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> Call {
+        Call::mount(source, target, fstype, flags, data)
+    }
+
+    #[test]
+    fn a_block_storage_mounts_its_device_with_its_fstype_flags_and_data() {
+        let d = tempfile::tempdir().unwrap();
+        let target = d.path().join("vol/data");
+        let s = storage(
+            Driver::BLOCK,
+            "/dev/vdb",
+            &target,
+            "ext4",
+            &["ro", "nosuid", "nodev", "data=ordered"],
+        );
+        let sys = Recorder::new();
+        let m = mount_storage(&sys, 0, &s).unwrap();
+        assert_eq!(
+            sys.calls(),
+            [mount_call(
+                Some("/dev/vdb"),
+                &target,
+                Some("ext4"),
+                MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                Some("data=ordered"),
+            )]
+        );
+        assert!(target.is_dir(), "the mount point is made");
+        assert!(m.block);
+        assert_eq!(m.created.as_deref(), Some(d.path().join("vol").as_path()));
+    }
+
+    #[test]
+    fn a_virtio_fs_share_is_mounted_by_its_tag() {
+        let d = tempfile::tempdir().unwrap();
+        let target = d.path().join("shared");
+        let s = storage(
+            Driver::VIRTIO_FS,
+            "ember-shared",
+            &target,
+            "",
+            &["nosuid", "nodev"],
+        );
+        let sys = Recorder::new();
+        let m = mount_storage(&sys, 0, &s).unwrap();
+        assert_eq!(
+            sys.calls(),
+            [mount_call(
+                Some("ember-shared"),
+                &target,
+                Some("virtiofs"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                None,
+            )]
+        );
+        assert!(!m.block);
+    }
+
+    #[test]
+    fn a_tmpfs_storage_passes_its_data_options() {
+        let d = tempfile::tempdir().unwrap();
+        let target = d.path().join("tmp");
+        let s = storage(
+            Driver::TMPFS,
+            "",
+            &target,
+            "",
+            &["noexec", "size=64m", "mode=1777"],
+        );
+        let sys = Recorder::new();
+        mount_storage(&sys, 0, &s).unwrap();
+        assert_eq!(
+            sys.calls(),
+            [mount_call(
+                Some("tmpfs"),
+                &target,
+                Some("tmpfs"),
+                MsFlags::MS_NOEXEC,
+                Some("size=64m,mode=1777"),
+            )]
+        );
+    }
+
+    #[test]
+    fn a_read_only_bind_is_a_recursive_bind_then_a_remount_with_the_flags() {
+        let d = tempfile::tempdir().unwrap();
+        let source = d.path().join("src");
+        std::fs::create_dir(&source).unwrap();
+        let target = d.path().join("dst");
+        let s = storage(
+            Driver::BIND,
+            source.to_str().unwrap(),
+            &target,
+            "",
+            &["rbind", "ro", "nosuid"],
+        );
+        let sys = Recorder::new();
+        mount_storage(&sys, 0, &s).unwrap();
+        assert_eq!(
+            sys.calls(),
+            [
+                mount_call(
+                    source.to_str(),
+                    &target,
+                    None,
+                    MsFlags::MS_BIND | MsFlags::MS_REC,
+                    None
+                ),
+                mount_call(
+                    None,
+                    &target,
+                    None,
+                    MsFlags::MS_REMOUNT
+                        | MsFlags::MS_BIND
+                        | MsFlags::MS_RDONLY
+                        | MsFlags::MS_NOSUID,
+                    None,
+                ),
+            ]
+        );
+
+        // Without flags beyond the bind: no remount.
+        let target = d.path().join("plain");
+        let s = storage(
+            Driver::BIND,
+            source.to_str().unwrap(),
+            &target,
+            "",
+            &["rbind"],
+        );
+        let sys = Recorder::new();
+        mount_storage(&sys, 0, &s).unwrap();
+        assert_eq!(sys.mounts().len(), 1);
+
+        // A file is bound onto a file made for it.
+        let file = d.path().join("resolv.conf");
+        std::fs::write(&file, "nameserver 10.0.0.1\n").unwrap();
+        let target = d.path().join("etc/resolv.conf");
+        let s = storage(Driver::BIND, file.to_str().unwrap(), &target, "", &["ro"]);
+        let sys = Recorder::new();
+        mount_storage(&sys, 0, &s).unwrap();
+        assert!(target.is_file());
+        assert_eq!(sys.mounts().len(), 2);
+    }
+
+    #[test]
+    fn a_failed_remount_undoes_the_bind_and_names_the_paths() {
+        let d = tempfile::tempdir().unwrap();
+        let source = d.path().join("src");
+        std::fs::create_dir(&source).unwrap();
+        let target = d.path().join("new/dst");
+        let s = storage(Driver::BIND, source.to_str().unwrap(), &target, "", &["ro"]);
+        let sys = Recorder::new();
+        sys.fail_when(
+            |c| matches!(c, Call::Mount { flags, .. } if flags.contains(MsFlags::MS_REMOUNT)),
+            Errno::EPERM,
+        );
+        let e = mount_storage(&sys, 3, &s).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "storages[3]: cannot mount {} on {}: EPERM: Operation not permitted",
+                source.display(),
+                target.display()
+            )
+        );
+        assert_eq!(
+            sys.calls()[2..],
+            [Call::Umount(target.clone(), MntFlags::MNT_DETACH)],
+            "the bind is undone"
+        );
+        assert!(
+            !d.path().join("new").exists(),
+            "the mount point made is removed"
+        );
+    }
+
+    #[test]
+    fn a_failed_mount_names_the_target_and_removes_the_mount_point_it_made() {
+        let d = tempfile::tempdir().unwrap();
+        let target = d.path().join("a/b");
+        let s = storage(Driver::BLOCK, "/dev/vdc", &target, "xfs", &[]);
+        let sys = Recorder::new();
+        sys.fail_when(|c| matches!(c, Call::Mount { .. }), Errno::ENODEV);
+        let e = mount_storage(&sys, 0, &s).unwrap_err().to_string();
+        assert!(
+            e.starts_with("storages[0]: cannot mount /dev/vdc on ")
+                && e.contains(&target.display().to_string())
+                && e.contains("ENODEV"),
+            "{e}"
+        );
+        assert_eq!(sys.calls().len(), 1, "nothing to undo");
+        assert!(!d.path().join("a").exists());
+    }
+
+    #[test]
+    fn bad_fields_make_no_system_call() {
+        let sys = Recorder::new();
+        let e = mount_storage(
+            &sys,
+            1,
+            &storage(Driver::TMPFS, "", Path::new("rel"), "", &[]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("storages[1].mount_point"), "{e}");
+        let d = tempfile::tempdir().unwrap();
+        let t = d.path().join("x");
+        for (s, field) in [
+            (storage(Driver::UNSPECIFIED, "", &t, "", &[]), "driver"),
+            (storage(Driver::VIRTIO_FS, "", &t, "", &[]), "source"),
+            (storage(Driver::BLOCK, "/dev/vdb", &t, "", &[]), "fstype"),
+            (
+                storage(Driver::BIND, "/no/such/ember/path", &t, "", &[]),
+                "source",
+            ),
+        ] {
+            let e = mount_storage(&sys, 0, &s).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("storages[0].{field}")), "{e}");
+        }
+        assert_eq!(sys.calls(), []);
+        assert!(!t.exists());
+    }
+
+    #[test]
+    fn a_failure_in_mount_all_unmounts_the_storages_mounted_before() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b, c) = (d.path().join("a"), d.path().join("b"), d.path().join("c"));
+        let storages = [
+            storage(Driver::TMPFS, "", &a, "", &[]),
+            storage(Driver::TMPFS, "", &b, "", &[]),
+            storage(Driver::TMPFS, "", &c, "", &[]),
+        ];
+        let sys = Recorder::new();
+        let failing = b.clone();
+        sys.fail_when(
+            move |call| matches!(call, Call::Mount { target, .. } if *target == failing),
+            Errno::ENOSPC,
+        );
+        let e = mount_all(&sys, &storages).unwrap_err().to_string();
+        assert!(
+            e.starts_with("storages[1]:") && e.contains(&b.display().to_string()),
+            "{e}"
+        );
+        let calls = sys.calls();
+        assert_eq!(calls.len(), 3, "{calls:?}");
+        assert_eq!(calls[2], Call::Umount(a.clone(), MntFlags::MNT_DETACH));
+        assert!(!a.exists() && !b.exists() && !c.exists());
+    }
+
+    #[test]
+    fn unmounting_goes_in_reverse_and_syncs_a_block_storage_first() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (d.path().join("a"), d.path().join("b"));
+        let storages = [
+            storage(Driver::TMPFS, "", &a, "", &[]),
+            storage(Driver::BLOCK, "/dev/vdb", &b, "ext4", &[]),
+        ];
+        let sys = Recorder::new();
+        let mounted = mount_all(&sys, &storages).unwrap();
+        let sys = Recorder::new();
+        unmount_all(&sys, &mounted);
+        assert_eq!(
+            sys.calls(),
+            [
+                Call::Syncfs(b.clone()),
+                Call::Umount(b.clone(), MntFlags::empty()),
+                Call::Umount(a.clone(), MntFlags::MNT_DETACH),
+            ]
+        );
+        assert!(
+            !a.exists() && !b.exists(),
+            "the mount points made are removed"
+        );
+
+        // A busy block storage is detached lazily; one that cannot be unmounted at all
+        // keeps its mount point.
+        let mounted = mount_all(&Recorder::new(), &storages).unwrap();
+        let sys = Recorder::new();
+        let busy = b.clone();
+        sys.fail_when(
+            move |c| matches!(c, Call::Umount(p, f) if *p == busy && f.is_empty()),
+            Errno::EBUSY,
+        );
+        let stuck = a.clone();
+        sys.fail_when(
+            move |c| matches!(c, Call::Umount(p, _) if *p == stuck),
+            Errno::EINVAL,
+        );
+        unmount_all(&sys, &mounted);
+        assert_eq!(
+            sys.calls()[1..],
+            [
+                Call::Umount(b.clone(), MntFlags::empty()),
+                Call::Umount(b.clone(), MntFlags::MNT_DETACH),
+                Call::Umount(a.clone(), MntFlags::MNT_DETACH),
+            ]
+        );
+        assert!(!b.exists());
+        assert!(a.exists(), "still mounted: its mount point stays");
+    }
 
     /// A fake `/sys/block` with one device whose `size` file holds `sectors`.
     fn sys_block(sectors: &str) -> tempfile::TempDir {
