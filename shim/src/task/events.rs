@@ -6,14 +6,16 @@ use containerd_shim_protos::topics;
 use log::warn;
 
 use super::EmberTask;
+use crate::pod::PodStarter;
 use crate::process::Exit;
+use crate::publisher::EventPublisher;
 
-impl EmberTask {
+impl<P: PodStarter, E: EventPublisher> EmberTask<P, E> {
     pub(super) async fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
         if let Err(e) = self
             .inner
             .publisher
-            .publish(Default::default(), topic, &self.inner.namespace, event)
+            .publish(topic, &self.inner.namespace, event)
             .await
         {
             warn!("publishing {topic}: {e}");

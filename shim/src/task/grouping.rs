@@ -5,16 +5,16 @@ use std::sync::Arc;
 
 use containerd_shim::TtrpcResult;
 use containerd_shim_protos::ttrpc::Code;
-use ember_config::{AssetCheck, LoadOptions};
 use ember_runtime::oci::BundleSpec;
-use ember_runtime::sandbox::{Sandbox, SandboxError, SandboxOptions};
-use log::{info, warn};
+use log::warn;
 
-use super::status::status;
+use super::status::{start_err, status};
 use super::{EmberTask, CONTAINER_TYPE, SANDBOX_ID};
+use crate::pod::{PodSandbox, PodStart, PodStarter};
+use crate::publisher::EventPublisher;
 
-impl EmberTask {
-    pub(super) async fn sandbox(&self) -> TtrpcResult<Arc<Sandbox>> {
+impl<P: PodStarter, E: EventPublisher> EmberTask<P, E> {
+    pub(super) async fn sandbox(&self) -> TtrpcResult<Arc<P::Pod>> {
         self.inner.sandbox.lock().await.clone().ok_or_else(|| {
             status(
                 Code::FAILED_PRECONDITION,
@@ -29,7 +29,7 @@ impl EmberTask {
         id: &str,
         spec: &BundleSpec,
         options: Option<&protobuf::well_known_types::any::Any>,
-    ) -> TtrpcResult<Arc<Sandbox>> {
+    ) -> TtrpcResult<Arc<P::Pod>> {
         let mut guard = self.inner.sandbox.lock().await;
         let wanted = match spec.annotation(CONTAINER_TYPE) {
             Some("container") => spec.annotation(SANDBOX_ID).unwrap_or(id).to_string(),
@@ -49,31 +49,18 @@ impl EmberTask {
         }
         let opts =
             crate::options::decode(options).map_err(|e| status(Code::INVALID_ARGUMENT, e))?;
-        let loaded = ember_config::load(
-            &LoadOptions::from_env(opts.config_path).assets(AssetCheck::Require),
-        )
-        .map_err(|e| status(Code::INVALID_ARGUMENT, format!("ember config: {e}")))?;
-        info!(
-            "sandbox={wanted}: starting with config from {}",
-            loaded.source.describe()
-        );
-        let sb = Sandbox::start(SandboxOptions {
-            id: wanted.clone(),
-            config: loaded.config,
-            netns: spec.network_namespace_path(),
-            hostname: spec.hostname().map(str::to_string),
-            namespace: self.inner.namespace.clone(),
-        })
-        .await
-        .map_err(|e| {
-            // A host the backend cannot run on is refused in one line, before anything
-            // is made; containerd prints it as the reason the task was not created.
-            let code = match e {
-                SandboxError::Unsupported { .. } => Code::FAILED_PRECONDITION,
-                _ => Code::UNKNOWN,
-            };
-            status(code, e)
-        })?;
+        let sb = self
+            .inner
+            .starter
+            .start(PodStart {
+                id: wanted.clone(),
+                config_path: opts.config_path,
+                netns: spec.network_namespace_path(),
+                hostname: spec.hostname().map(str::to_string),
+                namespace: self.inner.namespace.clone(),
+            })
+            .await
+            .map_err(start_err)?;
         let sb = Arc::new(sb);
         *guard = Some(sb.clone());
         drop(guard);
@@ -84,7 +71,7 @@ impl EmberTask {
 
     /// A sandbox made for container `id` alone goes again when that container could not be
     /// created, so a failed create leaves nothing behind.
-    pub(super) async fn drop_unused_sandbox(&self, sb: &Sandbox, id: &str) {
+    pub(super) async fn drop_unused_sandbox(&self, sb: &P::Pod, id: &str) {
         if self.inner.containers.lock().expect("lock").is_empty() && sb.id() == id {
             if let Err(e) = sb.destroy().await {
                 warn!("sandbox={id}: destroy after a failed create: {e}");

@@ -8,11 +8,18 @@
 //! unused one), [`events`] (publishing to containerd), [`watchers`] (the sandbox's exit,
 //! the agent's OOM notices, process waiters), [`status`] (errors as ttrpc statuses) and
 //! [`rpc`] (the `Task` calls themselves).
+//!
+//! The service is generic over its two seams: how a pod's sandbox is started and driven
+//! ([`PodStarter`], [`crate::pod::PodSandbox`]) and where events go ([`EventPublisher`]).
+//! The defaults are the runtime's sandbox and containerd's publisher; the unit tests
+//! (`tests`) run it against a fake pod and an event recorder.
 
 mod events;
 mod grouping;
 mod rpc;
 mod status;
+#[cfg(test)]
+mod tests;
 mod watchers;
 
 use std::collections::HashMap;
@@ -23,9 +30,10 @@ use containerd_shim::asynchronous::ExitSignal;
 use containerd_shim::TtrpcResult;
 use containerd_shim_protos::ttrpc::Code;
 use ember_agent_protocol::agent::StdioStreams;
-use ember_runtime::sandbox::Sandbox;
 
+use crate::pod::{PodSandbox, PodStarter, RuntimeStarter};
 use crate::process::Proc;
+use crate::publisher::EventPublisher;
 use crate::stdio::{self, StdioPaths};
 use status::{not_found, status};
 
@@ -43,26 +51,49 @@ struct Container {
     execs: HashMap<String, Proc>,
 }
 
-/// The task service.
-#[derive(Clone)]
-pub struct EmberTask {
-    inner: Arc<Inner>,
+/// The task service: pods started by `P`, events published through `E`.
+pub struct EmberTask<P: PodStarter = RuntimeStarter, E: EventPublisher = RemotePublisher> {
+    inner: Arc<Inner<P, E>>,
 }
 
-struct Inner {
+impl<P: PodStarter, E: EventPublisher> Clone for EmberTask<P, E> {
+    fn clone(&self) -> Self {
+        EmberTask {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+struct Inner<P: PodStarter, E> {
     namespace: String,
-    publisher: RemotePublisher,
+    starter: P,
+    publisher: E,
     exit: Arc<ExitSignal>,
-    sandbox: tokio::sync::Mutex<Option<Arc<Sandbox>>>,
+    sandbox: tokio::sync::Mutex<Option<Arc<P::Pod>>>,
     containers: Mutex<HashMap<String, Container>>,
 }
 
 impl EmberTask {
-    /// A service publishing events for containerd namespace `namespace`.
+    /// A service running the runtime's sandbox and publishing events to containerd for
+    /// containerd namespace `namespace`.
     pub fn new(namespace: &str, publisher: RemotePublisher, exit: Arc<ExitSignal>) -> EmberTask {
+        EmberTask::with_seams(namespace, RuntimeStarter, publisher, exit)
+    }
+}
+
+impl<P: PodStarter, E: EventPublisher> EmberTask<P, E> {
+    /// A service whose pods `starter` starts and whose events for containerd namespace
+    /// `namespace` go to `publisher`; `exit` is signalled when Shutdown ends the shim.
+    pub fn with_seams(
+        namespace: &str,
+        starter: P,
+        publisher: E,
+        exit: Arc<ExitSignal>,
+    ) -> EmberTask<P, E> {
         EmberTask {
             inner: Arc::new(Inner {
                 namespace: namespace.to_string(),
+                starter,
                 publisher,
                 exit,
                 sandbox: tokio::sync::Mutex::new(None),
@@ -94,7 +125,7 @@ impl EmberTask {
 
     async fn attach_stdio(
         &self,
-        sb: &Sandbox,
+        sb: &P::Pod,
         cid: &str,
         exec_id: &str,
         paths: &StdioPaths,

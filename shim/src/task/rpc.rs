@@ -14,19 +14,16 @@ use containerd_shim_protos::shim_async::Task;
 use containerd_shim_protos::topics;
 use containerd_shim_protos::ttrpc::r#async::TtrpcContext;
 use containerd_shim_protos::ttrpc::Code;
-use ember_agent_protocol::agent::{
-    CloseStdinRequest, ExecProcessRequest, ListProcessesRequest, PauseContainerRequest,
-    ResumeContainerRequest, SignalProcessRequest, StartContainerRequest, StatsContainerRequest,
-    TtyWinResizeRequest, UpdateContainerRequest,
-};
 use ember_runtime::mounts::MountSpec;
 use ember_runtime::oci::BundleSpec;
-use ember_runtime::sandbox::{ctx, ContainerRequest};
+use ember_runtime::sandbox::ContainerRequest;
 use log::{error, info, warn};
 
 use super::status::{agent_err, not_found, status};
 use super::{Container, EmberTask, BUNDLE_RECORD};
+use crate::pod::{PodSandbox, PodStarter};
 use crate::process::{now, Exit, Proc};
+use crate::publisher::EventPublisher;
 use crate::stdio::{self, StdioPaths};
 
 fn rootfs_mounts(req: &api::CreateTaskRequest) -> Vec<MountSpec> {
@@ -41,7 +38,7 @@ fn rootfs_mounts(req: &api::CreateTaskRequest) -> Vec<MountSpec> {
 }
 
 #[async_trait]
-impl Task for EmberTask {
+impl<P: PodStarter, E: EventPublisher> Task for EmberTask<P, E> {
     async fn create(
         &self,
         _ctx: &TtrpcContext,
@@ -151,11 +148,7 @@ impl Task for EmberTask {
                     format!("container {cid}: cannot start in state {s:?}"),
                 )),
             })?;
-            let mut r = StartContainerRequest::new();
-            r.container_id = cid.clone();
-            sb.agent()
-                .agent
-                .start_container(ctx(), &r)
+            sb.start_container(&cid)
                 .await
                 .map_err(|e| agent_err("StartContainer", e))?;
             let pid = sb.pid();
@@ -184,20 +177,12 @@ impl Task for EmberTask {
                 }
                 Ok((p.spec_json.clone().unwrap_or_default(), p.stdio.clone()))
             })?;
-            let mut r = ExecProcessRequest::new();
-            r.container_id = cid.clone();
-            r.exec_id = exec_id.clone();
-            r.process_json = spec_json;
             let ids =
                 stdio::stream_ids(&cid, &exec_id, &paths).map_err(|e| status(Code::INTERNAL, e))?;
-            r.stdio = Some(ids.clone()).into();
-            let resp = sb
-                .agent()
-                .agent
-                .exec_process(ctx(), &r)
+            let pid = sb
+                .exec_process(&cid, &exec_id, spec_json, ids.clone())
                 .await
-                .map_err(|e| agent_err("ExecProcess", e))?;
-            let pid = resp.pid as u32;
+                .map_err(|e| agent_err("ExecProcess", e))? as u32;
             self.with_proc(&cid, &exec_id, |p, _| {
                 p.pid = pid;
                 p.status = Status::RUNNING;
@@ -317,17 +302,12 @@ impl Task for EmberTask {
         req: api::PidsRequest,
     ) -> TtrpcResult<api::PidsResponse> {
         let sb = self.sandbox().await?;
-        let mut r = ListProcessesRequest::new();
-        r.container_id = req.id;
-        let resp = sb
-            .agent()
-            .agent
-            .list_processes(ctx(), &r)
+        let pids = sb
+            .list_processes(&req.id)
             .await
             .map_err(|e| agent_err("ListProcesses", e))?;
         Ok(api::PidsResponse {
-            processes: resp
-                .pids
+            processes: pids
                 .into_iter()
                 .map(|pid| ProcessInfo {
                     pid: pid as u32,
@@ -340,11 +320,7 @@ impl Task for EmberTask {
 
     async fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<api::Empty> {
         let sb = self.sandbox().await?;
-        let mut r = PauseContainerRequest::new();
-        r.container_id = req.id.clone();
-        sb.agent()
-            .agent
-            .pause_container(ctx(), &r)
+        sb.pause_container(&req.id)
             .await
             .map_err(|e| agent_err("PauseContainer", e))?;
         self.with_proc(&req.id, "", |p, _| {
@@ -364,11 +340,7 @@ impl Task for EmberTask {
         req: api::ResumeRequest,
     ) -> TtrpcResult<api::Empty> {
         let sb = self.sandbox().await?;
-        let mut r = ResumeContainerRequest::new();
-        r.container_id = req.id.clone();
-        sb.agent()
-            .agent
-            .resume_container(ctx(), &r)
+        sb.resume_container(&req.id)
             .await
             .map_err(|e| agent_err("ResumeContainer", e))?;
         self.with_proc(&req.id, "", |p, _| {
@@ -390,14 +362,7 @@ impl Task for EmberTask {
         if exited && !req.all {
             return Err(status(Code::NOT_FOUND, "process already finished"));
         }
-        let mut r = SignalProcessRequest::new();
-        r.container_id = req.id;
-        r.exec_id = req.exec_id;
-        r.signal = req.signal;
-        r.all = req.all;
-        sb.agent()
-            .agent
-            .signal_process(ctx(), &r)
+        sb.signal_process(&req.id, &req.exec_id, req.signal, req.all)
             .await
             .map_err(|e| agent_err("SignalProcess", e))?;
         Ok(api::Empty::new())
@@ -448,14 +413,7 @@ impl Task for EmberTask {
         req: api::ResizePtyRequest,
     ) -> TtrpcResult<api::Empty> {
         let sb = self.sandbox().await?;
-        let mut r = TtyWinResizeRequest::new();
-        r.container_id = req.id;
-        r.exec_id = req.exec_id;
-        r.rows = req.height;
-        r.cols = req.width;
-        sb.agent()
-            .agent
-            .tty_win_resize(ctx(), &r)
+        sb.resize_tty(&req.id, &req.exec_id, req.height, req.width)
             .await
             .map_err(|e| agent_err("TtyWinResize", e))?;
         Ok(api::Empty::new())
@@ -473,10 +431,7 @@ impl Task for EmberTask {
             })?;
             if !streamed {
                 let sb = self.sandbox().await?;
-                let mut r = CloseStdinRequest::new();
-                r.container_id = req.id;
-                r.exec_id = req.exec_id;
-                let _ = sb.agent().agent.close_stdin(ctx(), &r).await;
+                let _ = sb.close_stdin(&req.id, &req.exec_id).await;
             }
         }
         Ok(api::Empty::new())
@@ -488,13 +443,9 @@ impl Task for EmberTask {
         req: api::UpdateTaskRequest,
     ) -> TtrpcResult<api::Empty> {
         let sb = self.sandbox().await?;
-        let mut r = UpdateContainerRequest::new();
-        r.container_id = req.id;
-        r.resources_json = String::from_utf8(req.resources.value.clone())
+        let resources_json = String::from_utf8(req.resources.value.clone())
             .map_err(|_| status(Code::INVALID_ARGUMENT, "resources: not UTF-8 JSON"))?;
-        sb.agent()
-            .agent
-            .update_container(ctx(), &r)
+        sb.update_container(&req.id, resources_json)
             .await
             .map_err(|e| agent_err("UpdateContainer", e))?;
         Ok(api::Empty::new())
@@ -549,12 +500,8 @@ impl Task for EmberTask {
         req: api::StatsRequest,
     ) -> TtrpcResult<api::StatsResponse> {
         let sb = self.sandbox().await?;
-        let mut r = StatsContainerRequest::new();
-        r.container_id = req.id;
         let s = sb
-            .agent()
-            .agent
-            .stats_container(ctx(), &r)
+            .stats_container(&req.id)
             .await
             .map_err(|e| agent_err("StatsContainer", e))?;
         Ok(api::StatsResponse {

@@ -6,19 +6,20 @@ use std::sync::Arc;
 use containerd_shim_protos::api::Status;
 use containerd_shim_protos::events::task::TaskOOM;
 use containerd_shim_protos::topics;
-use ember_agent_protocol::agent::{GetOOMEventRequest, WaitProcessRequest};
-use ember_runtime::sandbox::{ctx_no_timeout, rpc_message, Sandbox};
+use ember_runtime::sandbox::rpc_message;
 use log::{error, info, warn};
 
 use super::EmberTask;
 use crate::oom::{OomGate, OomVerdict};
+use crate::pod::{PodSandbox, PodStarter};
+use crate::publisher::EventPublisher;
 
 /// How long the OOM watcher pauses after dropping a notice from the agent.
 const OOM_DROP_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
 
-impl EmberTask {
+impl<P: PodStarter, E: EventPublisher> EmberTask<P, E> {
     /// When the agent or VM dies, every process still running has exited (killed).
-    pub(super) fn watch_sandbox(&self, sb: Arc<Sandbox>) {
+    pub(super) fn watch_sandbox(&self, sb: Arc<P::Pod>) {
         let this = self.clone();
         tokio::spawn(async move {
             let exit = sb.wait().await;
@@ -48,22 +49,16 @@ impl EmberTask {
     /// containers, at most one per container per second (see [`crate::oom`]). After a
     /// notice it drops, the loop pauses [`OOM_DROP_PAUSE`], so an agent answering
     /// `GetOOMEvent` at once, forever, costs the shim little CPU.
-    pub(super) fn watch_oom(&self, sb: Arc<Sandbox>) {
+    pub(super) fn watch_oom(&self, sb: Arc<P::Pod>) {
         let this = self.clone();
         tokio::spawn(async move {
             let mut gate = OomGate::default();
             let mut warned_unknown = false;
             loop {
-                let ev = match sb
-                    .agent()
-                    .agent
-                    .get_oom_event(ctx_no_timeout(), &GetOOMEventRequest::new())
-                    .await
-                {
-                    Ok(ev) => ev,
+                let cid = match sb.next_oom().await {
+                    Ok(cid) => cid,
                     Err(_) => return,
                 };
-                let cid = ev.container_id;
                 let known = this
                     .inner
                     .containers
@@ -98,14 +93,11 @@ impl EmberTask {
     }
 
     /// Waits in the agent for a started process and records its exit.
-    pub(super) fn spawn_waiter(&self, sb: Arc<Sandbox>, cid: String, exec_id: String, pid: u32) {
+    pub(super) fn spawn_waiter(&self, sb: Arc<P::Pod>, cid: String, exec_id: String, pid: u32) {
         let this = self.clone();
         tokio::spawn(async move {
-            let mut req = WaitProcessRequest::new();
-            req.container_id = cid.clone();
-            req.exec_id = exec_id.clone();
-            let code = match sb.agent().agent.wait_process(ctx_no_timeout(), &req).await {
-                Ok(r) => r.exit_status as u32,
+            let code = match sb.wait_process(&cid, &exec_id).await {
+                Ok(status) => status as u32,
                 Err(e) => {
                     warn!(
                         "sandbox={} container={cid} exec={exec_id}: wait failed: {}",
