@@ -9,10 +9,14 @@
 mod metrics;
 mod oom;
 mod options;
+mod pod;
 mod process;
+mod publisher;
 mod service;
 mod stdio;
 mod task;
+#[cfg(test)]
+mod testing;
 
 use containerd_shim::asynchronous::run;
 use containerd_shim::Config;

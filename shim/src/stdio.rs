@@ -6,12 +6,14 @@
 use std::sync::Arc;
 
 use ember_agent_protocol::agent::StdioStreams;
-use ember_runtime::sandbox::{Sandbox, SandboxError};
+use ember_runtime::sandbox::SandboxError;
 use log::warn;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
+
+use crate::pod::PodSandbox;
 
 /// Copy buffer size: large enough that a fast writer is not limited by syscall count.
 const BUF: usize = 256 * 1024;
@@ -123,8 +125,8 @@ impl Copiers {
 }
 
 /// Opens the agent's streams named in `ids` and starts copying between them and the FIFOs.
-pub async fn attach(
-    sandbox: &Sandbox,
+pub async fn attach<S: PodSandbox + ?Sized>(
+    sandbox: &S,
     ids: &StdioStreams,
     paths: &StdioPaths,
     log_ctx: String,
