@@ -135,8 +135,8 @@ impl PodStarter for RuntimeStarter {
             &LoadOptions::from_env(opts.config_path).assets(AssetCheck::Require),
         )?;
         info!(
-            "sandbox={}: starting with config from {}",
-            opts.id,
+            sandbox = opts.id.as_str();
+            "starting with config from {}",
             loaded.source.describe()
         );
         Ok(Sandbox::start(SandboxOptions {

@@ -74,15 +74,15 @@ impl Shim for EmberShim {
                     match SandboxState::open(Path::new(dir)) {
                         Ok(s) if !s.owner_alive() => match s.cleanup() {
                             Ok(()) => {
-                                info!("container={}: cleaned up sandbox state {dir}", self.id)
+                                info!(container = self.id.as_str(); "cleaned up sandbox state {dir}")
                             }
-                            Err(e) => warn!("container={}: cleanup of {dir}: {e}", self.id),
+                            Err(e) => warn!(container = self.id.as_str(); "cleanup of {dir}: {e}"),
                         },
                         Ok(_) => info!(
-                            "container={}: sandbox {dir} still has a running shim; left to it",
-                            self.id
+                            container = self.id.as_str();
+                            "sandbox {dir} still has a running shim; left to it"
                         ),
-                        Err(e) => info!("container={}: {e}", self.id),
+                        Err(e) => info!(container = self.id.as_str(); "{e}"),
                     }
                 }
             }

@@ -124,12 +124,23 @@ impl Copiers {
     }
 }
 
+/// Whose stdio a copier carries: the fields of its log lines.
+#[derive(Debug, Clone, Default)]
+pub struct LogIds {
+    /// The sandbox id.
+    pub sandbox: String,
+    /// The container id.
+    pub container: String,
+    /// The exec id (empty for the container's init).
+    pub exec: String,
+}
+
 /// Opens the agent's streams named in `ids` and starts copying between them and the FIFOs.
 pub async fn attach<S: PodSandbox + ?Sized>(
     sandbox: &S,
     ids: &StdioStreams,
     paths: &StdioPaths,
-    log_ctx: String,
+    log_ids: LogIds,
 ) -> Result<Copiers, StdioError> {
     let mut copiers = Copiers::default();
     let fifo_err = |path: &str| {
@@ -146,10 +157,14 @@ pub async fn attach<S: PodSandbox + ?Sized>(
         let stream = sandbox.open_stream(&ids.stdin).await?;
         let close = Arc::new(Notify::new());
         copiers.close_stdin = Some(close.clone());
-        let ctx = log_ctx.clone();
+        let l = log_ids.clone();
         tokio::spawn(async move {
             if let Err(e) = copy_stdin(fifo, stream, close).await {
-                warn!("{ctx}: stdin copy ended: {e}");
+                warn!(
+                    sandbox = l.sandbox.as_str(), container = l.container.as_str(),
+                    exec = l.exec.as_str();
+                    "stdin copy ended: {e}"
+                );
             }
         });
     }
@@ -162,10 +177,14 @@ pub async fn attach<S: PodSandbox + ?Sized>(
             .open_sender(path)
             .map_err(fifo_err(path))?;
         let stream = sandbox.open_stream(id).await?;
-        let ctx = log_ctx.clone();
+        let l = log_ids.clone();
         copiers.outputs.push(tokio::spawn(async move {
             if let Err(e) = copy_output(stream, fifo).await {
-                warn!("{ctx}: output copy ended: {e}");
+                warn!(
+                    sandbox = l.sandbox.as_str(), container = l.container.as_str(),
+                    exec = l.exec.as_str();
+                    "output copy ended: {e}"
+                );
             }
         }));
     }

@@ -74,7 +74,7 @@ impl<P: PodStarter, E: EventPublisher> EmberTask<P, E> {
     pub(super) async fn drop_unused_sandbox(&self, sb: &P::Pod, id: &str) {
         if self.inner.containers.lock().expect("lock").is_empty() && sb.id() == id {
             if let Err(e) = sb.destroy().await {
-                warn!("sandbox={id}: destroy after a failed create: {e}");
+                warn!(sandbox = id; "destroy after a failed create: {e}");
             }
             *self.inner.sandbox.lock().await = None;
         }

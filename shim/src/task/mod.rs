@@ -135,7 +135,11 @@ impl<P: PodStarter, E: EventPublisher> EmberTask<P, E> {
             sb,
             ids,
             paths,
-            format!("sandbox={} container={cid} exec={exec_id}", sb.id()),
+            stdio::LogIds {
+                sandbox: sb.id().to_string(),
+                container: cid.to_string(),
+                exec: exec_id.to_string(),
+            },
         )
         .await
         .map_err(|e| status(Code::UNKNOWN, e))?;

@@ -113,7 +113,7 @@ impl<P: PodStarter, E: EventPublisher> Task for EmberTask<P, E> {
             self.drop_unused_sandbox(&sb, &id).await;
             return Err(e);
         }
-        info!("sandbox={} container={id}: created", sb.id());
+        info!(sandbox = sb.id(), container = id.as_str(); "created");
         let mut ev = TaskCreate::new();
         ev.container_id = id.clone();
         ev.bundle = req.bundle.clone();
@@ -157,7 +157,7 @@ impl<P: PodStarter, E: EventPublisher> Task for EmberTask<P, E> {
                 Ok(())
             })?;
             self.spawn_waiter(sb.clone(), cid.clone(), String::new(), pid);
-            info!("sandbox={} container={cid}: started", sb.id());
+            info!(sandbox = sb.id(), container = cid.as_str(); "started");
             let mut ev = TaskStart::new();
             ev.container_id = cid;
             ev.pid = pid;
@@ -191,8 +191,8 @@ impl<P: PodStarter, E: EventPublisher> Task for EmberTask<P, E> {
             self.attach_stdio(&sb, &cid, &exec_id, &paths, &ids).await?;
             self.spawn_waiter(sb.clone(), cid.clone(), exec_id.clone(), pid);
             info!(
-                "sandbox={} container={cid} exec={exec_id}: started",
-                sb.id()
+                sandbox = sb.id(), container = cid.as_str(), exec = exec_id.as_str();
+                "started"
             );
             let mut ev = TaskExecStarted::new();
             ev.container_id = cid;
@@ -266,17 +266,17 @@ impl<P: PodStarter, E: EventPublisher> Task for EmberTask<P, E> {
             p.copiers.abort();
         }
         if let Err(e) = sb.remove_container(&cid, true).await {
-            warn!("sandbox={} container={cid}: remove: {e}", sb.id());
+            warn!(sandbox = sb.id(), container = cid.as_str(); "remove: {e}");
         }
         let _ = std::fs::remove_file(PathBuf::from(&c.bundle).join(BUNDLE_RECORD));
         let e = c.init.exit().unwrap_or(Exit {
             status: 128 + libc::SIGKILL as u32,
             at: now(),
         });
-        info!("sandbox={} container={cid}: deleted", sb.id());
+        info!(sandbox = sb.id(), container = cid.as_str(); "deleted");
         if self.inner.containers.lock().expect("lock").is_empty() {
             if let Err(e) = sb.destroy().await {
-                error!("sandbox={}: destroy: {e}", sb.id());
+                error!(sandbox = sb.id(); "destroy: {e}");
             }
             *self.inner.sandbox.lock().await = None;
         }

@@ -526,3 +526,59 @@ async fn an_unexpected_sandbox_end_exits_the_running_processes() {
     assert_eq!(h.status("app", "").await, Status::CREATED);
     assert_eq!(h.events.all::<TaskExit>().len(), 1);
 }
+
+/// Log records as containerd-shim's logger lays them out: the key-value pairs, then the
+/// message (`sandbox="p" container="c" msg="created"`).
+struct CaptureLog(std::sync::Mutex<Vec<String>>);
+
+impl log::Log for CaptureLog {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record) {
+        struct Fields(String);
+        impl<'kvs> log::kv::VisitSource<'kvs> for Fields {
+            fn visit_pair(
+                &mut self,
+                k: log::kv::Key<'kvs>,
+                v: log::kv::Value<'kvs>,
+            ) -> Result<(), log::kv::Error> {
+                self.0.push_str(&format!("{k}=\"{v}\" "));
+                Ok(())
+            }
+        }
+        let mut f = Fields(String::new());
+        let _ = record.key_values().visit(&mut f);
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("{}msg=\"{}\"", f.0, record.args()));
+    }
+
+    fn flush(&self) {}
+}
+
+/// The process's logger, installed once for the tests that read it.
+fn captured_log() -> &'static CaptureLog {
+    static LOG: std::sync::OnceLock<&'static CaptureLog> = std::sync::OnceLock::new();
+    LOG.get_or_init(|| {
+        let l: &'static CaptureLog = Box::leak(Box::new(CaptureLog(Default::default())));
+        log::set_logger(l).expect("no other logger in the shim's unit tests");
+        log::set_max_level(log::LevelFilter::Info);
+        l
+    })
+}
+
+#[tokio::test]
+async fn log_lines_carry_the_sandbox_and_container_as_fields() {
+    let log = captured_log();
+    let h = Harness::new();
+    h.create("logpod", json!({})).await.unwrap();
+    h.start("logpod", "").await.unwrap();
+    let lines = log.0.lock().unwrap().clone();
+    for msg in ["created", "started"] {
+        let want = format!("sandbox=\"logpod\" container=\"logpod\" msg=\"{msg}\"");
+        assert!(lines.contains(&want), "no {want:?} in {lines:#?}");
+    }
+}

@@ -26,7 +26,7 @@ impl<P: PodStarter, E: EventPublisher> EmberTask<P, E> {
             if sb.stopping() {
                 return;
             }
-            error!("sandbox={}: ended unexpectedly ({})", sb.id(), exit.status);
+            error!(sandbox = sb.id(); "ended unexpectedly ({})", exit.status);
             let mut exited = Vec::new();
             {
                 let mut cs = this.inner.containers.lock().expect("containers lock");
@@ -67,7 +67,7 @@ impl<P: PodStarter, E: EventPublisher> EmberTask<P, E> {
                     .contains_key(&cid);
                 match gate.check(&cid, known, std::time::Instant::now()) {
                     OomVerdict::Publish => {
-                        info!("sandbox={} container={cid}: OOM", sb.id());
+                        info!(sandbox = sb.id(), container = cid.as_str(); "OOM");
                         let mut e = TaskOOM::new();
                         e.container_id = cid;
                         this.publish(topics::TASK_OOM_EVENT_TOPIC, Box::new(e))
@@ -77,14 +77,14 @@ impl<P: PodStarter, E: EventPublisher> EmberTask<P, E> {
                     OomVerdict::UnknownContainer if !warned_unknown => {
                         warned_unknown = true;
                         warn!(
-                            "sandbox={}: the agent reported an OOM of {cid:?}, not a container \
-                             of this pod; ignored (further ones are logged at debug level)",
-                            sb.id()
+                            sandbox = sb.id();
+                            "the agent reported an OOM of {cid:?}, not a container of this \
+                             pod; ignored (further ones are logged at debug level)"
                         );
                     }
                     verdict => log::debug!(
-                        "sandbox={} container={cid:?}: OOM notice dropped ({verdict:?})",
-                        sb.id()
+                        sandbox = sb.id(), container = cid.as_str();
+                        "OOM notice dropped ({verdict:?})"
                     ),
                 }
                 tokio::time::sleep(OOM_DROP_PAUSE).await;
@@ -100,8 +100,8 @@ impl<P: PodStarter, E: EventPublisher> EmberTask<P, E> {
                 Ok(status) => status as u32,
                 Err(e) => {
                     warn!(
-                        "sandbox={} container={cid} exec={exec_id}: wait failed: {}",
-                        sb.id(),
+                        sandbox = sb.id(), container = cid.as_str(), exec = exec_id.as_str();
+                        "wait failed: {}",
                         rpc_message(&e)
                     );
                     128 + libc::SIGKILL as u32
@@ -116,8 +116,8 @@ impl<P: PodStarter, E: EventPublisher> EmberTask<P, E> {
             if let Ok(mut copiers) = copiers {
                 if !copiers.drain_outputs(limit).await {
                     warn!(
-                        "sandbox={} container={cid} exec={exec_id}: output not all copied within {limit:?} of the exit; the rest is dropped",
-                        sb.id()
+                        sandbox = sb.id(), container = cid.as_str(), exec = exec_id.as_str();
+                        "output not all copied within {limit:?} of the exit; the rest is dropped"
                     );
                 }
             }
@@ -127,8 +127,8 @@ impl<P: PodStarter, E: EventPublisher> EmberTask<P, E> {
             });
             if let Ok((e, true)) = exit {
                 info!(
-                    "sandbox={} container={cid} exec={exec_id}: exited with {}",
-                    sb.id(),
+                    sandbox = sb.id(), container = cid.as_str(), exec = exec_id.as_str();
+                    "exited with {}",
                     e.status
                 );
                 this.publish_exit(&cid, &exec_id, pid, &e).await;
