@@ -21,7 +21,7 @@ use ember_runtime::endpoint::AgentEndpoint;
 use ember_runtime::sandbox::microvm::{MicrovmBackend, CONSOLE_LOG, VSOCK_SOCKET};
 use ember_runtime::sandbox::{Backend, Sandbox, SandboxOptions, StartContext};
 use ember_runtime::state::{Resource, SandboxState};
-use ember_vmm::host::Virtualization;
+use ember_vmm::Virtualization;
 
 /// How long the guest kernel may take to get there under KVM's instruction emulator.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);

@@ -358,7 +358,11 @@ fn docker_reports_an_oom_kill() {
         "-c",
         "x=$(head -c 300000000 /dev/zero | tr '\\0' a); echo survived",
     ]);
-    assert!(!text(&out.stdout).contains("survived"), "{}", text(&out.stdout));
+    assert!(
+        !text(&out.stdout).contains("survived"),
+        "{}",
+        text(&out.stdout)
+    );
     assert_eq!(out.status.code(), Some(137), "{}", text(&out.stderr));
     // containerd's runc shim watches the OOM events of the holder's cgroup: the
     // container's, so Docker learns of the OOM kill.

@@ -21,8 +21,17 @@ pub mod vcpu;
 pub mod vm;
 
 // The facade the runtime uses: what it needs of the VMM is re-exported here, so that the
-// device modules can change inside without the runtime following.
-pub use config::{CpuProfile, DiskConfig, SerialSink, VmConfig};
+// device modules can change inside without the runtime following. The modules above stay
+// `pub` for the VMM's own integration tests (`vmm/tests`, which drive single devices) and
+// the `ember-vmm` binary; `tests/tests/boundaries.rs` checks that the host crates (runtime,
+// shim) name nothing of the VMM but what is re-exported here.
+pub use capabilities::{probe as probe_capabilities, Capability, CapabilityError};
+pub use config::{
+    BucketConfig, CpuProfile, DiskConfig, FsConfig, NetConfig, NetRateLimitConfig, RateLimitConfig,
+    SerialSink, VmConfig, VsockConfig, DEFAULT_SERIAL_MAX_BYTES, MAX_BUCKET_SIZE,
+    MAX_REFILL_TIME_MS, MAX_VCPUS, MAX_VIRTIO_DEVICES, MIN_MEMORY_MIB,
+};
 pub use devices::legacy::power::{ExitLatch, ExitReason};
 pub use devices::virtio::block::{BlockError, BlockSlot};
+pub use host::Virtualization;
 pub use vm::{Vm, VmError};

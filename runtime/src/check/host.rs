@@ -3,7 +3,7 @@
 //! VMM's own ([`Virtualization::detect`]), so `ember check` and `cpu_profile = "auto"`
 //! always agree.
 
-use ember_vmm::host::Virtualization;
+use ember_vmm::Virtualization;
 use serde::Serialize;
 use std::fs;
 use std::path::PathBuf;

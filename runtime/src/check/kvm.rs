@@ -1,9 +1,9 @@
 //! The KVM capabilities `ember check` reports: the VMM's own list
-//! ([`ember_vmm::capabilities`]), asked of the device, or fixed answers for fixture hosts.
+//! ([`ember_vmm::probe_capabilities`]), asked of the device, or fixed answers for fixture hosts.
 
 use std::path::Path;
 
-pub use ember_vmm::capabilities::Capability;
+pub use ember_vmm::Capability;
 
 /// Where capability answers come from.
 #[derive(Debug, Clone)]
@@ -25,7 +25,7 @@ pub fn probe(
             .map(|c| (*c, present.contains(c)))
             .collect()),
         CapabilitySource::Device => {
-            ember_vmm::capabilities::probe(kvm_path).map_err(|e| e.to_string())
+            ember_vmm::probe_capabilities(kvm_path).map_err(|e| e.to_string())
         }
     }
 }

@@ -10,7 +10,7 @@ mod host;
 mod kvm;
 
 pub use containerd::{parse_version as parse_containerd_version, MIN_VERSION as MIN_CONTAINERD};
-pub use ember_vmm::host::Virtualization;
+pub use ember_vmm::Virtualization;
 pub use host::{CgroupMode, Host, KvmDevice};
 pub use kvm::{Capability, CapabilitySource};
 

@@ -181,22 +181,13 @@ pub fn storage(volume: &BlockVolume, mmio_addr: u64) -> Storage {
 mod tests {
     use super::*;
     use crate::oci::{translate, BundleSpec, Translation};
-    // Slots outside a VM, for the tests only: built from the device internals.
-    use ember_vmm::devices::virtio::block::Block;
-    use ember_vmm::devices::virtio::Interrupt;
     use std::path::{Path, PathBuf};
-    use std::sync::{Arc, Mutex};
-    use vmm_sys_util::eventfd::EventFd;
 
     /// `n` slots outside any VM, at the addresses a VM would give them.
     fn slots(n: usize) -> BlockSlots {
         BlockSlots::new(
             (0..n)
-                .map(|i| {
-                    let device = Arc::new(Mutex::new(Block::slot(&format!("s{i}")).unwrap()));
-                    let irq = Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
-                    BlockSlot::new(i, 0xd000_1000 + 0x1000 * i as u64, device, irq).unwrap()
-                })
+                .map(|i| BlockSlot::detached(i, 0xd000_1000 + 0x1000 * i as u64).unwrap())
                 .collect(),
         )
     }

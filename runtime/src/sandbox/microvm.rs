@@ -39,11 +39,11 @@ use ember_agent_protocol::agent::{
     storage::Driver, Interface, Route, Storage, UpdateNetworkRequest,
 };
 use ember_config::{Backend as BackendKind, Config};
-use ember_vmm::config::{
+use ember_vmm::Virtualization;
+use ember_vmm::{
     BucketConfig, FsConfig, NetConfig, NetRateLimitConfig, RateLimitConfig, VsockConfig, MAX_VCPUS,
     MIN_MEMORY_MIB,
 };
-use ember_vmm::host::Virtualization;
 use ember_vmm::{DiskConfig, ExitLatch, ExitReason, SerialSink, Vm, VmConfig, VmError};
 use log::{info, warn};
 use tokio::sync::{oneshot, watch};
@@ -790,27 +790,27 @@ mod tests {
     fn config_ranges_are_the_vmms_limits() {
         assert_eq!(
             ember_config::VCPUS_RANGE,
-            (1, u32::from(ember_vmm::config::MAX_VCPUS))
+            (1, u32::from(ember_vmm::MAX_VCPUS))
         );
         assert_eq!(
             u64::from(ember_config::MEMORY_MIB_RANGE.0),
-            ember_vmm::config::MIN_MEMORY_MIB
+            ember_vmm::MIN_MEMORY_MIB
         );
         assert_eq!(
             ember_config::BLOCK_SLOTS_RANGE.1 as usize,
-            ember_vmm::config::MAX_VIRTIO_DEVICES - SANDBOX_OWN_DEVICES
+            ember_vmm::MAX_VIRTIO_DEVICES - SANDBOX_OWN_DEVICES
         );
         assert_eq!(
             ember_config::DEFAULT_CONSOLE_LOG_MAX_BYTES,
-            ember_vmm::config::DEFAULT_SERIAL_MAX_BYTES
+            ember_vmm::DEFAULT_SERIAL_MAX_BYTES
         );
         assert_eq!(
             ember_config::RATE_LIMIT_SIZE_MAX,
-            ember_vmm::config::MAX_BUCKET_SIZE
+            ember_vmm::MAX_BUCKET_SIZE
         );
         assert_eq!(
             ember_config::RATE_LIMIT_REFILL_TIME_MS_RANGE,
-            (1, ember_vmm::config::MAX_REFILL_TIME_MS)
+            (1, ember_vmm::MAX_REFILL_TIME_MS)
         );
         for (setting, name) in [
             (ember_config::CpuProfile::Auto, "auto"),

@@ -53,6 +53,16 @@ impl BlockSlot {
         Ok(slot)
     }
 
+    /// A slot outside any VM: an empty [`Block::slot`] named `s<index>` with an interrupt
+    /// of its own, at `mmio_addr`. For code that keeps slot bookkeeping and wants to test
+    /// it without a VM (the runtime's volume table).
+    pub fn detached(index: usize, mmio_addr: u64) -> Result<Self, BlockError> {
+        let device = Arc::new(Mutex::new(Block::slot(&format!("s{index}"))?));
+        let eventfd =
+            vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).map_err(BlockError::EventFd)?;
+        Self::new(index, mmio_addr, device, Arc::new(Interrupt::new(eventfd)))
+    }
+
     /// The slot's index among its VM's slots (0, 1, ...).
     pub fn index(&self) -> usize {
         self.index
