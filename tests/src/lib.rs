@@ -19,6 +19,7 @@ pub mod guest;
 pub mod image;
 pub mod kvm_host;
 pub mod oci;
+pub mod shim;
 
 /// Report that `test` is skipped and why, as `SKIP <test>: <why>`.
 ///

@@ -312,24 +312,21 @@ pub fn cgroup_dirs(id: &str) -> Vec<PathBuf> {
 /// leaked by an agent whose state and bundles live in `dir`; other mounts on a shared
 /// machine come and go on their own.
 pub fn mounts_under(dir: &Path) -> Vec<String> {
-    let prefix = dir.display().to_string();
-    let mut v: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
-        .filter(|m| m.starts_with(&prefix))
-        .collect();
-    v.sort();
-    v
+    mount_points(|m| m.starts_with(dir))
 }
 
 /// Mount points of the host mount namespace equal to one of `targets`, with repeats.
 pub fn mounts_at(targets: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
-        .filter(|m| targets.contains(&m.as_str()))
+    mount_points(|m| targets.iter().any(|t| m == Path::new(t)))
+}
+
+/// This mount namespace's mount points (decoded by ember-sys) that `keep` picks, sorted.
+fn mount_points(keep: impl Fn(&Path) -> bool) -> Vec<String> {
+    let mounts = ember_sys::mountinfo::read(Path::new("/proc/self/mountinfo")).unwrap();
+    let mut v: Vec<String> = mounts
+        .iter()
+        .filter(|m| keep(&m.mount_point))
+        .map(|m| m.mount_point.display().to_string())
         .collect();
     v.sort();
     v
