@@ -201,11 +201,39 @@ fn remount_read_only(source_desc: &str, target: &Path, desc: &Path) -> Result<()
     })
 }
 
-/// Makes `dir` a mount point of its own with shared propagation, so that mounts made
+/// The size of the tmpfs a sandbox's shared directory is (`size=`): the guest can write
+/// into the share's root through virtio-fs, and without a bound that would be host memory
+/// (the state dir is under `/run`). Only directories and mount points live there; the
+/// containers' files are in the mounts made below it.
+pub const SHARE_ROOT_SIZE: &str = "1m";
+/// The inode bound of that tmpfs (`nr_inodes=`): directories and mount points of every
+/// container of the pod.
+pub const SHARE_ROOT_INODES: u32 = 16_384;
+
+/// Makes `dir` (a sandbox's shared directory) a mount point of its own: a small tmpfs
+/// ([`SHARE_ROOT_SIZE`], [`SHARE_ROOT_INODES`], `nosuid,nodev`, the directory's mode), so
+/// that a guest writing into the share's root through virtio-fs is bounded and cannot make
+/// a usable device node or setuid file there; with shared propagation, so that mounts made
 /// below it later also appear in namespaces that were copied from this one as slaves
 /// (the `process` backend's agent).
 pub fn make_shared_mount_point(dir: &Path) -> Result<(), MountError> {
-    bind(dir, dir, false)?;
+    let mode = std::fs::metadata(dir)
+        .map(|m| m.permissions().mode() & 0o7777)
+        .unwrap_or(0o700);
+    let options = format!("size={SHARE_ROOT_SIZE},nr_inodes={SHARE_ROOT_INODES},mode={mode:o}");
+    mount(
+        Some("ember-shared"),
+        dir,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(options.as_str()),
+    )
+    .map_err(|errno| MountError::Mount {
+        source_desc: format!("tmpfs ({options})"),
+        target: dir.to_path_buf(),
+        fstype: "tmpfs".into(),
+        errno,
+    })?;
     mount(
         None::<&str>,
         dir,
@@ -664,6 +692,43 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_share_root_is_a_small_tmpfs_without_devices_or_setuid() {
+        if !ember_tests::require_root(
+            "the_share_root_is_a_small_tmpfs_without_devices_or_setuid",
+            "mounts",
+        ) {
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let shared = tmp.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o710)).unwrap();
+        make_shared_mount_point(&shared).unwrap();
+        let mounts = ember_sys::mountinfo::read(Path::new("/proc/self/mountinfo")).unwrap();
+        let m = mounts
+            .iter()
+            .rev()
+            .find(|m| m.mount_point == shared)
+            .expect("the share root is a mount point");
+        let flags: Vec<&str> = m.options.split(',').collect();
+        let data = m.super_options.clone();
+        let mode = std::fs::metadata(&shared).unwrap().permissions().mode() & 0o7777;
+        // A guest filling the share root runs out of room at the bound.
+        let big = std::fs::write(shared.join("fill"), vec![0u8; 2 << 20]);
+        let _ = std::fs::remove_file(shared.join("fill"));
+        let small = std::fs::write(shared.join("small"), b"x");
+        unmount_tree(&shared).unwrap();
+        assert_eq!(m.fstype, "tmpfs");
+        assert!(flags.contains(&"nosuid") && flags.contains(&"nodev"), "{flags:?}");
+        assert!(data.contains("size=1024k"), "{data}");
+        assert_eq!(mode, 0o710, "the directory's mode is kept");
+        let e = big.expect_err("2 MiB fit in the share root");
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+        small.unwrap();
+        assert!(!is_mount_point(&shared));
+    }
+
+    #[test]
     fn bind_and_safe_removal() {
         if !ember_tests::require_root("bind_and_safe_removal", "mounts") {
             return;
@@ -799,8 +864,9 @@ mod tests {
         std::fs::create_dir(&source).unwrap();
         std::fs::write(source.join("payload"), b"p").unwrap();
         let shared = tmp.path().join("shared");
-        std::fs::create_dir_all(shared.join("c1/mounts")).unwrap();
+        std::fs::create_dir(&shared).unwrap();
         make_shared_mount_point(&shared).unwrap();
+        std::fs::create_dir_all(shared.join("c1/mounts")).unwrap();
         // Symlinks the "guest" swaps in, pointing at the victim.
         std::os::unix::fs::symlink(&victim, shared.join("evil-c1")).unwrap();
         std::os::unix::fs::symlink(&victim, shared.join("c1/evil-mounts")).unwrap();
