@@ -216,9 +216,11 @@ impl<P: PodStarter, E: EventPublisher> Task for EmberTask<P, E> {
         if !exec_id.is_empty() {
             let mut p = {
                 let mut cs = self.inner.containers.lock().expect("lock");
-                let c = cs.get_mut(&cid).ok_or_else(|| not_found(&cid))?;
+                let c = cs
+                    .get_mut(&cid)
+                    .ok_or_else(|| not_found(&format!("container {cid}")))?;
                 match c.execs.get(&exec_id).map(|p| p.status) {
-                    None => return Err(not_found(&format!("exec {exec_id}"))),
+                    None => return Err(not_found(&format!("exec {exec_id} of container {cid}"))),
                     Some(Status::RUNNING) | Some(Status::PAUSED) => {
                         return Err(status(
                             Code::FAILED_PRECONDITION,
@@ -254,7 +256,7 @@ impl<P: PodStarter, E: EventPublisher> Task for EmberTask<P, E> {
             .lock()
             .expect("lock")
             .remove(&cid)
-            .ok_or_else(|| not_found(&cid))?;
+            .ok_or_else(|| not_found(&format!("container {cid}")))?;
         // Output written before the exit reaches containerd before the task goes.
         let _ = tokio::time::timeout(
             std::time::Duration::from_secs(5),
