@@ -719,7 +719,10 @@ mod tests {
         let small = std::fs::write(shared.join("small"), b"x");
         unmount_tree(&shared).unwrap();
         assert_eq!(m.fstype, "tmpfs");
-        assert!(flags.contains(&"nosuid") && flags.contains(&"nodev"), "{flags:?}");
+        assert!(
+            flags.contains(&"nosuid") && flags.contains(&"nodev"),
+            "{flags:?}"
+        );
         assert!(data.contains("size=1024k"), "{data}");
         assert_eq!(mode, 0o710, "the directory's mode is kept");
         let e = big.expect_err("2 MiB fit in the share root");
