@@ -38,10 +38,11 @@ pub const RATE_LIMIT_SIZE_MAX: u64 = 1 << 50;
 /// Accepted `refill_time` of a rate limiter's bucket, in milliseconds (up to an hour).
 pub const RATE_LIMIT_REFILL_TIME_MS_RANGE: (u64, u64) = (1, 3_600_000);
 /// The rate limiters' sections.
-const RATE_LIMITS: [&str; 3] = [
+const RATE_LIMITS: [&str; 4] = [
     "hypervisor.block_rate_limit",
     "hypervisor.net_rate_limit.rx",
     "hypervisor.net_rate_limit.tx",
+    "hypervisor.fs_rate_limit",
 ];
 /// Accepted agent dial timeouts in milliseconds.
 pub const DIAL_TIMEOUT_MS_RANGE: (u64, u64) = (100, 600_000);
@@ -351,10 +352,12 @@ fn validate(
         DIAL_TIMEOUT_MS_RANGE,
         " ms",
     )?;
-    let limits = [
+    // As long as RATE_LIMITS, so that no section goes unchecked.
+    let limits: [&RateLimit; RATE_LIMITS.len()] = [
         &h.block_rate_limit,
         &h.net_rate_limit.rx,
         &h.net_rate_limit.tx,
+        &h.fs_rate_limit,
     ];
     for (section, limit) in RATE_LIMITS.iter().zip(limits) {
         for (name, bucket) in [("bandwidth", &limit.bandwidth), ("ops", &limit.ops)] {

@@ -86,6 +86,11 @@ pub struct HypervisorConfig {
     /// `[hypervisor.net_rate_limit]`: the rate limiters of the pod NIC, for frames the guest
     /// receives (`rx`) and sends (`tx`). Unlimited by default.
     pub net_rate_limit: NetRateLimit,
+    /// `[hypervisor.fs_rate_limit]`: the rate limiter of the sandbox VM's virtio-fs device
+    /// (the shared folder): one operation per FUSE request, and its data bytes (the payload
+    /// of reads and writes; for other requests, the bytes of the request). Unlimited by
+    /// default.
+    pub fs_rate_limit: RateLimit,
 }
 
 /// A rate limiter, shaped as Firecracker's: a `bandwidth` bucket (bytes) and an `ops`
@@ -95,7 +100,7 @@ pub struct HypervisorConfig {
 pub struct RateLimit {
     /// Bytes.
     pub bandwidth: RateLimitBucket,
-    /// Operations: virtio-blk requests, or network frames.
+    /// Operations: virtio-blk requests, network frames, or FUSE requests (virtio-fs).
     pub ops: RateLimitBucket,
 }
 
@@ -140,6 +145,7 @@ impl Default for HypervisorConfig {
             seccomp: true,
             block_rate_limit: RateLimit::default(),
             net_rate_limit: NetRateLimit::default(),
+            fs_rate_limit: RateLimit::default(),
         }
     }
 }

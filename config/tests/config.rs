@@ -483,3 +483,61 @@ fn nonsense_rate_limits_are_refused_naming_the_key_and_line() {
     let msg = err("[hypervisor.block_rate_limit]\nbandwith = { size = 1, refill_time = 1 }\n");
     assert!(msg.contains("did you mean `bandwidth`?"), "{msg}");
 }
+
+#[test]
+fn fs_rate_limit_is_off_by_default_read_as_written_and_validated() {
+    assert_eq!(
+        Config::default().hypervisor.fs_rate_limit,
+        RateLimit::default()
+    );
+    let c = parse(
+        "[hypervisor.fs_rate_limit]\n\
+         bandwidth = { size = 52428800, refill_time = 1000, one_time_burst = 1048576 }\n\
+         [hypervisor.fs_rate_limit.ops]\nsize = 2000\nrefill_time = 1000\n",
+        None,
+    )
+    .unwrap();
+    assert_eq!(
+        c.hypervisor.fs_rate_limit,
+        RateLimit {
+            bandwidth: RateLimitBucket {
+                size: 50 << 20,
+                one_time_burst: 1 << 20,
+                refill_time: 1000
+            },
+            ops: RateLimitBucket {
+                size: 2000,
+                one_time_burst: 0,
+                refill_time: 1000
+            },
+        }
+    );
+    assert_eq!(c.hypervisor.block_rate_limit, RateLimit::default());
+
+    let msg = err("[hypervisor]\nvcpus = 1\n[hypervisor.fs_rate_limit.ops]\nrefill_time = 100\n");
+    assert!(msg.contains("/etc/ember/test.toml:3"), "{msg}");
+    assert!(
+        msg.contains("hypervisor.fs_rate_limit.ops.size: must be 1 to 1125899906842624"),
+        "{msg}"
+    );
+    let msg = err("[hypervisor.fs_rate_limit.bandwidth]\nsize = 4096\n");
+    assert!(msg.contains("test.toml:1"), "{msg}");
+    assert!(
+        msg.contains("hypervisor.fs_rate_limit.bandwidth.refill_time: must be 1 to 3600000 ms"),
+        "{msg}"
+    );
+    let msg = err("[hypervisor.fs_rate_limit.ops]\nsize = 10\nrefill_time = 3600001\n");
+    assert!(msg.contains("test.toml:3"), "{msg}");
+    assert!(
+        msg.contains("hypervisor.fs_rate_limit.ops.refill_time = 3600001 is out of range: allowed 1 to 3600000 ms"),
+        "{msg}"
+    );
+    let msg = err("[hypervisor.fs_rate_limit]\nops = { size = 1, refill_time = 1, burst = 5 }\n");
+    assert!(
+        msg.contains("unknown key `hypervisor.fs_rate_limit.ops.burst`"),
+        "{msg}"
+    );
+    let msg = err("[hypervisor.fs_rate_limit]\nbandwith = { size = 1, refill_time = 1 }\n");
+    assert!(msg.contains("test.toml:2"), "{msg}");
+    assert!(msg.contains("did you mean `bandwidth`?"), "{msg}");
+}

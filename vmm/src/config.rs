@@ -308,6 +308,12 @@ pub struct VmConfig {
     /// frames; all zero (the default): unlimited.
     #[serde(default)]
     pub net_rate_limit: NetRateLimitConfig,
+    /// The rate limiter of each virtio-fs device (every shared folder has its own with
+    /// these settings): one operation per FUSE request, and its data bytes (see
+    /// [`crate::devices::virtio::fs::cost`]); all zero (the default): unlimited.
+    /// `[fs_rate_limit.bandwidth]` and `[fs_rate_limit.ops]` in `vm.toml`.
+    #[serde(default)]
+    pub fs_rate_limit: RateLimitConfig,
     /// CPU feature profile.
     #[serde(default)]
     pub cpu_profile: CpuProfile,
@@ -352,6 +358,7 @@ impl VmConfig {
             net: Vec::new(),
             block_rate_limit: RateLimitConfig::default(),
             net_rate_limit: NetRateLimitConfig::default(),
+            fs_rate_limit: RateLimitConfig::default(),
             cpu_profile: CpuProfile::default(),
             seccomp: default_seccomp(),
         }
@@ -443,6 +450,7 @@ impl VmConfig {
             ("block_rate_limit", &self.block_rate_limit),
             ("net_rate_limit.rx", &self.net_rate_limit.rx),
             ("net_rate_limit.tx", &self.net_rate_limit.tx),
+            ("fs_rate_limit", &self.fs_rate_limit),
         ] {
             limit
                 .validate()
@@ -660,10 +668,22 @@ mod tests {
         std::fs::write(
             &p,
             "kernel = \"/k\"\n[block_rate_limit.bandwidth]\nsize = 4096\nrefill_time = 100\n\
-             [net_rate_limit.tx]\nops = { size = 10, refill_time = 1000, one_time_burst = 5 }\n",
+             [net_rate_limit.tx]\nops = { size = 10, refill_time = 1000, one_time_burst = 5 }\n\
+             [fs_rate_limit]\nops = { size = 200, refill_time = 1000 }\n\
+             bandwidth = { size = 1048576, refill_time = 500, one_time_burst = 65536 }\n",
         )
         .unwrap();
         let c = VmConfig::from_file(&p).unwrap();
+        assert_eq!(c.fs_rate_limit.ops, BucketConfig::new(200, 1000));
+        assert_eq!(
+            c.fs_rate_limit.bandwidth,
+            BucketConfig {
+                size: 1 << 20,
+                one_time_burst: 65536,
+                refill_time: 500
+            }
+        );
+        assert!(VmConfig::new("/k").fs_rate_limit.is_unlimited());
         assert_eq!(c.block_rate_limit.bandwidth, BucketConfig::new(4096, 100));
         assert!(c.block_rate_limit.ops.is_unlimited());
         assert_eq!(c.net_rate_limit.tx.ops.one_time_burst, 5);
@@ -684,5 +704,14 @@ mod tests {
         c.net_rate_limit.rx.ops = BucketConfig::new(0, 100);
         let e = c.validate().unwrap_err().to_string();
         assert!(e.starts_with("net_rate_limit.rx.ops: size is 0"), "{e}");
+        let mut c = VmConfig::new(&kernel);
+        c.fs_rate_limit.bandwidth = BucketConfig::new(4096, 0);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.starts_with("fs_rate_limit.bandwidth: refill_time is 0"),
+            "{e}"
+        );
+        c.fs_rate_limit.bandwidth = BucketConfig::new(4096, 100);
+        c.validate().unwrap();
     }
 }

@@ -80,6 +80,11 @@ struct Cli {
     /// frames; same LIMITS as --block-rate-limit. Unlimited by default.
     #[arg(long, value_name = "LIMITS")]
     net_tx_rate_limit: Option<ember_vmm::config::RateLimitConfig>,
+    /// Rate-limit each virtio-fs device (every --fs folder has its own limiter): one
+    /// operation per FUSE request, and its data bytes (the payload of reads and writes);
+    /// same LIMITS as --block-rate-limit. Unlimited by default.
+    #[arg(long, value_name = "LIMITS")]
+    fs_rate_limit: Option<ember_vmm::config::RateLimitConfig>,
     /// Add a virtio-rng device fed from the host's getrandom.
     #[arg(long)]
     rng: bool,
@@ -101,7 +106,8 @@ struct Cli {
     /// A vm.toml with the same settings (kernel, initrd, cmdline, vcpus, memory_mib,
     /// [[disks]] path/read_only, block_slots, serial, serial_max_bytes, cpu_profile, seccomp,
     /// [block_rate_limit.bandwidth] / [block_rate_limit.ops] and [net_rate_limit.rx.*] /
-    /// [net_rate_limit.tx.*] with size, one_time_burst, refill_time in ms); options given
+    /// [net_rate_limit.tx.*], [fs_rate_limit.bandwidth] / [fs_rate_limit.ops] with size,
+    /// one_time_burst, refill_time in ms); options given
     /// here override it.
     #[arg(long, value_name = "PATH")]
     config: Option<PathBuf>,
@@ -145,6 +151,9 @@ impl Cli {
         }
         if let Some(v) = self.net_tx_rate_limit {
             c.net_rate_limit.tx = v;
+        }
+        if let Some(v) = self.fs_rate_limit {
+            c.fs_rate_limit = v;
         }
         if self.rng {
             c.rng = true;
@@ -243,5 +252,57 @@ fn main() -> ExitCode {
                 status::VMM_ERROR
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ember_vmm::config::{BucketConfig, RateLimitConfig};
+
+    #[test]
+    fn fs_rate_limit_flag_overrides_vm_toml() {
+        let dir = tempfile::tempdir().unwrap();
+        let toml = dir.path().join("vm.toml");
+        std::fs::write(
+            &toml,
+            "kernel = \"/k\"\n[fs_rate_limit.bandwidth]\nsize = 4096\nrefill_time = 100\n",
+        )
+        .unwrap();
+        let from_file = Cli::try_parse_from(["ember-vmm", "--config", toml.to_str().unwrap()])
+            .unwrap()
+            .into_config()
+            .unwrap();
+        assert_eq!(
+            from_file.fs_rate_limit.bandwidth,
+            BucketConfig::new(4096, 100)
+        );
+        let c = Cli::try_parse_from([
+            "ember-vmm",
+            "--config",
+            toml.to_str().unwrap(),
+            "--fs-rate-limit",
+            "ops=100/1000,ops_burst=10",
+        ])
+        .unwrap()
+        .into_config()
+        .unwrap();
+        assert_eq!(
+            c.fs_rate_limit,
+            RateLimitConfig {
+                bandwidth: BucketConfig::default(),
+                ops: BucketConfig {
+                    size: 100,
+                    one_time_burst: 10,
+                    refill_time: 1000
+                },
+            },
+            "the flag replaces the file's limiter as a whole, as --block-rate-limit does"
+        );
+        assert!(c.block_rate_limit.is_unlimited());
+        let bad = Cli::try_parse_from(["ember-vmm", "--kernel", "/k", "--fs-rate-limit", "ops=5"])
+            .unwrap_err()
+            .to_string();
+        assert!(bad.contains("--fs-rate-limit"), "{bad}");
     }
 }

@@ -274,7 +274,10 @@ impl Vm {
             ))?;
         }
         for f in &config.fs {
-            devices.add(Fs::new(&f.tag, &f.dir, f.read_only)?)?;
+            devices.add(
+                Fs::new(&f.tag, &f.dir, f.read_only)?
+                    .with_rate_limiter(limiter(&config.fs_rate_limit)?),
+            )?;
         }
         if config.rng {
             devices.add(Rng::new().map_err(host_err("virtio-rng"))?)?;

@@ -1,12 +1,13 @@
 //! virtio-fs through the virtio-mmio transport: the FUSE protocol through the virtqueue,
-//! escape attempts from the shared directory, read-only shares, malformed requests.
+//! escape attempts from the shared directory, read-only shares, malformed requests, and the
+//! device's rate limiter.
 
 mod common;
 
 use common::fuse_client::{cname, decode, FuseClient};
 use fuse_backend_rs::abi::fuse_abi::{
     AccessIn, CreateIn, EntryOut, FallocateIn, FlushIn, FsyncIn, LinkIn, LseekIn, LseekOut,
-    MkdirIn, MknodIn, OpenOut, ReleaseIn, Rename2In, RenameIn, SetattrIn,
+    MkdirIn, MknodIn, OpenOut, ReleaseIn, Rename2In, RenameIn, SetattrIn, WriteOut,
 };
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use vm_memory::ByteValued;
@@ -324,4 +325,233 @@ fn every_kind_of_request_works_on_the_confined_device_thread() {
     assert!(!p.join("hard").exists() && !p.join("d").exists());
     // Extended attributes are off: refused, not fatal.
     assert!(c.call(22, node, &body(&[0u8; 8], &["user.x"])).is_err());
+}
+
+// Rate limiting: the device thread is confined by the device seccomp filter (the limiter's
+// timerfd is armed there), with the host's clock and the limiter's real timer.
+
+use common::fuse_client::REQUEST_QUEUE;
+use ember_vmm::config::RateLimitConfig;
+use ember_vmm::devices::virtio::fs::Fs;
+use ember_vmm::rate_limiter::RateLimiter;
+use fuse_backend_rs::abi::fuse_abi::{ReadIn, WriteIn};
+use std::time::{Duration, Instant};
+
+/// The hiprio queue (FORGET and INTERRUPT in a Linux guest; the server answers anything).
+const HIPRIO: usize = 0;
+
+/// A client of `dir` whose device has `limits` ("" for none).
+fn limited(dir: &std::path::Path, limits: &str) -> FuseClient {
+    let limits: RateLimitConfig = limits.parse().unwrap();
+    let limiter = RateLimiter::new(&limits).unwrap();
+    assert_eq!(limiter.is_some(), !limits.is_unlimited());
+    FuseClient::with_device(
+        Fs::new("share", dir, false)
+            .unwrap()
+            .with_rate_limiter(limiter),
+    )
+}
+
+fn next_avail(c: &FuseClient, q: usize) -> u16 {
+    use ember_vmm::devices::virtio::VirtioDevice;
+    use virtio_queue::QueueT;
+    c.d.device.lock().unwrap().queues()[q].next_avail()
+}
+
+/// Pump the device thread until queue `q` has `want` used entries in all (or 20 s passed).
+fn complete(
+    c: &mut FuseClient,
+    q: usize,
+    mut used: Vec<(u32, u32)>,
+    want: usize,
+) -> Vec<(u32, u32)> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while used.len() < want && Instant::now() < deadline {
+        c.em.run(100);
+        used.extend(c.d.used_q(q));
+    }
+    used
+}
+
+/// A READ of `size` bytes at `offset` of open file `fh` of `node`.
+fn read_request(c: &mut FuseClient, node: u64, fh: u64, offset: u64, size: u32) -> Vec<u8> {
+    let r = ReadIn {
+        fh,
+        offset,
+        size,
+        ..Default::default()
+    };
+    c.request(15, node, r.as_slice())
+}
+
+/// A share with `big`: 8 KiB, byte i is i % 251.
+fn share_with_big() -> (tempfile::TempDir, Vec<u8>) {
+    let dir = share();
+    let big: Vec<u8> = (0..8192u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(dir.path().join("big"), &big).unwrap();
+    (dir, big)
+}
+
+#[test]
+fn an_ops_limit_completes_the_budget_and_holds_the_next_request_until_the_timer() {
+    let dir = share();
+    let t0 = Instant::now();
+    // One request per 500 ms, and one extra at the start (for INIT).
+    let mut c = limited(dir.path(), "ops=1/500,ops_burst=1");
+    c.init();
+    let a = c.request(1, ROOT, &cname("hello.txt"));
+    let b = c.request(1, ROOT, &cname("sub"));
+    c.queue_request(REQUEST_QUEUE, 0, &a, 4096);
+    c.queue_request(REQUEST_QUEUE, 1, &b, 4096);
+    c.d.kick_q(REQUEST_QUEUE);
+    c.em.pump(10, 1);
+    let used = c.d.used_q(REQUEST_QUEUE);
+    assert_eq!(used.len(), 1, "only the budget is completed: {used:?}");
+    assert_eq!(
+        next_avail(&c, REQUEST_QUEUE),
+        2,
+        "INIT and the first LOOKUP were taken; the second is still available, not taken \
+         and not failed"
+    );
+    let used = complete(&mut c, REQUEST_QUEUE, used, 2);
+    assert_eq!(used.len(), 2, "the timer resumed the queue: {used:?}");
+    let elapsed = t0.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(490),
+        "a second request at 1 per 500 ms after {elapsed:?}"
+    );
+    let hello: EntryOut = decode(&c.reply_at(0).unwrap());
+    assert_eq!(hello.attr.size, 11);
+    let sub: EntryOut = decode(&c.reply_at(1).unwrap());
+    assert_eq!(
+        sub.attr.mode & libc::S_IFMT,
+        libc::S_IFDIR,
+        "served in full"
+    );
+}
+
+#[test]
+fn the_hiprio_queue_is_under_the_same_limiter() {
+    // The server answers any request on any queue, so a queue left out of the limiter
+    // would be a way around it.
+    let dir = share();
+    let mut c = limited(dir.path(), "ops=1/500,ops_burst=1");
+    c.init();
+    assert_eq!(c.lookup(ROOT, "hello.txt").unwrap().attr.size, 11);
+    let t0 = Instant::now();
+    let h = c.request(1, ROOT, &cname("hello.txt"));
+    c.queue_request(HIPRIO, 0, &h, 4096);
+    c.d.kick_q(HIPRIO);
+    c.em.pump(10, 1);
+    assert_eq!(
+        c.d.used_q(HIPRIO),
+        vec![],
+        "over budget on the hiprio queue too"
+    );
+    assert_eq!(next_avail(&c, HIPRIO), 0, "still available");
+    let used = complete(&mut c, HIPRIO, Vec::new(), 1);
+    assert_eq!(used.len(), 1, "the timer resumed the hiprio queue");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(200),
+        "{:?}",
+        t0.elapsed()
+    );
+    let e: EntryOut = decode(&c.reply_at(0).unwrap());
+    assert_eq!(e.attr.size, 11);
+}
+
+#[test]
+fn a_bandwidth_limit_counts_the_payload_of_reads_and_writes() {
+    // 4 KiB per second, plus 64 bytes once for INIT, LOOKUP and OPEN (28 bytes of
+    // requests). A 3000-byte READ fits; a 3000-byte WRITE then waits about 450 ms.
+    let (dir, big) = share_with_big();
+    let mut c = limited(dir.path(), "bandwidth=4096/1000,bandwidth_burst=64");
+    c.init();
+    let node = c.lookup(ROOT, "big").unwrap().nodeid;
+    let fh = c.open(node, libc::O_RDWR, false).unwrap();
+    let t0 = Instant::now();
+    let read = read_request(&mut c, node, fh, 0, 3000);
+    let w = WriteIn {
+        fh,
+        offset: 8192,
+        size: 3000,
+        ..Default::default()
+    };
+    let mut body = w.as_slice().to_vec();
+    body.extend(vec![b'w'; 3000]);
+    let write = c.request(16, node, &body);
+    c.queue_request(REQUEST_QUEUE, 0, &read, 4096);
+    c.queue_request(REQUEST_QUEUE, 1, &write, 4096);
+    c.d.kick_q(REQUEST_QUEUE);
+    c.em.pump(10, 1);
+    let used = c.d.used_q(REQUEST_QUEUE);
+    assert_eq!(
+        used.len(),
+        1,
+        "the READ's 3000 bytes fit, not the WRITE's: {used:?}"
+    );
+    assert_eq!(
+        next_avail(&c, REQUEST_QUEUE),
+        4,
+        "the WRITE is still available"
+    );
+    assert_eq!(c.reply_at(0).unwrap(), big[..3000]);
+    let used = complete(&mut c, REQUEST_QUEUE, used, 2);
+    assert_eq!(used.len(), 2, "{used:?}");
+    let elapsed = t0.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(400),
+        "3000 bytes over a 1132-byte budget at 4 KiB/s after {elapsed:?}"
+    );
+    let written: WriteOut = decode(&c.reply_at(1).unwrap());
+    assert_eq!(written.size, 3000);
+    assert_eq!(
+        std::fs::metadata(dir.path().join("big")).unwrap().len(),
+        11_192
+    );
+}
+
+#[test]
+fn a_read_larger_than_the_bucket_still_completes() {
+    // A 2 KiB bucket and 8 KiB READs: each goes through once the bucket is full, and the
+    // debt it leaves (6 KiB, three refills of 250 ms) delays the next one.
+    let (dir, big) = share_with_big();
+    let mut c = limited(dir.path(), "bandwidth=2048/250,bandwidth_burst=64");
+    c.init();
+    let node = c.lookup(ROOT, "big").unwrap().nodeid;
+    let fh = c.open(node, libc::O_RDONLY, false).unwrap();
+    let t0 = Instant::now();
+    for slot in 0..2 {
+        let r = read_request(&mut c, node, fh, 0, 8192);
+        c.queue_request(REQUEST_QUEUE, slot, &r, 8192 + 16);
+    }
+    c.d.kick_q(REQUEST_QUEUE);
+    c.em.pump(10, 1);
+    let used = c.d.used_q(REQUEST_QUEUE);
+    assert_eq!(used.len(), 1, "{used:?}");
+    let used = complete(&mut c, REQUEST_QUEUE, used, 2);
+    assert_eq!(used.len(), 2, "no deadlock on an oversize request");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(950),
+        "{:?}",
+        t0.elapsed()
+    );
+    for slot in 0..2 {
+        assert_eq!(c.reply_at(slot).unwrap(), big, "read {slot}");
+    }
+}
+
+#[test]
+fn an_unlimited_device_serves_everything_at_once() {
+    let dir = share();
+    let mut c = limited(dir.path(), "");
+    c.init();
+    for slot in 0..16 {
+        let r = c.request(1, ROOT, &cname("hello.txt"));
+        c.queue_request(REQUEST_QUEUE, slot, &r, 4096);
+    }
+    c.d.kick_q(REQUEST_QUEUE);
+    c.em.pump(10, 1);
+    assert_eq!(c.d.used_q(REQUEST_QUEUE).len(), 16);
+    assert_eq!(next_avail(&c, REQUEST_QUEUE), 17);
 }

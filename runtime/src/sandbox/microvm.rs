@@ -17,8 +17,9 @@
 //! - `hypervisor.block_slots` empty virtio-blk slots, right after the image disk, for the
 //!   containers' block volumes ([`super::block`]): each volume is attached to a free slot
 //!   and mounted by the agent under [`AGENT_STORAGE_DIR`];
-//! - `hypervisor.block_rate_limit` on each virtio-blk device (image disk and slots) and
-//!   `hypervisor.net_rate_limit` on the NIC ([`rate_limit`]).
+//! - `hypervisor.block_rate_limit` on each virtio-blk device (image disk and slots),
+//!   `hypervisor.net_rate_limit` on the NIC and `hypervisor.fs_rate_limit` on the shared
+//!   folder's virtio-fs device ([`rate_limit`]).
 //!
 //! The serial console goes to `console.log` in the state directory.
 //!
@@ -225,6 +226,7 @@ pub fn vm_config(
         rx: rate_limit(&h.net_rate_limit.rx),
         tx: rate_limit(&h.net_rate_limit.tx),
     };
+    vm.fs_rate_limit = rate_limit(&h.fs_rate_limit);
     vm.rng = true;
     let socket = state_dir.join(VSOCK_SOCKET);
     let len = socket.as_os_str().len();
@@ -733,7 +735,8 @@ mod tests {
         assert!(
             vm.block_rate_limit.is_unlimited()
                 && vm.net_rate_limit.rx.is_unlimited()
-                && vm.net_rate_limit.tx.is_unlimited(),
+                && vm.net_rate_limit.tx.is_unlimited()
+                && vm.fs_rate_limit.is_unlimited(),
             "no rate limit unless configured"
         );
         vm.validate().unwrap();
@@ -747,13 +750,17 @@ mod tests {
              bandwidth = { size = 10485760, refill_time = 1000, one_time_burst = 4096 }\n\
              ops = { size = 500, refill_time = 250 }\n\
              [hypervisor.net_rate_limit.rx.bandwidth]\nsize = 1250000\nrefill_time = 100\n\
-             [hypervisor.net_rate_limit.tx.ops]\nsize = 1000\nrefill_time = 1000\n",
+             [hypervisor.net_rate_limit.tx.ops]\nsize = 1000\nrefill_time = 1000\n\
+             [hypervisor.fs_rate_limit]\n\
+             bandwidth = { size = 52428800, refill_time = 1000 }\n\
+             ops = { size = 2000, refill_time = 500, one_time_burst = 100 }\n",
             None,
         )
         .unwrap();
         let mut c = config(&a);
         c.hypervisor.block_rate_limit = parsed.hypervisor.block_rate_limit;
         c.hypervisor.net_rate_limit = parsed.hypervisor.net_rate_limit;
+        c.hypervisor.fs_rate_limit = parsed.hypervisor.fs_rate_limit;
         c.hypervisor.block_slots = 2;
         let vm = vm_config(&c, &a.state, &a.shared, None).unwrap();
         assert_eq!(
@@ -780,6 +787,23 @@ mod tests {
                     ops: BucketConfig::new(1000, 1000),
                 },
             }
+        );
+        assert_eq!(
+            vm.fs_rate_limit,
+            RateLimitConfig {
+                bandwidth: BucketConfig::new(50 << 20, 1000),
+                ops: BucketConfig {
+                    size: 2000,
+                    one_time_burst: 100,
+                    refill_time: 500
+                },
+            },
+            "the shared folder's virtio-fs device"
+        );
+        assert_eq!(
+            vm.fs.len(),
+            1,
+            "one virtio-fs device, which the limiter applies to"
         );
         vm.validate().unwrap();
     }

@@ -21,7 +21,7 @@ pub struct FuseClient {
     /// The driver.
     pub d: Driver<Fs>,
     /// The device thread, confined by the device seccomp filter.
-    em: ConfinedLoop,
+    pub em: ConfinedLoop,
     unique: u64,
     /// The caller's uid and gid in the requests' headers (root by default).
     pub creds: (u32, u32),
@@ -46,7 +46,12 @@ pub fn cname(name: &str) -> Vec<u8> {
 impl FuseClient {
     /// A client for `dir` shared under "share".
     pub fn new(dir: &Path, read_only: bool) -> Self {
-        let mut d = Driver::new(Fs::new("share", dir, read_only).unwrap(), 64);
+        Self::with_device(Fs::new("share", dir, read_only).unwrap())
+    }
+
+    /// A client for `fs` (a device set up by the test, e.g. with a rate limiter).
+    pub fn with_device(fs: Fs) -> Self {
+        let mut d = Driver::new(fs, 64);
         assert_eq!(d.init_queues(2) & 0x40, 0);
         let em = ConfinedLoop::new(vec![d.device.clone()]);
         Self {
@@ -91,8 +96,52 @@ impl FuseClient {
         used[0].1
     }
 
+    /// Put `request` on queue `q` without kicking or waiting, in buffer `slot` (each slot
+    /// has its own request and reply area, so several can be in flight; the reply is
+    /// [`FuseClient::reply_at`]`(slot)`).
+    pub fn queue_request(&mut self, q: usize, slot: u64, request: &[u8], reply_cap: u32) {
+        let (req, resp) = Self::slot_addrs(slot);
+        self.d.poke(req, request);
+        self.d.submit_q(
+            q,
+            &[
+                Desc {
+                    addr: req,
+                    len: request.len() as u32,
+                    flags: 0,
+                    next: 0,
+                },
+                Desc {
+                    addr: resp,
+                    len: reply_cap,
+                    flags: F_WRITE,
+                    next: 0,
+                },
+            ],
+        );
+    }
+
+    /// The reply header and body written into buffer `slot`: `Err(errno)` or the body.
+    pub fn reply_at(&self, slot: u64) -> Result<Vec<u8>, i32> {
+        let (_, resp) = Self::slot_addrs(slot);
+        let out: OutHeader = decode(&self.d.peek(resp, std::mem::size_of::<OutHeader>()));
+        if out.error != 0 {
+            return Err(-out.error);
+        }
+        let body = out.len as usize - std::mem::size_of::<OutHeader>();
+        Ok(self
+            .d
+            .peek(resp + std::mem::size_of::<OutHeader>() as u64, body))
+    }
+
+    /// Request and reply addresses of buffer `slot` (above the areas of `raw`).
+    fn slot_addrs(slot: u64) -> (u64, u64) {
+        let base = DATA + 0x10_0000 * (slot + 1);
+        (base, base + 0x8_0000)
+    }
+
     /// Header + body of the next request (a fresh `unique`).
-    fn request(&mut self, opcode: u32, nodeid: u64, body: &[u8]) -> Vec<u8> {
+    pub fn request(&mut self, opcode: u32, nodeid: u64, body: &[u8]) -> Vec<u8> {
         self.unique += 1;
         let header = InHeader {
             len: (std::mem::size_of::<InHeader>() + body.len()) as u32,

@@ -8,10 +8,18 @@
 //! shares are enforced here ([`readonly`]), not only by the guest's mount options.
 //!
 //! Requests are served on the device event-loop thread, one queue at a time.
+//!
+//! With a [`RateLimiter`] ([`Fs::with_rate_limiter`]), each FUSE request takes one
+//! operation and its data bytes ([`cost`]). The limiter covers every queue, the hiprio
+//! queue included (the server answers any request on any queue, so a queue left out would
+//! be a way around it): a request the limiter refuses stays in its queue's available ring,
+//! every queue stops, and the limiter's timer (on the event loop) resumes them all.
 
+pub mod cost;
 pub mod readonly;
 
 use super::{DeviceState, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::rate_limiter::RateLimiter;
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::passthrough::{CachePolicy, Config as PassthroughConfig, PassthroughFs};
@@ -20,6 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use thiserror::Error;
 use virtio_queue::QueueT;
+use vmm_sys_util::epoll::EventSet;
 
 /// virtio device id of a file system device.
 pub const DEVICE_TYPE: u32 = 26;
@@ -27,6 +36,10 @@ pub const DEVICE_TYPE: u32 = 26;
 pub const QUEUE_SIZE: u16 = 256;
 /// Longest tag (the config field is 36 bytes).
 pub const MAX_TAG_LEN: usize = 36;
+/// Event data of the queues' eventfds: the queue index from here.
+const TOKEN_QUEUE_BASE: u32 = 0;
+/// Event data of the rate limiter's timer (past any queue index).
+const TOKEN_RATE_LIMIT: u32 = 16;
 
 /// Errors of creating a virtio-fs device.
 #[derive(Debug, Error)]
@@ -88,6 +101,8 @@ pub struct Fs {
     read_only: bool,
     server: Arc<Server<Arc<PassthroughFs>>>,
     state: DeviceState,
+    /// Bounds the guest's requests on all queues; `None`: unlimited.
+    limiter: Option<RateLimiter>,
 }
 
 impl Fs {
@@ -122,7 +137,15 @@ impl Fs {
             read_only,
             server: Arc::new(Server::new(Arc::new(fs))),
             state: DeviceState::new(&[QUEUE_SIZE, QUEUE_SIZE]).map_err(FsError::EventFd)?,
+            limiter: None,
         })
+    }
+
+    /// The same device with `limiter` bounding its requests, on every queue (`None`:
+    /// unlimited).
+    pub fn with_rate_limiter(mut self, limiter: Option<RateLimiter>) -> Self {
+        self.limiter = limiter;
+        self
     }
 
     /// The tag the guest mounts.
@@ -130,17 +153,35 @@ impl Fs {
         &self.tag
     }
 
-    /// Serve every request on queue `q`; returns how many were completed.
+    /// Serve the requests on queue `q`, as many as the rate limiter (if any) lets through;
+    /// returns how many were completed. A refused request is left available for the
+    /// limiter's timer to resume.
     pub fn process_queue(&mut self, q: usize) -> usize {
         let Some(mem) = self.state.mem.as_ref() else {
             return 0;
         };
+        if self.limiter.as_ref().is_some_and(RateLimiter::is_blocked) {
+            return 0;
+        }
         let Some(queue) = self.state.queues.get_mut(q) else {
             return 0;
         };
         let mut done = 0;
         while let Some(chain) = queue.pop_descriptor_chain(mem) {
             let head = chain.head_index();
+            if let Some(limiter) = self.limiter.as_mut() {
+                // A malformed chain costs no bytes (it is dropped below), but an operation.
+                let bytes = Reader::from_descriptor_chain(mem, chain.clone()).map_or(0, |r| {
+                    let room =
+                        VirtioFsWriter::new(mem, chain.clone()).map_or(0, |w| w.available_bytes());
+                    cost::data_bytes(r, room)
+                });
+                if !limiter.consume(bytes) {
+                    // Put the chain back: it stays available until the timer fires.
+                    queue.set_next_avail(queue.next_avail().wrapping_sub(1));
+                    break;
+                }
+            }
             let used = match (
                 Reader::from_descriptor_chain(mem, chain.clone()),
                 VirtioFsWriter::new(mem, chain.clone()).map(Writer::from),
@@ -211,6 +252,19 @@ impl VirtioDevice for Fs {
 
 impl MutEventSubscriber for Fs {
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        if events.data() == TOKEN_RATE_LIMIT {
+            if let Some(limiter) = self.limiter.as_mut() {
+                limiter.on_timer();
+            }
+            // Every queue may hold requests the limiter refused (hiprio first).
+            if self.is_activated() {
+                for q in 0..self.state.queues.len() {
+                    self.process_queue(q);
+                }
+            }
+            return;
+        }
+        // The eventfd is drained even before activation, so it does not spin.
         if let Some(q) = self.state.take_queue_event(&events, "virtio-fs") {
             if self.is_activated() {
                 self.process_queue(q);
@@ -219,7 +273,14 @@ impl MutEventSubscriber for Fs {
     }
 
     fn init(&mut self, ops: &mut EventOps) {
-        self.state.register_queue_events(ops, 0, "virtio-fs");
+        self.state
+            .register_queue_events(ops, TOKEN_QUEUE_BASE, "virtio-fs");
+        if let Some(limiter) = &self.limiter {
+            let events = Events::with_data(limiter, TOKEN_RATE_LIMIT, EventSet::IN);
+            if let Err(e) = ops.add(events) {
+                log::error!("virtio-fs: cannot watch the rate limiter's timer: {e}");
+            }
+        }
     }
 }
 
