@@ -236,7 +236,8 @@ async fn serve(cli: Cli, log: Logger) -> Result<(), AgentError> {
     .map_err(|source| AgentError::StateDir {
         path: cli.state_dir.clone(),
         source,
-    })?;
+    })?
+    .with_pod_network_sysctls(pid1);
     let containers = Arc::new(containers);
     let sandbox = sandbox::Sandbox::new(cli.state_dir.join("sandbox"), sys);
     let svc = service::AgentService::new(log.clone(), containers.clone(), sandbox);

@@ -80,6 +80,38 @@ pub fn check_process(p: &Process, prefix: &str) -> Result<(), SpecError> {
     }
 }
 
+/// Takes the `net.*` keys out of `linux.sysctl` of a spec whose container has no network
+/// namespace of its own (no `network` entry in `linux.namespaces`: it stays in the agent's),
+/// and returns them in key order; leaves any other spec as it is.
+pub fn take_shared_network_sysctls(spec: &mut Spec) -> Vec<(String, String)> {
+    let Some(mut linux) = spec.linux().clone() else {
+        return Vec::new();
+    };
+    let own_netns = linux.namespaces().as_ref().is_some_and(|ns| {
+        ns.iter()
+            .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Network)
+    });
+    let Some(mut sysctl) = linux.sysctl().clone() else {
+        return Vec::new();
+    };
+    if own_netns {
+        return Vec::new();
+    }
+    let mut taken: Vec<(String, String)> = sysctl
+        .iter()
+        .filter(|(k, _)| k.starts_with("net."))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if taken.is_empty() {
+        return taken;
+    }
+    taken.sort();
+    sysctl.retain(|k, _| !k.starts_with("net."));
+    linux.set_sysctl(Some(sysctl));
+    spec.set_linux(Some(linux));
+    taken
+}
+
 /// Parses and validates a container spec, resolves `root.path` against `bundle_path`,
 /// sets `linux.cgroupsPath` to `/ember/<id>` when empty, and returns the spec with the
 /// container's cgroup path.
@@ -200,6 +232,45 @@ mod tests {
         let e = prepare("c1", json, "").unwrap_err();
         assert!(e.to_string().starts_with("root.path:"), "{e}");
         assert!(e.to_string().contains("/nonexistent/ember-rootfs"), "{e}");
+    }
+
+    #[test]
+    fn net_sysctls_of_a_container_in_the_agents_network_namespace_are_taken_out() {
+        let spec = |namespaces: &str| {
+            parse::<Spec>(
+                "spec_json",
+                &format!(
+                    r#"{{"ociVersion":"1.0.2","linux":{{"namespaces":[{namespaces}],
+                    "sysctl":{{"net.ipv4.ping_group_range":"0 2147483647",
+                    "net.ipv4.ip_unprivileged_port_start":"0","kernel.msgmax":"8192"}}}}}}"#
+                ),
+            )
+            .unwrap()
+        };
+        let mut shared = spec(r#"{"type":"pid"},{"type":"mount"}"#);
+        assert_eq!(
+            take_shared_network_sysctls(&mut shared),
+            [
+                ("net.ipv4.ip_unprivileged_port_start".into(), "0".into()),
+                ("net.ipv4.ping_group_range".into(), "0 2147483647".into()),
+            ]
+        );
+        let left = shared.linux().as_ref().unwrap().sysctl().clone().unwrap();
+        assert_eq!(left.keys().collect::<Vec<_>>(), ["kernel.msgmax"]);
+        // A container with a network namespace of its own keeps them: libcontainer sets
+        // them there.
+        let mut own = spec(r#"{"type":"pid"},{"type":"network"}"#);
+        assert!(take_shared_network_sysctls(&mut own).is_empty());
+        assert_eq!(
+            own.linux()
+                .as_ref()
+                .unwrap()
+                .sysctl()
+                .as_ref()
+                .unwrap()
+                .len(),
+            3
+        );
     }
 
     #[test]

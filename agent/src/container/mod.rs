@@ -186,6 +186,10 @@ pub struct Containers {
     reserved: Mutex<HashSet<String>>,
     oom_tx: mpsc::UnboundedSender<String>,
     oom_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<String>>,
+    /// Whether the agent's network namespace is the pod's own (a VM guest): then a
+    /// container that joins it gets its `net.*` sysctls written there
+    /// ([`Containers::with_pod_network_sysctls`]).
+    pod_network_sysctls: bool,
 }
 
 fn lc_err(id: &str, op: &'static str, e: libcontainer::error::LibcontainerError) -> ContainerError {
@@ -238,6 +242,20 @@ impl Containers {
             reserved: Mutex::new(HashSet::new()),
             oom_tx,
             oom_rx: tokio::sync::Mutex::new(oom_rx),
+            pod_network_sysctls: false,
         })
+    }
+
+    /// Writes the `net.*` sysctls of a container without a network namespace of its own
+    /// into the agent's network namespace, instead of handing them to libcontainer (which
+    /// refuses them for a container in its runtime's namespace). Only for an agent that is
+    /// a VM guest's init: there that namespace is the pod's (the runtime drops the spec's
+    /// network namespace, the guest's NIC being the pod's), so the sysctls are the pod's,
+    /// as Kubernetes has them, and never the host's. Docker sets two such sysctls on every
+    /// container with a network namespace (`net.ipv4.ping_group_range`,
+    /// `net.ipv4.ip_unprivileged_port_start`).
+    pub fn with_pod_network_sysctls(mut self, on: bool) -> Self {
+        self.pod_network_sysctls = on;
+        self
     }
 }
