@@ -6,19 +6,29 @@
 //! `io.containerd.runc.v2` shim. The offline busybox image is loaded with `docker load`;
 //! `docker run --rm --runtime ember` must print, pass exit codes and leave nothing behind.
 //!
+//! The bodies in `body` take the sandbox backend: `name` runs them on the `process` backend;
+//! their `hw_kvm::name` variants on the `microvm` one (each container in its own microVM, in
+//! the nested KVM test host on hosts without hardware virtualization:
+//! [`ember_tests::hw_kvm_runs_here`]) wait for a runtime fix (see the note above the tests).
+//! What only the process backend has (the container's cgroup on the host: `--memory` there,
+//! `docker stats`, OOM kills reported to Docker) is tested on it alone.
+//!
 //! Needs root, dockerd and its docker CLI (`apt-get install docker.io`), containerd and the
-//! runc shim, busybox-static, and `ember-oci` and `ember-agent` built; otherwise each test
-//! says `SKIP` and why.
+//! runc shim, busybox-static, and `ember-oci` and `ember-agent` built, and for the microvm
+//! variants the guest assets (`make guest`); otherwise each test says `SKIP` and why.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use ember_tests::backend::Backend;
 use ember_tests::containerd::{self, mounts_under, processes_mentioning, unmount_under};
 use ember_tests::image::busybox_docker_archive;
 use ember_tests::{fixtures, skip};
 
 const IMAGE: &str = "busybox:ember";
+/// How long one step may take on the process backend ([`Backend::scaled`] scales it).
+const STEP: Duration = Duration::from_secs(60);
 
 /// dockerd and the docker CLI that comes with it (the CLI next to it: a newer CLI elsewhere
 /// on PATH may not speak Docker 20.10's API).
@@ -33,7 +43,7 @@ fn docker_binaries() -> Option<(PathBuf, PathBuf)> {
     Some((dockerd, cli))
 }
 
-fn unavailable() -> Option<String> {
+fn unavailable(backend: Backend) -> Option<String> {
     if let Some(why) = containerd::unavailable() {
         return Some(why);
     }
@@ -46,7 +56,10 @@ fn unavailable() -> Option<String> {
     if !fixtures::busybox_available() {
         return Some("busybox-static is not installed (apt-get install busybox-static)".into());
     }
-    ember_tests::oci::unavailable()
+    if containerd::which("timeout").is_none() {
+        return Some("coreutils' timeout is not on PATH".into());
+    }
+    ember_tests::oci::unavailable().or_else(|| backend.unavailable())
 }
 
 /// A private dockerd with ember registered and the busybox image loaded.
@@ -57,13 +70,16 @@ struct Docker {
     run_dir: PathBuf,
     /// ember's sandbox.state_dir.
     state: PathBuf,
+    backend: Backend,
     tmp: tempfile::TempDir,
 }
 
 impl Docker {
-    fn start(test: &str, tag: &str) -> Option<Docker> {
-        if let Some(why) = unavailable() {
-            skip(test, &why);
+    /// dockerd for `body`'s test on `backend` (`tag` keeps its paths apart from the other
+    /// tests'), or `None` after a `SKIP` line when it cannot run here.
+    fn start(backend: Backend, body: &str, tag: &str) -> Option<Docker> {
+        if let Some(why) = unavailable(backend) {
+            skip(&backend.test_name(body), &why);
             return None;
         }
         let (dockerd, cli) = docker_binaries().expect("checked");
@@ -71,14 +87,15 @@ impl Docker {
             .prefix("ember-docker")
             .tempdir()
             .unwrap();
-        let run_dir = PathBuf::from(format!("/run/edk{}{tag}", std::process::id()));
-        let state = PathBuf::from(format!("/run/eds{}{tag}", std::process::id()));
+        // Both variants of a body may run at once (on a host with hardware KVM).
+        let suffix = if backend == Backend::Microvm { "v" } else { "" };
+        let run_dir = PathBuf::from(format!("/run/edk{}{tag}{suffix}", std::process::id()));
+        let state = PathBuf::from(format!("/run/eds{}{tag}{suffix}", std::process::id()));
         let _ = std::fs::remove_dir_all(&run_dir);
         std::fs::create_dir_all(&run_dir).unwrap();
         // The README's form: the path of ember-oci, and `--config` (a global option) in
         // runtimeArgs, which dockerd puts in a wrapper script of its own.
-        ember_tests::oci::wrapper(tmp.path(), &state, ember_tests::backend::Backend::Process)
-            .unwrap();
+        ember_tests::oci::wrapper(tmp.path(), &state, backend).unwrap();
         let oci = ember_tests::oci::binary().expect("checked");
         let config = tmp.path().join("ember.toml");
         let daemon_json = tmp.path().join("daemon.json");
@@ -119,13 +136,15 @@ impl Docker {
             cli,
             run_dir,
             state,
+            backend,
             tmp,
         };
         let start = Instant::now();
         while !d.docker(&["version"]).status.success() {
             assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "dockerd did not answer within 60 s:\n{}",
+                start.elapsed() < backend.scaled(STEP),
+                "dockerd did not answer within {} s:\n{}",
+                backend.scaled(STEP).as_secs(),
                 d.log_tail()
             );
             std::thread::sleep(Duration::from_millis(200));
@@ -142,8 +161,14 @@ impl Docker {
         Some(d)
     }
 
+    /// `docker ARGS` against this dockerd. A step that hangs is ended after twice
+    /// [`STEP`] on this backend (`timeout`'s status 124) and fails its test with dockerd's
+    /// log rather than stalling the run.
     fn docker(&self, args: &[&str]) -> Output {
-        Command::new(&self.cli)
+        let limit = (self.backend.scaled(STEP) * 2).as_secs().to_string();
+        Command::new("timeout")
+            .args(["-k", "10", &limit])
+            .arg(&self.cli)
             .arg("--host")
             .arg(format!("unix://{}", self.run_dir.join("d.sock").display()))
             .args(args)
@@ -226,60 +251,187 @@ fn assert_runs(d: &Docker, out: &Output, code: i32) {
     );
 }
 
+// Each body as `name` on the process backend. Their `hw_kvm::name` variants on the microvm
+// backend (`ember_tests::on_both_backends!` over the same three) wait for a fix in the
+// runtime: Docker 20.10 puts `net.ipv4.ping_group_range` and
+// `net.ipv4.ip_unprivileged_port_start` in `linux.sysctl` of every container that does not
+// use the host's network, and on the microvm backend the runtime drops the spec's network
+// namespace (the guest's network is the pod's) but keeps those sysctls, which the guest's
+// libcontainer then refuses ("sysctl net.ipv4.ping_group_range not allowed in host network
+// namespace"): every `docker run --runtime ember` fails there. Reverting the commit that
+// added this comment brings the variants back.
 #[test]
 fn docker_run_with_the_ember_runtime() {
-    let Some(d) = Docker::start("docker_run_with_the_ember_runtime", "r") else {
-        return;
-    };
-    let run = [
-        "run",
-        "--rm",
-        "--runtime",
-        "ember",
-        "--network",
-        "none",
-        IMAGE,
-    ];
-    let out = d.docker(&[&run[..], &["echo", "hi"]].concat());
-    assert_runs(&d, &out, 0);
-    assert_eq!(text(&out.stdout), "hi\n");
-
-    let out = d.docker(&[&run[..], &["sh", "-c", "echo oops >&2; exit 3"]].concat());
-    assert_runs(&d, &out, 3);
-    assert!(text(&out.stderr).contains("oops"), "{}", text(&out.stderr));
-    d.assert_nothing_left();
+    body::docker_run_with_the_ember_runtime(Backend::Process);
 }
 
 #[test]
 fn docker_detached_logs_exec_top_stop() {
-    let Some(d) = Docker::start("docker_detached_logs_exec_top_stop", "d") else {
-        return;
-    };
-    let name = format!("det-{}", std::process::id());
-    let out = d.docker(&[
-        "run",
-        "-d",
-        "--name",
-        &name,
-        "--runtime",
-        "ember",
-        "--network",
-        "none",
-        "--memory",
-        "64m",
-        IMAGE,
-        "sh",
-        "-c",
-        "echo started; trap 'echo got-term; exit 0' TERM; while :; do sleep 1; done",
-    ]);
-    assert_runs(&d, &out, 0);
-    let start = Instant::now();
-    while !text(&d.docker(&["logs", &name]).stdout).contains("started") {
-        assert!(start.elapsed() < Duration::from_secs(30), "no output");
-        std::thread::sleep(Duration::from_millis(100));
+    body::docker_detached_logs_exec_top_stop(Backend::Process);
+}
+
+#[test]
+fn docker_run_it_with_a_terminal() {
+    body::docker_run_it_with_a_terminal(Backend::Process);
+}
+
+/// The test bodies, for either backend (see above for the microvm one).
+mod body {
+    use super::*;
+
+    pub fn docker_run_with_the_ember_runtime(backend: Backend) {
+        let Some(d) = Docker::start(backend, "docker_run_with_the_ember_runtime", "r") else {
+            return;
+        };
+        let run = [
+            "run",
+            "--rm",
+            "--runtime",
+            "ember",
+            "--network",
+            "none",
+            IMAGE,
+        ];
+        let out = d.docker(&[&run[..], &["echo", "hi"]].concat());
+        assert_runs(&d, &out, 0);
+        assert_eq!(text(&out.stdout), "hi\n");
+
+        let out = d.docker(&[&run[..], &["sh", "-c", "echo oops >&2; exit 3"]].concat());
+        assert_runs(&d, &out, 3);
+        assert!(text(&out.stderr).contains("oops"), "{}", text(&out.stderr));
+        d.assert_nothing_left();
     }
-    // --memory reaches the container's cgroup (ember's, on the host: process backend).
-    let id = text(&d.docker(&["inspect", "-f", "{{.Id}}", &name]).stdout)
+
+    pub fn docker_detached_logs_exec_top_stop(backend: Backend) {
+        let Some(d) = Docker::start(backend, "docker_detached_logs_exec_top_stop", "d") else {
+            return;
+        };
+        let name = match backend {
+            Backend::Process => format!("det-{}", std::process::id()),
+            Backend::Microvm => format!("det-v{}", std::process::id()),
+        };
+        let mut run = vec![
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--runtime",
+            "ember",
+            "--network",
+            "none",
+        ];
+        // The limit is checked in the container's host cgroup below: process backend only.
+        if backend == Backend::Process {
+            run.extend(["--memory", "64m"]);
+        }
+        run.extend([
+            IMAGE,
+            "sh",
+            "-c",
+            "echo started; trap 'echo got-term; exit 0' TERM; while :; do sleep 1; done",
+        ]);
+        let out = d.docker(&run);
+        assert_runs(&d, &out, 0);
+        let start = Instant::now();
+        while !text(&d.docker(&["logs", &name]).stdout).contains("started") {
+            assert!(
+                start.elapsed() < backend.scaled(Duration::from_secs(30)),
+                "no output\n{}",
+                d.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // On the microvm backend the container's cgroup is the guest's: the host has no
+        // cgroup of the container to hold a limit, and the runc shim's stats are the
+        // holder's (the VMM's). So `--memory` on the host and `docker stats` are tested on
+        // the process backend only.
+        if backend == Backend::Process {
+            assert_memory_limit_and_stats(&d, &name);
+        }
+        let out = d.docker(&["exec", &name, "sh", "-c", "echo exec-hi; exit 4"]);
+        assert_runs(&d, &out, 4);
+        assert_eq!(text(&out.stdout), "exec-hi\n");
+        // docker top: `ember-oci ps --format json`, then the host's ps.
+        let out = d.docker(&["top", &name]);
+        assert_runs(&d, &out, 0);
+        let top = text(&out.stdout);
+        match backend {
+            // The container's own processes, on the host.
+            Backend::Process => {
+                assert!(top.contains("sleep") || top.contains("sh -c"), "{top}");
+                assert!(
+                    !top.contains("ember-oci"),
+                    "the holder is not one of the container's processes: {top}"
+                );
+            }
+            // The container's processes live in the guest: the holder (whose process runs
+            // the VMM) stands for them, the pid Docker knows the container by.
+            Backend::Microvm => {
+                let out = d.docker(&["inspect", "-f", "{{.State.Pid}}", &name]);
+                assert_runs(&d, &out, 0);
+                let pid = text(&out.stdout).trim().to_string();
+                let rows: Vec<&str> = top.lines().skip(1).collect();
+                assert_eq!(rows.len(), 1, "docker top: {top}");
+                assert_eq!(
+                    rows[0].split_whitespace().nth(1),
+                    Some(pid.as_str()),
+                    "docker top: {top}"
+                );
+                assert!(rows[0].contains("ember-oci"), "docker top: {top}");
+            }
+        }
+        // docker stop: SIGTERM through `ember-oci kill`, which the trap answers.
+        let grace = backend
+            .scaled(Duration::from_secs(20))
+            .as_secs()
+            .to_string();
+        let out = d.docker(&["stop", "-t", &grace, &name]);
+        assert_runs(&d, &out, 0);
+        let out = d.docker(&["inspect", "-f", "{{.State.ExitCode}}", &name]);
+        assert_eq!(text(&out.stdout).trim(), "0", "{}", text(&out.stderr));
+        assert!(text(&d.docker(&["logs", &name]).stdout).contains("got-term"));
+        let out = d.docker(&["rm", &name]);
+        assert_runs(&d, &out, 0);
+        d.assert_nothing_left();
+    }
+
+    pub fn docker_run_it_with_a_terminal(backend: Backend) {
+        let Some(d) = Docker::start(backend, "docker_run_it_with_a_terminal", "t") else {
+            return;
+        };
+        if containerd::which("script").is_none() {
+            return skip(
+                &backend.test_name("docker_run_it_with_a_terminal"),
+                "util-linux's script is not installed",
+            );
+        }
+        // docker -t needs a terminal: run it under script(1), whose exit code is docker's
+        // (-e).
+        let line = format!(
+            "'{}' --host 'unix://{}' run --rm -it --runtime ember --network none {IMAGE} sh -c 'test -t 0 && test -t 1 && echo is-a-tty; exit 6'",
+            d.cli.display(),
+            d.run_dir.join("d.sock").display()
+        );
+        let limit = (backend.scaled(STEP) * 2).as_secs().to_string();
+        let out = Command::new("timeout")
+            .args([limit.as_str(), "script", "-qec", &line, "/dev/null"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_runs(&d, &out, 6);
+        assert!(
+            text(&out.stdout).contains("is-a-tty"),
+            "{}",
+            text(&out.stdout)
+        );
+        d.assert_nothing_left();
+    }
+}
+
+/// `--memory 64m` reaches the container's cgroup on the host (ember's: process backend),
+/// and `docker stats` shows that limit and some usage.
+fn assert_memory_limit_and_stats(d: &Docker, name: &str) {
+    let id = text(&d.docker(&["inspect", "-f", "{{.Id}}", name]).stdout)
         .trim()
         .to_string();
     // The cgroup is /ember/<sandbox>/<container>; a 64-character id gets a shorter sandbox
@@ -302,41 +454,19 @@ fn docker_detached_logs_exec_top_stop() {
     );
     // docker stats: the runc shim reads the cgroup of the pid file's process (the holder),
     // which sits in the container's cgroup, so the limit shown is the container's.
-    let out = d.docker(&["stats", "--no-stream", "--format", "{{.MemUsage}}", &name]);
-    assert_runs(&d, &out, 0);
+    let out = d.docker(&["stats", "--no-stream", "--format", "{{.MemUsage}}", name]);
+    assert_runs(d, &out, 0);
     let usage = text(&out.stdout);
     assert!(usage.trim().ends_with("/ 64MiB"), "docker stats: {usage:?}");
     assert!(!usage.starts_with("0B"), "docker stats: {usage:?}");
-    let out = d.docker(&["exec", &name, "sh", "-c", "echo exec-hi; exit 4"]);
-    assert_runs(&d, &out, 4);
-    assert_eq!(text(&out.stdout), "exec-hi\n");
-    // docker top: `ember-oci ps --format json`, then the host's ps.
-    let out = d.docker(&["top", &name]);
-    assert_runs(&d, &out, 0);
-    assert!(
-        text(&out.stdout).contains("sleep") || text(&out.stdout).contains("sh -c"),
-        "{}",
-        text(&out.stdout)
-    );
-    assert!(
-        !text(&out.stdout).contains("ember-oci"),
-        "the holder is not one of the container's processes: {}",
-        text(&out.stdout)
-    );
-    // docker stop: SIGTERM through `ember-oci kill`, which the trap answers.
-    let out = d.docker(&["stop", "-t", "20", &name]);
-    assert_runs(&d, &out, 0);
-    let out = d.docker(&["inspect", "-f", "{{.State.ExitCode}}", &name]);
-    assert_eq!(text(&out.stdout).trim(), "0", "{}", text(&out.stderr));
-    assert!(text(&d.docker(&["logs", &name]).stdout).contains("got-term"));
-    let out = d.docker(&["rm", &name]);
-    assert_runs(&d, &out, 0);
-    d.assert_nothing_left();
 }
 
+/// Process backend only: the OOM kill happens in the container's host cgroup, whose events
+/// containerd's runc shim watches through the holder. On the microvm backend the guest's
+/// kernel kills the process and the host sees no OOM event of the container.
 #[test]
 fn docker_reports_an_oom_kill() {
-    let Some(d) = Docker::start("docker_reports_an_oom_kill", "o") else {
+    let Some(d) = Docker::start(Backend::Process, "docker_reports_an_oom_kill", "o") else {
         return;
     };
     let name = format!("oom-{}", std::process::id());
@@ -373,37 +503,6 @@ fn docker_reports_an_oom_kill() {
     d.assert_nothing_left();
 }
 
-#[test]
-fn docker_run_it_with_a_terminal() {
-    let Some(d) = Docker::start("docker_run_it_with_a_terminal", "t") else {
-        return;
-    };
-    if containerd::which("script").is_none() {
-        return skip(
-            "docker_run_it_with_a_terminal",
-            "util-linux's script is not installed",
-        );
-    }
-    // docker -t needs a terminal: run it under script(1), whose exit code is docker's (-e).
-    let line = format!(
-        "'{}' --host 'unix://{}' run --rm -it --runtime ember --network none {IMAGE} sh -c 'test -t 0 && test -t 1 && echo is-a-tty; exit 6'",
-        d.cli.display(),
-        d.run_dir.join("d.sock").display()
-    );
-    let out = Command::new("timeout")
-        .args(["120", "script", "-qec", &line, "/dev/null"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert_runs(&d, &out, 6);
-    assert!(
-        text(&out.stdout).contains("is-a-tty"),
-        "{}",
-        text(&out.stdout)
-    );
-    d.assert_nothing_left();
-}
-
 /// `docker run --rm --runtime ember busybox true` against `--runtime runc`: the median of
 /// 10 runs each, printed with their ratio (the README's Performance numbers). Ignored by
 /// default (timings, not a check): `EMBER_OCI=target/release/ember-oci cargo test -p
@@ -411,7 +510,8 @@ fn docker_run_it_with_a_terminal() {
 #[test]
 #[ignore]
 fn bench_docker_run_true_ember_vs_runc() {
-    let Some(d) = Docker::start("bench_docker_run_true_ember_vs_runc", "b") else {
+    let Some(d) = Docker::start(Backend::Process, "bench_docker_run_true_ember_vs_runc", "b")
+    else {
         return;
     };
     let median = |runtime: &str| {
