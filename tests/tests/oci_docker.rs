@@ -6,12 +6,11 @@
 //! `io.containerd.runc.v2` shim. The offline busybox image is loaded with `docker load`;
 //! `docker run --rm --runtime ember` must print, pass exit codes and leave nothing behind.
 //!
-//! The bodies in `body` take the sandbox backend: `name` runs them on the `process` backend;
-//! their `hw_kvm::name` variants on the `microvm` one (each container in its own microVM, in
-//! the nested KVM test host on hosts without hardware virtualization:
-//! [`ember_tests::hw_kvm_runs_here`]) wait for a runtime fix (see the note above the tests).
-//! What only the process backend has (the container's cgroup on the host: `--memory` there,
-//! `docker stats`, OOM kills reported to Docker) is tested on it alone.
+//! The bodies in `body` run as `name` on the `process` backend and as `hw_kvm::name` on the
+//! `microvm` one (each container in its own microVM), which runs in the nested KVM test host
+//! on hosts without hardware virtualization ([`ember_tests::hw_kvm_runs_here`]). What only
+//! the process backend has (the container's cgroup on the host: `--memory` there, `docker
+//! stats`, OOM kills reported to Docker) is tested on it alone.
 //!
 //! Needs root, dockerd and its docker CLI (`apt-get install docker.io`), containerd and the
 //! runc shim, busybox-static, and `ember-oci` and `ember-agent` built, and for the microvm
@@ -251,31 +250,14 @@ fn assert_runs(d: &Docker, out: &Output, code: i32) {
     );
 }
 
-// Each body as `name` on the process backend. Their `hw_kvm::name` variants on the microvm
-// backend (`ember_tests::on_both_backends!` over the same three) wait for a fix in the
-// runtime: Docker 20.10 puts `net.ipv4.ping_group_range` and
-// `net.ipv4.ip_unprivileged_port_start` in `linux.sysctl` of every container that does not
-// use the host's network, and on the microvm backend the runtime drops the spec's network
-// namespace (the guest's network is the pod's) but keeps those sysctls, which the guest's
-// libcontainer then refuses ("sysctl net.ipv4.ping_group_range not allowed in host network
-// namespace"): every `docker run --runtime ember` fails there. Reverting the commit that
-// added this comment brings the variants back.
-#[test]
-fn docker_run_with_the_ember_runtime() {
-    body::docker_run_with_the_ember_runtime(Backend::Process);
-}
+// Each body as `name` (process backend) and `hw_kvm::name` (microvm backend).
+ember_tests::on_both_backends!(
+    docker_run_with_the_ember_runtime,
+    docker_detached_logs_exec_top_stop,
+    docker_run_it_with_a_terminal,
+);
 
-#[test]
-fn docker_detached_logs_exec_top_stop() {
-    body::docker_detached_logs_exec_top_stop(Backend::Process);
-}
-
-#[test]
-fn docker_run_it_with_a_terminal() {
-    body::docker_run_it_with_a_terminal(Backend::Process);
-}
-
-/// The test bodies, for either backend (see above for the microvm one).
+/// The test bodies that run on both backends ([`ember_tests::on_both_backends`]).
 mod body {
     use super::*;
 
