@@ -124,13 +124,10 @@ fn bridge_log_facade(log: &Logger, level: &str) -> Option<slog_scope::GlobalLogg
         slog::Level::Trace => log::Level::Trace,
     };
     let guard = slog_scope::set_global_logger(log.new(o!("from" => "log")));
-    match slog_stdlog::init_with_level(level) {
-        Ok(()) => Some(guard),
-        Err(e) => {
-            slog::warn!(log, "library log lines stay unlogged"; "error" => %e);
-            Some(guard)
-        }
+    if let Err(e) = slog_stdlog::init_with_level(level) {
+        slog::warn!(log, "library log lines stay unlogged"; "error" => %e);
     }
+    Some(guard)
 }
 
 enum Listener {

@@ -49,6 +49,14 @@ pub struct Sandbox {
     storages: Mutex<Vec<Mounted>>,
 }
 
+/// Writes sysctl `key` (dotted) in the agent's namespaces.
+pub fn write_sysctl(key: &str, value: &str) -> Result<(), SandboxError> {
+    std::fs::write(sysctl_path(key)?, value).map_err(|e| SandboxError::Sysctl {
+        key: key.to_string(),
+        message: e.to_string(),
+    })
+}
+
 /// The /proc/sys path of a dotted sysctl key, refusing keys that escape /proc/sys.
 pub fn sysctl_path(key: &str) -> Result<PathBuf, SandboxError> {
     let bad = |m: &str| SandboxError::Sysctl {
@@ -103,10 +111,7 @@ impl Sandbox {
                 .map_err(|source| SandboxError::Write { path, source })?;
         }
         for (key, value) in &req.sysctls {
-            std::fs::write(sysctl_path(key)?, value).map_err(|e| SandboxError::Sysctl {
-                key: key.clone(),
-                message: e.to_string(),
-            })?;
+            write_sysctl(key, value)?;
         }
         let mounted = storage::mount_all(&*self.sys, &req.storages)?;
         self.storages.lock().expect("sandbox lock").extend(mounted);

@@ -34,16 +34,21 @@ pub fn sandbox_parent(sandbox_id: &str) -> String {
 
 /// Mount points of every cgroup hierarchy (v1 and v2) of this process's mount namespace.
 pub fn hierarchies() -> Vec<PathBuf> {
+    cgroup_mounts().into_iter().map(|m| m.mount_point).collect()
+}
+
+/// The cgroup (v1 and v2) mounts of this process's mount namespace, one per mount point,
+/// sorted by it.
+fn cgroup_mounts() -> Vec<ember_sys::mountinfo::Mount> {
     let Ok(mounts) = ember_sys::mountinfo::read(Path::new("/proc/self/mountinfo")) else {
         return Vec::new();
     };
-    let mut out: Vec<PathBuf> = mounts
+    let mut out: Vec<_> = mounts
         .into_iter()
         .filter(|m| m.fstype == "cgroup" || m.fstype == "cgroup2")
-        .map(|m| m.mount_point)
         .collect();
-    out.sort();
-    out.dedup();
+    out.sort_by(|a, b| a.mount_point.cmp(&b.mount_point));
+    out.dedup_by(|a, b| a.mount_point == b.mount_point);
     out
 }
 
@@ -79,7 +84,7 @@ pub struct Joined {
 }
 
 impl Joined {
-    /// The cgroup directories the process was moved into.
+    /// How many hierarchies the process was moved in.
     pub fn count(&self) -> usize {
         self.back.len()
     }
@@ -100,26 +105,17 @@ impl Joined {
 pub fn join(path: &str, pid: u32) -> (Joined, Vec<CgroupError>) {
     let rel = path.trim_start_matches('/');
     let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-    let mounts = ember_sys::mountinfo::read(Path::new("/proc/self/mountinfo")).unwrap_or_default();
     let mut joined = Joined {
         pid,
         back: Vec::new(),
     };
     let mut failed = Vec::new();
-    let mut seen = Vec::new();
-    for m in mounts
-        .iter()
-        .filter(|m| m.fstype == "cgroup" || m.fstype == "cgroup2")
-    {
-        if seen.contains(&m.mount_point) {
-            continue;
-        }
-        seen.push(m.mount_point.clone());
+    for m in cgroup_mounts() {
         let dir = m.mount_point.join(rel);
         if !dir.is_dir() {
             continue;
         }
-        let was = current_dir(m, &own).unwrap_or_else(|| m.mount_point.clone());
+        let was = current_dir(&m, &own).unwrap_or_else(|| m.mount_point.clone());
         match write_pid(&dir, pid) {
             Ok(()) => joined.back.push(was),
             Err(e) => failed.push(e),

@@ -41,17 +41,9 @@ impl Containers {
         let (mut spec, cgroup) = spec::prepare(id, spec_json, bundle_path)?;
         if self.pod_network_sysctls {
             for (key, value) in spec::take_shared_network_sysctls(&mut spec) {
-                let path =
-                    crate::sandbox::sysctl_path(&key).map_err(|e| spec::SpecError::Field {
-                        field: format!("linux.sysctl[{key}]"),
-                        message: e.to_string(),
-                    })?;
-                std::fs::write(&path, &value).map_err(|e| spec::SpecError::Field {
+                crate::sandbox::write_sysctl(&key, &value).map_err(|e| spec::SpecError::Field {
                     field: format!("linux.sysctl[{key}]"),
-                    message: format!(
-                        "cannot write {value:?} to {} in the pod's network namespace: {e}",
-                        path.display()
-                    ),
+                    message: format!("in the pod's network namespace: {e}"),
                 })?;
                 info!(log, "pod network sysctl"; "key" => &key, "value" => &value);
             }
