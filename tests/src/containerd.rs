@@ -486,6 +486,32 @@ impl Containerd {
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
+    /// What explains a failure inside a sandbox: the last `lines` lines of containerd's log
+    /// (which carries the shim's), then those of every sandbox console log under ember's
+    /// `state_dir` (`sandboxes/<id>/console.log`, microvm backend), each headed by its path.
+    pub fn diagnostics(&self, state_dir: &Path, lines: usize) -> String {
+        let mut out = format!(
+            "--- containerd log (last {lines} lines)\n{}",
+            self.log_tail(lines)
+        );
+        let mut consoles: Vec<PathBuf> = std::fs::read_dir(state_dir.join("sandboxes"))
+            .map(|d| {
+                d.filter_map(|e| Some(e.ok()?.path().join("console.log")))
+                    .filter(|p| p.exists())
+                    .collect()
+            })
+            .unwrap_or_default();
+        consoles.sort();
+        for path in consoles {
+            out.push_str(&format!(
+                "\n--- {} (last {lines} lines)\n{}",
+                path.display(),
+                ember_sys::tail::file(&path, lines)
+            ));
+        }
+        out
+    }
+
     /// A `ctr` command with `--address` and `--namespace ns` set, for callers that want to
     /// spawn it themselves (piped stdout, timing).
     pub fn ctr_command(&self, ns: &str) -> Command {

@@ -648,16 +648,31 @@ impl TwoContainerPod {
     }
 
     /// Stops and removes both containers (asserting they exited) and the pod, and asserts
-    /// that CRI lists no pod any more.
-    pub fn tear_down(&self, cri: &Cri) {
+    /// that CRI lists no pod any more. A failing CRI call panics with its error and what
+    /// `diagnose` returns (containerd's log and the sandbox's console, for example: a stop
+    /// that times out inside the VM is only explained there).
+    pub fn tear_down(&self, cri: &Cri, diagnose: &dyn Fn() -> String) {
+        let check = |what: &str, r: Result<(), CriError>| {
+            if let Err(e) = r {
+                panic!("{what}: {e}\n{}", diagnose());
+            }
+        };
         for id in &self.ids {
-            cri.stop_container(id, Duration::from_secs(1)).unwrap();
+            check(
+                &format!("StopContainer {id}"),
+                cri.stop_container(id, Duration::from_secs(1)),
+            );
             let status = cri.container_status(id).unwrap();
-            assert_eq!(status["state"], "CONTAINER_EXITED", "{status}");
-            cri.remove_container(id).unwrap();
+            assert_eq!(
+                status["state"],
+                "CONTAINER_EXITED",
+                "{status}\n{}",
+                diagnose()
+            );
+            check(&format!("RemoveContainer {id}"), cri.remove_container(id));
         }
-        cri.stop_pod_sandbox(&self.pod_id).unwrap();
-        cri.remove_pod_sandbox(&self.pod_id).unwrap();
+        check("StopPodSandbox", cri.stop_pod_sandbox(&self.pod_id));
+        check("RemovePodSandbox", cri.remove_pod_sandbox(&self.pod_id));
         assert!(cri.list_pod_sandbox().unwrap().is_empty());
     }
 }

@@ -62,7 +62,7 @@ fn runc_pod_with_two_containers_execs_and_logs() {
         assert_eq!(cri.container_status(id).unwrap()["id"], id.as_str());
     }
     p.assert_exec_and_logs(&cri);
-    p.tear_down(&cri);
+    p.tear_down(&cri, &|| ctrd.log_tail(40));
     assert!(cri.list_containers().unwrap().is_empty());
     let err = cri.container_status(&p.ids[0]).unwrap_err();
     assert!(

@@ -481,7 +481,7 @@ mod body {
         }
 
         p.assert_exec_and_logs(&cri);
-        p.tear_down(&cri);
+        p.tear_down(&cri, &|| env.ctrd.diagnostics(env.state_dir(), 40));
         env.assert_no_leftovers(pod_id, None);
         let start = Instant::now();
         while !env.ctrd.shim_pids().is_empty() {

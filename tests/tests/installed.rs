@@ -267,6 +267,8 @@ mod hw_kvm {
             );
         }
         pod.assert_exec_and_logs(&cri);
-        pod.tear_down(&cri);
+        pod.tear_down(&cri, &|| {
+            ctrd.diagnostics(Path::new(ember_config::DEFAULT_STATE_DIR), 40)
+        });
     }
 }

@@ -281,6 +281,38 @@ mod body {
         let out = d.docker(&[&run[..], &["sh", "-c", "echo oops >&2; exit 3"]].concat());
         assert_runs(&d, &out, 3);
         assert!(text(&out.stderr).contains("oops"), "{}", text(&out.stderr));
+
+        // `--network host`: Docker names the host's own network namespace. The process
+        // backend's container joins it; a microVM cannot, and must refuse before it touches
+        // the host's interfaces (joining it would redirect them into the VM).
+        let host = [
+            "run",
+            "--rm",
+            "--runtime",
+            "ember",
+            "--network",
+            "host",
+            IMAGE,
+        ];
+        let out = d.docker(&[&host[..], &["echo", "hi"]].concat());
+        match backend {
+            Backend::Process => {
+                assert_runs(&d, &out, 0);
+                assert_eq!(text(&out.stdout), "hi\n");
+            }
+            Backend::Microvm => {
+                let err = text(&out.stderr);
+                assert!(
+                    !out.status.success()
+                        && err.contains("is the host's own")
+                        && err.contains("--network none"),
+                    "--network host on a microVM: {:?}\nstdout: {}\nstderr: {err}\ndockerd:\n{}",
+                    out.status,
+                    text(&out.stdout),
+                    d.log_tail()
+                );
+            }
+        }
         d.assert_nothing_left();
     }
 

@@ -83,6 +83,13 @@ pub enum NetworkError {
         /// Why.
         source: io::Error,
     },
+    /// The namespace is the host's own (Docker's and Podman's `--network host` pass it as a
+    /// path): joining it would redirect the host's own interface into the VM.
+    #[error("network namespace {netns} is the host's own: a microVM cannot share the host's network (this is what `--network host` asks of Docker and Podman); use `--network none` or a network namespace of the container's own, or the process backend (`[sandbox] backend = \"process\"`), whose containers can share the host's network")]
+    HostNamespace {
+        /// The namespace.
+        netns: PathBuf,
+    },
     /// The namespace has no interface to connect the VM to.
     #[error("network namespace {netns} has no interface besides lo to connect the VM to (the pod's CNI plugin normally creates {POD_INTERFACE})")]
     NoInterface {
@@ -211,6 +218,11 @@ fn create_persistent_tap(name: &str, netns: Option<&Path>) -> Result<(), Network
 /// The caller records [`crate::state::Resource::Tap`] first; [`delete_tap`] undoes all
 /// of this (filters included), also after a partial setup.
 pub fn setup_pod_network(netns: &Path, tap: &str) -> Result<PodNetwork, NetworkError> {
+    if is_host_namespace(netns) {
+        return Err(NetworkError::HostNamespace {
+            netns: netns.to_path_buf(),
+        });
+    }
     in_netns(Some(netns), || {
         let mut nl = Rtnl::open(Some(netns))?;
         let links = nl.links()?;
@@ -284,6 +296,21 @@ pub fn setup_pod_network(netns: &Path, tap: &str) -> Result<PodNetwork, NetworkE
             routes,
         })
     })
+}
+
+/// Whether `netns` is the network namespace of this process or of the host's init (PID 1):
+/// the same nsfs inode. Such a namespace is never a pod's, and redirecting its interface
+/// into a VM would cut the host off its network. An unreadable path is not the host's (the
+/// setup then fails on entering it, naming it).
+pub fn is_host_namespace(netns: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    let Some(theirs) = id(netns) else {
+        return false;
+    };
+    ["/proc/self/ns/net", "/proc/1/ns/net"]
+        .iter()
+        .any(|own| id(Path::new(own)) == Some(theirs))
 }
 
 /// Removes ember's filters from the ingress of interface `index` when `matches` says so
@@ -382,6 +409,24 @@ pub fn delete_tap(name: &str, netns: Option<&Path>) -> Result<(), NetworkError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_hosts_own_namespace_is_refused_before_anything_is_made() {
+        // The checks read only nsfs inodes: no root needed.
+        assert!(is_host_namespace(Path::new("/proc/self/ns/net")));
+        assert!(!is_host_namespace(Path::new("/nonexistent/ember-netns")));
+        // Any other namespace file (here a different nsfs kind) is not the host's network.
+        assert!(!is_host_namespace(Path::new("/proc/self/ns/mnt")));
+        let e = setup_pod_network(Path::new("/proc/self/ns/net"), "ember_tst0").unwrap_err();
+        assert!(matches!(e, NetworkError::HostNamespace { .. }), "{e}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("/proc/self/ns/net") && msg.contains("--network none"),
+            "{msg}"
+        );
+        // Nothing was created: no such tap in this namespace.
+        assert!(!Path::new("/sys/class/net/ember_tst0").exists());
+    }
 
     #[test]
     fn missing_namespace_counts_as_deleted() {
