@@ -3,8 +3,6 @@
 //! device through it, so every system call the device makes is checked against the
 //! filter (a missing one kills the test process with SIGSYS).
 
-#![allow(dead_code)]
-
 use ember_vmm::event_loop::Subscriber;
 use ember_vmm::seccomp::{spawn_confined, Filter, ThreadKind};
 use event_manager::{EventManager, SubscriberOps};

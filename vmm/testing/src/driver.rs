@@ -2,8 +2,6 @@
 //! like Linux does, builds descriptor tables and rings in guest memory, kicks, and reads
 //! the used ring. The event loop is replaced by an explicit `process` call.
 
-#![allow(dead_code)]
-
 use ember_vmm::devices::bus::BusDevice;
 use ember_vmm::devices::virtio::mmio::{reg, status, MmioTransport};
 use ember_vmm::devices::virtio::{Interrupt, VirtioDevice};
@@ -175,6 +173,19 @@ impl<D: VirtioDevice + 'static> Driver<D> {
         self.mem.write_obj(d.len, at.unchecked_add(8)).unwrap();
         self.mem.write_obj(d.flags, at.unchecked_add(12)).unwrap();
         self.mem.write_obj(d.next, at.unchecked_add(14)).unwrap();
+    }
+
+    /// Forget every queue's ring state and zero the rings in guest memory, as a driver
+    /// does before probing a device again after a reset.
+    pub fn forget_rings(&mut self) {
+        for (q, r) in self.rings.iter_mut().enumerate() {
+            *r = Ring::default();
+            let (desc, _, used) = ring_layout(q);
+            let zeros = vec![0u8; (used + 0x1000 - desc) as usize];
+            self.mem
+                .write_slice(&zeros, GuestAddress(desc))
+                .expect("rings inside guest memory");
+        }
     }
 
     /// Make the chain at `head` (already written) available again on queue `q`.

@@ -2,10 +2,8 @@
 //! the guest kernel's virtiofs driver does: request queue 1, one readable descriptor for
 //! the request and one writable for the reply.
 
-#![allow(dead_code)]
-
-use super::confined::ConfinedLoop;
-use super::driver::{Desc, Driver, DATA, F_WRITE};
+use crate::confined::ConfinedLoop;
+use crate::driver::{Desc, Driver, DATA, F_WRITE};
 use ember_vmm::devices::virtio::fs::Fs;
 use fuse_backend_rs::abi::fuse_abi::*;
 use std::path::Path;

@@ -2,10 +2,8 @@
 //! queue stocked, parses received packets, and sends packets on the TX queue, while a
 //! real event-manager loop (pumped by the test) runs the device and its host sockets.
 
-#![allow(dead_code)]
-
-use super::confined::ConfinedLoop;
-use super::driver::{Desc, Driver, F_WRITE};
+use crate::confined::ConfinedLoop;
+use crate::driver::{Desc, Driver, F_WRITE};
 use ember_vmm::devices::virtio::vsock::defs::{RXQ, TXQ};
 use ember_vmm::devices::virtio::vsock::Vsock;
 use std::collections::HashMap;
@@ -115,6 +113,7 @@ pub struct Guest {
     em: ConfinedLoop,
     rx_slots: HashMap<u32, u64>,
     tx_next: u64,
+    poll_ms: i32,
 }
 
 impl Guest {
@@ -131,6 +130,7 @@ impl Guest {
             em,
             rx_slots: HashMap::new(),
             tx_next: 0,
+            poll_ms: 1,
         };
         for i in 0..rx_buffers as u64 {
             g.post_rx(RX_BASE + i * RX_STRIDE);
@@ -158,7 +158,13 @@ impl Guest {
         // Everything (device, host sockets) is driven from this thread and the device
         // thread it commands, so readiness is immediate: two empty 1 ms polls in a row
         // mean idle.
-        self.em.pump(1, 2);
+        self.em.pump(self.poll_ms, 2);
+    }
+
+    /// How long each idle poll of [`Guest::pump`] waits (1 ms by default); 0 makes the
+    /// fuzz target fast, relying on host sockets being ready at once.
+    pub fn set_poll_ms(&mut self, ms: i32) {
+        self.poll_ms = ms;
     }
 
     /// Run the event loop once (waiting up to `timeout_ms`); returns the events handled.

@@ -1,0 +1,14 @@
+//! A simulated guest for ember-vmm's devices, shared by the VMM's integration tests
+//! (`vmm/tests`).
+//!
+//! - [`driver`]: a virtio driver that sets a device up through its virtio-mmio registers
+//!   and writes descriptor tables and rings into guest memory;
+//! - [`confined`]: a device event loop on a thread under the VMM's device seccomp filter;
+//! - [`fuse_client`] and [`vsock_guest`]: the guest side of virtio-fs and virtio-vsock.
+//!
+//! Everything here panics on failure: it is test code.
+
+pub mod confined;
+pub mod driver;
+pub mod fuse_client;
+pub mod vsock_guest;
