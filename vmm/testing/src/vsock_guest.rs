@@ -119,6 +119,12 @@ pub struct Guest {
 impl Guest {
     /// A guest whose device listens on `path`, with `rx_buffers` RX buffers posted.
     pub fn new(path: &Path, rx_buffers: usize) -> Self {
+        Self::with_poll_ms(path, rx_buffers, 1)
+    }
+
+    /// [`Guest::new`] whose idle polls wait `poll_ms` (see [`Guest::pump`]); 0 makes the
+    /// fuzz target fast, relying on host sockets being ready at once.
+    pub fn with_poll_ms(path: &Path, rx_buffers: usize, poll_ms: i32) -> Self {
         let dev = Vsock::new(CID, path).expect("vsock device");
         let mut d = Driver::new(dev, 64);
         let st = d.init_queues(3);
@@ -130,7 +136,7 @@ impl Guest {
             em,
             rx_slots: HashMap::new(),
             tx_next: 0,
-            poll_ms: 1,
+            poll_ms,
         };
         for i in 0..rx_buffers as u64 {
             g.post_rx(RX_BASE + i * RX_STRIDE);
@@ -156,15 +162,9 @@ impl Guest {
     /// Run the event loop until it is idle.
     pub fn pump(&mut self) {
         // Everything (device, host sockets) is driven from this thread and the device
-        // thread it commands, so readiness is immediate: two empty 1 ms polls in a row
-        // mean idle.
+        // thread it commands, so readiness is immediate: two empty polls in a row (1 ms
+        // each unless set otherwise) mean idle.
         self.em.pump(self.poll_ms, 2);
-    }
-
-    /// How long each idle poll of [`Guest::pump`] waits (1 ms by default); 0 makes the
-    /// fuzz target fast, relying on host sockets being ready at once.
-    pub fn set_poll_ms(&mut self, ms: i32) {
-        self.poll_ms = ms;
     }
 
     /// Run the event loop once (waiting up to `timeout_ms`); returns the events handled.
