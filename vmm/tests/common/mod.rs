@@ -3,7 +3,9 @@
 
 #![allow(dead_code)]
 
-// The simulated guest drivers live in ember-vmm-testing, shared with the fuzz targets.
+// The simulated guest drivers live in ember-vmm-testing, shared with the fuzz targets
+// (each test binary uses some of them).
+#[allow(unused_imports)]
 pub use ember_vmm_testing::{confined, driver, fuse_client, vsock_guest};
 
 use std::path::Path;
