@@ -2,18 +2,25 @@
 # Coverage-guided fuzzing of what a guest reaches in ember-vmm (not run in CI; CI replays
 # the corpus through `cargo test -p ember-vmm-testing --test corpus`).
 #
-#   scripts/fuzz.sh [TARGET|all] [SECONDS]
+#   scripts/fuzz.sh [TARGET|all] [SECONDS]    fuzz
+#   scripts/fuzz.sh min [TARGET|all]           minimize the corpus before committing it
 #
 # TARGET is one of: mmio virtqueue blk vsock net fuse (default: all, one after the other);
 # SECONDS is how long each runs (default 600). Builds with cargo-fuzz on the stable
 # toolchain (`--sanitizer none`: the sanitizers need nightly); installs cargo-fuzz if
 # missing. New corpus entries go to fuzz/corpus/<target>/, crashes to
-# fuzz/artifacts/<target>/. Minimize the corpus before committing it:
-#   cargo fuzz cmin --sanitizer none <target>
+# fuzz/artifacts/<target>/ (keep a reproducer in fuzz/regressions/<target>/). `min` keeps
+# the fewest inputs that reach the same edges (`cargo fuzz cmin`, greedy set cover, hit
+# counts ignored): a few dozen files per target.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 targets=(mmio virtqueue blk vsock net fuse)
+mode=fuzz
+if [ "${1:-}" = min ]; then
+    mode=min
+    shift
+fi
 target=${1:-all}
 seconds=${2:-600}
 
@@ -35,6 +42,10 @@ fi
 
 cargo fuzz build --sanitizer none
 for t in "${run[@]}"; do
+    if [ "$mode" = min ]; then
+        cargo fuzz cmin --sanitizer none "$t" "fuzz/corpus/$t" -- -set_cover_merge=1 -use_counters=0
+        continue
+    fi
     mkdir -p "fuzz/corpus/$t"
     echo "== $t for ${seconds}s"
     # One process (the machine is shared); -timeout flags a request that hangs.
