@@ -63,7 +63,7 @@ struct Packet {
     len: Option<u32>,
     /// `None`: a stream socket.
     type_: Option<u16>,
-    /// Operation: 1..=7 are the known ones.
+    /// Operation: 1..=7 are the known ones (taken modulo 8 below 256).
     op: u16,
     flags: u32,
     buf_alloc: Option<u32>,
@@ -88,7 +88,8 @@ pub fn run(data: &[u8]) {
     let mut accepted = Vec::new();
     for p in packets.iter().take(16) {
         let payload = &p.payload[..p.payload.len().min(256)];
-        let op = p.op % 8 + if p.op >= 0x100 { p.op } else { 0 };
+        // Mostly the operations 0..=7, now and then any value.
+        let op = if p.op < 0x100 { p.op % 8 } else { p.op };
         let h = Hdr {
             src_cid: p.src_cid.get(),
             dst_cid: p.dst_cid.get(),
