@@ -3,10 +3,10 @@
 
 #![allow(dead_code)]
 
-pub mod confined;
-pub mod driver;
-pub mod fuse_client;
-pub mod vsock_guest;
+// The simulated guest drivers live in ember-vmm-testing, shared with the fuzz targets
+// (each test binary uses some of them).
+#[allow(unused_imports)]
+pub use ember_vmm_testing::{confined, driver, fuse_client, vsock_guest};
 
 use std::path::Path;
 

@@ -259,7 +259,9 @@ impl Block {
             };
             if let Err(e) = queue.add_used(mem, head, used) {
                 crate::guest_warn!("virtio-blk: cannot return chain {head}: {e}");
-                break;
+                // A head outside the queue (the only failure once the rings are valid): the
+                // chain is consumed, the ones after it are still served.
+                continue;
             }
             done += 1;
         }

@@ -215,7 +215,9 @@ impl Fs {
             };
             if let Err(e) = queue.add_used(mem, head, used as u32) {
                 crate::guest_warn!("virtio-fs {}: cannot return chain {head}: {e}", self.tag);
-                break;
+                // A head outside the queue (the only failure once the rings are valid): the
+                // chain is consumed, the ones after it are still served.
+                continue;
             }
             done += 1;
         }

@@ -137,7 +137,9 @@ impl Net {
             }
             if let Err(e) = queue.add_used(mem, head, 0) {
                 crate::guest_warn!("virtio-net: cannot return TX chain {head}: {e}");
-                break;
+                // A head outside the queue (the only failure once the rings are valid): the
+                // chain is consumed, the ones after it are still served.
+                continue;
             }
             done += 1;
         }
@@ -203,7 +205,9 @@ impl Net {
             };
             if let Err(e) = queue.add_used(mem, head, written) {
                 crate::guest_warn!("virtio-net: cannot return RX buffer {head}: {e}");
-                break;
+                // A head outside the queue (the only failure once the rings are valid): the
+                // chain is consumed, the ones after it are still served.
+                continue;
             }
             done += 1;
         }

@@ -52,6 +52,16 @@ impl Tap {
         })
     }
 
+    /// A device end that behaves as a tap: `file` carries one frame (with its vnet header)
+    /// per read and write, as a datagram socket does; tests and fuzzing stand one end of
+    /// a socket pair in for a tap they cannot create.
+    pub fn from_file(name: &str, file: File) -> Self {
+        Self {
+            file,
+            name: name.to_string(),
+        }
+    }
+
     /// The interface name.
     pub fn name(&self) -> &str {
         &self.name

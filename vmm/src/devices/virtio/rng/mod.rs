@@ -54,7 +54,9 @@ impl Rng {
             };
             if let Err(e) = queue.add_used(mem, head, written) {
                 crate::guest_warn!("virtio-rng: cannot return chain {head}: {e}");
-                break;
+                // A head outside the queue (the only failure once the rings are valid): the
+                // chain is consumed, the ones after it are still served.
+                continue;
             }
             done += 1;
         }

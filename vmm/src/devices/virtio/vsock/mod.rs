@@ -125,7 +125,9 @@ impl<B: VsockBackend> Vsock<B> {
             }
             if let Err(e) = queue.add_used(mem, head, 0) {
                 crate::guest_warn!("vsock: cannot return TX buffer {head}: {e}");
-                break;
+                // A head outside the queue (the only failure once the rings are valid): the
+                // chain is consumed, the ones after it are still served.
+                continue;
             }
             done += 1;
         }
