@@ -78,3 +78,33 @@ fn read_only_or_out_of_memory_buffers_get_nothing() {
     }]);
     assert_eq!(run(&mut d)[0].1, 8);
 }
+
+#[test]
+fn a_running_device_keeps_its_status_and_queues_until_a_reset() {
+    use ember_vmm::devices::virtio::mmio::reg;
+    use ember_vmm::devices::virtio::mmio::status;
+    let mut d = Driver::new(Rng::new().unwrap(), 64);
+    let running = d.init();
+    assert_ne!(running & status::DRIVER_OK, 0);
+    // Taking DRIVER_OK back is ignored: queue setup stays closed.
+    d.write(reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
+    assert_eq!(d.read(reg::STATUS), running);
+    d.write(reg::QUEUE_SEL, 0);
+    let size = d.read(reg::QUEUE_NUM_MAX);
+    d.write(reg::QUEUE_DESC_LOW, 0x1000);
+    d.write(reg::QUEUE_READY, 0);
+    assert_eq!(d.read(reg::QUEUE_READY), 1, "queue 0 stays ready");
+    // The device still serves requests.
+    d.poke(DATA, &[0u8; 16]);
+    d.submit(&[Desc {
+        addr: DATA,
+        len: 16,
+        flags: F_WRITE,
+        next: 0,
+    }]);
+    assert_eq!(run(&mut d)[0].1, 16);
+    assert!(size > 0);
+    // A reset still works.
+    d.write(reg::STATUS, 0);
+    assert_eq!(d.read(reg::STATUS), 0);
+}

@@ -162,6 +162,17 @@ impl MmioTransport {
             self.reset();
             return;
         }
+        // A driver only ever adds status bits; taking one back (DRIVER_OK to DRIVER, say)
+        // would reopen queue setup under a running device. Only a reset (0) may clear
+        // them, as the spec says (NEEDS_RESET is the device's own and may go unechoed).
+        let cleared = self.status & !value & !status::NEEDS_RESET;
+        if cleared != 0 {
+            crate::guest_warn!(
+                "virtio-mmio: status {value:#x} would clear {cleared:#x} of {:#x}; only a reset (0) may; ignored",
+                self.status
+            );
+            return;
+        }
         let added = value & !self.status;
         if added & status::FEATURES_OK != 0 {
             let offered = self.device().avail_features();
