@@ -573,8 +573,23 @@ pub fn outer_failure(console: &str) -> Option<String> {
     console
         .lines()
         .take_while(|l| !l.contains("sysrq: Power Off"))
-        .find(|l| OUTER_FAILURE_MARKERS.iter().any(|m| l.contains(m)))
+        .find(|l| {
+            OUTER_FAILURE_MARKERS.iter().any(|m| l.contains(m))
+                || rcu_stall_ticks(l).is_some_and(|t| t >= OUTER_RCU_STALL_TICKS)
+        })
         .map(|l| l.trim().to_string())
+}
+
+/// How long (in ticks of the outer kernel, HZ=250 in Debian's: 3 minutes) one CPU of the
+/// outer VM may hold an RCU grace period before the VM counts as broken. Seen under TCG:
+/// a CPU of the outer kernel stuck in the emulated VMRUN of a nested guest, the command
+/// hung behind it until its timeout. Shorter stalls (a loaded host slowing TCG) pass.
+pub const OUTER_RCU_STALL_TICKS: u64 = 45_000;
+
+/// The ticks an RCU stall report line gives (`rcu: 1-....: (90178 ticks this GP) ...`).
+fn rcu_stall_ticks(line: &str) -> Option<u64> {
+    let before = &line[..line.find(" ticks this GP")?];
+    before.rsplit('(').next()?.trim().parse().ok()
 }
 
 /// How long past a job's stall time ([`Job::stall`]) its output may stay unchanged before
@@ -1171,6 +1186,15 @@ mod tests {
         assert_eq!(
             outer_failure("stage 2\n[ 1.0] sysrq: Power Off\n[ 1.1] Kernel panic - not syncing: Attempted to kill init!"),
             None
+        );
+        // An RCU stall counts once it has lasted OUTER_RCU_STALL_TICKS, not before.
+        let stall = |ticks: u64| {
+            format!("[ 651.7] rcu: INFO: rcu_preempt self-detected stall on CPU\n[ 651.7] rcu: \t1-....: ({ticks} ticks this GP) idle=9fb4/1/0x4000000000000000 softirq=6163/6165 fqs=41681")
+        };
+        assert_eq!(outer_failure(&stall(5_252)), None);
+        assert_eq!(
+            outer_failure(&stall(90_178)).as_deref(),
+            Some("[ 651.7] rcu: \t1-....: (90178 ticks this GP) idle=9fb4/1/0x4000000000000000 softirq=6163/6165 fqs=41681")
         );
     }
 
