@@ -11,7 +11,8 @@
 //! - `/` made recursively slave (nothing the jail mounts reaches the host), the root
 //!   directory ([`JailConfig::root`], the sandbox's state directory) bound onto itself and
 //!   made the root with `pivot_root`, the old root detached, `chdir("/")`;
-//! - `RLIMIT_NOFILE` set to [`JailConfig::nofile`] (soft and hard);
+//! - `RLIMIT_NOFILE` set to [`JailConfig::nofile`], or the inherited hard limit if that
+//!   is lower (soft and hard);
 //! - the capability bounding set cleared but for [`DEVICE_CAPABILITIES`], and the
 //!   thread's permitted and effective sets cut to them (inheritable and ambient cleared);
 //! - `PR_SET_NO_NEW_PRIVS`.
@@ -133,7 +134,16 @@ pub fn enter(config: &JailConfig) -> Result<(), JailError> {
     if !root.is_absolute() || !root.is_dir() {
         return Err(JailError::Root(root.clone()));
     }
-    let threads = std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count());
+    // A thread joined just before (the tap's, which enters the pod's network namespace)
+    // can stay listed for a moment after its join: give it up to 100 ms to go.
+    let mut threads = 0;
+    for _ in 0..50 {
+        threads = std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count());
+        if threads == 1 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
     if threads != 1 {
         return Err(JailError::Threads(threads));
     }
@@ -173,8 +183,13 @@ pub fn enter(config: &JailConfig) -> Result<(), JailError> {
     nix::unistd::pivot_root(".", ".").map_err(step("pivot_root"))?;
     umount2(".", MntFlags::MNT_DETACH).map_err(step("detach the old root"))?;
     nix::unistd::chdir("/").map_err(step("chdir /"))?;
-    setrlimit(Resource::RLIMIT_NOFILE, config.nofile, config.nofile)
-        .map_err(step(&format!("RLIMIT_NOFILE {}", config.nofile)))?;
+    // Never above the inherited hard limit: raising it takes CAP_SYS_RESOURCE, which a
+    // runtime in a container may lack.
+    let (_, hard) = nix::sys::resource::getrlimit(Resource::RLIMIT_NOFILE)
+        .map_err(step("getrlimit(RLIMIT_NOFILE)"))?;
+    let nofile = config.nofile.min(hard);
+    setrlimit(Resource::RLIMIT_NOFILE, nofile, nofile)
+        .map_err(step(&format!("RLIMIT_NOFILE {nofile}")))?;
     let keep = device_capabilities();
     for cap in caps::runtime::thread_all_supported() {
         if !keep.contains(&cap) {

@@ -31,6 +31,9 @@ pub enum ChannelError {
     /// The peer closed its end.
     #[error("the control channel's peer closed it")]
     Closed,
+    /// Nothing came in time (see [`Channel::set_timeout`]).
+    #[error("no message from the peer in time")]
+    Timeout,
     /// A system call on the socket failed.
     #[error("control channel: {what}: {source}")]
     Io {
@@ -105,6 +108,45 @@ impl Channel {
             fd,
             buf: vec![0; MAX_MESSAGE],
         }
+    }
+
+    /// Bound how long [`Channel::recv`] waits (`SO_RCVTIMEO`; `None`: forever). Past it,
+    /// `recv` fails with [`ChannelError::Timeout`].
+    pub fn set_timeout(&self, timeout: Option<std::time::Duration>) -> Result<(), ChannelError> {
+        let tv = nix::sys::time::TimeVal::from(timeout.map_or(
+            libc::timeval {
+                tv_sec: 0,
+                tv_usec: 0,
+            },
+            |t| libc::timeval {
+                tv_sec: t.as_secs().try_into().unwrap_or(libc::time_t::MAX),
+                tv_usec: t.subsec_micros().into(),
+            },
+        ));
+        nix::sys::socket::setsockopt(&self.fd, nix::sys::socket::sockopt::ReceiveTimeout, &tv)
+            .map_err(|e| ChannelError::Io {
+                what: "setsockopt(SO_RCVTIMEO)",
+                source: e.into(),
+            })
+    }
+
+    /// Make [`Channel::recv`] return at once ([`ChannelError::Timeout`]) when nothing is
+    /// queued, or wait again.
+    pub fn set_nonblocking(&self, on: bool) -> Result<(), ChannelError> {
+        let io = |e: nix::errno::Errno| ChannelError::Io {
+            what: "fcntl(O_NONBLOCK)",
+            source: e.into(),
+        };
+        use nix::fcntl::{fcntl, FcntlArg, OFlag};
+        let flags =
+            OFlag::from_bits_truncate(fcntl(self.fd.as_raw_fd(), FcntlArg::F_GETFL).map_err(io)?);
+        let flags = if on {
+            flags | OFlag::O_NONBLOCK
+        } else {
+            flags - OFlag::O_NONBLOCK
+        };
+        fcntl(self.fd.as_raw_fd(), FcntlArg::F_SETFL(flags)).map_err(io)?;
+        Ok(())
     }
 
     /// Send `message` as one JSON line, with `fd` if given.
@@ -197,6 +239,9 @@ impl Channel {
                 let e = std::io::Error::last_os_error();
                 if e.kind() == std::io::ErrorKind::Interrupted {
                     continue;
+                }
+                if e.kind() == std::io::ErrorKind::WouldBlock {
+                    return Err(ChannelError::Timeout);
                 }
                 return Err(ChannelError::Io {
                     what: "recvmsg",
@@ -343,6 +388,17 @@ mod tests {
         assert_eq!(b.recv::<Msg>().unwrap().message.unwrap().text, "ok");
         drop(a);
         assert!(matches!(b.recv::<Msg>(), Err(ChannelError::Closed)));
+    }
+
+    #[test]
+    fn a_silent_peer_times_out() {
+        let (_a, mut b) = Channel::pair().unwrap();
+        b.set_timeout(Some(std::time::Duration::from_millis(50)))
+            .unwrap();
+        assert!(matches!(b.recv::<Msg>(), Err(ChannelError::Timeout)));
+        b.set_timeout(None).unwrap();
+        b.set_nonblocking(true).unwrap();
+        assert!(matches!(b.recv::<Msg>(), Err(ChannelError::Timeout)));
     }
 
     #[test]
