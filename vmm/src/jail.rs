@@ -9,13 +9,14 @@
 //!   have to fork once more after it, and the runtime would then watch an intermediate
 //!   process instead of the VMM;
 //! - `/` made recursively slave (nothing the jail mounts reaches the host), the root
-//!   directory ([`JailConfig::root`], the sandbox's state directory) bound onto itself and
-//!   made the root with `pivot_root`, the old root detached, `chdir("/")`;
+//!   directory ([`JailConfig::root`], the sandbox's state directory) bound onto itself
+//!   recursively (the mounts below it stay slaves of the host's) and made the root with
+//!   `pivot_root`, the old root detached, `chdir("/")`;
 //! - `RLIMIT_NOFILE` set to [`JailConfig::nofile`], or the inherited hard limit if that
 //!   is lower (soft and hard);
 //! - the capability bounding set cleared but for [`DEVICE_CAPABILITIES`], and the
 //!   thread's permitted and effective sets cut to them (inheritable and ambient cleared);
-//! - `PR_SET_NO_NEW_PRIVS`.
+//! - `PR_SET_NO_NEW_PRIVS`, and not dumpable (`PR_SET_DUMPABLE` 0).
 //!
 //! Capabilities are per thread; each thread kind then cuts its own further as it installs
 //! its seccomp filter ([`crate::seccomp::Filter::with_capabilities`]): the vCPU threads and
@@ -166,14 +167,17 @@ pub fn enter(config: &JailConfig) -> Result<(), JailError> {
         None::<&str>,
     )
     .map_err(step("make / rslave"))?;
-    // Not recursive: the jail holds the state directory alone, not the mounts under it
-    // (the share's tmpfs, the containers' rootfs); virtio-fs reaches those through the
-    // fds it opened before, which resolve in the host's mount namespace.
+    // Recursive: the jail holds the state directory with the mounts below it (the
+    // share's tmpfs and the containers' rootfs under it). Those copies are slaves of the
+    // host's (the share is a shared mount, `/` was made rslave above), so a container
+    // rootfs the runtime mounts under the share later appears here too: virtio-fs opens
+    // the share's root again by path at the guest's FUSE_INIT, after the jail, and serves
+    // this copy.
     mount(
         Some(root.as_path()),
         root.as_path(),
         None::<&str>,
-        MsFlags::MS_BIND,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
         None::<&str>,
     )
     .map_err(step(&format!("bind {} onto itself", root.display())))?;
@@ -204,6 +208,9 @@ pub fn enter(config: &JailConfig) -> Result<(), JailError> {
         source,
     })?;
     nix::sys::prctl::set_no_new_privs().map_err(step("PR_SET_NO_NEW_PRIVS"))?;
+    // Not dumpable: another process of this uid without CAP_SYS_PTRACE (another sandbox's
+    // escaped VMM) cannot reach this one's memory, fds or root through /proc/<pid>.
+    nix::sys::prctl::set_dumpable(false).map_err(step("PR_SET_DUMPABLE 0"))?;
     Ok(())
 }
 

@@ -33,7 +33,6 @@
 //! The pod interface's addresses, routes and MTU ([`MicrovmBackend::network`]) reach the
 //! guest NIC through the agent's UpdateNetwork ([`update_network_request`]).
 
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -79,8 +78,6 @@ const MAX_SOCKET_PATH: usize = 107;
 const VMM_EXIT_WAIT: Duration = Duration::from_secs(5);
 /// How long the VMM may take to build and start the VM.
 const VMM_START_TIMEOUT: Duration = Duration::from_secs(60);
-/// The VMM process's own log (its stderr) in the sandbox's state directory.
-pub const VMM_LOG: &str = "vmm.log";
 /// The VMM's cgroup under the sandbox's (`/ember/<sandbox>/vmm`).
 pub const VMM_CGROUP_LEAF: &str = "vmm";
 /// The fixed part of the kernel command line: serial console, and a guest that panics
@@ -551,15 +548,8 @@ impl MicrovmBackend {
         // The VMM: spawned, recorded (so that cleanup kills a survivor), placed in the
         // sandbox's cgroup before it maps guest memory, then given the VM.
         let binary = vmm_binary().ok_or_else(|| fail(VmmProcessError::NotFound.into()))?;
-        let log_path = dir.join(VMM_LOG);
-        let log_file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(&log_path)
-            .map_err(|e| fail(MicrovmError::Vm(format!("{}: {e}", log_path.display()))))?;
         let level = std::env::var("EMBER_VMM_LOG").unwrap_or_else(|_| "info".into());
-        let vmm = VmmProcess::spawn(binary, log_file, &level, format!("vmm-{id}"))
+        let vmm = VmmProcess::spawn(binary, &id, &level, format!("vmm-{id}"))
             .map_err(|e| fail(e.into()))?;
         let pid = vmm.pid();
         let vmm = Arc::new(vmm);
@@ -601,15 +591,11 @@ impl MicrovmBackend {
                 ))
             }
             Err(VmmProcessError::Refused { message, .. }) => {
-                return Err(fail(MicrovmError::Vm(format!(
-                    "{message} (the VMM's log: {})",
-                    log_path.display()
-                ))))
+                return Err(fail(MicrovmError::Vm(message)))
             }
             Err(e) => {
                 return Err(fail(MicrovmError::Vm(format!(
-                    "{e} (the VMM's log: {})",
-                    log_path.display()
+                    "{e} (the VMM's messages are in this log, with sandbox={id})"
                 ))))
             }
         };

@@ -8,7 +8,6 @@
 //! dies, and `ember cleanup` kills a survivor through the sandbox's state.
 
 use std::ffi::OsString;
-use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
@@ -98,14 +97,16 @@ pub struct VmmProcess {
 }
 
 impl VmmProcess {
-    /// Spawn `binary --control-fd 3` with stdout and stderr to `log`, from a thread of its
-    /// own named `thread_name`. Returns once the process exists; it waits for `Start`.
+    /// Spawn `binary --control-fd 3` from a thread of its own named `thread_name`, its
+    /// messages (stderr) relayed into this process's log with `sandbox=<sandbox>`
+    /// ([`relay_log`]). Returns once the process exists; it waits for `Start`.
     pub fn spawn(
         binary: PathBuf,
-        log: File,
+        sandbox: &str,
         log_level: &str,
         thread_name: String,
     ) -> Result<VmmProcess, VmmProcessError> {
+        let sandbox = sandbox.to_string();
         let (ours, theirs) =
             ControlChannel::pair().map_err(|e| VmmProcessError::Channel(e.to_string()))?;
         ours.set_timeout(Some(REPLY_TIMEOUT))
@@ -138,8 +139,8 @@ impl VmmProcess {
                 let mut cmd = Command::new(&binary);
                 cmd.args(&args)
                     .stdin(Stdio::null())
-                    .stdout(log.try_clone().map_or(Stdio::null(), Stdio::from))
-                    .stderr(Stdio::from(log));
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped());
                 // SAFETY: between fork and exec the closure makes only async-signal-safe
                 // system calls (dup2, fcntl, prctl, getppid).
                 unsafe {
@@ -169,6 +170,14 @@ impl VmmProcess {
                     }
                 };
                 drop(theirs);
+                if let Some(stderr) = child.stderr.take() {
+                    let name = format!("vmm-log-{sandbox}");
+                    let sandbox = sandbox.clone();
+                    // Without the relay the VMM's messages are lost, nothing else.
+                    let _ = std::thread::Builder::new()
+                        .name(name)
+                        .spawn(move || relay_log(stderr, &sandbox));
+                }
                 let pid = child.id() as i32;
                 // The pidfd is taken before this thread reaps the child, so it can never
                 // name another process.
@@ -302,12 +311,73 @@ fn lock(c: &Mutex<Control>) -> MutexGuard<'_, Control> {
     c.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Longest VMM message relayed; the rest of a longer line is dropped.
+pub const MAX_LOG_LINE: usize = 4096;
+
+/// Relays the VMM's messages (env_logger lines, `[LEVEL ] text`) into this process's log at
+/// their level, as `sandbox=<id>: vmm: text`, until the VMM closes its stderr. The VMM's
+/// guest-triggered messages are rate limited there; here each line is bounded
+/// ([`MAX_LOG_LINE`]), so nothing a guest does makes the relay hold more than one line.
+/// Its messages thus reach containerd's log with the shim's, not a file that would grow
+/// in the state directory.
+pub fn relay_log(stderr: impl std::io::Read, sandbox: &str) {
+    relay_lines(stderr, |level, message| {
+        log::log!(level, "sandbox={sandbox}: vmm: {message}");
+    });
+}
+
+/// Reads `input` line by line, each bounded by [`MAX_LOG_LINE`] (a longer one is cut and
+/// marked `[cut]`, its rest skipped), and hands each to `emit` with its level.
+fn relay_lines(input: impl std::io::Read, mut emit: impl FnMut(log::Level, &str)) {
+    use std::io::{BufRead, BufReader, Read};
+    let mut reader = BufReader::new(input);
+    let mut buf = Vec::with_capacity(256);
+    let mut cut = false;
+    loop {
+        buf.clear();
+        match (&mut reader)
+            .take(MAX_LOG_LINE as u64)
+            .read_until(b'\n', &mut buf)
+        {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let whole = buf.ends_with(b"\n");
+        if cut {
+            // The rest of a line already cut.
+            cut = !whole;
+            continue;
+        }
+        cut = !whole && buf.len() >= MAX_LOG_LINE;
+        let text = String::from_utf8_lossy(&buf);
+        let (level, message) = vmm_line(text.trim_end());
+        if cut {
+            emit(level, &format!("{message} [cut]"));
+        } else {
+            emit(level, message);
+        }
+    }
+}
+
+/// The level and text of one of the VMM's lines (`[WARN ] text`); lines without a level
+/// are info.
+fn vmm_line(line: &str) -> (log::Level, &str) {
+    if let Some(rest) = line.strip_prefix('[') {
+        if let Some((level, text)) = rest.split_once(']') {
+            if let Ok(level) = level.trim().parse::<log::Level>() {
+                return (level, text.trim_start());
+            }
+        }
+    }
+    (log::Level::Info, line)
+}
+
 /// A VMM's wait status in words; SIGSYS names the seccomp filter.
 pub fn describe_status(s: std::process::ExitStatus) -> String {
     match (s.code(), s.signal()) {
         (Some(code), _) => format!("the VMM exited with status {code} without saying why"),
         (_, Some(libc::SIGSYS)) => {
-            "the VMM was killed by SIGSYS: a system call outside its seccomp filter (see the VMM's log)".into()
+            "the VMM was killed by SIGSYS: a system call outside its seccomp filter (the kernel's `audit: type=1326` line in dmesg names it)".into()
         }
         (_, Some(libc::SIGKILL)) => "the VMM was killed by SIGKILL".into(),
         (_, Some(sig)) => format!("the VMM was killed by signal {sig}"),
@@ -318,6 +388,31 @@ pub fn describe_status(s: std::process::ExitStatus) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vmm_lines_keep_their_level_and_long_ones_are_cut() {
+        assert_eq!(
+            vmm_line("[WARN ] virtio-fs: bad request"),
+            (log::Level::Warn, "virtio-fs: bad request")
+        );
+        assert_eq!(vmm_line("[ERROR] x"), (log::Level::Error, "x"));
+        assert_eq!(vmm_line("no level"), (log::Level::Info, "no level"));
+        assert_eq!(vmm_line("[nonsense] y"), (log::Level::Info, "[nonsense] y"));
+        // A line far over the bound, then a normal one, then one without its newline.
+        let mut input = vec![b'a'; MAX_LOG_LINE * 4];
+        input.extend_from_slice(b"\n[ERROR] next\nlast");
+        let mut got = Vec::new();
+        relay_lines(&input[..], |l, m| got.push((l, m.to_string())));
+        assert_eq!(
+            got.len(),
+            3,
+            "{:?}",
+            got.iter().map(|g| g.1.len()).collect::<Vec<_>>()
+        );
+        assert_eq!(got[0].1, format!("{} [cut]", "a".repeat(MAX_LOG_LINE)));
+        assert_eq!(got[1], (log::Level::Error, "next".to_string()));
+        assert_eq!(got[2], (log::Level::Info, "last".to_string()));
+    }
 
     #[test]
     fn wait_statuses_are_described() {

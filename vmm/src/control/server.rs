@@ -246,6 +246,23 @@ fn start(config: &mut VmConfig, jail_config: &JailConfig) -> Result<Vm, (String,
         })?;
         v.path = rel;
     }
+    // The shared folders too, and for a second reason: fuse-backend-rs opens its root
+    // again, by path, at the guest's FUSE_INIT, which comes after the jail. Relative to
+    // the working directory, the same path names the host's folder now and the jail's
+    // copy of it then, which the host's later mounts below it (the containers' rootfs)
+    // reach by propagation (see `jail::enter`).
+    for f in &mut config.fs {
+        f.dir = jail::inside(&jail_config.root, &f.dir).ok_or_else(|| {
+            (
+                format!(
+                    "the shared folder {} must be inside the jail's root {}",
+                    f.dir.display(),
+                    jail_config.root.display()
+                ),
+                true,
+            )
+        })?;
+    }
     std::env::set_current_dir(&jail_config.root).map_err(|e| {
         (
             format!("jail root {}: {e}", jail_config.root.display()),
