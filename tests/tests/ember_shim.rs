@@ -19,9 +19,9 @@
 //! `/run` (agent and vsock socket paths must stay under 107 bytes), removed when the test
 //! ends. Covered: `ctr run` stdout, exit codes (0, 7, 137 after SIGKILL, 143 after SIGTERM),
 //! which kernel the container runs on, stdin, a TTY, `ctr task exec`, pause/resume, ps,
-//! metrics, crash cleanup after the agent, the shim or the VMM is killed, bad input (an unknown config
-//! key, a missing rootfs, a missing executable), and a CRI pod of two containers sharing a
-//! process namespace, served by one shim.
+//! metrics, crash cleanup after the agent, the shim or the VMM is killed, bad input (an
+//! unknown config key, a missing rootfs, a missing executable), and a CRI pod of two
+//! containers sharing a process namespace, served by one shim.
 //!
 //! Needs root, containerd/ctr, busybox-static and a built shim and agent
 //! (`cargo build -p ember-shim -p ember-agent`), and for the microvm variants the guest
@@ -643,8 +643,8 @@ mod body {
 }
 
 /// Process backend only: it kills the agent's host process, which only the process backend
-/// has (the microvm backend's agent is the guest's PID 1; killing the VM means killing its
-/// VMM process, which `hw_kvm::killed_vmm_is_cleaned_up` does).
+/// has (the microvm backend's agent is the guest's PID 1; killing the VM means killing
+/// its VMM process, which `hw_kvm::killed_vmm_is_cleaned_up` does).
 #[test]
 fn killed_agent_is_cleaned_up() {
     let Some(env) = Env::start(Backend::Process, "killed_agent_is_cleaned_up", "a", false) else {
