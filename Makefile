@@ -40,7 +40,7 @@ bench: deps
 	$(CARGO) bench -p ember-vmm --bench coldstart
 	$(CARGO) bench -p ember-vmm --bench devices
 	$(CARGO) bench -p ember-agent --bench container_lifecycle
-	$(CARGO) build --release -p ember-shim -p ember-agent
+	$(CARGO) build --release -p ember-shim -p ember-agent -p ember-vmm
 	EMBER_SHIM_DIR=$(CURDIR)/target/release $(CARGO) bench -p ember-tests --bench ctr
 
 demo: deps guest

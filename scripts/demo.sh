@@ -38,8 +38,8 @@ guest=$(pwd)/build/guest
 stage=${EMBER_DEMO_STAGE:-}
 if [ "$stage" != inside ]; then
     if [ -z "${EMBER_SHIM_DIR:-}" ] && [ "$runtime" = io.containerd.ember.v2 ]; then
-        echo "demo: building containerd-shim-ember-v2, ember-agent and ember"
-        "$cargo" build -q --bin containerd-shim-ember-v2 --bin ember-agent --bin ember
+        echo "demo: building containerd-shim-ember-v2, ember-vmm, ember-agent and ember"
+        "$cargo" build -q --bin containerd-shim-ember-v2 --bin ember-vmm --bin ember-agent --bin ember
         EMBER_SHIM_DIR=$(cd "$target/debug" && pwd)
     fi
     "$cargo" build -q -p ember-tests --example busybox-image --example private-containerd --example kvm-host

@@ -39,6 +39,8 @@ fn host_problem() -> Option<&'static str> {
     {
         return Some("needs /dev/kvm (run `ember check`)");
     }
+    // Every test that gets this far starts the VMM process.
+    ember_tests::guest::use_built_vmm();
     None
 }
 
@@ -246,7 +248,11 @@ async fn microvm_boots_the_guest_kernel_with_its_devices_then_stops_and_cleans_u
         }));
         assert!(socket.exists(), "the VMM listens on {}", socket.display());
         assert_eq!(backend.log_path(), Some(console.clone()));
-        assert_eq!(backend.pid(), std::process::id());
+        assert_ne!(
+            backend.pid(),
+            std::process::id(),
+            "the VMM is a process of its own"
+        );
         let cmdline = backend.cmdline().unwrap().to_string();
         assert!(cmdline.contains("ember.agent_port=1024"), "{cmdline}");
 
@@ -263,6 +269,8 @@ async fn microvm_boots_the_guest_kernel_with_its_devices_then_stops_and_cleans_u
         }
     };
     eprintln!("{TEST}: `{want}` after {:?}", started.elapsed());
+    let vmm_pid = backend.pid() as i32;
+    assert_confined(vmm_pid, state.dir(), &state.record().sandbox_id.clone());
     if std::env::var_os("EMBER_SHOW_CONSOLE").is_some() {
         eprintln!("{log}");
     }
@@ -363,9 +371,18 @@ async fn microvm_boots_the_guest_kernel_with_its_devices_then_stops_and_cleans_u
         .expect("wait() resolves once stopped");
     assert_eq!(exit.status, "stopped by the host");
     eprintln!("{TEST}: stopped in {:?}", t.elapsed());
+    assert!(
+        !Path::new(&format!("/proc/{vmm_pid}")).exists(),
+        "the stopped VMM is gone (and reaped)"
+    );
+    let vmm_cgroup = format!("/ember/{}/vmm", state.record().sandbox_id);
     let dir = state.dir().to_path_buf();
     state.cleanup().unwrap();
     assert!(!socket.exists() && !dir.exists(), "cleanup leaves nothing");
+    assert!(
+        ember_runtime::cgroups::existing(&vmm_cgroup).is_empty(),
+        "the VMM's cgroup is removed"
+    );
     if let Some(ns) = &netns_path {
         let tap = ember_runtime::network::TAP_NAME;
         assert_eq!(
@@ -377,6 +394,140 @@ async fn microvm_boots_the_guest_kernel_with_its_devices_then_stops_and_cleans_u
             .is_empty());
     }
     drop(backend);
+}
+
+/// The value of `key:` in a `/proc/.../status` text.
+fn status_field<'a>(status: &'a str, key: &str) -> &'a str {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .unwrap_or_else(|| panic!("no {key} in\n{status}"))
+        .trim()
+}
+
+/// The jailed VMM `pid` of sandbox `id` (state directory `state_dir`): every thread has
+/// its seccomp filter and no_new_privs; no thread but the device thread has a
+/// capability, and that one exactly the virtio-fs list (the bounding set too); its
+/// mount, network, IPC and UTS namespaces are not the test's; its root is the state
+/// directory; it is in the sandbox's cgroup.
+fn assert_confined(pid: i32, state_dir: &Path, id: &str) {
+    use std::os::unix::fs::MetadataExt;
+    let device_caps: u64 = ember_vmm::DEVICE_CAPABILITIES
+        .iter()
+        .map(|c| 1u64 << c.index())
+        .sum();
+    let mut names = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap().path();
+        let name = std::fs::read_to_string(task.join("comm"))
+            .unwrap()
+            .trim()
+            .to_string();
+        let status = std::fs::read_to_string(task.join("status")).unwrap();
+        let caps = |key| u64::from_str_radix(status_field(&status, key), 16).unwrap();
+        assert_eq!(
+            status_field(&status, "Seccomp"),
+            "2",
+            "{name}: seccomp filter"
+        );
+        assert_eq!(
+            status_field(&status, "NoNewPrivs"),
+            "1",
+            "{name}: no_new_privs"
+        );
+        assert_eq!(caps("CapInh"), 0, "{name}: CapInh");
+        assert_eq!(caps("CapAmb"), 0, "{name}: CapAmb");
+        assert_eq!(caps("CapBnd"), device_caps, "{name}: CapBnd");
+        let want = if name == "ember-devices" {
+            device_caps
+        } else {
+            0
+        };
+        assert_eq!(caps("CapEff"), want, "{name}: CapEff");
+        assert_eq!(caps("CapPrm"), want, "{name}: CapPrm");
+        names.push(name);
+    }
+    names.sort();
+    assert!(
+        names.iter().any(|n| n == "ember-devices")
+            && names.iter().any(|n| n.starts_with("ember-vcpu")),
+        "the VMM's threads: {names:?}"
+    );
+    for ns in ["mnt", "net", "ipc", "uts"] {
+        let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap();
+        let ours = std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap();
+        assert_ne!(theirs, ours, "the VMM's {ns} namespace is its own");
+    }
+    let root = std::fs::metadata(format!("/proc/{pid}/root/")).unwrap();
+    let dir = std::fs::metadata(state_dir).unwrap();
+    assert_eq!(
+        (root.dev(), root.ino()),
+        (dir.dev(), dir.ino()),
+        "the VMM's root is the state directory"
+    );
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    assert!(
+        cgroup
+            .lines()
+            .all(|l| l.ends_with(&format!("/ember/{id}/vmm"))),
+        "the VMM is in the sandbox's cgroup in every hierarchy:\n{cgroup}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_vmm_is_reported_by_wait_and_cleaned_up() {
+    const TEST: &str = "a_killed_vmm_is_reported_by_wait_and_cleaned_up";
+    if let Some(why) = host_problem() {
+        ember_tests::skip(TEST, why);
+        return;
+    }
+    let Some(kernel) = guest_kernel() else {
+        ember_tests::skip(
+            TEST,
+            "no guest kernel (run `make guest`, or set EMBER_GUEST_KERNEL)",
+        );
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = Config::default();
+    config.sandbox.state_dir = tmp.path().to_path_buf();
+    config.hypervisor.kernel = kernel;
+    config.hypervisor.initrd = Some(empty_initramfs(tmp.path()));
+    config.hypervisor.kernel_params = "rootdelay=600".into();
+    let mut state = SandboxState::create(tmp.path(), "killed", "microvm").unwrap();
+    let shared = state.dir().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    let mut backend = MicrovmBackend::for_kernel_boot_tests();
+    backend
+        .start(StartContext {
+            id: "killed",
+            config: &config,
+            state: &mut state,
+            shared_dir: &shared,
+            netns: None,
+        })
+        .await
+        .unwrap();
+    let pid = backend.pid() as i32;
+    assert!(
+        state.record().resources.iter().any(|r| matches!(
+            r,
+            Resource::Process { role, id } if role == "vmm" && id.pid == pid
+        )),
+        "the VMM is recorded for cleanup"
+    );
+    // SAFETY: kill(2) on the VMM this test started, not yet reaped (wait() has not
+    // resolved).
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let exit = tokio::time::timeout(Duration::from_secs(10), backend.wait())
+        .await
+        .expect("wait() resolves when the VMM dies");
+    assert_eq!(exit.status, "the VMM was killed by SIGKILL");
+    backend.stop(Duration::from_secs(1)).await;
+    let dir = state.dir().to_path_buf();
+    state.cleanup().unwrap();
+    assert!(!dir.exists(), "cleanup leaves nothing");
+    assert!(ember_runtime::cgroups::existing("/ember/killed").is_empty());
 }
 
 /// `MicrovmBackend::start` of sandbox `id` (state under `dir`) that must fail: its error

@@ -354,6 +354,7 @@ mod hw_kvm {
             (kernel, initrd): (PathBuf, PathBuf),
             netns: Option<PathBuf>,
         ) -> Vm {
+            ember_tests::guest::use_built_vmm();
             let tmp = tempfile::tempdir().unwrap();
             let mut config = Config::default();
             config.sandbox.backend = BackendKind::Microvm;

@@ -41,6 +41,23 @@ pub fn initramfs() -> Option<PathBuf> {
     Some(workspace_root().join("build/guest/initramfs.cpio")).filter(|p| p.is_file())
 }
 
+/// Points `$EMBER_VMM` (unless it is set) at the workspace's built `ember-vmm`, which the
+/// runtime's microvm backend spawns: test binaries run from `target/*/deps`, where the
+/// runtime's lookup next to the running executable does not find it. Panics naming the
+/// command that builds it when it is not built.
+pub fn use_built_vmm() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("EMBER_VMM").is_some() {
+            return;
+        }
+        let vmm = crate::containerd::workspace_binary("ember-vmm").expect(
+            "ember-vmm is not built: run `cargo build -p ember-vmm` (the microvm backend spawns it)",
+        );
+        std::env::set_var("EMBER_VMM", vmm);
+    });
+}
+
 /// How long a booting guest may print nothing on its console before the boot counts as
 /// hung ([`ConsoleWatch`]).
 pub const HANG_QUIET: Duration = Duration::from_secs(120);

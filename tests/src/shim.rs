@@ -302,14 +302,20 @@ impl Env {
     /// The agent's host pid from the sandbox's state record (process backend only: the
     /// microvm backend's agent runs in the guest).
     pub fn agent_pid(&self, id: &str) -> i32 {
+        self.process_pid(id, "agent")
+    }
+
+    /// The pid of sandbox `id`'s host process of `role` (`agent` on the process backend,
+    /// `vmm` on the microvm backend), from its state record.
+    pub fn process_pid(&self, id: &str, role: &str) -> i32 {
         let record = self.record(id);
         record["resources"]
             .as_array()
             .unwrap()
             .iter()
-            .find(|r| r["kind"] == "process" && r["role"] == "agent")
+            .find(|r| r["kind"] == "process" && r["role"] == role)
             .and_then(|r| r["id"]["pid"].as_i64())
-            .unwrap_or_else(|| panic!("no agent process in {record}")) as i32
+            .unwrap_or_else(|| panic!("no {role} process in {record}")) as i32
     }
 
     /// Kills the running task `id` with SIGKILL, asserts that `ctr task rm` reports exit

@@ -19,9 +19,9 @@
 //! `/run` (agent and vsock socket paths must stay under 107 bytes), removed when the test
 //! ends. Covered: `ctr run` stdout, exit codes (0, 7, 137 after SIGKILL, 143 after SIGTERM),
 //! which kernel the container runs on, stdin, a TTY, `ctr task exec`, pause/resume, ps,
-//! metrics, crash cleanup after the agent or the shim is killed, bad input (an unknown config
-//! key, a missing rootfs, a missing executable), and a CRI pod of two containers sharing a
-//! process namespace, served by one shim.
+//! metrics, crash cleanup after the agent, the shim or the VMM is killed, bad input (an
+//! unknown config key, a missing rootfs, a missing executable), and a CRI pod of two
+//! containers sharing a process namespace, served by one shim.
 //!
 //! Needs root, containerd/ctr, busybox-static and a built shim and agent
 //! (`cargo build -p ember-shim -p ember-agent`), and for the microvm variants the guest
@@ -49,7 +49,7 @@ ember_tests::on_both_backends!(
     missing_rootfs_is_reported_and_leaves_nothing,
     missing_executable_is_named_and_leaves_nothing,
     cri_pod_runs_in_one_shim;
-    microvm_only: container_cannot_reach_the_agent,
+    microvm_only: container_cannot_reach_the_agent, killed_vmm_is_cleaned_up,
 );
 
 /// The test bodies that run on both backends ([`ember_tests::on_both_backends`]).
@@ -353,6 +353,7 @@ mod body {
             .into_iter()
             .filter(|p| *p != ctr_pid)
             .collect();
+        let mut vmm = None;
         match backend {
             // The agent and the container run on the host, in processes of their own that
             // outlive the shim: the crash cleanup has to end them.
@@ -365,9 +366,9 @@ mod body {
                     "the container's shell is not visible on the host"
                 );
             }
-            // The VMM runs inside the shim (the sandbox has no host process of its own) and
-            // the container in the guest, out of the host's sight: killing the shim ends the
-            // VM and everything in it at once.
+            // The VMM is the sandbox's one host process (the container runs in the guest,
+            // out of the host's sight); it dies with the shim that spawned it
+            // (PR_SET_PDEATHSIG), and the crash cleanup would kill a survivor.
             Backend::Microvm => {
                 let procs: Vec<_> = record["resources"]
                     .as_array()
@@ -375,11 +376,21 @@ mod body {
                     .iter()
                     .filter(|r| r["kind"] == "process")
                     .collect();
-                assert!(procs.is_empty(), "host processes of a microVM: {procs:?}");
+                assert!(
+                    procs.len() == 1 && procs[0]["role"] == "vmm",
+                    "host processes of a microVM: {procs:?}"
+                );
+                let pid = env.process_pid(&id, "vmm");
+                assert!(
+                    containerd::process_alive(pid as u32),
+                    "the VMM is not running"
+                );
+                assert_ne!(pid as u32, shims[0], "the VMM is the shim");
                 assert!(
                     shells.is_empty(),
                     "the microVM's container runs on the host: {shells:?}"
                 );
+                vmm = Some(pid as u32);
             }
         }
         // SAFETY: kill on the shim serving our private containerd.
@@ -401,6 +412,36 @@ mod body {
             .lines()
             .any(|l| l == id));
         env.assert_no_leftovers(&id, Some(&marker));
+        if let Some(pid) = vmm {
+            assert!(!containerd::process_alive(pid), "the VMM outlived its shim");
+        }
+    }
+
+    /// Microvm only: kill -9 of the sandbox's VMM process (its vCPU, device and control
+    /// threads) ends the VM; containerd sees the container exit 137 (SIGKILL's status, as
+    /// for any process of a pod whose sandbox ended) and nothing is left.
+    pub fn killed_vmm_is_cleaned_up(backend: Backend) {
+        let Some(env) = Env::start(backend, "killed_vmm_is_cleaned_up", "v", false) else {
+            return;
+        };
+        let id = env.cid("vmmkill");
+        env.run_detached(&id, &["sleep", "1000"]);
+        let vmm = env.process_pid(&id, "vmm");
+        assert!(
+            containerd::process_alive(vmm as u32),
+            "the VMM is not running"
+        );
+        assert!(
+            !env.ctrd.shim_pids().contains(&(vmm as u32)),
+            "the VMM is a shim"
+        );
+        // SAFETY: kill on the VMM pid from the sandbox's record, alive just above.
+        assert_eq!(unsafe { libc::kill(vmm, libc::SIGKILL) }, 0);
+        env.wait_status(&id, Some("STOPPED"));
+        env.assert_rm_reports(&id, 137);
+        env.ctr_ok(&["containers", "rm", &id]);
+        env.assert_no_leftovers(&id, None);
+        assert!(!containerd::process_alive(vmm as u32));
     }
 
     pub fn missing_rootfs_is_reported_and_leaves_nothing(backend: Backend) {
@@ -602,8 +643,8 @@ mod body {
 }
 
 /// Process backend only: it kills the agent's host process, which only the process backend
-/// has (the microvm backend's agent is the guest's PID 1; killing the VM means killing the
-/// shim, which `killed_shim_is_cleaned_up` does on both backends).
+/// has (the microvm backend's agent is the guest's PID 1; killing the VM means killing
+/// its VMM process, which `hw_kvm::killed_vmm_is_cleaned_up` does).
 #[test]
 fn killed_agent_is_cleaned_up() {
     let Some(env) = Env::start(Backend::Process, "killed_agent_is_cleaned_up", "a", false) else {

@@ -3,7 +3,7 @@
 pub use crate::rate_limiter::config::{
     BucketConfig, NetRateLimitConfig, RateLimitConfig, MAX_BUCKET_SIZE, MAX_REFILL_TIME_MS,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
@@ -22,7 +22,7 @@ pub const DEFAULT_SERIAL_MAX_BYTES: u64 = 1 << 20;
 
 /// The CPU feature profile offered to the guest (the VMM's own type; ember's config has
 /// a setting of the same name that the runtime maps onto this).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum CpuProfile {
     /// `emulation-safe` on hosts without hardware virtualization, `host` otherwise.
@@ -74,6 +74,17 @@ impl std::str::FromStr for SerialSink {
     }
 }
 
+impl Serialize for SerialSink {
+    /// The same words as parsing: `stdout`, `none`, or the file's path.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Stdout => s.serialize_str("stdout"),
+            Self::None => s.serialize_str("none"),
+            Self::File(path) => path.serialize(s),
+        }
+    }
+}
+
 impl<'de> Deserialize<'de> for SerialSink {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
@@ -82,7 +93,7 @@ impl<'de> Deserialize<'de> for SerialSink {
 }
 
 /// One virtio-blk disk.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DiskConfig {
     /// The image file or host block device backing the disk.
@@ -117,7 +128,7 @@ impl std::str::FromStr for DiskConfig {
 }
 
 /// The vsock device: the host side is a Unix socket.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct VsockConfig {
     /// Unix socket for host-initiated connections (`CONNECT <port>`); guest-initiated
@@ -158,7 +169,7 @@ impl std::str::FromStr for VsockConfig {
 }
 
 /// A host directory shared over virtio-fs.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FsConfig {
     /// The tag the guest mounts (`mount -t virtiofs TAG /mnt`, or `root=TAG`).
@@ -196,7 +207,7 @@ impl std::str::FromStr for FsConfig {
 }
 
 /// A virtio-net device on a tap.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetConfig {
     /// The tap interface (created if missing).
@@ -256,7 +267,7 @@ impl std::str::FromStr for NetConfig {
 }
 
 /// Everything needed to build a VM.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct VmConfig {
     /// Guest kernel: ELF vmlinux (PVH or 64-bit entry) or bzImage.

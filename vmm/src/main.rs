@@ -26,7 +26,7 @@ mod status {
 #[command(version, about, long_about)]
 struct Cli {
     /// Guest kernel: uncompressed ELF vmlinux (PVH entry if present, else 64-bit) or bzImage.
-    #[arg(long, value_name = "PATH", required_unless_present = "config")]
+    #[arg(long, value_name = "PATH", required_unless_present_any = ["config", "control_fd"])]
     kernel: Option<PathBuf>,
     /// Initramfs to pass to the kernel.
     #[arg(long, value_name = "PATH")]
@@ -111,6 +111,13 @@ struct Cli {
     /// here override it.
     #[arg(long, value_name = "PATH")]
     config: Option<PathBuf>,
+    /// Be driven by the runtime over the control channel on this fd (a connected
+    /// SOCK_SEQPACKET Unix socket): the first message carries the VM's configuration and
+    /// the jail's root; the VMM builds the VM, jails itself (namespaces, pivot_root into
+    /// the root, capabilities, rlimits), starts it and answers requests until it ends.
+    /// Every other option but --log-level is ignored. Exit status as above.
+    #[arg(long, value_name = "FD", conflicts_with = "config")]
+    control_fd: Option<i32>,
     /// Log level of the VMM's messages on stderr (error, warn, info, debug, trace).
     #[arg(long, default_value = "info", value_name = "LEVEL")]
     log_level: log::LevelFilter,
@@ -219,6 +226,42 @@ fn run(config: &VmConfig) -> Result<ExitReason, ember_vmm::VmError> {
     Ok(vm.wait())
 }
 
+/// Serve the runtime on the control channel `fd` (see `--control-fd`).
+fn run_controlled(fd: i32) -> ExitCode {
+    use ember_vmm::control::server::{run, Outcome};
+    use std::os::fd::{FromRawFd, OwnedFd};
+    // SAFETY: F_GETFD only asks whether the fd is open.
+    if fd < 0 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        eprintln!("ember-vmm: --control-fd {fd}: not an open file descriptor");
+        return ExitCode::from(status::BAD_INPUT);
+    }
+    // SAFETY: the fd is open (checked above) and handed to this process to own.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut channel = ember_vmm::control::Channel::from_fd(owned);
+    match run(&mut channel) {
+        Outcome::Exited(reason) => {
+            log::info!("guest exit: {reason:?}");
+            ExitCode::from(exit_status(reason))
+        }
+        Outcome::StartFailed { bad_input: true } => ExitCode::from(status::BAD_INPUT),
+        Outcome::StartFailed { bad_input: false } => ExitCode::from(status::VMM_ERROR),
+        Outcome::Channel(e) => {
+            eprintln!("ember-vmm: {e}");
+            ExitCode::from(status::VMM_ERROR)
+        }
+    }
+}
+
+fn exit_status(reason: ExitReason) -> u8 {
+    match reason {
+        ExitReason::PowerOff => status::POWER_OFF,
+        ExitReason::Reset => status::RESET,
+        ExitReason::TripleFault => status::TRIPLE_FAULT,
+        ExitReason::Stopped => status::STOPPED,
+        ExitReason::Error => status::VMM_ERROR,
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     env_logger::Builder::new()
@@ -226,6 +269,9 @@ fn main() -> ExitCode {
         .format_timestamp(None)
         .format_target(false)
         .init();
+    if let Some(fd) = cli.control_fd {
+        return run_controlled(fd);
+    }
     let config = match cli.into_config() {
         Ok(c) => c,
         Err(e) => {
@@ -236,13 +282,7 @@ fn main() -> ExitCode {
     match run(&config) {
         Ok(reason) => {
             log::info!("guest exit: {reason:?}");
-            ExitCode::from(match reason {
-                ExitReason::PowerOff => status::POWER_OFF,
-                ExitReason::Reset => status::RESET,
-                ExitReason::TripleFault => status::TRIPLE_FAULT,
-                ExitReason::Stopped => status::STOPPED,
-                ExitReason::Error => status::VMM_ERROR,
-            })
+            ExitCode::from(exit_status(reason))
         }
         Err(e) => {
             eprintln!("ember-vmm: {e}");

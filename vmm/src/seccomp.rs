@@ -32,6 +32,10 @@ pub enum ThreadKind {
     Vcpu,
     /// The device thread (`event_loop.rs`): epoll and every device's queue processing.
     Devices,
+    /// The thread that serves the runtime's control channel in a confined `ember-vmm`
+    /// process (`control/server.rs`): messages and fds on its socket, disk attach and
+    /// detach, the exit latch.
+    Control,
 }
 
 impl std::fmt::Display for ThreadKind {
@@ -39,6 +43,7 @@ impl std::fmt::Display for ThreadKind {
         f.write_str(match self {
             ThreadKind::Vcpu => "vCPU",
             ThreadKind::Devices => "device",
+            ThreadKind::Control => "control",
         })
     }
 }
@@ -62,6 +67,14 @@ pub enum SeccompError {
         /// Why.
         source: seccompiler::Error,
     },
+    /// The thread could not drop its capabilities.
+    #[error("cannot set the {kind} thread's capabilities: {source}")]
+    Capabilities {
+        /// Which thread.
+        kind: ThreadKind,
+        /// Why.
+        source: caps::errors::CapsError,
+    },
     /// The filters are written for x86_64 system calls only.
     #[error(
         "seccomp filters exist for x86_64 only, not {0}; run with seccomp off (`--no-seccomp`)"
@@ -70,10 +83,15 @@ pub enum SeccompError {
 }
 
 /// A compiled filter for one kind of thread; cheap to clone (one per vCPU).
+///
+/// It may also carry the capabilities the thread keeps ([`Filter::with_capabilities`]):
+/// capabilities are per thread in Linux, so a jailed VMM's threads each set theirs, as
+/// they install their filter (capset is not on the vCPU list).
 #[derive(Debug, Clone)]
 pub struct Filter {
     kind: ThreadKind,
     program: Arc<BpfProgram>,
+    capabilities: Option<Arc<caps::CapsHashSet>>,
 }
 
 impl Filter {
@@ -86,6 +104,7 @@ impl Filter {
         let rules = match kind {
             ThreadKind::Vcpu => vcpu_rules(),
             ThreadKind::Devices => device_rules(),
+            ThreadKind::Control => control_rules(),
         }
         .map_err(|source| SeccompError::Build { kind, source })?;
         let filter = SeccompFilter::new(
@@ -105,7 +124,20 @@ impl Filter {
         Ok(Self {
             kind,
             program: Arc::new(program),
+            capabilities: None,
         })
+    }
+
+    /// The same filter, for a thread that first sets its effective and permitted
+    /// capabilities to exactly `keep` and clears its inheritable and ambient ones.
+    pub fn with_capabilities(mut self, keep: caps::CapsHashSet) -> Self {
+        self.capabilities = Some(Arc::new(keep));
+        self
+    }
+
+    /// The capabilities a thread keeps, if the filter sets them.
+    pub fn capabilities(&self) -> Option<&caps::CapsHashSet> {
+        self.capabilities.as_deref()
     }
 
     /// Which kind of thread this filter is for.
@@ -117,6 +149,12 @@ impl Filter {
     /// seccompiler sets). From then on every system call outside the list kills the
     /// process.
     pub fn apply(&self) -> Result<(), SeccompError> {
+        if let Some(keep) = &self.capabilities {
+            restrict_capabilities(keep).map_err(|source| SeccompError::Capabilities {
+                kind: self.kind,
+                source,
+            })?;
+        }
         seccompiler::apply_filter(&self.program).map_err(|source| SeccompError::Install {
             kind: self.kind,
             source,
@@ -142,6 +180,22 @@ impl Filters {
             devices: Filter::new(ThreadKind::Devices)?,
         })
     }
+}
+
+/// Set the calling thread's effective and permitted capabilities to exactly `keep`
+/// (effective first: it must stay a subset of permitted) and clear its inheritable and
+/// ambient ones. Only ever lowers them: a capability outside the permitted set cannot
+/// come back.
+pub fn restrict_capabilities(keep: &caps::CapsHashSet) -> Result<(), caps::errors::CapsError> {
+    use caps::CapSet;
+    let keep: caps::CapsHashSet = keep
+        .intersection(&caps::read(None, CapSet::Permitted)?)
+        .copied()
+        .collect();
+    caps::clear(None, CapSet::Ambient)?;
+    caps::set(None, CapSet::Effective, &keep)?;
+    caps::set(None, CapSet::Inheritable, &caps::CapsHashSet::new())?;
+    caps::set(None, CapSet::Permitted, &keep)
 }
 
 /// Errors of starting a confined thread.
@@ -371,6 +425,24 @@ fn vcpu_rules() -> Result<Rules, seccompiler::Error> {
     Ok(r)
 }
 
+/// The control thread's rules (`control/server.rs`, in a jailed `ember-vmm`).
+fn control_rules() -> Result<Rules, seccompiler::Error> {
+    use libc::*;
+    let mut r = Rules::default();
+    thread_runtime(&mut r)?;
+    // The control channel: a SOCK_SEQPACKET socket, one message per packet, a disk's fd
+    // in SCM_RIGHTS (recvmsg, sendmsg), waited on together with the VM's exit latch
+    // (poll; the latch's eventfd is read with `read`).
+    r.allow(&[SYS_recvmsg, SYS_sendmsg, SYS_poll, SYS_ppoll, SYS_read]);
+    // Attach: the disk fd the runtime sent is measured (`Backing::from_file`: std's
+    // metadata is statx, fstat on older kernels; its size by lseek to the end) and
+    // closed at detach (close, every thread may). The slot's configuration interrupt
+    // is an eventfd write (write, every thread may).
+    r.allow(&[SYS_statx, SYS_fstat, SYS_lseek]);
+    // The received fd is made close-on-exec by MSG_CMSG_CLOEXEC; nothing else of fcntl.
+    Ok(r)
+}
+
 /// The device thread's rules.
 fn device_rules() -> Result<Rules, seccompiler::Error> {
     use libc::*;
@@ -474,7 +546,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn both_filters_compile() {
+    fn every_filter_compiles() {
+        let control = Filter::new(ThreadKind::Control).expect("the control filter compiles");
+        assert_eq!(control.kind(), ThreadKind::Control);
+        assert!(control.capabilities().is_none());
         let f = Filters::new().expect("filters compile");
         assert_eq!(f.vcpu.kind(), ThreadKind::Vcpu);
         assert_eq!(f.devices.kind(), ThreadKind::Devices);

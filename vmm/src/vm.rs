@@ -384,6 +384,20 @@ impl Vm {
         self.exit.clone()
     }
 
+    /// Make the threads [`Vm::start`] starts set their capabilities as they install their
+    /// seccomp filters: the device thread keeps `devices` (what virtio-fs needs), the vCPU
+    /// threads none. For a jailed VMM ([`crate::jail`]), whose threads would otherwise
+    /// inherit the starting thread's. Returns false, changing nothing, when seccomp is off
+    /// (the capabilities travel with the filters).
+    pub fn confine_thread_capabilities(&mut self, devices: caps::CapsHashSet) -> bool {
+        let Some(f) = &mut self.filters else {
+            return false;
+        };
+        f.vcpu = f.vcpu.clone().with_capabilities(caps::CapsHashSet::new());
+        f.devices = f.devices.clone().with_capabilities(devices);
+        true
+    }
+
     /// Start the device loop and the vCPUs.
     pub fn start(&mut self) -> Result<(), VmError> {
         if self.vcpus.is_empty() {

@@ -133,7 +133,7 @@ fn ordinary_work(evt: i32) -> i32 {
 
 #[test]
 fn forbidden_system_calls_kill_the_process_with_sigsys() {
-    for kind in [ThreadKind::Vcpu, ThreadKind::Devices] {
+    for kind in [ThreadKind::Vcpu, ThreadKind::Devices, ThreadKind::Control] {
         let f = filter(kind);
         // SAFETY: plain system call; the fd is closed below.
         let evt = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK) };
@@ -278,6 +278,105 @@ fn each_thread_kind_gets_only_its_own_calls() {
     };
     assert_eq!(in_child(&devices, umask(0)), End::Exited(0));
     assert_eq!(in_child(&devices, umask(0o22)), End::Signaled(libc::SIGSYS));
+}
+
+#[test]
+fn the_control_thread_gets_its_channel_and_nothing_of_the_devices() {
+    let control = filter(ThreadKind::Control);
+    let devices = filter(ThreadKind::Devices);
+    let vcpu = filter(ThreadKind::Vcpu);
+    // The channel: messages with fds (sendmsg/recvmsg, on fd -1 they fail with EBADF
+    // but are let through), waited on with poll.
+    let messages = || {
+        // SAFETY: a zeroed msghdr is an empty message; the calls fail on fd -1.
+        let (s, r) = unsafe {
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            (
+                libc::sendmsg(-1, &msg, 0),
+                libc::recvmsg(-1, &mut msg, libc::MSG_CMSG_CLOEXEC),
+            )
+        };
+        i32::from(s != -1 || r != -1)
+    };
+    let poll = || {
+        // SAFETY: no pollfds, no wait.
+        let r = unsafe { libc::poll(std::ptr::null_mut(), 0, 0) };
+        i32::from(r != 0)
+    };
+    // An attached disk is measured: statx or fstat, lseek (on fd -1: EBADF).
+    let measure = || {
+        // SAFETY: a stat buffer on the stack; the calls fail on fd -1.
+        let (st, sk) = unsafe {
+            let mut st: libc::stat = std::mem::zeroed();
+            (libc::fstat(-1, &mut st), libc::lseek(-1, 0, libc::SEEK_END))
+        };
+        i32::from(st != -1 || sk != -1)
+    };
+    for (what, call) in [
+        ("sendmsg/recvmsg", &messages as &dyn Fn() -> i32),
+        ("poll", &poll),
+        ("fstat/lseek", &measure),
+    ] {
+        assert_eq!(in_child(&control, call), End::Exited(0), "control: {what}");
+    }
+    assert_eq!(
+        in_child(&vcpu, messages),
+        End::Signaled(libc::SIGSYS),
+        "no vCPU thread has a channel"
+    );
+    // The control thread opens nothing (the jail has no host paths to open: the runtime
+    // sends fds), makes no socket, switches no id, runs no vCPU and no queue I/O.
+    let open = || {
+        // SAFETY: NUL-terminated path; the fd is left to `_exit`.
+        let fd = unsafe { libc::openat(libc::AT_FDCWD, c"/".as_ptr(), libc::O_RDONLY) };
+        i32::from(fd < 0)
+    };
+    assert_eq!(in_child(&devices, open), End::Exited(0));
+    let unix_socket = || {
+        // SAFETY: plain system call.
+        let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET, 0) };
+        i32::from(fd < 0)
+    };
+    let setresuid = || {
+        // SAFETY: changes only the child's (thread's) ids.
+        let rc = unsafe { libc::syscall(libc::SYS_setresuid, u32::MAX, 0, u32::MAX) };
+        i32::from(rc != 0)
+    };
+    let kvm_run = || {
+        // SAFETY: fails on fd -1.
+        let r = unsafe { libc::ioctl(-1, 0xae80, 0) };
+        i32::from(r != -1)
+    };
+    let capset = || {
+        // SAFETY: a header asking for the version only; fails or not, it is the call.
+        unsafe {
+            libc::syscall(
+                libc::SYS_capset,
+                std::ptr::null::<u8>(),
+                std::ptr::null::<u8>(),
+            )
+        };
+        0
+    };
+    let write_disk = || {
+        // SAFETY: fails on fd -1 (if let through).
+        unsafe { libc::pwrite(-1, std::ptr::null(), 0, 0) };
+        0
+    };
+    for (what, call) in [
+        ("openat", &open as &dyn Fn() -> i32),
+        ("socket(AF_UNIX)", &unix_socket),
+        ("setresuid", &setresuid),
+        ("ioctl(KVM_RUN)", &kvm_run),
+        ("capset", &capset),
+        ("pwrite64", &write_disk),
+    ] {
+        assert_eq!(
+            in_child(&control, call),
+            End::Signaled(libc::SIGSYS),
+            "control thread: {what}"
+        );
+    }
 }
 
 /// What a thread's status says of its confinement.

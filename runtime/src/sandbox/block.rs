@@ -7,12 +7,17 @@
 //! the agent resolves to `/dev/vdX` through sysfs); removing the container (or a failed
 //! create) detaches them, after the agent has unmounted them.
 //!
-//! Nothing here is recorded in the sandbox's state file: an attachment is an open file
-//! of the VMM, which runs in this process, so a crash ends it together with the VM and
-//! leaves nothing on the host to clean up.
+//! The bookkeeping is the runtime's; the VMM (a process of its own) only backs a slot
+//! with the disk the runtime opened ([`SlotControl`]: the control channel's `Attach`, the
+//! fd in `SCM_RIGHTS`, and `Detach`). Nothing here is recorded in the sandbox's state
+//! file: an attachment is an open file of the VMM, so the VMM's end ends it and leaves
+//! nothing on the host to clean up.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
 
 use ember_agent_protocol::agent::{storage::Driver, Storage};
-use ember_vmm::{BlockError, BlockSlot};
+use ember_vmm::SlotInfo;
 
 use crate::oci::BlockVolume;
 
@@ -42,24 +47,60 @@ pub enum BlockVolumeError {
         /// `mounts[N]: DESTINATION`.
         volume: String,
         /// The source.
-        path: std::path::PathBuf,
+        path: PathBuf,
         /// The container that holds it.
         owner: String,
         /// ` (read-write)` when the existing attachment is writable.
         how: &'static str,
     },
+    /// The source cannot be opened.
+    #[error("{volume}: cannot open disk {path}: {source}")]
+    Open {
+        /// `mounts[N]: DESTINATION`.
+        volume: String,
+        /// The source.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The VMM could not attach the source.
-    #[error("{volume}: {source}")]
+    #[error("{volume}: {message}")]
     Attach {
         /// `mounts[N]: DESTINATION`.
         volume: String,
         /// Why (names the source path).
-        source: BlockError,
+        message: String,
     },
 }
 
+/// What backs the VM's slots: the VMM, over its control channel.
+pub trait SlotControl: Send + Sync {
+    /// Back slot `index` with the open `disk` (shown as `path`); its capacity in sectors.
+    fn attach(
+        &self,
+        index: usize,
+        disk: &File,
+        path: &Path,
+        read_only: bool,
+    ) -> Result<u64, String>;
+    /// Empty slot `index`.
+    fn detach(&self, index: usize) -> Result<(), String>;
+}
+
+/// What a slot holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    /// The disk's host path.
+    pub path: PathBuf,
+    /// Whether the guest may not write.
+    pub read_only: bool,
+    /// Its capacity in 512-byte sectors, as the VMM measured it.
+    pub capacity: u64,
+}
+
 struct Slot {
-    handle: BlockSlot,
+    info: SlotInfo,
+    held: Option<Held>,
     /// The container whose volume the slot holds.
     owner: Option<String>,
 }
@@ -68,19 +109,22 @@ struct Slot {
 #[derive(Default)]
 pub struct BlockSlots {
     slots: Vec<Slot>,
+    control: Option<Box<dyn SlotControl>>,
 }
 
 impl BlockSlots {
-    /// The slots of a VM, all free.
-    pub fn new(handles: Vec<BlockSlot>) -> Self {
+    /// The slots of a VM (as its `Ready` listed them), all free, backed through `control`.
+    pub fn new(slots: Vec<SlotInfo>, control: Box<dyn SlotControl>) -> Self {
         Self {
-            slots: handles
+            slots: slots
                 .into_iter()
-                .map(|handle| Slot {
-                    handle,
+                .map(|info| Slot {
+                    info,
+                    held: None,
                     owner: None,
                 })
                 .collect(),
+            control: Some(control),
         }
     }
 
@@ -99,6 +143,11 @@ impl BlockSlots {
         self.slots.iter().filter(|s| s.owner.is_none()).count()
     }
 
+    /// What slot `index` holds.
+    pub fn held(&self, index: usize) -> Option<&Held> {
+        self.slots.get(index).and_then(|s| s.held.as_ref())
+    }
+
     /// Attaches `volume` of `container_id` to the first free slot and returns the
     /// agent's storage for it. A failure leaves every slot as it was.
     pub fn attach(
@@ -108,7 +157,7 @@ impl BlockSlots {
     ) -> Result<Storage, BlockVolumeError> {
         if let Some(id) = disk_identity(&volume.source) {
             for s in &self.slots {
-                let (Some(owner), Some(held)) = (&s.owner, s.handle.attachment()) else {
+                let (Some(owner), Some(held)) = (&s.owner, &s.held) else {
                     continue;
                 };
                 if disk_identity(&held.path) == Some(id) && !(held.read_only && volume.read_only) {
@@ -122,30 +171,56 @@ impl BlockSlots {
             }
         }
         let slots = self.slots.len();
+        let no_slot = || BlockVolumeError::NoFreeSlot {
+            volume: volume.describe(),
+            slots,
+        };
+        let control = self.control.as_deref().ok_or_else(no_slot)?;
         let slot = self
             .slots
             .iter_mut()
             .find(|s| s.owner.is_none())
-            .ok_or_else(|| BlockVolumeError::NoFreeSlot {
+            .ok_or_else(no_slot)?;
+        // Opened here, by the runtime: the jailed VMM cannot open host paths.
+        let disk = std::fs::OpenOptions::new()
+            .read(true)
+            .write(!volume.read_only)
+            .open(&volume.source)
+            .map_err(|source| BlockVolumeError::Open {
                 volume: volume.describe(),
-                slots,
-            })?;
-        slot.handle
-            .attach(&volume.source, volume.read_only)
-            .map_err(|source| BlockVolumeError::Attach {
-                volume: volume.describe(),
+                path: volume.source.clone(),
                 source,
             })?;
+        let capacity = control
+            .attach(slot.info.index, &disk, &volume.source, volume.read_only)
+            .map_err(|message| BlockVolumeError::Attach {
+                volume: volume.describe(),
+                message,
+            })?;
+        slot.held = Some(Held {
+            path: volume.source.clone(),
+            read_only: volume.read_only,
+            capacity,
+        });
         slot.owner = Some(container_id.to_string());
-        Ok(storage(volume, slot.handle.mmio_addr()))
+        Ok(storage(volume, slot.info.mmio_addr))
     }
 
-    /// Detaches every volume of `container_id`; returns how many slots were freed.
+    /// Detaches every volume of `container_id`; returns how many slots were freed. A slot
+    /// the VMM could not empty is freed all the same (the VMM is gone, or will be).
     pub fn release(&mut self, container_id: &str) -> usize {
         let mut freed = 0;
         for s in &mut self.slots {
             if s.owner.as_deref() == Some(container_id) {
-                s.handle.detach();
+                if let Some(c) = &self.control {
+                    if let Err(e) = c.detach(s.info.index) {
+                        log::warn!(
+                            "container={container_id}: virtio-blk slot {}: detach: {e}",
+                            s.info.index
+                        );
+                    }
+                }
+                s.held = None;
                 s.owner = None;
                 freed += 1;
             }
@@ -183,12 +258,37 @@ mod tests {
     use crate::oci::{translate, BundleSpec, Translation};
     use std::path::{Path, PathBuf};
 
-    /// `n` slots outside any VM, at the addresses a VM would give them.
+    /// The VMM's side in-process: slots outside any VM, backed with the fd as the
+    /// control channel's server does.
+    struct InProcess(Vec<ember_vmm::BlockSlot>);
+
+    impl SlotControl for InProcess {
+        fn attach(&self, index: usize, disk: &File, path: &Path, ro: bool) -> Result<u64, String> {
+            let file = disk.try_clone().map_err(|e| e.to_string())?;
+            self.0[index]
+                .attach_file(file, path, ro)
+                .map(|a| a.capacity)
+                .map_err(|e| e.to_string())
+        }
+        fn detach(&self, index: usize) -> Result<(), String> {
+            self.0[index].detach();
+            Ok(())
+        }
+    }
+
+    /// `n` slots, at the addresses a VM would give them.
     fn slots(n: usize) -> BlockSlots {
+        let info = |i: usize| SlotInfo {
+            index: i,
+            mmio_addr: 0xd000_1000 + 0x1000 * i as u64,
+        };
         BlockSlots::new(
-            (0..n)
-                .map(|i| BlockSlot::detached(i, 0xd000_1000 + 0x1000 * i as u64).unwrap())
-                .collect(),
+            (0..n).map(info).collect(),
+            Box::new(InProcess(
+                (0..n)
+                    .map(|i| ember_vmm::BlockSlot::detached(i, info(i).mmio_addr).unwrap())
+                    .collect(),
+            )),
         )
     }
 
@@ -249,7 +349,7 @@ mod tests {
         assert_eq!(st.fstype, "ext4");
         assert_eq!(st.options, ["ro", "noatime"]);
         assert_eq!(st.mount_point, "/run/ember/storage/c1/2");
-        let held = s.slots[0].handle.attachment().unwrap();
+        let held = s.held(0).unwrap().clone();
         assert_eq!((held.path, held.read_only, held.capacity), (img, true, 64));
         assert_eq!(s.free(), 1);
         // The container binds the agent's mount; the bind mount is left to the share.
@@ -332,11 +432,8 @@ mod tests {
         assert!(s.attach("c3", &volume(1, &img, true)).is_err());
         assert_eq!(s.release("c1"), 2);
         assert_eq!(s.free(), 2);
-        assert!(s.slots[0].handle.attachment().is_none(), "detached");
-        assert!(
-            s.slots[1].handle.attachment().is_some(),
-            "c2 keeps its slot"
-        );
+        assert!(s.held(0).is_none(), "detached");
+        assert!(s.held(1).is_some(), "c2 keeps its slot");
         assert_eq!(s.release("c1"), 0, "nothing left to release");
         // A freed slot is reused.
         let st = s.attach("c3", &volume(1, &img, true)).unwrap();

@@ -1,6 +1,8 @@
-//! The `microvm` backend: the pod runs in a KVM microVM built by ember's VMM **in this
-//! process** (its vCPU and device threads are threads of the shim), booting the guest
-//! kernel with the agent as PID 1.
+//! The `microvm` backend: the pod runs in a KVM microVM built by ember's VMM in a process
+//! of its own (`ember-vmm --control-fd 3`, [`super::vmm_process`]), which jails itself
+//! once the VM is built (namespaces, `pivot_root` into the sandbox's state directory,
+//! capabilities, seccomp on every thread) and sits in the sandbox's cgroup
+//! (`/ember/<sandbox>/vmm`); the guest kernel boots with the agent as PID 1.
 //!
 //! The VM gets:
 //! - the `[hypervisor]` kernel and either the initramfs or the ext4 image (a read-only
@@ -45,16 +47,17 @@ use ember_vmm::{
     BucketConfig, FsConfig, NetConfig, NetRateLimitConfig, RateLimitConfig, VsockConfig, MAX_VCPUS,
     MIN_MEMORY_MIB,
 };
-use ember_vmm::{DiskConfig, ExitLatch, ExitReason, SerialSink, Vm, VmConfig, VmError};
+use ember_vmm::{ControlReply, ControlRequest, JailConfig};
+use ember_vmm::{DiskConfig, ExitReason, SerialSink, VmConfig};
 use log::{info, warn};
-use tokio::sync::{oneshot, watch};
 
-use super::block::{BlockSlots, BlockVolumeError};
+use super::block::{BlockSlots, BlockVolumeError, SlotControl};
+use super::vmm_process::{vmm_binary, VmmEnd, VmmProcess, VmmProcessError};
 use super::{Backend, SandboxError, SandboxExit, StartContext};
 use crate::endpoint::AgentEndpoint;
 use crate::network::{self, NetworkError, PodNetwork};
 use crate::oci::BlockVolume;
-use crate::state::Resource;
+use crate::state::{ProcessId, Resource};
 
 /// The virtio-fs tag of the sandbox's shared directory.
 pub const SHARED_TAG: &str = "ember-shared";
@@ -71,8 +74,12 @@ pub const CONSOLE_LOG: &str = "console.log";
 pub const GUEST_CID: u64 = 3;
 /// Longest Unix socket path (sun_path holds 108 bytes with the terminating NUL).
 const MAX_SOCKET_PATH: usize = 107;
-/// How long stopping a VM waits at least for its threads to end (see `stop`).
-const VM_THREADS_JOIN: Duration = Duration::from_secs(5);
+/// How long stopping a VM waits at least for the VMM to exit (see `stop`).
+const VMM_EXIT_WAIT: Duration = Duration::from_secs(5);
+/// How long the VMM may take to build and start the VM.
+const VMM_START_TIMEOUT: Duration = Duration::from_secs(60);
+/// The VMM's cgroup under the sandbox's (`/ember/<sandbox>/vmm`).
+pub const VMM_CGROUP_LEAF: &str = "vmm";
 /// The fixed part of the kernel command line: serial console, and a guest that panics
 /// reboots at once, which ends the VM (the VMM treats a reset as the VM's end).
 const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
@@ -124,7 +131,10 @@ pub enum MicrovmError {
     Network(#[from] NetworkError),
     /// The VMM could not build or start the VM.
     #[error("cannot start the VM: {0}")]
-    Vm(VmError),
+    Vm(String),
+    /// The VMM process could not be started, placed or reached.
+    #[error(transparent)]
+    Vmm(#[from] VmmProcessError),
 }
 
 /// The kernel command line for `config`: ember's part (console, root, agent port) then
@@ -330,12 +340,82 @@ pub fn require_hardware_virtualization(virt: Virtualization) -> Result<(), Micro
     Err(MicrovmError::NoHardwareVirtualization { host })
 }
 
-/// The running VM: its exit latch (to stop it) and its exit, published by the thread that
-/// owns the [`Vm`].
+/// The running VM: its VMM process and the command line the guest got.
 struct VmHandle {
-    latch: Arc<ExitLatch>,
-    exit: watch::Receiver<Option<SandboxExit>>,
+    vmm: Arc<VmmProcess>,
     cmdline: String,
+}
+
+/// The slots' [`SlotControl`]: `Attach` and `Detach` on the VMM's control channel.
+struct ChannelSlots(Arc<VmmProcess>);
+
+impl SlotControl for ChannelSlots {
+    fn attach(
+        &self,
+        index: usize,
+        disk: &std::fs::File,
+        path: &Path,
+        read_only: bool,
+    ) -> Result<u64, String> {
+        use std::os::fd::AsFd;
+        let request = ControlRequest::Attach {
+            slot: index,
+            read_only,
+            path: path.to_path_buf(),
+        };
+        match self.0.request(&request, Some(disk.as_fd()), None) {
+            Ok(ControlReply::Attached { capacity, .. }) => Ok(capacity),
+            Ok(other) => Err(VmmProcessError::Unexpected(format!("{other:?}")).to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    fn detach(&self, index: usize) -> Result<(), String> {
+        match self
+            .0
+            .request(&ControlRequest::Detach { slot: index }, None, None)
+        {
+            Ok(ControlReply::Detached { .. }) => Ok(()),
+            Ok(other) => Err(VmmProcessError::Unexpected(format!("{other:?}")).to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// Makes cgroup `path` in every hierarchy (its parents too) and moves `pid` into it;
+/// fails naming what failed.
+fn place_in_cgroup(path: &str, pid: u32) -> Result<(), String> {
+    let rel = path.trim_start_matches('/');
+    for h in crate::cgroups::hierarchies() {
+        let mut dir = h.clone();
+        for part in Path::new(rel).components() {
+            let parent = dir.clone();
+            dir.push(part);
+            if !dir.is_dir() {
+                std::fs::create_dir(&dir)
+                    .map_err(|e| format!("cannot create cgroup {}: {e}", dir.display()))?;
+            }
+            // A new cgroup v1 cpuset has no CPUs and no memory nodes, and refuses
+            // processes (ENOSPC) until it is given some: its parent's, as runc does.
+            for f in ["cpuset.cpus", "cpuset.mems"] {
+                let own = dir.join(f);
+                if std::fs::read_to_string(&own).is_ok_and(|v| v.trim().is_empty()) {
+                    let from = std::fs::read_to_string(parent.join(f)).unwrap_or_default();
+                    std::fs::write(&own, from.trim())
+                        .map_err(|e| format!("cannot set {}: {e}", own.display()))?;
+                }
+            }
+        }
+    }
+    let (joined, failed) = crate::cgroups::join(path, pid);
+    if let Some(e) = failed.into_iter().next() {
+        return Err(e.to_string());
+    }
+    log::debug!(
+        "vmm {pid}: in cgroup {path} ({} hierarchies)",
+        joined.count()
+    );
+    Ok(())
 }
 
 /// The agent's UpdateNetwork for a pod network: the guest NIC (which has the pod
@@ -389,9 +469,10 @@ impl MicrovmBackend {
     /// (`runtime/tests/microvm.rs`); no configuration key, option or environment variable
     /// leads to it, and [`super::Sandbox::start`] never uses it.
     pub fn for_kernel_boot_tests() -> Self {
-        let mut backend = Self::default();
-        backend.allow_emulation = true;
-        backend
+        Self {
+            allow_emulation: true,
+            ..Default::default()
+        }
     }
 
     /// Whether this host can run the backend's VMs: /dev/kvm opens, and (unless
@@ -464,50 +545,58 @@ impl MicrovmBackend {
         let config =
             vm_config(ctx.config, &dir, ctx.shared_dir, self.network.as_ref()).map_err(fail)?;
 
-        // The Vm lives on its own thread, which builds it, starts it and waits for its
-        // end; the backend keeps its exit latch to stop it.
-        let (ready_tx, ready_rx) = oneshot::channel();
-        let (exit_tx, exit_rx) = watch::channel(None);
-        std::thread::Builder::new()
-            .name(format!("vm-{}", ctx.id))
-            .spawn(move || {
-                let mut vm = match Vm::new(&config) {
-                    Ok(vm) => vm,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                        return;
-                    }
-                };
-                let latch = vm.exit_latch();
-                let cmdline = vm.cmdline().to_string();
-                let slots = vm.block_slots().to_vec();
-                if let Err(e) = vm.start() {
-                    let _ = ready_tx.send(Err(e));
-                    return;
-                }
-                let _ = ready_tx.send(Ok((latch, cmdline, slots)));
-                let reason = vm.wait();
-                exit_tx.send_replace(Some(SandboxExit {
-                    status: describe_exit(reason),
-                }));
-            })
-            .map_err(|e| SandboxError::Backend {
-                id: id.clone(),
-                message: format!("cannot start the VM thread: {e}"),
+        // The VMM: spawned, recorded (so that cleanup kills a survivor), placed in the
+        // sandbox's cgroup before it maps guest memory, then given the VM.
+        let binary = vmm_binary().ok_or_else(|| fail(VmmProcessError::NotFound.into()))?;
+        let level = std::env::var("EMBER_VMM_LOG").unwrap_or_else(|_| "info".into());
+        let vmm = VmmProcess::spawn(binary, &id, &level, format!("vmm-{id}"))
+            .map_err(|e| fail(e.into()))?;
+        let pid = vmm.pid();
+        let vmm = Arc::new(vmm);
+        if let Some(pid_id) = ProcessId::of(pid) {
+            ctx.state.add(Resource::Process {
+                role: "vmm".into(),
+                id: pid_id,
             })?;
-        let (latch, cmdline, slots) = match ready_rx.await {
-            Ok(Ok(v)) => v,
-            Ok(Err(VmError::OpenKvm(e))) => {
-                return Err(fail(MicrovmError::NoKvm {
-                    problem: format!("cannot open /dev/kvm ({e})"),
-                }))
+        }
+        let parent = crate::cgroups::sandbox_parent(ctx.id);
+        let cgroup = format!("{parent}/{VMM_CGROUP_LEAF}");
+        // The parent too (`Sandbox::start` has recorded it already; not twice).
+        ctx.state.add(Resource::Cgroup { path: parent })?;
+        ctx.state.add(Resource::Cgroup {
+            path: cgroup.clone(),
+        })?;
+        // Kept by the backend from here on, so that stop() ends the VMM whatever fails.
+        self.vm = Some(VmHandle {
+            vmm: vmm.clone(),
+            cmdline: String::new(),
+        });
+        place_in_cgroup(&cgroup, pid as u32)
+            .map_err(|e| fail(MicrovmError::Vm(format!("the VMM's cgroup: {e}"))))?;
+        let start = ControlRequest::Start {
+            config: Box::new(config),
+            jail: JailConfig::new(&dir),
+        };
+        let starter = vmm.clone();
+        let answer = tokio::task::spawn_blocking(move || {
+            starter.request(&start, None, Some(VMM_START_TIMEOUT))
+        })
+        .await
+        .map_err(|e| fail(MicrovmError::Vm(format!("the VMM's start: {e}"))))?;
+        let (cmdline, slots) = match answer {
+            Ok(ControlReply::Ready { cmdline, slots }) => (cmdline, slots),
+            Ok(other) => {
+                return Err(fail(
+                    VmmProcessError::Unexpected(format!("{other:?}")).into(),
+                ))
             }
-            Ok(Err(e)) => return Err(fail(MicrovmError::Vm(e))),
-            Err(_) => {
-                return Err(SandboxError::Backend {
-                    id,
-                    message: "the VM thread ended before the VM started".into(),
-                })
+            Err(VmmProcessError::Refused { message, .. }) => {
+                return Err(fail(MicrovmError::Vm(message)))
+            }
+            Err(e) => {
+                return Err(fail(MicrovmError::Vm(format!(
+                    "{e} (the VMM's messages are in this log, with sandbox={id})"
+                ))))
             }
         };
         info!(
@@ -517,24 +606,14 @@ impl MicrovmBackend {
             dir.join(CONSOLE_LOG).display()
         );
         self.vm = Some(VmHandle {
-            latch,
-            exit: exit_rx,
+            vmm: vmm.clone(),
             cmdline,
         });
-        self.slots = Mutex::new(BlockSlots::new(slots));
+        self.slots = Mutex::new(BlockSlots::new(slots, Box::new(ChannelSlots(vmm))));
         Ok(AgentEndpoint::HybridVsock {
             socket,
             port: ctx.config.agent.port,
         })
-    }
-}
-
-impl Drop for MicrovmBackend {
-    fn drop(&mut self) {
-        // Never leave vCPU threads running behind a dropped backend.
-        if let Some(vm) = &self.vm {
-            vm.latch.trigger(ExitReason::Stopped);
-        }
     }
 }
 
@@ -604,8 +683,7 @@ impl Backend for MicrovmBackend {
     }
 
     fn pid(&self) -> u32 {
-        // The VMM runs in this process.
-        std::process::id()
+        self.vm.as_ref().map_or(0, |v| v.vmm.pid() as u32)
     }
 
     fn log_path(&self) -> Option<PathBuf> {
@@ -613,38 +691,44 @@ impl Backend for MicrovmBackend {
     }
 
     async fn wait(&self) -> SandboxExit {
-        let Some(mut rx) = self.vm.as_ref().map(|v| v.exit.clone()) else {
+        let Some(mut rx) = self.vm.as_ref().map(|v| v.vmm.end()) else {
             return std::future::pending().await;
         };
-        let exit = match rx.wait_for(|e| e.is_some()).await {
-            Ok(e) => e.clone().expect("checked"),
-            // The VM thread ended without publishing (it panicked).
-            Err(_) => SandboxExit {
-                status: "the VM thread ended unexpectedly".into(),
+        let end = rx.wait_for(|e| e.is_some()).await.map(|e| e.clone());
+        SandboxExit {
+            status: match end {
+                Ok(Some(VmmEnd::Exited(reason))) => describe_exit(reason),
+                Ok(Some(VmmEnd::Died(status))) => status,
+                // The VMM's thread ended without publishing (it panicked).
+                _ => "the VMM's watcher ended unexpectedly".into(),
             },
-        };
-        exit
+        }
     }
 
     /// A VM has no polite stop of its own (the agent was told DestroySandbox before): the
-    /// vCPUs are stopped at once, and this waits up to `grace` for the VM's threads to end.
-    /// The slot handles go too: they hold the VM's block devices, and with them its guest
-    /// memory, which would otherwise stay mapped until the backend is dropped.
-    ///
-    /// The wait is at least [`VM_THREADS_JOIN`], whatever `grace` says: stopped vCPUs leave
-    /// KVM_RUN within milliseconds, and until the threads have ended the VM may still write
-    /// (its console log) into the state dir that the caller removes next.
+    /// VMM is told to `Stop`, which ends the vCPUs at once, and is SIGKILLed if it has not
+    /// exited within `grace` (at least [`VMM_EXIT_WAIT`]: until it has exited it may
+    /// still write, its console log, into the state dir that the caller removes next).
     async fn stop(&self, grace: Duration) {
         let Some(vm) = &self.vm else { return };
-        let grace = grace.max(VM_THREADS_JOIN);
-        let mut rx = vm.exit.clone();
-        if rx.borrow().is_none() {
-            vm.latch.trigger(ExitReason::Stopped);
-            let done = tokio::time::timeout(grace, rx.wait_for(|e| e.is_some()))
+        let grace = grace.max(VMM_EXIT_WAIT);
+        let mut end = vm.vmm.end();
+        if end.borrow().is_none() {
+            let vmm = vm.vmm.clone();
+            let asked = tokio::task::spawn_blocking(move || {
+                vmm.request(&ControlRequest::Stop, None, Some(grace))
+            })
+            .await;
+            if let Ok(Err(e)) = asked {
+                warn!("the VMM did not take the stop request: {e}");
+            }
+            let done = tokio::time::timeout(grace, end.wait_for(|e| e.is_some()))
                 .await
                 .is_ok();
             if !done {
-                warn!("the VM's threads did not end within {grace:?} of the stop");
+                warn!("the VMM did not exit within {grace:?} of the stop; killing it");
+                vm.vmm.kill();
+                let _ = end.wait_for(|e| e.is_some()).await;
             }
         }
         *self.slots() = BlockSlots::default();
@@ -1028,7 +1112,7 @@ mod tests {
                 .is_none(),
             "the process backend leaves filesystem mounts to libcontainer"
         );
-        assert_eq!(b.pid(), std::process::id());
+        assert_eq!(b.pid(), 0, "no VMM before start");
         assert!(b.network().is_none() && b.cmdline().is_none());
     }
 

@@ -9,6 +9,7 @@
 pub mod block;
 pub mod microvm;
 pub mod process;
+pub mod vmm_process;
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;

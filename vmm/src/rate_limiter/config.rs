@@ -5,7 +5,7 @@
 //! `one_time_burst`. A bucket left at zero is no limit; a limiter whose buckets are both
 //! zero is no limiter at all (the device runs as it does without one).
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use thiserror::Error;
 
@@ -38,7 +38,7 @@ pub enum BucketConfigError {
 }
 
 /// One token bucket's settings. All zero: no limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BucketConfig {
     /// Tokens the bucket holds when full (bytes for `bandwidth`, requests for `ops`).
@@ -94,7 +94,7 @@ impl BucketConfig {
 }
 
 /// One device's (or one direction's) limiter: a bandwidth and an operations bucket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimitConfig {
     /// Bytes.
@@ -157,7 +157,7 @@ impl std::str::FromStr for RateLimitConfig {
 
 /// The two limiters of a network device: frames the guest receives (`rx`) and sends
 /// (`tx`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NetRateLimitConfig {
     /// Frames from the tap to the guest.

@@ -5,7 +5,8 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use vmm_sys_util::eventfd::EventFd;
 
 /// Why the VM stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum ExitReason {
     /// The guest wrote to the power-off port.
     PowerOff = 1,

@@ -106,11 +106,22 @@ impl Backing {
             path: path.to_path_buf(),
             source,
         };
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .read(true)
             .write(!read_only)
             .open(path)
             .map_err(open_err)?;
+        Self::from_file(file, path, read_only)
+    }
+
+    /// Take an open `file` (a regular file or a block device, opened for writing unless
+    /// `read_only`), shown as `path`, and measure it: what a VMM that may not open host
+    /// paths gets from the runtime (`control::Request::Attach`).
+    fn from_file(mut file: File, path: &Path, read_only: bool) -> Result<Self, BlockError> {
+        let open_err = |source| BlockError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
         let kind = file.metadata().map_err(open_err)?.file_type();
         if !kind.is_file() && !kind.is_block_device() {
             return Err(BlockError::NotADisk {

@@ -83,7 +83,23 @@ impl BlockSlot {
     /// not, and tell the driver its capacity changed. A failure (the path cannot be
     /// opened, or the slot is in use) leaves the slot as it was.
     pub fn attach(&self, path: &Path, read_only: bool) -> Result<Attachment, BlockError> {
-        let backing = Backing::open(path, read_only)?;
+        self.attach_backing(Backing::open(path, read_only)?)
+    }
+
+    /// Back the empty slot with `file`, already open (for writing too unless
+    /// `read_only`); `label` is what [`Attachment::path`] and messages show. For a VMM
+    /// that may not open host paths: the runtime opens the disk and passes the fd. The
+    /// same checks and failures as [`BlockSlot::attach`].
+    pub fn attach_file(
+        &self,
+        file: std::fs::File,
+        label: &Path,
+        read_only: bool,
+    ) -> Result<Attachment, BlockError> {
+        self.attach_backing(Backing::from_file(file, label, read_only)?)
+    }
+
+    fn attach_backing(&self, backing: Backing) -> Result<Attachment, BlockError> {
         let mut dev = self.lock();
         if let Some(current) = dev.attachment() {
             return Err(BlockError::Occupied {
