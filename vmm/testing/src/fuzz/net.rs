@@ -72,7 +72,7 @@ pub fn run(data: &[u8]) {
         match op {
             Op::Tx { segments, seed } => {
                 let mut chain = Vec::new();
-                let mut readable = Vec::new();
+                let mut readable: Vec<u8> = Vec::new();
                 let mut at = TX_AREA;
                 for s in segments.iter().take(4) {
                     let len = u64::from(s.len);
