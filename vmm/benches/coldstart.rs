@@ -24,40 +24,7 @@ fn guest() -> Vec<u8> {
         0x66, 0xba, 0x01, 0x05, 0xb0, 0x00, 0xee, // power off / isa-debug-exit
         0xf4, 0xeb, 0xfe,
     ];
-    let (load, phnum) = (0x10_0000u64, 2u16);
-    let note_off = 64 + 56 * u64::from(phnum);
-    let code_off = note_off + 20;
-    let entry = load + code_off;
-    let total = code_off + code.len() as u64;
-    let mut f = vec![0x7f, b'E', b'L', b'F', 2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-    for v in [2u16, 0x3e] {
-        f.extend(v.to_le_bytes());
-    }
-    f.extend(1u32.to_le_bytes());
-    for v in [entry, 64, 0] {
-        f.extend(v.to_le_bytes());
-    }
-    f.extend(0u32.to_le_bytes());
-    for v in [64u16, 56, phnum, 64, 0, 0] {
-        f.extend(v.to_le_bytes());
-    }
-    for (ty, flags, off, addr, size, align) in [
-        (1u32, 7u32, 0u64, load, total, 0x1000u64),
-        (4, 4, note_off, 0, 20, 4),
-    ] {
-        f.extend(ty.to_le_bytes());
-        f.extend(flags.to_le_bytes());
-        for v in [off, addr, addr, size, size, align] {
-            f.extend(v.to_le_bytes());
-        }
-    }
-    for v in [4u32, 4, 18] {
-        f.extend(v.to_le_bytes());
-    }
-    f.extend(*b"Xen\0");
-    f.extend((entry as u32).to_le_bytes());
-    f.extend(code);
-    f
+    ember_vmm_testing::guest_image::elf(&code, true)
 }
 
 struct Sample {

@@ -5,6 +5,8 @@
 //!   and writes descriptor tables and rings into guest memory;
 //! - [`confined`]: a device event loop on a thread under the VMM's device seccomp filter;
 //! - [`fuse_client`] and [`vsock_guest`]: the guest side of virtio-fs and virtio-vsock;
+//! - [`guest_image`]: tiny guests (ELF, PVH, bzImage) around a few bytes of code, for the
+//!   VMM's tests and benchmarks;
 //! - [`fuzz`]: the fuzz targets' bodies, one per guest-facing surface, which the fuzz
 //!   crate calls on each input and `tests/corpus.rs` replays over the committed corpus.
 //!
@@ -14,4 +16,5 @@ pub mod confined;
 pub mod driver;
 pub mod fuse_client;
 pub mod fuzz;
+pub mod guest_image;
 pub mod vsock_guest;
