@@ -235,6 +235,26 @@ impl std::fmt::Debug for Sandbox {
     }
 }
 
+/// A program a backend starts beside the runtime (the agent, the VMM): the path in
+/// environment variable `env` if set, else `name` next to the running executable (how
+/// `make install` and `cargo build` lay them out), else `name` on `PATH`.
+pub fn companion_binary(env: &str, name: &str) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os(env) {
+        return Some(PathBuf::from(p));
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        let sibling = exe.with_file_name(name);
+        if sibling.is_file() {
+            return Some(sibling);
+        }
+    }
+    std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
 /// The default timeout of agent RPCs that do not wait for a process.
 pub const RPC_TIMEOUT: Duration = Duration::from_secs(30);
 

@@ -33,22 +33,9 @@ const MAX_SOCKET_PATH: usize = 107;
 const AGENT_BIND_SUFFIX: &str = ".tmp1";
 
 /// The agent binary: `$EMBER_AGENT`, else `ember-agent` next to the running executable,
-/// else on `PATH`.
+/// else on `PATH` ([`super::companion_binary`]).
 pub fn agent_binary() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("EMBER_AGENT") {
-        return Some(PathBuf::from(p));
-    }
-    if let Ok(exe) = std::env::current_exe() {
-        let sibling = exe.with_file_name("ember-agent");
-        if sibling.is_file() {
-            return Some(sibling);
-        }
-    }
-    std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|d| d.join("ember-agent"))
-            .find(|p| p.is_file())
-    })
+    super::companion_binary("EMBER_AGENT", "ember-agent")
 }
 
 /// The `process` backend.

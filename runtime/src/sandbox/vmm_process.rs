@@ -56,20 +56,7 @@ pub enum VmmProcessError {
 /// The VMM binary: `$EMBER_VMM`, else `ember-vmm` next to the running executable, else on
 /// `PATH`.
 pub fn vmm_binary() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("EMBER_VMM") {
-        return Some(PathBuf::from(p));
-    }
-    if let Ok(exe) = std::env::current_exe() {
-        let sibling = exe.with_file_name("ember-vmm");
-        if sibling.is_file() {
-            return Some(sibling);
-        }
-    }
-    std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|d| d.join("ember-vmm"))
-            .find(|p| p.is_file())
-    })
+    super::companion_binary("EMBER_VMM", "ember-vmm")
 }
 
 /// The runtime's end of the channel and what it learnt from it.
