@@ -26,6 +26,23 @@ use ember_vmm::Virtualization;
 /// How long the guest kernel may take to get there under KVM's instruction emulator.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// The guest kernel, when this host can boot it; otherwise `test`'s SKIP line (what is
+/// missing) and `None`.
+fn bootable_kernel(test: &str) -> Option<PathBuf> {
+    if let Some(why) = host_problem() {
+        ember_tests::skip(test, why);
+        return None;
+    }
+    let kernel = guest_kernel();
+    if kernel.is_none() {
+        ember_tests::skip(
+            test,
+            "no guest kernel (run `make guest`, or set EMBER_GUEST_KERNEL)",
+        );
+    }
+    kernel
+}
+
 /// Root and a usable /dev/kvm, or the reason to skip.
 fn host_problem() -> Option<&'static str> {
     if !ember_tests::is_root() {
@@ -167,15 +184,7 @@ async fn wait_for_console(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn microvm_boots_the_guest_kernel_with_its_devices_then_stops_and_cleans_up() {
     const TEST: &str = "microvm_boots_the_guest_kernel_with_its_devices_then_stops_and_cleans_up";
-    if let Some(why) = host_problem() {
-        ember_tests::skip(TEST, why);
-        return;
-    }
-    let Some(kernel) = guest_kernel() else {
-        ember_tests::skip(
-            TEST,
-            "no guest kernel (run `make guest`, or set EMBER_GUEST_KERNEL)",
-        );
+    let Some(kernel) = bootable_kernel(TEST) else {
         return;
     };
     let hardware = Virtualization::detect(Path::new("/")).is_hardware();
@@ -477,15 +486,7 @@ fn assert_confined(pid: i32, state_dir: &Path, id: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_vmm_is_reported_by_wait_and_cleaned_up() {
     const TEST: &str = "a_killed_vmm_is_reported_by_wait_and_cleaned_up";
-    if let Some(why) = host_problem() {
-        ember_tests::skip(TEST, why);
-        return;
-    }
-    let Some(kernel) = guest_kernel() else {
-        ember_tests::skip(
-            TEST,
-            "no guest kernel (run `make guest`, or set EMBER_GUEST_KERNEL)",
-        );
+    let Some(kernel) = bootable_kernel(TEST) else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
