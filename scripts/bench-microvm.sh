@@ -5,8 +5,8 @@
 #   2. `ctr run --rm IMAGE id /bin/true` through the ember shim (microvm backend) vs the
 #      runc shim (tests/benches/ctr.rs); its 1 GiB stdout throughput part only with
 #      EMBER_BENCH_TP_RUNS=N (under emulation one such run took over 15 minutes);
-#   3. shim RSS per sandbox with 10 microVM sandboxes running (the VMM runs inside the
-#      shim, so this is VMM + shim + the guest memory the guest touched), vs the runc shim
+#   3. RSS per sandbox with 10 microVM sandboxes running: the shim plus its VMM process
+#      (`ember-vmm`, which holds the guest memory the guest touched), vs the runc shim
 #      per container.
 # Needs hardware KVM; on a host without it, it runs itself in the nested KVM test host,
 # where everything is emulated: the numbers there are ratios only.
@@ -124,11 +124,11 @@ for rt in runc ember; do
     done
     sleep 2
     if [ "$rt" = ember ]; then
-        kib=$(rss_of "$EMBER_SHIM_DIR/containerd-shim-ember-v2")
+        kib=$(( $(rss_of "$EMBER_SHIM_DIR/containerd-shim-ember-v2") + $(rss_of "$EMBER_SHIM_DIR/ember-vmm") ))
     else
         kib=$(rss_of "$(command -v containerd-shim-runc-v2)")
     fi
-    echo "$rt: $((kib / 10 / 1024)) MiB RSS per sandbox (shim processes; ember's include the VMM and guest memory)"
+    echo "$rt: $((kib / 10 / 1024)) MiB RSS per sandbox (ember: shims and their VMM processes, guest memory included; runc: shims)"
     eval "rss_$rt=$kib"
     remove_started
 done
