@@ -5,7 +5,9 @@
 #   2. `ctr run --rm IMAGE id /bin/true` through the ember shim (microvm backend) vs the
 #      runc shim (tests/benches/ctr.rs); its 1 GiB stdout throughput part only with
 #      EMBER_BENCH_TP_RUNS=N (under emulation one such run took over 15 minutes);
-#   3. RSS per sandbox with 10 microVM sandboxes running: the shim plus its VMM process
+#   3. start to the agent serving: the jailed `ember-vmm` process the runtime spawns vs
+#      the VMM built in-process (vmm/benches/confined.rs --agent);
+#   4. RSS per sandbox with 10 microVM sandboxes running: the shim plus its VMM process
 #      (`ember-vmm`, which holds the guest memory the guest touched), vs the runc shim
 #      per container.
 # Needs hardware KVM; on a host without it, it runs itself in the nested KVM test host,
@@ -15,7 +17,8 @@
 #
 # Run counts (passed into the nested host too): EMBER_BENCH_BOOT_RUNS (part 1, default 5;
 # 0 skips it), EMBER_BENCH_RUNS (part 2, default 5; 0 skips it), EMBER_BENCH_TP_RUNS (part 2's 1 GiB
-# stdout runs, default 0).
+# stdout runs, default 0), EMBER_BENCH_RSS (part 4, default 1; 0 skips it),
+# EMBER_BENCH_CONFINED_RUNS (part 3, default 5; 0 skips it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target=${CARGO_TARGET_DIR:-target}
@@ -29,17 +32,24 @@ for l in sys.stdin:
     m = json.loads(l)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "ctr":
         print(m["executable"])')
+    confined_bench=$(cargo bench -q -p ember-vmm --bench confined --no-run --message-format=json 2>/dev/null |
+        python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "confined":
+        print(m["executable"])')
     for f in build/guest/vmlinux build/guest/initramfs.cpio; do
         [ -f "$f" ] || { echo "bench-microvm: $f is missing: run \`make guest\`" >&2; exit 1; }
     done
     if ! grep -qwE 'vmx|svm' /proc/cpuinfo || [ ! -e /dev/kvm ]; then
         echo "bench-microvm: no hardware virtualization here: running in the nested KVM test host (ratios only)"
         exec "$target/debug/examples/kvm-host" run --timeout 3000 --env EMBER_BENCH_STAGE=inside \
-            --env "EMBER_CTR_BENCH=$ctr_bench" --env "EMBER_BENCH_BOOT_RUNS=${EMBER_BENCH_BOOT_RUNS:-5}" \
+            --env "EMBER_CTR_BENCH=$ctr_bench" --env "EMBER_CONFINED_BENCH=$confined_bench" \
+            --env "EMBER_BENCH_RSS=${EMBER_BENCH_RSS:-1}" --env "EMBER_BENCH_CONFINED_RUNS=${EMBER_BENCH_CONFINED_RUNS:-5}" --env "EMBER_BENCH_BOOT_RUNS=${EMBER_BENCH_BOOT_RUNS:-5}" \
             --env "EMBER_BENCH_RUNS=${EMBER_BENCH_RUNS:-5}" --env "EMBER_BENCH_TP_RUNS=${EMBER_BENCH_TP_RUNS:-0}" \
             -- scripts/bench-microvm.sh
     fi
-    export EMBER_CTR_BENCH=$ctr_bench
+    export EMBER_CTR_BENCH=$ctr_bench EMBER_CONFINED_BENCH=$confined_bench
 fi
 
 guest=$(pwd)/build/guest
@@ -63,7 +73,19 @@ else
     echo "== 2. ctr run: skipped (EMBER_BENCH_RUNS=0)"
 fi
 
-echo "== 3. RSS per sandbox with 10 sandboxes running"
+if [ "${EMBER_BENCH_CONFINED_RUNS:-5}" -gt 0 ]; then
+    echo "== 3. start to the agent serving: jailed ember-vmm process vs in-process VMM"
+    EMBER_BENCH_GUEST=$guest EMBER_BENCH_RUNS=${EMBER_BENCH_CONFINED_RUNS:-5} "$EMBER_CONFINED_BENCH" --agent
+else
+    echo "== 3. jailed vs in-process VMM: skipped (EMBER_BENCH_CONFINED_RUNS=0)"
+fi
+
+if [ "${EMBER_BENCH_RSS:-1}" = 0 ]; then
+    echo "== 4. RSS per sandbox: skipped (EMBER_BENCH_RSS=0)"
+    rm -rf "$tmp"
+    exit 0
+fi
+echo "== 4. RSS per sandbox with 10 sandboxes running"
 export EMBER_SHIM_DIR
 EMBER_SHIM_DIR=$(cd "$target/release" && pwd)
 mkfifo "$tmp/ctl"

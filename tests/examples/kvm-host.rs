@@ -9,7 +9,8 @@
 //! `test` builds the test binaries (`cargo test --no-run CARGO-ARGS`), keeps those with
 //! tests named `hw_kvm::...`, and runs each binary's `hw_kvm::` tests in its own outer VM
 //! (per binary `--timeout`, default 900 s, cut down so that nothing runs past `--deadline
-//! UNIX-SECS` when given; `--test-threads N` tests at a time in each, default 1; `--cgroups` as for `run`, and a list such as
+//! UNIX-SECS` when given; `--test-threads N` tests at a time in each, default 1; `--jobs N` outer VMs at
+//! once, default 1; `--cpus N` vCPUs for each, default 2; `--cgroups` as for `run`, and a list such as
 //! `unified,hybrid` runs every binary under each; `--filter hw_kvm::NAME` runs only the
 //! tests whose names contain it). It prints each binary's test output
 //! (libtest's `test result:` lines included) and `nested: ... reruns N`; exit 0 when every
@@ -23,12 +24,13 @@
 //! nested host could not run (a SKIP line names what is missing); 126 the outer VM
 //! failed twice.
 
-use ember_tests::kvm_host::{Job, KvmHost};
+use ember_tests::kvm_host::{print_block, Cgroups, Job, KvmHost, TestBinary};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-const USAGE: &str = "usage: kvm-host prepare | kvm-host test [--timeout SECS] [--deadline UNIX-SECS] [--test-threads N] [--cgroups unified,hybrid] [--filter hw_kvm::NAME] [-- CARGO-ARGS] | kvm-host run [--timeout SECS] [--memory-mib N] [--cpus N] [--cgroups unified|hybrid] [--cwd DIR] [--env K=V]... [--console FILE] -- COMMAND...";
+const USAGE: &str = "usage: kvm-host prepare | kvm-host test [--timeout SECS] [--deadline UNIX-SECS] [--test-threads N] [--jobs N] [--cpus N] [--cgroups unified,hybrid] [--filter hw_kvm::NAME] [-- CARGO-ARGS] | kvm-host run [--timeout SECS] [--memory-mib N] [--cpus N] [--cgroups unified|hybrid] [--cwd DIR] [--env K=V]... [--console FILE] -- COMMAND...";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -183,6 +185,8 @@ fn test(args: &[String]) -> ExitCode {
     let mut filter = FILTER.to_string();
     let mut deadline = None;
     let mut threads = 1;
+    let mut jobs = 1usize;
+    let mut cpus = None;
     let mut i = 0;
     while i < args.len() {
         match (args[i].as_str(), args.get(i + 1)) {
@@ -208,6 +212,14 @@ fn test(args: &[String]) -> ExitCode {
                 Ok(n) if n > 0 => threads = n,
                 _ => return usage("--test-threads takes a number above 0"),
             },
+            ("--jobs", Some(v)) => match v.parse() {
+                Ok(n) if n > 0 => jobs = n,
+                _ => return usage("--jobs takes a number above 0"),
+            },
+            ("--cpus", Some(v)) => match v.parse() {
+                Ok(n) if n > 0 => cpus = Some(n),
+                _ => return usage("--cpus takes a number above 0"),
+            },
             ("--filter", Some(v)) if v.starts_with(FILTER) => filter = v.clone(),
             ("--filter", Some(_)) => return usage(&format!("--filter must start with {FILTER}")),
             ("--cgroups", Some(v)) => match v.split(',').map(str::parse).collect() {
@@ -218,7 +230,7 @@ fn test(args: &[String]) -> ExitCode {
         }
         i += 2;
     }
-    let host = match KvmHost::prepare() {
+    let mut host = match KvmHost::prepare() {
         Ok(h) => h,
         Err(e) if e.is_unavailable() => {
             eprintln!("SKIP nested KVM test host: {e}");
@@ -229,6 +241,9 @@ fn test(args: &[String]) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if let Some(c) = cpus {
+        host.cpus = c;
+    }
     let binaries = match ember_tests::kvm_host::test_binaries(&cargo_args, &filter) {
         Ok(b) => b,
         Err(e) => {
@@ -236,54 +251,76 @@ fn test(args: &[String]) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let (mut failed, mut reruns) = (0, 0);
-    for layout in &layouts {
+    // Every (layout, binary) pair is one outer VM; `jobs` of them run at once, taken in
+    // order from a shared queue. The binaries come longest first (most hw_kvm tests), so
+    // the last one to start is a short one.
+    let queue: Vec<(Cgroups, &TestBinary)> = layouts
+        .iter()
+        .flat_map(|l| binaries.iter().map(move |b| (*l, b)))
+        .collect();
+    let next = AtomicUsize::new(0);
+    let failed = AtomicUsize::new(0);
+    let reruns = AtomicU32::new(0);
+    let one = |layout: Cgroups, b: &TestBinary| {
+        let name = b
+            .exe
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
         let mut host = host.clone();
-        host.cgroups = *layout;
-        for b in &binaries {
-            let name = b
-                .exe
-                .file_name()
-                .unwrap_or_default()
-                .to_string_lossy()
-                .into_owned();
-            eprintln!("nested: {name} ({layout:?} cgroups)");
-            let env = [("EMBER_NESTED_CGROUPS".to_string(), format!("{layout:?}"))];
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                failed += 1;
-                println!("nested: {name} FAILED: not run, the --deadline has passed");
-                continue;
+        host.cgroups = layout;
+        eprintln!("nested: {name} ({layout:?} cgroups)");
+        let env = [("EMBER_NESTED_CGROUPS".to_string(), format!("{layout:?}"))];
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            failed.fetch_add(1, Ordering::Relaxed);
+            print_block(&format!(
+                "nested: {name} FAILED: not run, the --deadline has passed\n"
+            ));
+            return;
+        }
+        match host.run_tests(b, &filter, &env, timeout, deadline, threads) {
+            Ok((outcome, r)) => {
+                reruns.fetch_add(r, Ordering::Relaxed);
+                let mut block = outcome.output.clone();
+                if !outcome.success() || outcome.outer_failure.is_some() {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                    block += &format!(
+                        "nested: {name} FAILED (status {:?}, {:.0} s)\n{}\n",
+                        outcome.status,
+                        outcome.elapsed.as_secs_f64(),
+                        outcome.tails(40)
+                    );
+                    print_block(&block);
+                } else {
+                    print_block(&block);
+                    eprintln!(
+                        "nested: {name} ({layout:?} cgroups) passed in {:.0} s",
+                        outcome.elapsed.as_secs_f64()
+                    );
+                }
             }
-            match host.run_tests(b, &filter, &env, timeout, deadline, threads) {
-                Ok((outcome, r)) => {
-                    reruns += r;
-                    print!("{}", outcome.output);
-                    if !outcome.success() || outcome.outer_failure.is_some() {
-                        failed += 1;
-                        println!(
-                            "nested: {name} FAILED (status {:?}, {:.0} s)\n{}",
-                            outcome.status,
-                            outcome.elapsed.as_secs_f64(),
-                            outcome.tails(40)
-                        );
-                    } else {
-                        eprintln!(
-                            "nested: {name} passed in {:.0} s",
-                            outcome.elapsed.as_secs_f64()
-                        );
-                    }
-                }
-                Err(e) => {
-                    failed += 1;
-                    println!("nested: {name} FAILED: {e}");
-                }
+            Err(e) => {
+                failed.fetch_add(1, Ordering::Relaxed);
+                print_block(&format!("nested: {name} FAILED: {e}\n"));
             }
         }
-    }
+    };
+    std::thread::scope(|s| {
+        for _ in 0..jobs.min(queue.len()) {
+            s.spawn(|| {
+                while let Some((layout, b)) = queue.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    one(*layout, b);
+                }
+            });
+        }
+    });
+    let failed = failed.into_inner();
     println!(
-        "nested: {} test binaries x {} cgroup layouts, {failed} failed, reruns {reruns}",
+        "nested: {} test binaries x {} cgroup layouts, {failed} failed, reruns {}",
         binaries.len(),
-        layouts.len()
+        layouts.len(),
+        reruns.into_inner()
     );
     if failed == 0 {
         ExitCode::SUCCESS

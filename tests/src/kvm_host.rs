@@ -1337,11 +1337,15 @@ pub struct TestBinary {
     pub exe: PathBuf,
     /// The package's folder (its `Cargo.toml`'s parent).
     pub package_dir: PathBuf,
+    /// How many of its tests matched the filter.
+    pub tests: usize,
 }
 
 /// Builds the workspace's test binaries (`cargo test --no-run`, plus `extra` arguments
 /// such as `-p ember-tests`) and returns those holding at least one test whose name
-/// contains `filter` (the `hw_kvm::` modules), by asking each binary for its list.
+/// contains `filter` (the `hw_kvm::` modules), by asking each binary for its list. The
+/// binaries with the most such tests come first, so that callers running several outer VMs
+/// at once start the long ones early.
 pub fn test_binaries(extra: &[String], filter: &str) -> Result<Vec<TestBinary>, KvmHostError> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(&cargo)
@@ -1374,19 +1378,22 @@ pub fn test_binaries(extra: &[String], filter: &str) -> Result<Vec<TestBinary>, 
             .output()
             .map_err(io(exe))?;
         let listed = String::from_utf8_lossy(&list.stdout);
-        if listed
+        let tests = listed
             .lines()
-            .any(|l| l.ends_with(": test") && l.contains(filter))
-        {
+            .filter(|l| l.ends_with(": test") && l.contains(filter))
+            .count();
+        if tests > 0 {
             found.push(TestBinary {
                 exe: exe.into(),
                 package_dir: Path::new(manifest)
                     .parent()
                     .unwrap_or(Path::new("/"))
                     .into(),
+                tests,
             });
         }
     }
+    found.sort_by(|a, b| b.tests.cmp(&a.tests));
     Ok(found)
 }
 
@@ -1611,12 +1618,19 @@ fn report_rerun(why: &str, outcome: &Outcome, left: usize) {
         }
     );
     let indented: Vec<String> = record.lines().map(|l| format!("  | {l}")).collect();
-    let _ = std::io::Write::write_all(
-        &mut std::io::stderr(),
-        format!(
-            "RERUN nested KVM host: {why}; running the {left} tests that had not passed once more\n{}\n",
-            indented.join("\n")
-        )
-        .as_bytes(),
-    );
+    print_block(&format!(
+        "RERUN nested KVM host: {why}; running the {left} tests that had not passed once more\n{}\n",
+        indented.join("\n")
+    ));
+}
+
+/// Writes `text` to stdout in one piece, never interleaved with another thread's block:
+/// with several outer VMs at once, each binary's libtest output (which run-tests.sh
+/// counts line by line) and each RERUN record stay whole.
+pub fn print_block(text: &str) {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _held = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let mut out = std::io::stdout().lock();
+    let _ = std::io::Write::write_all(&mut out, text.as_bytes());
+    let _ = std::io::Write::flush(&mut out);
 }
