@@ -24,6 +24,8 @@ pub mod fork;
 pub mod holder;
 pub mod hooks;
 pub mod log;
+pub mod owner;
+pub mod pod;
 pub mod relay;
 pub mod signal;
 pub mod spec;
