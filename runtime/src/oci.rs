@@ -612,10 +612,9 @@ mod tests {
             ]);
             if !vm {
                 // Off a VM the pod's network namespace is the sandbox container's too.
-                want.as_array_mut().unwrap().insert(
-                    3,
-                    json!({"type": "network", "path": "/proc/7/ns/net"}),
-                );
+                want.as_array_mut()
+                    .unwrap()
+                    .insert(3, json!({"type": "network", "path": "/proc/7/ns/net"}));
             }
             assert_eq!(t.spec["linux"]["namespaces"], want, "vm: {vm}");
         }

@@ -19,9 +19,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use ember_tests::backend::Backend;
 use ember_tests::containerd::{mounts_under, process_alive, processes_mentioning};
 use ember_tests::fixtures::{busybox_available, busybox_bundle, default_spec, write_spec};
-use ember_tests::backend::Backend;
 use ember_tests::skip;
 use serde_json::{json, Value};
 
@@ -153,7 +153,11 @@ impl Env {
     /// container's, whatever the path).
     fn pod_bundle(&self, name: &str, args: &[&str], annotations: Value) -> PathBuf {
         let mut spec = default_spec(args);
-        let joins = annotations.as_object().unwrap().values().any(|v| v == "container");
+        let joins = annotations
+            .as_object()
+            .unwrap()
+            .values()
+            .any(|v| v == "container");
         if joins {
             spec["linux"]["namespaces"] = json!([
                 {"type": "pid", "path": "/proc/1/ns/pid"},
@@ -683,7 +687,10 @@ fn pod_lifecycle_joined_containers_end_with_the_sandbox() {
     let ps = env.exec_out(&c1, &["ps", "-o", "comm"]);
     assert!(ps.lines().any(|l| l.trim() == "sleep"), "{ps}");
     let pids: Vec<i32> = serde_json::from_str(&env.ok(&["ps", "--format", "json", &c1])).unwrap();
-    assert!(!pids.is_empty(), "ps found no processes of the joined container");
+    assert!(
+        !pids.is_empty(),
+        "ps found no processes of the joined container"
+    );
     env.ok(&["pause", &c1]);
     assert_eq!(env.state(&c1)["status"], "paused");
     // Only the joined container is frozen.

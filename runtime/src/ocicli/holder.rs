@@ -1,9 +1,13 @@
 //! `create`: the container's holder process.
 //!
-//! `create` checks the bundle, makes the container's directory under `--root`, and forks the
-//! holder ([`super::fork::spawn`]), which starts the container's own sandbox, creates the
-//! container in it (not started), connects its stdio, records itself and the agent's
-//! address, and only then lets `create` return and write the holder's pid to `--pid-file`.
+//! `create` checks the bundle and its pod annotations ([`super::pod`]), makes the
+//! container's directory under `--root`, and forks the holder ([`super::fork::spawn`]),
+//! which starts the container's own sandbox, creates the container in it (not started),
+//! connects its stdio, records itself and the agent's address, and only then lets `create`
+//! return and write the holder's pid to `--pid-file`. A pod's sandbox container's holder
+//! also answers the pod socket ([`super::owner`]); a container that joins a pod has a
+//! holder that asks that socket to create (and at the end remove) the container in the
+//! pod's sandbox instead of starting one, and is otherwise the same.
 //!
 //! The holder then lives exactly as long as the container's init: it relays the init's
 //! stdio and the signals it receives ([`super::relay`]), and when the init exits it writes
@@ -23,9 +27,9 @@ use log::{info, warn};
 use super::console;
 use super::error::OciCliError;
 use super::fork::{self, Ready};
-use super::relay::{self, ProcessIo, Relay, Target};
 use super::owner::{self, Owner};
 use super::pod::{self, PodError, PodRole};
+use super::relay::{self, ProcessIo, Relay, Target};
 use super::store::{
     ContainerDir, ExitRecord, OciState, Record, Status, Store, StoredEndpoint, HOLDER_LOG,
 };
@@ -106,11 +110,14 @@ pub fn create(store: &Store, opts: CreateOptions) -> Result<(), OciCliError> {
             annotation,
         } => {
             let owner = pod::sandbox_record(store, &sandbox, annotation)?;
-            let endpoint = owner.endpoint.clone().ok_or_else(|| PodError::SandboxGone {
-                annotation,
-                sandbox: sandbox.clone(),
-                status: Status::Creating.as_str(),
-            })?;
+            let endpoint = owner
+                .endpoint
+                .clone()
+                .ok_or_else(|| PodError::SandboxGone {
+                    annotation,
+                    sandbox: sandbox.clone(),
+                    status: Status::Creating.as_str(),
+                })?;
             let home = HomeSpec::Join {
                 socket: owner::socket_path(&store.root().join(&sandbox)),
                 sandbox,

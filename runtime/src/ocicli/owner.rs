@@ -248,13 +248,10 @@ pub async fn request(socket: &Path, sandbox: &str, req: &Request) -> Result<(), 
         .await
         .map_err(|e| fail(e.to_string()))?;
     let mut line = String::new();
-    tokio::time::timeout(
-        REPLY_TIMEOUT,
-        BufReader::new(read).read_line(&mut line),
-    )
-    .await
-    .map_err(|_| fail(format!("no answer within {REPLY_TIMEOUT:?}")))?
-    .map_err(|e| fail(e.to_string()))?;
+    tokio::time::timeout(REPLY_TIMEOUT, BufReader::new(read).read_line(&mut line))
+        .await
+        .map_err(|_| fail(format!("no answer within {REPLY_TIMEOUT:?}")))?
+        .map_err(|e| fail(e.to_string()))?;
     let reply: Reply = serde_json::from_str(&line).map_err(|_| {
         fail("it ended without answering (the sandbox container exited?)".to_string())
     })?;
@@ -287,6 +284,9 @@ mod tests {
         ))
         .unwrap_err()
         .to_string();
-        assert!(e.contains("sandbox pod1") && e.contains("holder is gone"), "{e}");
+        assert!(
+            e.contains("sandbox pod1") && e.contains("holder is gone"),
+            "{e}"
+        );
     }
 }

@@ -211,7 +211,10 @@ mod tests {
         let e = role(&ann(&[(CRIO_CONTAINER_TYPE, "pause")]))
             .unwrap_err()
             .to_string();
-        assert!(e.contains(CRIO_CONTAINER_TYPE) && e.contains("\"pause\""), "{e}");
+        assert!(
+            e.contains(CRIO_CONTAINER_TYPE) && e.contains("\"pause\""),
+            "{e}"
+        );
         let e = role(&ann(&[(CRI_CONTAINER_TYPE, "container")]))
             .unwrap_err()
             .to_string();
@@ -226,7 +229,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("annotation io.kubernetes.cri-o.SandboxID names sandbox pod9, which does not exist"),
+            e.contains(
+                "annotation io.kubernetes.cri-o.SandboxID names sandbox pod9, which does not exist"
+            ),
             "{e}"
         );
     }
