@@ -32,9 +32,17 @@ use serde_json::Value;
 pub const CRI_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
 /// CRI's annotation naming the pod sandbox of a container.
 pub const CRI_SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+/// CRI-O's annotation of the container kind (values as [`CRI_CONTAINER_TYPE`]'s).
+pub const CRIO_CONTAINER_TYPE: &str = "io.kubernetes.cri-o.ContainerType";
+/// CRI-O's annotation naming the pod sandbox of a container.
+pub const CRIO_SANDBOX_ID: &str = "io.kubernetes.cri-o.SandboxID";
 /// The namespace types a pod's containers join in its sandbox container (with the name of
 /// the `/proc/<pid>/ns` file).
 const POD_NAMESPACES: [(&str, &str); 3] = [("pid", "pid"), ("ipc", "ipc"), ("uts", "uts")];
+/// Off a VM, a pod's containers also join the sandbox container's network namespace (the
+/// agent's, or the one the sandbox container's spec made); in a VM the network namespace
+/// is the guest's, shared by all.
+const POD_NETWORK_NAMESPACE: (&str, &str) = ("network", "net");
 
 /// Errors reading or translating a spec.
 #[derive(Debug, thiserror::Error)]
@@ -136,10 +144,12 @@ impl BundleSpec {
         self.json.get("annotations")?.get(key)?.as_str()
     }
 
-    /// Whether this is a CRI pod's sandbox ("pause") container, whose namespaces the pod's
-    /// other containers join.
+    /// Whether this is a CRI (containerd's or CRI-O's) pod's sandbox ("pause") container,
+    /// whose namespaces the pod's other containers join.
     pub fn is_pod_sandbox(&self) -> bool {
-        self.annotation(CRI_CONTAINER_TYPE) == Some("sandbox")
+        [CRI_CONTAINER_TYPE, CRIO_CONTAINER_TYPE]
+            .iter()
+            .any(|k| self.annotation(k) == Some("sandbox"))
     }
 
     /// `hostname`, when set.
@@ -388,7 +398,10 @@ pub fn translate(spec: &BundleSpec, t: &Translation) -> Translated {
                 .get("path")
                 .and_then(Value::as_str)
                 .is_some_and(|p| !p.is_empty());
-            let pod_ns = POD_NAMESPACES.iter().find(|(t, _)| *t == typ);
+            let pod_ns = POD_NAMESPACES
+                .iter()
+                .chain((!t.vm).then_some(&POD_NETWORK_NAMESPACE))
+                .find(|(t, _)| *t == typ);
             if let (true, Some((_, file)), Some(pid)) = (joins, pod_ns, t.pod_sandbox_pid) {
                 n["path"] = Value::String(format!("/proc/{pid}/ns/{file}"));
                 notes.push(format!(
@@ -591,23 +604,30 @@ mod tests {
                     ..inputs(vm)
                 },
             );
-            assert_eq!(
-                t.spec["linux"]["namespaces"],
-                json!([
-                    {"type": "pid", "path": "/proc/7/ns/pid"},
-                    {"type": "ipc", "path": "/proc/7/ns/ipc"},
-                    {"type": "uts", "path": "/proc/7/ns/uts"},
-                    {"type": "mount"}
-                ]),
-                "vm: {vm}"
-            );
+            let mut want = json!([
+                {"type": "pid", "path": "/proc/7/ns/pid"},
+                {"type": "ipc", "path": "/proc/7/ns/ipc"},
+                {"type": "uts", "path": "/proc/7/ns/uts"},
+                {"type": "mount"}
+            ]);
+            if !vm {
+                // Off a VM the pod's network namespace is the sandbox container's too.
+                want.as_array_mut()
+                    .unwrap()
+                    .insert(3, json!({"type": "network", "path": "/proc/7/ns/net"}));
+            }
+            assert_eq!(t.spec["linux"]["namespaces"], want, "vm: {vm}");
         }
         // Without a known pause container, joined namespaces are dropped (the agent's).
         let t = translate(&s, &inputs(false));
         assert_eq!(t.spec["linux"]["namespaces"], json!([{"type": "mount"}]));
         let mut v = base();
         v["annotations"] = json!({CRI_CONTAINER_TYPE: "sandbox"});
-        assert!(spec(v).is_pod_sandbox());
+        assert!(spec(v.clone()).is_pod_sandbox());
+        v["annotations"] = json!({CRIO_CONTAINER_TYPE: "sandbox"});
+        assert!(spec(v.clone()).is_pod_sandbox());
+        v["annotations"] = json!({CRIO_CONTAINER_TYPE: "container"});
+        assert!(!spec(v).is_pod_sandbox());
     }
 
     #[test]

@@ -4,6 +4,10 @@
 //! error line in `--log`, and the lifecycle the runc shim and conmon drive: create (the
 //! pid file names the holder), start, state, exec, ps, pause/resume, kill, the holder's exit
 //! status, delete, and `delete --force` after the holder was killed, with nothing left.
+//! CRI-O-style pods: a container whose annotations name a sandbox container joins that
+//! container's sandbox (`pod_containers_share_one_sandbox` on both backends, the microVM
+//! variant as `hw_kvm::...`; the rest of a pod's lifecycle and its errors on the process
+//! backend).
 //!
 //! The lifecycle tests need root, Debian's busybox-static and `ember-agent` built next to
 //! `ember-oci` (`cargo build -p ember-agent`); they make this test process a child
@@ -15,10 +19,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use ember_tests::backend::Backend;
 use ember_tests::containerd::{mounts_under, process_alive, processes_mentioning};
 use ember_tests::fixtures::{busybox_available, busybox_bundle, default_spec, write_spec};
 use ember_tests::skip;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 const OCI: &str = env!("CARGO_BIN_EXE_ember-oci");
 
@@ -49,18 +54,16 @@ struct Env {
 }
 
 fn env(name: &str) -> Env {
+    env_on(Backend::Process, name)
+}
+
+/// [`env`] on `backend` (the microvm backend needs the guest assets of `make guest`).
+fn env_on(backend: Backend, name: &str) -> Env {
     let tmp = tempfile::tempdir().unwrap();
     // A short state dir: agent socket paths must fit in sun_path.
     let state = PathBuf::from(format!("/run/eoci-{}-{name}", std::process::id()));
     let config = tmp.path().join("ember.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[sandbox]\nbackend = \"process\"\nstate_dir = \"{}\"\n",
-            state.display()
-        ),
-    )
-    .unwrap();
+    std::fs::write(&config, backend.config(&state, "")).unwrap();
     Env {
         dir: tmp.path().to_path_buf(),
         root: tmp.path().join("root"),
@@ -135,9 +138,44 @@ impl Env {
     }
 
     fn bundle(&self, name: &str, args: &[&str]) -> PathBuf {
+        self.bundle_with(name, &default_spec(args))
+    }
+
+    fn bundle_with(&self, name: &str, spec: &Value) -> PathBuf {
         let b = busybox_bundle(&self.dir.join(name)).unwrap();
-        write_spec(&b, &default_spec(args)).unwrap();
+        write_spec(&b, spec).unwrap();
         b
+    }
+
+    /// A bundle running `args` as a pod's container: `annotations`, and, for a container
+    /// that joins a sandbox, the pid, IPC, UTS and network namespaces of the sandbox
+    /// container named by path, as CRI-O writes them (the runtime points them at the sandbox
+    /// container's, whatever the path).
+    fn pod_bundle(&self, name: &str, args: &[&str], annotations: Value) -> PathBuf {
+        let mut spec = default_spec(args);
+        let joins = annotations
+            .as_object()
+            .unwrap()
+            .values()
+            .any(|v| v == "container");
+        if joins {
+            spec["linux"]["namespaces"] = json!([
+                {"type": "pid", "path": "/proc/1/ns/pid"},
+                {"type": "network", "path": "/proc/1/ns/net"},
+                {"type": "ipc", "path": "/proc/1/ns/ipc"},
+                {"type": "uts", "path": "/proc/1/ns/uts"},
+                {"type": "mount"}
+            ]);
+        }
+        spec["annotations"] = annotations;
+        self.bundle_with(name, &spec)
+    }
+
+    /// `exec ID ARGS...` (not detached): its stdout.
+    fn exec_out(&self, id: &str, args: &[&str]) -> String {
+        let mut a = vec!["exec", id];
+        a.extend_from_slice(args);
+        self.ok(&a)
     }
 
     /// `create` with stdout and stderr to files and stdin from a pipe; returns the holder's
@@ -520,4 +558,249 @@ fn start_of_an_init_that_exits_at_once_succeeds() {
         env.ok(&["delete", &id]);
         env.assert_nothing_left(&id);
     }
+}
+
+// ------------------------------------------------------------------ CRI-O-style pods
+
+const CRIO_TYPE: &str = "io.kubernetes.cri-o.ContainerType";
+const CRIO_SANDBOX: &str = "io.kubernetes.cri-o.SandboxID";
+const CRI_TYPE: &str = "io.kubernetes.cri.container-type";
+const CRI_SANDBOX: &str = "io.kubernetes.cri.sandbox-id";
+
+/// What a container prints to say which sandbox it is in: its network namespace (off a VM
+/// every container shares the host's boot id) and the boot id of its kernel (in a VM every
+/// container of the pod shares the guest's network namespace, whose inode number may well
+/// repeat in another VM booted the same way).
+const WHERE_AM_I: &str = "readlink /proc/self/ns/net; cat /proc/sys/kernel/random/boot_id";
+
+/// The line of [`WHERE_AM_I`]'s output that tells sandboxes apart on `backend`.
+fn sandbox_line(backend: Backend, out: &str) -> String {
+    let i = match backend {
+        Backend::Process => 0,
+        Backend::Microvm => 1,
+    };
+    out.lines().nth(i).unwrap_or_default().to_string()
+}
+
+ember_tests::on_both_backends!(pod_containers_share_one_sandbox);
+
+/// The test bodies that run on both backends ([`ember_tests::on_both_backends`]).
+mod body {
+    use super::*;
+
+    /// A sandbox container and a container that joins it (CRI-O's annotations) see the
+    /// same sandbox (network namespace off a VM, boot id in one); a standalone container
+    /// another. The joined container's output and exit status reach its holder.
+    pub fn pod_containers_share_one_sandbox(backend: Backend) {
+        let name = backend.test_name("pod_containers_share_one_sandbox");
+        if let Some(why) = missing().or_else(|| backend.unavailable()) {
+            return skip(&name, &why);
+        }
+        become_subreaper();
+        let env = env_on(backend, "podboth");
+        let wait = backend.scaled(Duration::from_secs(30));
+        let pid = std::process::id();
+        let (sb, c1, solo) = (
+            format!("podsb-{pid}"),
+            format!("podc1-{pid}"),
+            format!("podsolo-{pid}"),
+        );
+        let b = env.pod_bundle("sb", &["sleep", "1000"], json!({CRIO_TYPE: "sandbox"}));
+        let (sb_holder, _sb_in) = env.create(&sb, &b);
+        env.ok(&["start", &sb]);
+        let in_sandbox = env.exec_out(&sb, &["sh", "-c", WHERE_AM_I]);
+
+        let script = format!("{WHERE_AM_I}; exit 7");
+        let b = env.pod_bundle(
+            "c1",
+            &["sh", "-c", &script],
+            json!({CRIO_TYPE: "container", CRIO_SANDBOX: sb}),
+        );
+        let (c1_holder, _c1_in) = env.create(&c1, &b);
+        assert!(
+            !env.state.join("sandboxes").join(&c1).exists(),
+            "the joined container got a sandbox of its own"
+        );
+        env.ok(&["start", &c1]);
+        assert_eq!(reap(c1_holder, wait), 7, "{}", env.output_of(&c1, "err"));
+        let joined = env.output_of(&c1, "out");
+        assert_eq!(joined.lines().count(), 2, "{joined:?}");
+        assert_eq!(joined, in_sandbox, "the joined container is elsewhere");
+        assert_eq!(env.state(&c1)["status"], "stopped");
+        env.ok(&["delete", &c1]);
+        assert_eq!(env.state(&sb)["status"], "running");
+
+        let b = env.bundle("solo", &["sh", "-c", WHERE_AM_I]);
+        let (solo_holder, _solo_in) = env.create(&solo, &b);
+        env.ok(&["start", &solo]);
+        assert_eq!(reap(solo_holder, wait), 0);
+        let alone = env.output_of(&solo, "out");
+        assert_ne!(
+            sandbox_line(backend, &alone),
+            sandbox_line(backend, &in_sandbox),
+            "a standalone container shares the pod's sandbox: {alone:?} vs {in_sandbox:?}"
+        );
+        env.ok(&["delete", &solo]);
+
+        env.ok(&["delete", "--force", &sb]);
+        assert_eq!(reap(sb_holder, wait), 128 + 9);
+        for id in [&sb, &c1, &solo] {
+            env.assert_nothing_left(id);
+        }
+    }
+}
+
+/// The rest of a pod's lifecycle (process backend): exec, ps, pause/resume and delete of a
+/// joined container leave the sandbox container running; containerd CRI's annotations
+/// work as CRI-O's; ending the sandbox container ends the joined ones (their holders exit
+/// 137 and they are stopped); `delete --force` of all leaves nothing.
+#[test]
+fn pod_lifecycle_joined_containers_end_with_the_sandbox() {
+    if let Some(why) = missing() {
+        return skip("pod_lifecycle_joined_containers_end_with_the_sandbox", &why);
+    }
+    become_subreaper();
+    let env = env("podlife");
+    let wait = Duration::from_secs(30);
+    let pid = std::process::id();
+    let [sb, c1, c2, c3] = ["sb", "c1", "c2", "c3"].map(|n| format!("pl{n}-{pid}"));
+    let b = env.pod_bundle("sb", &["sleep", "1000"], json!({CRI_TYPE: "sandbox"}));
+    let (sb_holder, _sb_in) = env.create(&sb, &b);
+    env.ok(&["start", &sb]);
+    let sb_net = env.exec_out(&sb, &["readlink", "/proc/self/ns/net"]);
+
+    // c1 (containerd CRI's annotations): exec, ps, pause/resume, its stdin, delete.
+    let b = env.pod_bundle(
+        "c1",
+        &["sh", "-c", "read line; echo got:$line; exit 3"],
+        json!({CRI_TYPE: "container", CRI_SANDBOX: sb}),
+    );
+    let (c1_holder, mut c1_in) = env.create(&c1, &b);
+    assert_eq!(env.state(&c1)["status"], "created");
+    env.ok(&["start", &c1]);
+    assert_eq!(env.state(&c1)["status"], "running");
+    assert_eq!(
+        env.exec_out(&c1, &["readlink", "/proc/self/ns/net"]),
+        sb_net
+    );
+    // The pod's pid namespace is the sandbox container's: c1 sees its `sleep`.
+    let ps = env.exec_out(&c1, &["ps", "-o", "comm"]);
+    assert!(ps.lines().any(|l| l.trim() == "sleep"), "{ps}");
+    let pids: Vec<i32> = serde_json::from_str(&env.ok(&["ps", "--format", "json", &c1])).unwrap();
+    assert!(
+        !pids.is_empty(),
+        "ps found no processes of the joined container"
+    );
+    env.ok(&["pause", &c1]);
+    assert_eq!(env.state(&c1)["status"], "paused");
+    // Only the joined container is frozen.
+    assert_eq!(env.exec_out(&sb, &["echo", "alive"]), "alive\n");
+    env.ok(&["resume", &c1]);
+    c1_in.write_all(b"ping\n").unwrap();
+    drop(c1_in);
+    assert_eq!(reap(c1_holder, wait), 3);
+    assert_eq!(env.output_of(&c1, "out"), "got:ping\n");
+    env.ok(&["delete", &c1]);
+    assert_eq!(env.state(&sb)["status"], "running");
+    assert!(!env.root.join(&c1).exists());
+
+    // c2: delete --force of a running joined container leaves the sandbox running.
+    let b = env.pod_bundle(
+        "c2",
+        &["sleep", "1000"],
+        json!({CRIO_TYPE: "container", CRIO_SANDBOX: sb}),
+    );
+    let (c2_holder, _c2_in) = env.create(&c2, &b);
+    env.ok(&["start", &c2]);
+    env.ok(&["delete", "--force", &c2]);
+    assert_eq!(reap(c2_holder, wait), 128 + 9);
+    assert_eq!(env.state(&sb)["status"], "running");
+    assert_eq!(env.exec_out(&sb, &["echo", "alive"]), "alive\n");
+
+    // c3: ends with the sandbox container.
+    let (c3_holder, _c3_in) = env.create(&c3, &b);
+    env.ok(&["start", &c3]);
+    env.ok(&["kill", &sb, "KILL"]);
+    assert_eq!(reap(sb_holder, wait), 128 + 9);
+    assert_eq!(reap(c3_holder, wait), 128 + 9);
+    assert_eq!(env.state(&c3)["status"], "stopped");
+    assert!(!env.state.join("sandboxes").join(&sb).exists());
+
+    // Joining a sandbox whose holder is gone is refused, leaving nothing.
+    let err = env.fails(&["create", "--bundle", b.to_str().unwrap(), &c2]);
+    assert!(
+        err.contains(&format!(
+            "annotation {CRIO_SANDBOX} names sandbox {sb}, whose holder is gone"
+        )),
+        "{err}"
+    );
+    assert!(!env.root.join(&c2).exists());
+
+    for id in [&sb, &c3] {
+        env.ok(&["delete", "--force", id]);
+    }
+    for id in [&sb, &c1, &c2, &c3] {
+        env.assert_nothing_left(id);
+    }
+}
+
+/// The pod annotations' errors name the annotation and leave nothing behind.
+#[test]
+fn pod_annotation_errors_are_named_and_leave_nothing() {
+    if let Some(why) = missing() {
+        return skip("pod_annotation_errors_are_named_and_leave_nothing", &why);
+    }
+    become_subreaper();
+    let env = env("poderr");
+    let pid = std::process::id();
+    let [solo, c1] = ["solo", "c1"].map(|n| format!("pe{n}-{pid}"));
+    let create_fails = |bundle: &Path| {
+        let err = env.fails(&["create", "--bundle", bundle.to_str().unwrap(), &c1]);
+        assert!(!env.root.join(&c1).exists(), "a record was left: {err}");
+        err
+    };
+
+    let b = env.pod_bundle(
+        "nosuch",
+        &["true"],
+        json!({CRIO_TYPE: "container", CRIO_SANDBOX: "nope"}),
+    );
+    let err = create_fails(&b);
+    assert!(
+        err.contains(
+            "annotation io.kubernetes.cri-o.SandboxID names sandbox nope, which does not exist"
+        ),
+        "{err}"
+    );
+
+    let b = env.pod_bundle("badtype", &["true"], json!({CRI_TYPE: "pause"}));
+    let err = create_fails(&b);
+    assert!(
+        err.contains(&format!("annotation {CRI_TYPE} is \"pause\"")),
+        "{err}"
+    );
+
+    let b = env.pod_bundle("noid", &["true"], json!({CRIO_TYPE: "container"}));
+    let err = create_fails(&b);
+    assert!(err.contains(CRIO_SANDBOX), "{err}");
+
+    // A standalone container is no pod's sandbox.
+    let b = env.bundle("solo", &["sleep", "1000"]);
+    let (solo_holder, _solo_in) = env.create(&solo, &b);
+    let b = env.pod_bundle(
+        "notsb",
+        &["true"],
+        json!({CRI_TYPE: "container", CRI_SANDBOX: solo}),
+    );
+    let err = create_fails(&b);
+    assert!(
+        err.contains(&format!(
+            "annotation {CRI_SANDBOX} names container {solo}, which is not a sandbox"
+        )),
+        "{err}"
+    );
+    env.ok(&["delete", "--force", &solo]);
+    assert_eq!(reap(solo_holder, Duration::from_secs(10)), 128 + 9);
+    env.assert_nothing_left(&solo);
+    env.assert_nothing_left(&c1);
 }

@@ -337,7 +337,28 @@ pub fn delete(store: &Store, id: &str, force: bool) -> Result<(), OciCliError> {
             status: status.as_str().into(),
         });
     }
-    if status != Status::Stopped {
+    if let Some(sandbox) = &record.pod_sandbox {
+        // Out of the pod's sandbox through its owner, which also unshares the container's
+        // rootfs; the sandbox stays. Nothing to do when the owner (and the sandbox) is gone.
+        let socket = super::owner::socket_path(&store.root().join(sandbox));
+        let req = super::owner::Request::Remove { id: id.to_string() };
+        if status == Status::Paused {
+            // Thawed first: a frozen process cannot die.
+            let _ = block_on(async {
+                let agent = connect(&record, status).await?;
+                let mut r = ResumeContainerRequest::new();
+                r.container_id = id.to_string();
+                agent
+                    .agent
+                    .resume_container(ctx(), &r)
+                    .await
+                    .map_err(|e| agent_err(id, "ResumeContainer", e))
+            });
+        }
+        if let Err(e) = block_on(super::owner::request(&socket, sandbox, &req)) {
+            log::info!("container={id}: {e}");
+        }
+    } else if status != Status::Stopped {
         let removed = block_on(async {
             let agent = connect(&record, status).await?;
             if status == Status::Paused {
@@ -372,7 +393,9 @@ pub fn delete(store: &Store, id: &str, force: bool) -> Result<(), OciCliError> {
             }
         }
     }
-    remove_sandbox_leftovers(&record.sandbox_state_dir, &record.sandbox_id)?;
+    if record.pod_sandbox.is_none() {
+        remove_sandbox_leftovers(&record.sandbox_state_dir, &record.sandbox_id)?;
+    }
     if !record.hooks.poststop.is_empty() {
         let state = serde_json::to_string(&OciState::new(&record, Status::Stopped))
             .expect("state serializes");

@@ -107,6 +107,9 @@ pub enum OciCliError {
     /// The sandbox or container could not be made.
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
+    /// A container's pod annotations cannot be followed.
+    #[error(transparent)]
+    Pod(#[from] super::pod::PodError),
     /// Sandbox state trouble (cleanup after a dead holder).
     #[error(transparent)]
     State(#[from] StateError),

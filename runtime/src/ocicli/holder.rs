@@ -1,9 +1,13 @@
 //! `create`: the container's holder process.
 //!
-//! `create` checks the bundle, makes the container's directory under `--root`, and forks the
-//! holder ([`super::fork::spawn`]), which starts the container's own sandbox, creates the
-//! container in it (not started), connects its stdio, records itself and the agent's
-//! address, and only then lets `create` return and write the holder's pid to `--pid-file`.
+//! `create` checks the bundle and its pod annotations ([`super::pod`]), makes the
+//! container's directory under `--root`, and forks the holder ([`super::fork::spawn`]),
+//! which starts the container's own sandbox, creates the container in it (not started),
+//! connects its stdio, records itself and the agent's address, and only then lets `create`
+//! return and write the holder's pid to `--pid-file`. A pod's sandbox container's holder
+//! also answers the pod socket ([`super::owner`]); a container that joins a pod has a
+//! holder that asks that socket to create (and at the end remove) the container in the
+//! pod's sandbox instead of starting one, and is otherwise the same.
 //!
 //! The holder then lives exactly as long as the container's init: it relays the init's
 //! stdio and the signals it receives ([`super::relay`]), and when the init exits it writes
@@ -23,11 +27,19 @@ use log::{info, warn};
 use super::console;
 use super::error::OciCliError;
 use super::fork::{self, Ready};
+use super::owner::{self, Owner};
+use super::pod::{self, PodError, PodRole};
 use super::relay::{self, ProcessIo, Relay, Target};
-use super::store::{ContainerDir, ExitRecord, OciState, Record, Status, Store, HOLDER_LOG};
+use super::store::{
+    ContainerDir, ExitRecord, OciState, Record, Status, Store, StoredEndpoint, HOLDER_LOG,
+};
+use crate::endpoint::AgentEndpoint;
 use crate::oci::BundleSpec;
 use crate::sandbox::{stream_ids, ContainerRequest, Sandbox, SandboxOptions, WantedStreams};
 use crate::state::ProcessId;
+use ember_agent_protocol::agent::StdioStreams;
+use ember_agent_protocol::AgentConnection;
+use std::time::Duration;
 
 /// What `create` was given.
 #[derive(Debug, Clone)]
@@ -79,7 +91,6 @@ pub fn create(store: &Store, opts: CreateOptions) -> Result<(), OciCliError> {
         }
         _ => {}
     }
-    let dir = store.create(&opts.id)?;
     let annotations: BTreeMap<String, String> = spec
         .json
         .get("annotations")
@@ -90,9 +101,39 @@ pub fn create(store: &Store, opts: CreateOptions) -> Result<(), OciCliError> {
                 .collect()
         })
         .unwrap_or_default();
+    // Which sandbox: checked before anything is made.
+    let (home, owner) = match pod::role(&annotations)? {
+        PodRole::Standalone => (HomeSpec::Own { listen: false }, None),
+        PodRole::Sandbox => (HomeSpec::Own { listen: true }, None),
+        PodRole::Member {
+            sandbox,
+            annotation,
+        } => {
+            let owner = pod::sandbox_record(store, &sandbox, annotation)?;
+            let endpoint = owner
+                .endpoint
+                .clone()
+                .ok_or_else(|| PodError::SandboxGone {
+                    annotation,
+                    sandbox: sandbox.clone(),
+                    status: Status::Creating.as_str(),
+                })?;
+            let home = HomeSpec::Join {
+                socket: owner::socket_path(&store.root().join(&sandbox)),
+                sandbox,
+                endpoint,
+            };
+            (home, Some(owner))
+        }
+    };
+    let dir = store.create(&opts.id)?;
     let record = Record {
         id: opts.id.clone(),
-        sandbox_id: super::store::sandbox_id(&opts.id),
+        sandbox_id: match &owner {
+            Some(o) => o.sandbox_id.clone(),
+            None => super::store::sandbox_id(&opts.id),
+        },
+        pod_sandbox: owner.as_ref().map(|o| o.id.clone()),
         bundle: spec.bundle.clone(),
         rootfs: spec.rootfs(),
         annotations,
@@ -100,9 +141,18 @@ pub fn create(store: &Store, opts: CreateOptions) -> Result<(), OciCliError> {
         status: Status::Created,
         holder: None,
         endpoint: None,
-        dial_timeout_ms: Some(opts.config.agent.dial_timeout_ms),
-        backend: opts.config.sandbox.backend.as_str().to_string(),
-        sandbox_state_dir: opts.config.sandbox.state_dir.clone(),
+        dial_timeout_ms: match &owner {
+            Some(o) => o.dial_timeout_ms,
+            None => Some(opts.config.agent.dial_timeout_ms),
+        },
+        backend: match &owner {
+            Some(o) => o.backend.clone(),
+            None => opts.config.sandbox.backend.as_str().to_string(),
+        },
+        sandbox_state_dir: match &owner {
+            Some(o) => o.sandbox_state_dir.clone(),
+            None => opts.config.sandbox.state_dir.clone(),
+        },
         hooks,
     };
     if let Err(e) = dir.save(&record) {
@@ -110,7 +160,7 @@ pub fn create(store: &Store, opts: CreateOptions) -> Result<(), OciCliError> {
         return Err(e);
     }
     let child_dir = dir.clone();
-    let parts = opts.clone_parts();
+    let parts = opts.clone_parts(home);
     let pid = match fork::spawn(move |ready| holder_main(ready, child_dir, record, spec, parts)) {
         Ok(pid) => pid,
         Err(e) => {
@@ -124,18 +174,111 @@ pub fn create(store: &Store, opts: CreateOptions) -> Result<(), OciCliError> {
     Ok(())
 }
 
-/// The parts of [`CreateOptions`] the holder needs.
+/// The parts of [`CreateOptions`] the holder needs, and where its container goes.
 struct HolderParts {
     console_socket: Option<PathBuf>,
     config: Config,
+    home: HomeSpec,
 }
 
 impl CreateOptions {
-    fn clone_parts(&self) -> HolderParts {
+    fn clone_parts(&self, home: HomeSpec) -> HolderParts {
         HolderParts {
             console_socket: self.console_socket.clone(),
             config: self.config.clone(),
+            home,
         }
+    }
+}
+
+/// Which sandbox the holder puts its container in.
+#[derive(Debug, Clone)]
+enum HomeSpec {
+    /// Its own, started by the holder; with `listen`, the holder also creates the pod's
+    /// other containers in it ([`owner`]).
+    Own {
+        /// Whether to listen on the pod socket (a container of type `sandbox`).
+        listen: bool,
+    },
+    /// The sandbox of another container, whose holder (listening on `socket`) creates the
+    /// container in it.
+    Join {
+        /// The sandbox container's id.
+        sandbox: String,
+        /// Its holder's pod socket.
+        socket: PathBuf,
+        /// Its sandbox's agent.
+        endpoint: StoredEndpoint,
+    },
+}
+
+/// The sandbox the holder's container is in, as [`run_init`] uses it.
+enum Home<'a> {
+    /// The holder's own.
+    Own(&'a Sandbox),
+    /// Another holder's.
+    Joined(Joined),
+}
+
+/// A sandbox owned by another holder.
+struct Joined {
+    sandbox: String,
+    socket: PathBuf,
+    endpoint: AgentEndpoint,
+    agent: AgentConnection,
+    dial_timeout: Duration,
+}
+
+impl Home<'_> {
+    fn endpoint(&self) -> &AgentEndpoint {
+        match self {
+            Home::Own(sb) => sb.endpoint(),
+            Home::Joined(j) => &j.endpoint,
+        }
+    }
+
+    fn agent(&self) -> &AgentConnection {
+        match self {
+            Home::Own(sb) => sb.agent(),
+            Home::Joined(j) => &j.agent,
+        }
+    }
+
+    fn dial_timeout(&self) -> Duration {
+        match self {
+            Home::Own(sb) => sb.dial_timeout(),
+            Home::Joined(j) => j.dial_timeout,
+        }
+    }
+
+    /// Creates the container (not started) in the sandbox: directly, or through the
+    /// sandbox container's holder.
+    async fn create(
+        &self,
+        id: &str,
+        spec: BundleSpec,
+        stdio: &StdioStreams,
+    ) -> Result<(), OciCliError> {
+        match self {
+            Home::Own(sb) => {
+                sb.create_container(ContainerRequest {
+                    id: id.to_string(),
+                    spec,
+                    rootfs_mounts: Vec::new(),
+                    stdio: stdio.clone(),
+                })
+                .await?;
+            }
+            Home::Joined(j) => {
+                let req = owner::Request::Create {
+                    id: id.to_string(),
+                    bundle: spec.bundle.clone(),
+                    stdio: stdio.into(),
+                };
+                owner::request(&j.socket, &j.sandbox, &req).await?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -192,6 +335,49 @@ async fn hold(
     spec: BundleSpec,
     parts: HolderParts,
 ) -> i32 {
+    match parts.home.clone() {
+        HomeSpec::Own { listen } => hold_own(ready, dir, record, spec, parts, listen).await,
+        HomeSpec::Join {
+            sandbox,
+            socket,
+            endpoint,
+        } => {
+            let joined = Joined {
+                sandbox,
+                socket,
+                endpoint: AgentEndpoint::from(&endpoint),
+                agent: match AgentEndpoint::from(&endpoint)
+                    .connect(record.dial_timeout())
+                    .await
+                {
+                    Ok(a) => a,
+                    Err(source) => {
+                        let e = OciCliError::Unreachable {
+                            id: record.id.clone(),
+                            source,
+                        };
+                        ready.fail(&e.to_string());
+                        return 1;
+                    }
+                },
+                dial_timeout: record.dial_timeout(),
+            };
+            hold_joined(ready, dir, record, spec, parts.console_socket, joined).await
+        }
+    }
+}
+
+/// A holder with its own sandbox: starts it, creates the container (and, as a pod's
+/// sandbox container, with `listen`, those of the pod's other containers), and destroys
+/// the sandbox when the init exits.
+async fn hold_own(
+    ready: &mut Ready,
+    dir: &ContainerDir,
+    record: Record,
+    spec: BundleSpec,
+    parts: HolderParts,
+    listen: bool,
+) -> i32 {
     let id = record.id.clone();
     let sb = match Sandbox::start(SandboxOptions {
         id: record.sandbox_id.clone(),
@@ -208,29 +394,42 @@ async fn hold(
             return 1;
         }
     };
+    let owner = if listen {
+        match Owner::bind(dir) {
+            Ok(o) => Some(o),
+            Err(e) => {
+                ready.fail(&e.to_string());
+                if let Err(e) = sb.destroy().await {
+                    warn!("container={id}: destroy sandbox: {e}");
+                }
+                return 1;
+            }
+        }
+    } else {
+        None
+    };
     let mut cgroup = None;
-    let result = run_init(
+    let home = Home::Own(&sb);
+    let init = run_init(
         ready,
         dir,
         record,
         spec,
         parts.console_socket,
-        &sb,
+        &home,
         &mut cgroup,
-    )
-    .await;
-    if let Some(joined) = cgroup {
-        // Out of the container's cgroup, or it could not be removed.
-        for e in joined.leave() {
-            warn!("container={id}: {e}");
-        }
-    }
-    if let Err(e) = &result {
-        if !ready.sent() {
-            ready.fail(&e.to_string());
-        } else {
-            warn!("container={id}: {e}");
-        }
+    );
+    let result = match &owner {
+        Some(o) => tokio::select! {
+            r = init => r,
+            never = o.serve(&sb) => match never {},
+        },
+        None => init.await,
+    };
+    report(ready, &id, &result, cgroup);
+    if let Some(o) = owner {
+        // The pod's other containers end with the sandbox.
+        o.close(&sb).await;
     }
     if let Err(e) = sb.remove_container(&id, true).await {
         warn!("container={id}: remove: {e}");
@@ -243,13 +442,63 @@ async fn hold(
     code
 }
 
+/// A holder whose container joins a pod's sandbox: the sandbox container's holder creates
+/// it there and removes it again when its init exited.
+async fn hold_joined(
+    ready: &mut Ready,
+    dir: &ContainerDir,
+    record: Record,
+    spec: BundleSpec,
+    console_socket: Option<PathBuf>,
+    joined: Joined,
+) -> i32 {
+    let id = record.id.clone();
+    let mut cgroup = None;
+    let home = Home::Joined(joined);
+    let result = run_init(ready, dir, record, spec, console_socket, &home, &mut cgroup).await;
+    report(ready, &id, &result, cgroup);
+    if let Home::Joined(j) = &home {
+        let req = owner::Request::Remove { id: id.clone() };
+        if let Err(e) = owner::request(&j.socket, &j.sandbox, &req).await {
+            // The sandbox went first (and the container with it).
+            info!("container={id}: remove: {e}");
+        }
+    }
+    let code = result.unwrap_or(1);
+    info!("container={id}: holder exits with {code}");
+    code
+}
+
+/// Leaves the container's cgroup and reports `result`'s error: to `create` while it
+/// waits, else to the log.
+fn report(
+    ready: &mut Ready,
+    id: &str,
+    result: &Result<i32, OciCliError>,
+    cgroup: Option<crate::cgroups::Joined>,
+) {
+    if let Some(joined) = cgroup {
+        // Out of the container's cgroup, or it could not be removed.
+        for e in joined.leave() {
+            warn!("container={id}: {e}");
+        }
+    }
+    if let Err(e) = result {
+        if !ready.sent() {
+            ready.fail(&e.to_string());
+        } else {
+            warn!("container={id}: {e}");
+        }
+    }
+}
+
 async fn run_init(
     ready: &mut Ready,
     dir: &ContainerDir,
     mut record: Record,
     spec: BundleSpec,
     console_socket: Option<PathBuf>,
-    sb: &Sandbox,
+    sb: &Home<'_>,
     cgroup: &mut Option<crate::cgroups::Joined>,
 ) -> Result<i32, OciCliError> {
     let id = record.id.clone();
@@ -264,13 +513,7 @@ async fn run_init(
             terminal,
         },
     )?;
-    sb.create_container(ContainerRequest {
-        id: id.clone(),
-        spec,
-        rootfs_mounts: Vec::new(),
-        stdio: streams.clone(),
-    })
-    .await?;
+    sb.create(&id, spec, &streams).await?;
     if record.backend == "process" {
         *cgroup = Some(join_container_cgroup(&record));
     }

@@ -121,8 +121,13 @@ impl From<&StoredEndpoint> for AgentEndpoint {
 pub struct Record {
     /// Container id.
     pub id: String,
-    /// Its sandbox's id ([`sandbox_id`]).
+    /// Its sandbox's id ([`sandbox_id`] of its own id, or of the sandbox container's it
+    /// joined).
     pub sandbox_id: String,
+    /// The sandbox container whose sandbox this container joined (its pod annotations named
+    /// it); `None` when the container owns its sandbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_sandbox: Option<String>,
     /// The bundle directory (absolute).
     pub bundle: PathBuf,
     /// The rootfs (absolute).
@@ -388,6 +393,7 @@ mod tests {
         Record {
             id: id.into(),
             sandbox_id: id.into(),
+            pod_sandbox: None,
             bundle: "/b".into(),
             rootfs: "/b/rootfs".into(),
             annotations: BTreeMap::new(),
