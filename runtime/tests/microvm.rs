@@ -417,7 +417,8 @@ fn status_field<'a>(status: &'a str, key: &str) -> &'a str {
 /// The jailed VMM `pid` of sandbox `id` (state directory `state_dir`): every thread has
 /// its seccomp filter and no_new_privs; no thread but the device thread has a
 /// capability, and that one exactly the virtio-fs list (the bounding set too); its
-/// mount, network, IPC and UTS namespaces are not the test's; its root is the state
+/// mount, network, IPC, UTS and PID namespaces are not the test's (it is the init of its
+/// PID namespace, and the procfs it holds open is that namespace's); its root is the state
 /// directory; it is in the sandbox's cgroup.
 fn assert_confined(pid: i32, state_dir: &Path, id: &str) {
     use std::os::unix::fs::MetadataExt;
@@ -462,11 +463,42 @@ fn assert_confined(pid: i32, state_dir: &Path, id: &str) {
             && names.iter().any(|n| n.starts_with("ember-vcpu")),
         "the VMM's threads: {names:?}"
     );
-    for ns in ["mnt", "net", "ipc", "uts"] {
+    for ns in ["mnt", "net", "ipc", "uts", "pid"] {
         let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap();
         let ours = std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap();
         assert_ne!(theirs, ours, "the VMM's {ns} namespace is its own");
     }
+    // The init of its PID namespace, and what it holds open in /proc (fuse-backend-rs's
+    // `/proc/self/fd`) is in that namespace's procfs, not the host's.
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert_eq!(
+        status_field(&status, "NSpid"),
+        format!("{pid}\t1"),
+        "the VMM is pid 1 of a PID namespace of its own"
+    );
+    let host_proc = std::fs::metadata("/proc").unwrap().dev();
+    let mut proc_fds = Vec::new();
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap() {
+        let fd = fd.unwrap().path();
+        let Ok(target) = std::fs::read_link(&fd) else {
+            continue;
+        };
+        if target.ends_with("fd") {
+            let dev = std::fs::metadata(&fd).unwrap().dev();
+            assert_ne!(
+                dev,
+                host_proc,
+                "{}: {} is in the host's procfs",
+                fd.display(),
+                target.display()
+            );
+            proc_fds.push(target);
+        }
+    }
+    assert!(
+        !proc_fds.is_empty(),
+        "virtio-fs keeps an fd on /proc/self/fd"
+    );
     let root = std::fs::metadata(format!("/proc/{pid}/root/")).unwrap();
     let dir = std::fs::metadata(state_dir).unwrap();
     assert_eq!(

@@ -334,10 +334,9 @@ mod body {
             "--network",
             "none",
         ];
-        // The limit is checked in the container's host cgroup below: process backend only.
-        if backend == Backend::Process {
-            run.extend(["--memory", "64m"]);
-        }
+        // The limit is checked in the container's host cgroup (process backend) or in its
+        // cgroup in the guest (microvm backend) below.
+        run.extend(["--memory", "64m"]);
         run.extend([
             IMAGE,
             "sh",
@@ -357,10 +356,11 @@ mod body {
         }
         // On the microvm backend the container's cgroup is the guest's: the host has no
         // cgroup of the container to hold a limit, and the runc shim's stats are the
-        // holder's (the VMM's). So `--memory` on the host and `docker stats` are tested on
-        // the process backend only.
-        if backend == Backend::Process {
-            assert_memory_limit_and_stats(&d, &name);
+        // holder's. So `--memory` on the host and `docker stats` are tested on the process
+        // backend; on the microvm backend the limit is read where it applies, in the guest.
+        match backend {
+            Backend::Process => assert_memory_limit_and_stats(&d, &name),
+            Backend::Microvm => assert_guest_memory_limit(&d, &name),
         }
         let out = d.docker(&["exec", &name, "sh", "-c", "echo exec-hi; exit 4"]);
         assert_runs(&d, &out, 4);
@@ -473,6 +473,20 @@ fn assert_memory_limit_and_stats(d: &Docker, name: &str) {
     let usage = text(&out.stdout);
     assert!(usage.trim().ends_with("/ 64MiB"), "docker stats: {usage:?}");
     assert!(!usage.starts_with("0B"), "docker stats: {usage:?}");
+}
+
+/// `--memory 64m` reaches the container's cgroup inside the guest (microvm backend): the
+/// container reads its own cgroup's `memory.max` (cgroup v2, the guest's only layout).
+fn assert_guest_memory_limit(d: &Docker, name: &str) {
+    let script = "p=$(sed -n 's/^0:://p' /proc/self/cgroup); \
+                  cat /sys/fs/cgroup${p%/}/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory.max";
+    let out = d.docker(&["exec", name, "sh", "-c", script]);
+    assert_runs(d, &out, 0);
+    assert_eq!(
+        text(&out.stdout).trim(),
+        (64 * 1024 * 1024).to_string(),
+        "the container's memory limit in the guest"
+    );
 }
 
 /// Process backend only: the OOM kill happens in the container's host cgroup, whose events

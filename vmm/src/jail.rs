@@ -4,10 +4,12 @@
 //! [`enter`], on the process's only thread (so that every thread started later inherits
 //! it):
 //! - new mount, IPC, UTS and network namespaces (`unshare`). The tap, opened before,
-//!   keeps working: an fd is not tied to the namespace it was opened in. No PID
-//!   namespace: `unshare(CLONE_NEWPID)` applies only to children, so the VMM itself would
-//!   have to fork once more after it, and the runtime would then watch an intermediate
-//!   process instead of the VMM;
+//!   keeps working: an fd is not tied to the namespace it was opened in. The PID
+//!   namespace comes from the runtime, which forks the VMM from a thread that called
+//!   `unshare(CLONE_NEWPID)` (that call applies only to children), so the VMM is the init
+//!   of a namespace of its own; before the VM is built it mounts that namespace's procfs
+//!   on `/proc` ([`own_proc`]), so that what it keeps open in `/proc` (fuse-backend-rs's
+//!   `/proc/self/fd`) shows no host process;
 //! - `/` made recursively slave (nothing the jail mounts reaches the host), the root
 //!   directory ([`JailConfig::root`], the sandbox's state directory) bound onto itself
 //!   recursively (the mounts below it stay slaves of the host's) and made the root with
@@ -81,6 +83,64 @@ impl JailConfig {
             nofile: DEFAULT_NOFILE,
         }
     }
+}
+
+/// Whether this process is the init (pid 1) of a PID namespace of its own: how the runtime
+/// spawns a confined VMM (`unshare(CLONE_NEWPID)` on the thread that forks it).
+pub fn in_own_pid_namespace() -> bool {
+    nix::unistd::getpid().as_raw() == 1
+}
+
+/// Gives the process a procfs of its own PID namespace on `/proc`, in a mount namespace of
+/// its own, before the VM is built: what it opens in `/proc` from then on (fuse-backend-rs
+/// keeps an fd on `/proc/self/fd` for as long as virtio-fs runs, past the jail) shows this
+/// namespace, in which the VMM is alone, and not the host's processes. Only for an init of
+/// its own PID namespace ([`in_own_pid_namespace`]); otherwise nothing is done and `false`
+/// returned.
+///
+/// Network namespace paths in `paths` (the taps' `netns`) are opened first and replaced by
+/// `/proc/self/fd/N`, which names the same file in the new procfs: a path such as
+/// `/proc/<host pid>/ns/net` would name nothing there. The returned fds must stay open
+/// until the VM is built.
+pub fn own_proc(paths: &mut [&mut PathBuf]) -> Result<(bool, Vec<std::fs::File>), JailError> {
+    if !in_own_pid_namespace() {
+        return Ok((false, Vec::new()));
+    }
+    let step = |what: &str| {
+        let what = what.to_string();
+        move |source| JailError::Step { what, source }
+    };
+    let mut kept = Vec::new();
+    for p in paths.iter_mut() {
+        let f = std::fs::File::open(&**p).map_err(|e| JailError::Step {
+            what: format!("open {}", p.display()),
+            source: nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+        })?;
+        **p = PathBuf::from(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&f)
+        ));
+        // Inherited by nothing: O_CLOEXEC is std's default.
+        kept.push(f);
+    }
+    unshare(CloneFlags::CLONE_NEWNS).map_err(step("unshare(mount namespace) for /proc"))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None::<&str>,
+    )
+    .map_err(step("make / rslave"))?;
+    mount(
+        Some("proc"),
+        "/proc",
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(step("mount a procfs of the VMM's PID namespace on /proc"))?;
+    Ok((true, kept))
 }
 
 /// Why the jail could not be entered (the VMM then exits without running the guest).

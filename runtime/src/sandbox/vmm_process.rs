@@ -121,15 +121,33 @@ impl VmmProcess {
             .name(thread_name)
             .spawn(move || {
                 let child_end = theirs.as_fd().as_raw_fd();
-                // SAFETY: getpid in the parent, before the fork.
-                let parent = unsafe { libc::getpid() };
+                // The VMM is the init of a PID namespace of its own (it then mounts that
+                // namespace's procfs: `ember_vmm::jail`). The call applies to this thread's
+                // children only, and this thread forks nothing but this VMM.
+                if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID) {
+                    let _ = spawned_tx.send(Err(std::io::Error::other(format!(
+                        "unshare(CLONE_NEWPID) for the VMM's PID namespace: {e}"
+                    ))));
+                    return;
+                }
+                // In its own PID namespace the child's getppid() is 0 whoever its parent
+                // is: whether the runtime still lives is asked of a pidfd of it instead.
+                // SAFETY: getpid and pidfd_open in the parent, before the fork.
+                let parent = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0) };
+                if parent < 0 {
+                    let _ = spawned_tx.send(Err(std::io::Error::last_os_error()));
+                    return;
+                }
+                // SAFETY: a fresh fd we own; closed when this thread ends.
+                let parent = unsafe { OwnedFd::from_raw_fd(parent as i32) };
+                let parent_fd = parent.as_raw_fd();
                 let mut cmd = Command::new(&binary);
                 cmd.args(&args)
                     .stdin(Stdio::null())
                     .stdout(Stdio::null())
                     .stderr(Stdio::piped());
                 // SAFETY: between fork and exec the closure makes only async-signal-safe
-                // system calls (dup2, fcntl, prctl, getppid).
+                // system calls (dup2, fcntl, prctl, poll).
                 unsafe {
                     cmd.pre_exec(move || {
                         if child_end == CONTROL_FD {
@@ -142,8 +160,13 @@ impl VmmProcess {
                             return Err(std::io::Error::last_os_error());
                         }
                         // The parent may have died before the prctl: then nothing would
-                        // ever kill this VMM.
-                        if libc::getppid() != parent {
+                        // ever kill this VMM. Its pidfd is readable once it has exited.
+                        let mut p = libc::pollfd {
+                            fd: parent_fd,
+                            events: libc::POLLIN,
+                            revents: 0,
+                        };
+                        if libc::poll(&mut p, 1, 0) != 0 {
                             return Err(std::io::Error::other("the runtime exited"));
                         }
                         Ok(())
@@ -157,6 +180,7 @@ impl VmmProcess {
                     }
                 };
                 drop(theirs);
+                drop(parent);
                 if let Some(stderr) = child.stderr.take() {
                     let name = format!("vmm-log-{sandbox}");
                     let sandbox = sandbox.clone();

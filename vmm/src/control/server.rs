@@ -2,6 +2,7 @@
 //! (`ember-vmm --control-fd N`), [`handle`] answers one request after `Start`.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::PathBuf;
 
 use super::channel::{Channel, ChannelError, MessageError};
 use super::protocol::{Reply, Request, SlotInfo};
@@ -262,6 +263,19 @@ fn start(config: &mut VmConfig, jail_config: &JailConfig) -> Result<Vm, (String,
                 true,
             )
         })?;
+    }
+    // A procfs of the VMM's own PID namespace, before anything opens /proc.
+    let mut netns: Vec<&mut PathBuf> = config
+        .net
+        .iter_mut()
+        .filter_map(|n| n.netns.as_mut())
+        .collect();
+    let (own_proc, _netns_files) =
+        jail::own_proc(&mut netns).map_err(|e| (e.to_string(), false))?;
+    if !own_proc {
+        log::warn!(
+            "control: not the init of a PID namespace of its own: the host's /proc stays in view"
+        );
     }
     std::env::set_current_dir(&jail_config.root).map_err(|e| {
         (
