@@ -1393,7 +1393,7 @@ pub fn test_binaries(extra: &[String], filter: &str) -> Result<Vec<TestBinary>, 
             });
         }
     }
-    found.sort_by(|a, b| b.tests.cmp(&a.tests));
+    found.sort_by_key(|b| std::cmp::Reverse(b.tests));
     Ok(found)
 }
 
