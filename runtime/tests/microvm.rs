@@ -518,22 +518,71 @@ fn assert_confined(pid: i32, state_dir: &Path, id: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_vmm_is_reported_by_wait_and_cleaned_up() {
     const TEST: &str = "a_killed_vmm_is_reported_by_wait_and_cleaned_up";
-    let Some(kernel) = bootable_kernel(TEST) else {
-        return;
-    };
+    let status = vmm_death_is_reported_and_cleaned_up(TEST, "killed", |pid| {
+        // SAFETY: kill(2) on the VMM this test started, not yet reaped (wait() has not
+        // resolved).
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    })
+    .await;
+    if let Some(status) = status {
+        assert_eq!(status, "the VMM was killed by SIGKILL");
+    }
+}
+
+/// A system call outside a VMM thread's seccomp filter kills the whole VMM with SIGSYS
+/// (the filters' default action), which `wait()` reports naming the filter. The call is
+/// injected with ptrace into the device thread, which makes system calls while the guest
+/// kernel boots and idles (its epoll_wait, restarted after the ptrace interrupt); no
+/// thread's filter has `ptrace`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vmm_killed_by_its_seccomp_filter_is_reported_by_wait_and_cleaned_up() {
+    const TEST: &str = "a_vmm_killed_by_its_seccomp_filter_is_reported_by_wait_and_cleaned_up";
+    let status = vmm_death_is_reported_and_cleaned_up(TEST, "sigsys", |pid| {
+        use ember_tests::syscall_inject::{inject_syscall, thread_named};
+        let tid = thread_named(pid, ember_vmm::event_loop::THREAD_NAME)
+            .expect("the VMM has its device thread");
+        let injected = inject_syscall(tid, libc::SYS_ptrace, Duration::from_secs(10))
+            .expect("the device thread is killed by its filter");
+        assert_eq!(
+            injected.signal,
+            nix::sys::signal::Signal::SIGSYS,
+            "{injected:?}"
+        );
+    })
+    .await;
+    if let Some(status) = status {
+        assert!(
+            status.starts_with(
+                "the VMM was killed by SIGSYS: a system call outside its seccomp filter"
+            ),
+            "{status}"
+        );
+    }
+}
+
+/// Start sandbox `id`'s VMM (the guest kernel waiting for its root), `kill` it (given its
+/// pid, on a thread of its own), and check that `wait()` resolves and that stopping the
+/// backend and cleaning up the state leave nothing. `wait()`'s exit status, or `None`
+/// when `test` skips.
+async fn vmm_death_is_reported_and_cleaned_up(
+    test: &str,
+    id: &'static str,
+    kill: impl FnOnce(i32) + Send + 'static,
+) -> Option<String> {
+    let kernel = bootable_kernel(test)?;
     let tmp = tempfile::tempdir().unwrap();
     let mut config = Config::default();
     config.sandbox.state_dir = tmp.path().to_path_buf();
     config.hypervisor.kernel = kernel;
     config.hypervisor.initrd = Some(empty_initramfs(tmp.path()));
     config.hypervisor.kernel_params = "rootdelay=600".into();
-    let mut state = SandboxState::create(tmp.path(), "killed", "microvm").unwrap();
+    let mut state = SandboxState::create(tmp.path(), id, "microvm").unwrap();
     let shared = state.dir().join("shared");
     std::fs::create_dir(&shared).unwrap();
     let mut backend = MicrovmBackend::for_kernel_boot_tests();
     backend
         .start(StartContext {
-            id: "killed",
+            id,
             config: &config,
             state: &mut state,
             shared_dir: &shared,
@@ -549,18 +598,19 @@ async fn a_killed_vmm_is_reported_by_wait_and_cleaned_up() {
         )),
         "the VMM is recorded for cleanup"
     );
-    // SAFETY: kill(2) on the VMM this test started, not yet reaped (wait() has not
-    // resolved).
-    unsafe { libc::kill(pid, libc::SIGKILL) };
+    // One thread for all of `kill` (ptrace requests must come from the tracing thread).
+    tokio::task::spawn_blocking(move || kill(pid))
+        .await
+        .unwrap();
     let exit = tokio::time::timeout(Duration::from_secs(10), backend.wait())
         .await
         .expect("wait() resolves when the VMM dies");
-    assert_eq!(exit.status, "the VMM was killed by SIGKILL");
     backend.stop(Duration::from_secs(1)).await;
     let dir = state.dir().to_path_buf();
     state.cleanup().unwrap();
     assert!(!dir.exists(), "cleanup leaves nothing");
-    assert!(ember_runtime::cgroups::existing("/ember/killed").is_empty());
+    assert!(ember_runtime::cgroups::existing(&format!("/ember/{id}")).is_empty());
+    Some(exit.status)
 }
 
 /// `MicrovmBackend::start` of sandbox `id` (state under `dir`) that must fail: its error

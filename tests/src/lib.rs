@@ -10,6 +10,8 @@
 //! and [`cri`] drives its CRI plugin through a real CRI client. [`oci`] wraps `ember-oci`,
 //! the runc-compatible command line, for callers that take a runc binary. [`backend`]
 //! gives each sandbox backend's config and how much slower its tests may be.
+//! [`syscall_inject`] makes a running thread of another process (a VMM) call a system
+//! call of the test's choosing, with ptrace, to check its seccomp filter.
 
 pub mod backend;
 pub mod containerd;
@@ -20,6 +22,7 @@ pub mod image;
 pub mod kvm_host;
 pub mod oci;
 pub mod shim;
+pub mod syscall_inject;
 
 /// Report that `test` is skipped and why, as `SKIP <test>: <why>`.
 ///

@@ -19,9 +19,10 @@
 //! `/run` (agent and vsock socket paths must stay under 107 bytes), removed when the test
 //! ends. Covered: `ctr run` stdout, exit codes (0, 7, 137 after SIGKILL, 143 after SIGTERM),
 //! which kernel the container runs on, stdin, a TTY, `ctr task exec`, pause/resume, ps,
-//! metrics, crash cleanup after the agent, the shim or the VMM is killed, bad input (an
-//! unknown config key, a missing rootfs, a missing executable), and a CRI pod of two
-//! containers sharing a process namespace, served by one shim.
+//! metrics, crash cleanup after the agent, the shim or the VMM is killed (by SIGKILL, or by
+//! its seccomp filter at an injected system call), bad input (an unknown config key, a
+//! missing rootfs, a missing executable), and a CRI pod of two containers sharing a
+//! process namespace, served by one shim.
 //!
 //! Needs root, containerd/ctr, busybox-static and a built shim and agent
 //! (`cargo build -p ember-shim -p ember-agent`), and for the microvm variants the guest
@@ -49,7 +50,10 @@ ember_tests::on_both_backends!(
     missing_rootfs_is_reported_and_leaves_nothing,
     missing_executable_is_named_and_leaves_nothing,
     cri_pod_runs_in_one_shim;
-    microvm_only: container_cannot_reach_the_agent, killed_vmm_is_cleaned_up,
+    microvm_only:
+        container_cannot_reach_the_agent,
+        killed_vmm_is_cleaned_up,
+        vmm_killed_by_its_seccomp_filter_is_cleaned_up,
 );
 
 /// The test bodies that run on both backends ([`ember_tests::on_both_backends`]).
@@ -439,6 +443,55 @@ mod body {
         assert_eq!(unsafe { libc::kill(vmm, libc::SIGKILL) }, 0);
         env.wait_status(&id, Some("STOPPED"));
         env.assert_rm_reports(&id, 137);
+        env.ctr_ok(&["containers", "rm", &id]);
+        env.assert_no_leftovers(&id, None);
+        assert!(!containerd::process_alive(vmm as u32));
+    }
+
+    /// A system call outside a VMM thread's seccomp filter kills the whole VMM (SIGSYS):
+    /// injected with ptrace ([`ember_tests::syscall_inject`]) into the device thread, no
+    /// backdoor in the product. The shim reports the pod's containers killed (137, what
+    /// it gives every process of a sandbox that ended), names SIGSYS and the filter in
+    /// containerd's log, and nothing is left.
+    pub fn vmm_killed_by_its_seccomp_filter_is_cleaned_up(backend: Backend) {
+        use ember_tests::syscall_inject::{inject_syscall, thread_named};
+        let Some(env) = Env::start(
+            backend,
+            "vmm_killed_by_its_seccomp_filter_is_cleaned_up",
+            "y",
+            false,
+        ) else {
+            return;
+        };
+        let id = env.cid("vmmsys");
+        env.run_detached(&id, &["sleep", "1000"]);
+        let vmm = env.process_pid(&id, "vmm");
+        let tid = thread_named(vmm, "ember-devices").expect("the VMM has its device thread");
+        // No VMM thread's filter has ptrace(2).
+        let injected = inject_syscall(tid, libc::SYS_ptrace, Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("{e}\n{}", env.ctrd.log_tail(30)));
+        assert_eq!(
+            injected.signal,
+            nix::sys::signal::Signal::SIGSYS,
+            "{injected:?}"
+        );
+        env.wait_status(&id, Some("STOPPED"));
+        let code = 128 + libc::SIGKILL;
+        assert_ne!(code, 0);
+        env.assert_rm_reports(&id, code);
+        let start = Instant::now();
+        let said = "the VMM was killed by SIGSYS: a system call outside its seccomp filter";
+        while !std::fs::read_to_string(env.ctrd.log_path())
+            .unwrap_or_default()
+            .contains(said)
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(10) * backend.slowness(),
+                "containerd's log does not say {said:?}:\n{}",
+                env.ctrd.log_tail(40)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
         env.ctr_ok(&["containers", "rm", &id]);
         env.assert_no_leftovers(&id, None);
         assert!(!containerd::process_alive(vmm as u32));

@@ -22,7 +22,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ember_vmm::control::{Channel, Reply, Request};
+use ember_vmm::control::{Channel, Reply, ReplyMessage, Request, RequestMessage};
 use ember_vmm::{JailConfig, SerialSink, Vm, VmConfig};
 
 const RUNS: usize = 20;
@@ -117,23 +117,30 @@ fn confined_with(bin: &Path, vm: VmConfig, root: &Path, until: Until) -> Duratio
     }
     let mut child = cmd.spawn().expect("spawn ember-vmm");
     drop(theirs);
-    let request = Request::Start {
-        config: Box::new(vm),
-        jail: JailConfig::new(root),
+    let request = RequestMessage {
+        id: 1,
+        request: Request::Start {
+            config: Box::new(vm),
+            jail: JailConfig::new(root),
+        },
     };
     ours.send(&request, None).expect("send Start");
     let reply = ours
-        .recv::<Reply>()
+        .recv::<ReplyMessage>()
         .expect("an answer")
         .message
         .expect("a reply");
     let mut ready = start.elapsed();
-    assert!(matches!(reply, Reply::Ready { .. }), "{reply:?}");
+    assert!(matches!(reply.reply, Reply::Ready { .. }), "{reply:?}");
     if let (Until::Agent, Some(socket)) = (until, socket) {
         ready = wait_for_agent(&socket, start);
     }
-    ours.send(&Request::Stop, None).expect("send Stop");
-    let _ = ours.recv::<Reply>();
+    let stop = RequestMessage {
+        id: 2,
+        request: Request::Stop,
+    };
+    ours.send(&stop, None).expect("send Stop");
+    let _ = ours.recv::<ReplyMessage>();
     let status = child.wait().expect("wait");
     assert_eq!(status.code(), Some(5), "stopped: {status}");
     ready

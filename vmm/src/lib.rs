@@ -36,8 +36,9 @@ pub use config::{
 };
 pub use control::{
     Channel as ControlChannel, ChannelError as ControlChannelError,
-    MessageError as ControlMessageError, Reply as ControlReply, Request as ControlRequest,
-    SlotInfo, MAX_MESSAGE as MAX_CONTROL_MESSAGE,
+    MessageError as ControlMessageError, Reply as ControlReply,
+    ReplyMessage as ControlReplyMessage, Request as ControlRequest,
+    RequestMessage as ControlRequestMessage, SlotInfo, MAX_MESSAGE as MAX_CONTROL_MESSAGE,
 };
 pub use devices::legacy::power::{ExitLatch, ExitReason};
 pub use devices::virtio::block::{BlockError, BlockSlot};

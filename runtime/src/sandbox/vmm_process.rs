@@ -6,6 +6,10 @@
 //! tokio blocking thread (which ends when idle) would kill the VMM; this thread forks,
 //! then waits for the child and publishes how it ended. The VMM is killed if the shim
 //! dies, and `ember cleanup` kills a survivor through the sandbox's state.
+//!
+//! Each request carries an id (increasing from 1) that its reply carries back; a reply
+//! with another id (to a request the runtime gave up waiting for) is discarded, so it is
+//! never taken for the answer to the next one.
 
 use std::ffi::OsString;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -13,9 +17,12 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use ember_vmm::{ControlChannel, ControlReply, ControlRequest, ExitReason};
+use ember_vmm::{
+    ControlChannel, ControlChannelError, ControlReply, ControlReplyMessage, ControlRequest,
+    ControlRequestMessage, ExitReason,
+};
 use tokio::sync::watch;
 
 /// The fd number the VMM finds its control channel on.
@@ -64,6 +71,8 @@ struct Control {
     channel: ControlChannel,
     /// `Exited`'s reason, once read (by a request or after the process ended).
     exited: Option<ExitReason>,
+    /// The id of the last request sent (0: none yet).
+    last_id: u64,
 }
 
 /// How the VMM process ended: `Exited`'s reason, or its wait status.
@@ -101,6 +110,7 @@ impl VmmProcess {
         let control = Arc::new(Mutex::new(Control {
             channel: ours,
             exited: None,
+            last_id: 0,
         }));
         let (end_tx, end_rx) = watch::channel(None);
         let (spawned_tx, spawned_rx) = std::sync::mpsc::sync_channel(1);
@@ -211,8 +221,12 @@ impl VmmProcess {
                     if c.exited.is_none() {
                         // The VMM's last message stays queued after it exits.
                         let _ = c.channel.set_nonblocking(true);
-                        while let Ok(r) = c.channel.recv::<ControlReply>() {
-                            if let Ok(ControlReply::Exited { reason }) = r.message {
+                        while let Ok(r) = c.channel.recv::<ControlReplyMessage>() {
+                            if let Ok(ControlReplyMessage {
+                                reply: ControlReply::Exited { reason },
+                                ..
+                            }) = r.message
+                            {
                                 c.exited = Some(reason);
                             }
                         }
@@ -267,28 +281,23 @@ impl VmmProcess {
                 "the VM has ended ({reason:?})"
             )));
         }
-        let chan = |e: ember_vmm::ControlChannelError| VmmProcessError::Channel(e.to_string());
-        c.channel.send(request, fd).map_err(chan)?;
-        if let Some(t) = timeout {
-            c.channel.set_timeout(Some(t)).map_err(chan)?;
-        }
-        let received = c.channel.recv::<ControlReply>();
-        if timeout.is_some() {
-            c.channel.set_timeout(Some(REPLY_TIMEOUT)).map_err(chan)?;
-        }
-        let reply = received
-            .map_err(chan)?
-            .message
-            .map_err(|e| VmmProcessError::Channel(format!("the VMM's answer: {e}")))?;
-        match reply {
+        c.last_id += 1;
+        let id = c.last_id;
+        let message = ControlRequestMessage {
+            id,
+            request: request.clone(),
+        };
+        let chan = |e: ControlChannelError| VmmProcessError::Channel(e.to_string());
+        c.channel.send(&message, fd).map_err(chan)?;
+        let deadline = Instant::now() + timeout.unwrap_or(REPLY_TIMEOUT);
+        let Control {
+            channel, exited, ..
+        } = &mut *c;
+        let reply = await_reply(channel, id, deadline, exited);
+        c.channel.set_timeout(Some(REPLY_TIMEOUT)).map_err(chan)?;
+        match reply? {
             ControlReply::Error { message, bad_input } => {
                 Err(VmmProcessError::Refused { message, bad_input })
-            }
-            ControlReply::Exited { reason } => {
-                c.exited = Some(reason);
-                Err(VmmProcessError::Channel(format!(
-                    "the VM has ended ({reason:?})"
-                )))
             }
             other => Ok(other),
         }
@@ -314,6 +323,51 @@ impl Drop for VmmProcess {
         // Never leave a VMM behind a dropped backend.
         if self.end.borrow().is_none() {
             self.kill();
+        }
+    }
+}
+
+/// The reply to request `id` on `channel`, read by `deadline`: replies with another id
+/// (or none, but for `Exited`) are discarded, with a debug message; `Exited` is recorded
+/// in `exited` and ends the wait. Leaves the channel's receive timeout changed.
+fn await_reply(
+    channel: &mut ControlChannel,
+    id: u64,
+    deadline: Instant,
+    exited: &mut Option<ExitReason>,
+) -> Result<ControlReply, VmmProcessError> {
+    let chan = |e: ControlChannelError| VmmProcessError::Channel(e.to_string());
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        // A zero timeout would wait forever.
+        if left < Duration::from_millis(1) {
+            return Err(chan(ControlChannelError::Timeout));
+        }
+        channel.set_timeout(Some(left)).map_err(chan)?;
+        let message = channel
+            .recv::<ControlReplyMessage>()
+            .map_err(chan)?
+            .message
+            .map_err(|e| VmmProcessError::Channel(format!("the VMM's answer: {e}")))?;
+        match message {
+            ControlReplyMessage {
+                reply: ControlReply::Exited { reason },
+                ..
+            } => {
+                *exited = Some(reason);
+                return Err(VmmProcessError::Channel(format!(
+                    "the VM has ended ({reason:?})"
+                )));
+            }
+            ControlReplyMessage {
+                id: Some(got),
+                reply,
+            } if got == id => return Ok(reply),
+            stale => log::debug!(
+                "vmm control: discarded a reply to request {:?} while waiting for request {id}'s: {:?}",
+                stale.id,
+                stale.reply
+            ),
         }
     }
 }
@@ -423,6 +477,53 @@ mod tests {
         assert_eq!(got[0].1, format!("{} [cut]", "a".repeat(MAX_LOG_LINE)));
         assert_eq!(got[1], (log::Level::Error, "next".to_string()));
         assert_eq!(got[2], (log::Level::Info, "last".to_string()));
+    }
+
+    #[test]
+    fn replies_to_other_requests_are_skipped_and_exited_ends_the_wait() {
+        let (mut ours, theirs) = ControlChannel::pair().unwrap();
+        let reply = |id, reply| ControlReplyMessage { id, reply };
+        let error = ControlReply::Error {
+            message: "late".into(),
+            bad_input: true,
+        };
+        // A late answer to request 1 and an id-less error come before request 2's.
+        theirs.send(&reply(Some(1), error.clone()), None).unwrap();
+        theirs.send(&reply(None, error), None).unwrap();
+        theirs
+            .send(&reply(Some(2), ControlReply::Stopping), None)
+            .unwrap();
+        let soon = || Instant::now() + Duration::from_secs(5);
+        let mut exited = None;
+        assert_eq!(
+            await_reply(&mut ours, 2, soon(), &mut exited).unwrap(),
+            ControlReply::Stopping
+        );
+        // Only a stale reply: the wait times out.
+        theirs
+            .send(&reply(Some(2), ControlReply::Stopping), None)
+            .unwrap();
+        let start = Instant::now();
+        let e = await_reply(
+            &mut ours,
+            3,
+            Instant::now() + Duration::from_millis(100),
+            &mut exited,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("no message from the peer in time"),
+            "{e}"
+        );
+        assert!(start.elapsed() < Duration::from_secs(2));
+        // `Exited` has no id and ends any wait.
+        let end = ControlReply::Exited {
+            reason: ExitReason::PowerOff,
+        };
+        theirs.send(&reply(None, end), None).unwrap();
+        let e = await_reply(&mut ours, 4, soon(), &mut exited).unwrap_err();
+        assert!(e.to_string().contains("the VM has ended (PowerOff)"), "{e}");
+        assert_eq!(exited, Some(ExitReason::PowerOff));
     }
 
     #[test]

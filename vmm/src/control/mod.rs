@@ -4,7 +4,7 @@
 //!
 //! - [`channel`]: the transport, bounded (a message over 64 KiB is refused, never
 //!   allocated for), used by both sides;
-//! - [`protocol`]: the messages;
+//! - [`protocol`]: the messages, each request with an id its reply carries back;
 //! - [`server`]: the VMM's side (`ember-vmm --control-fd N`): build, jail
 //!   ([`crate::jail`]), start, serve.
 
@@ -13,4 +13,4 @@ pub mod protocol;
 pub mod server;
 
 pub use channel::{Channel, ChannelError, MessageError, Received, MAX_MESSAGE};
-pub use protocol::{Reply, Request, SlotInfo};
+pub use protocol::{Reply, ReplyMessage, Request, RequestMessage, SlotInfo};

@@ -1,6 +1,10 @@
 //! The control channel's messages, as JSON objects tagged by `type`.
 //!
-//! The runtime sends [`Request`]s, the VMM answers each with one [`Reply`]:
+//! The runtime sends [`Request`]s, each in a [`RequestMessage`] with an `id` it chooses
+//! (a `u64`, greater than the last), and the VMM answers each with one [`Reply`], in a
+//! [`ReplyMessage`] carrying the request's `id` back: a reply that comes late (after the
+//! runtime gave up waiting for it) is thus never taken for the next request's. A request
+//! without a valid `id` is answered with an `Error` that has none.
 //! - `Start {config, jail}` first, once: the VMM builds the VM, jails itself, starts the
 //!   vCPUs and answers `Ready {cmdline, slots}` (or `Error`, and exits);
 //! - `Attach {slot, read_only, path}` with the disk's fd in `SCM_RIGHTS` (the jailed VMM
@@ -9,7 +13,8 @@
 //! - `Stop`: `Stopping`.
 //!
 //! Every failure of a request is an `Error {message, bad_input}` answer, never the VMM's
-//! end. The VMM sends `Exited {reason}` last, before it exits, however the VM ended.
+//! end. The VMM sends `Exited {reason}` last, before it exits, however the VM ended: it
+//! answers no request, so it has no `id`.
 
 use std::path::PathBuf;
 
@@ -46,6 +51,28 @@ pub enum Request {
     },
     /// Stop the VM.
     Stop,
+}
+
+/// A request as sent: `{"id":N,"type":...}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestMessage {
+    /// The runtime's id for the request, which its reply carries back.
+    pub id: u64,
+    /// The request.
+    #[serde(flatten)]
+    pub request: Request,
+}
+
+/// A reply as sent: `{"id":N,"type":...}`, or without `id` for `Exited` and for an
+/// `Error` about a request whose id could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplyMessage {
+    /// The id of the request it answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<u64>,
+    /// The reply.
+    #[serde(flatten)]
+    pub reply: Reply,
 }
 
 /// One virtio-blk slot of the VM, as `Ready` lists them.
@@ -138,5 +165,63 @@ mod tests {
         assert_eq!(json, "{\"type\":\"Exited\",\"reason\":\"triple-fault\"}");
         assert_eq!(serde_json::from_str::<Reply>(&json).unwrap(), exited);
         assert!(serde_json::from_str::<Request>("{\"type\":\"Reboot\"}").is_err());
+    }
+
+    #[test]
+    fn messages_carry_the_id_beside_the_type() {
+        let attach = RequestMessage {
+            id: u64::MAX,
+            request: Request::Attach {
+                slot: 2,
+                read_only: true,
+                path: "/d.img".into(),
+            },
+        };
+        let json = serde_json::to_string(&attach).unwrap();
+        assert_eq!(
+            json,
+            "{\"id\":18446744073709551615,\"type\":\"Attach\",\"slot\":2,\"read_only\":true,\"path\":\"/d.img\"}"
+        );
+        assert_eq!(
+            serde_json::from_str::<RequestMessage>(&json).unwrap(),
+            attach
+        );
+        let mut config = VmConfig::new("/k");
+        config.memory_mib = 256;
+        let start = RequestMessage {
+            id: 1,
+            request: Request::Start {
+                config: Box::new(config),
+                jail: JailConfig::new("/s"),
+            },
+        };
+        let json = serde_json::to_string(&start).unwrap();
+        assert_eq!(
+            serde_json::from_str::<RequestMessage>(&json).unwrap(),
+            start
+        );
+        // A request must have its id.
+        let e = serde_json::from_str::<RequestMessage>("{\"type\":\"Stop\"}").unwrap_err();
+        assert!(e.to_string().contains("missing field `id`"), "{e}");
+        let stopping = ReplyMessage {
+            id: Some(7),
+            reply: Reply::Stopping,
+        };
+        let json = serde_json::to_string(&stopping).unwrap();
+        assert_eq!(json, "{\"id\":7,\"type\":\"Stopping\"}");
+        assert_eq!(
+            serde_json::from_str::<ReplyMessage>(&json).unwrap(),
+            stopping
+        );
+        // `Exited` has none.
+        let exited = ReplyMessage {
+            id: None,
+            reply: Reply::Exited {
+                reason: ExitReason::PowerOff,
+            },
+        };
+        let json = serde_json::to_string(&exited).unwrap();
+        assert_eq!(json, "{\"type\":\"Exited\",\"reason\":\"power-off\"}");
+        assert_eq!(serde_json::from_str::<ReplyMessage>(&json).unwrap(), exited);
     }
 }

@@ -1,11 +1,12 @@
 //! The VMM's side of the control channel: [`run`] is a confined `ember-vmm`'s whole life
-//! (`ember-vmm --control-fd N`), [`handle`] answers one request after `Start`.
+//! (`ember-vmm --control-fd N`), [`open`] reads a request's id, [`handle`] answers one
+//! request after `Start`.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
 
 use super::channel::{Channel, ChannelError, MessageError};
-use super::protocol::{Reply, Request, SlotInfo};
+use super::protocol::{Reply, ReplyMessage, Request, RequestMessage, SlotInfo};
 use crate::devices::legacy::power::{ExitLatch, ExitReason};
 use crate::devices::virtio::block::BlockSlot;
 use crate::jail::{self, JailConfig};
@@ -34,6 +35,36 @@ pub enum Next {
     Continue,
     /// The VM is to stop.
     Stop,
+}
+
+/// A received message's request id and request (or why the request is refused, to be
+/// answered with that id); `Err` is the answer, without an id, to a message whose `id`
+/// cannot be read (the runtime gives every request one).
+pub fn open(
+    message: Result<serde_json::Value, MessageError>,
+) -> Result<(u64, Result<Request, MessageError>), ReplyMessage> {
+    let unanswerable = |message: String| ReplyMessage {
+        id: None,
+        reply: Reply::error(message, true),
+    };
+    let value = message.map_err(|e| unanswerable(e.to_string()))?;
+    let id = match value.get("id") {
+        Some(id) => id.as_u64().ok_or_else(|| {
+            unanswerable(format!(
+                "the request's `id` is {id}, not an unsigned 64-bit integer; the request is refused"
+            ))
+        })?,
+        None => {
+            return Err(unanswerable(
+                "the request has no `id` (an unsigned 64-bit integer its reply carries back); the request is refused"
+                    .into(),
+            ))
+        }
+    };
+    let request = serde_json::from_value::<RequestMessage>(value)
+        .map(|m| m.request)
+        .map_err(|e| MessageError::Malformed(e.to_string()));
+    Ok((id, request))
 }
 
 /// Answer one request after `Start`, with the fd that came with it. Never panics on any
@@ -136,7 +167,7 @@ pub fn serve(
         if fds[0].revents == 0 {
             continue;
         }
-        let received = match channel.recv::<Request>() {
+        let received = match channel.recv::<serde_json::Value>() {
             Ok(r) => r,
             Err(e) => {
                 // The runtime is gone: nobody is left to run the VM for.
@@ -144,11 +175,20 @@ pub fn serve(
                 return Err(e);
             }
         };
-        let (reply, next) = handle(slots, received.message, received.fd);
-        if next == Next::Stop {
-            latch.trigger(ExitReason::Stopped);
-        }
-        if let Err(e) = channel.send(&reply, None) {
+        let answer = match open(received.message) {
+            Ok((id, request)) => {
+                let (reply, next) = handle(slots, request, received.fd);
+                if next == Next::Stop {
+                    latch.trigger(ExitReason::Stopped);
+                }
+                ReplyMessage {
+                    id: Some(id),
+                    reply,
+                }
+            }
+            Err(answer) => answer,
+        };
+        if let Err(e) = channel.send(&answer, None) {
             latch.trigger(ExitReason::Stopped);
             return Err(e);
         }
@@ -159,22 +199,33 @@ pub fn serve(
 /// VM, answer `Ready`, serve requests, and send `Exited`. The caller exits next (with
 /// [`Outcome`]'s status): the VM's threads are not joined, the process's end ends them.
 pub fn run(channel: &mut Channel) -> Outcome {
-    let received = match channel.recv::<Request>() {
+    let received = match channel.recv::<serde_json::Value>() {
         Ok(r) => r,
         Err(e) => return Outcome::Channel(e),
     };
-    let (mut config, jail_config) = match received.message {
+    drop(received.fd);
+    let (id, request) = match open(received.message) {
+        Ok(opened) => opened,
+        Err(answer) => {
+            log::error!("control: cannot start: {:?}", answer.reply);
+            return match channel.send(&answer, None) {
+                Ok(()) => Outcome::StartFailed { bad_input: true },
+                Err(e) => Outcome::Channel(e),
+            };
+        }
+    };
+    let (mut config, jail_config) = match request {
         Ok(Request::Start { config, jail }) => (config, jail),
         Ok(other) => {
             return refuse(
                 channel,
+                id,
                 format!("the first request must be Start, not {other:?}"),
                 true,
             )
         }
-        Err(e) => return refuse(channel, e, true),
+        Err(e) => return refuse(channel, id, e, true),
     };
-    drop(received.fd);
     match start(&mut config, &jail_config) {
         Ok(vm) => {
             let slots: Vec<SlotInfo> = vm
@@ -190,6 +241,10 @@ pub fn run(channel: &mut Channel) -> Outcome {
                 slots,
             };
             let latch = vm.exit_latch();
+            let ready = ReplyMessage {
+                id: Some(id),
+                reply: ready,
+            };
             if let Err(e) = channel.send(&ready, None) {
                 latch.trigger(ExitReason::Stopped);
                 return Outcome::Channel(e);
@@ -205,19 +260,27 @@ pub fn run(channel: &mut Channel) -> Outcome {
             // device removes its socket file) with calls its filter forbids. The process
             // exits next, which ends every thread; the runtime removes the files.
             std::mem::forget(vm);
-            match channel.send(&Reply::Exited { reason }, None) {
+            let exited = ReplyMessage {
+                id: None,
+                reply: Reply::Exited { reason },
+            };
+            match channel.send(&exited, None) {
                 Ok(()) => Outcome::Exited(reason),
                 Err(e) => Outcome::Channel(e),
             }
         }
-        Err((message, bad_input)) => refuse(channel, message, bad_input),
+        Err((message, bad_input)) => refuse(channel, id, message, bad_input),
     }
 }
 
-/// Answer `Start` with an error.
-fn refuse(channel: &Channel, message: impl std::fmt::Display, bad_input: bool) -> Outcome {
+/// Answer `Start` (request `id`) with an error.
+fn refuse(channel: &Channel, id: u64, message: impl std::fmt::Display, bad_input: bool) -> Outcome {
     log::error!("control: cannot start: {message}");
-    match channel.send(&Reply::error(message, bad_input), None) {
+    let answer = ReplyMessage {
+        id: Some(id),
+        reply: Reply::error(message, bad_input),
+    };
+    match channel.send(&answer, None) {
         Ok(()) => Outcome::StartFailed { bad_input },
         Err(e) => Outcome::Channel(e),
     }
@@ -413,26 +476,37 @@ mod tests {
         );
     }
 
+    /// Request `request` with id `id`.
+    fn message(id: u64, request: Request) -> RequestMessage {
+        RequestMessage { id, request }
+    }
+
     #[test]
-    fn the_loop_answers_every_request_and_ends_on_stop_or_a_gone_runtime() {
+    fn the_loop_answers_every_request_with_its_id_and_ends_on_stop_or_a_gone_runtime() {
         let s = slots(1);
         let latch = ExitLatch::new().unwrap();
-        let (runtime, mut vmm) = Channel::pair().unwrap();
-        runtime.send(&Request::Detach { slot: 0 }, None).unwrap();
-        runtime.send(&Request::Stop, None).unwrap();
+        let (mut runtime, mut vmm) = Channel::pair().unwrap();
+        runtime
+            .send(&message(41, Request::Detach { slot: 0 }), None)
+            .unwrap();
+        runtime.send(&message(42, Request::Stop), None).unwrap();
         assert_eq!(serve(&mut vmm, &s, &latch).unwrap(), ExitReason::Stopped);
-        let mut runtime = runtime;
-        let r = runtime.recv::<Reply>().unwrap().message.unwrap();
         assert_eq!(
-            r,
-            Reply::Detached {
-                slot: 0,
-                held: false
+            runtime.recv::<ReplyMessage>().unwrap().message.unwrap(),
+            ReplyMessage {
+                id: Some(41),
+                reply: Reply::Detached {
+                    slot: 0,
+                    held: false
+                }
             }
         );
         assert_eq!(
-            runtime.recv::<Reply>().unwrap().message.unwrap(),
-            Reply::Stopping
+            runtime.recv::<ReplyMessage>().unwrap().message.unwrap(),
+            ReplyMessage {
+                id: Some(42),
+                reply: Reply::Stopping
+            }
         );
 
         // The guest ends the VM: the loop returns its reason.
@@ -451,16 +525,69 @@ mod tests {
     }
 
     #[test]
+    fn a_request_without_a_valid_id_is_an_error_without_one() {
+        let s = slots(1);
+        let (mut runtime, mut vmm) = Channel::pair().unwrap();
+        // No id, a negative one, a string, then a malformed request with a good id, and
+        // a Stop that ends the loop.
+        runtime
+            .send(&serde_json::json!({"type": "Detach", "slot": 0}), None)
+            .unwrap();
+        runtime
+            .send(&serde_json::json!({"id": -1, "type": "Stop"}), None)
+            .unwrap();
+        runtime
+            .send(&serde_json::json!({"id": "7", "type": "Stop"}), None)
+            .unwrap();
+        runtime
+            .send(&serde_json::json!({"id": 8, "type": "Reboot"}), None)
+            .unwrap();
+        runtime.send(&message(9, Request::Stop), None).unwrap();
+        let latch = ExitLatch::new().unwrap();
+        assert_eq!(serve(&mut vmm, &s, &latch).unwrap(), ExitReason::Stopped);
+        let mut next = || runtime.recv::<ReplyMessage>().unwrap().message.unwrap();
+        let r = next();
+        assert_eq!(r.id, None);
+        assert!(error(&r.reply).contains("the request has no `id`"), "{r:?}");
+        let r = next();
+        assert_eq!(r.id, None);
+        assert!(
+            error(&r.reply).contains("the request's `id` is -1, not an unsigned 64-bit integer"),
+            "{r:?}"
+        );
+        let r = next();
+        assert_eq!(r.id, None);
+        assert!(error(&r.reply).contains("`id` is \"7\""), "{r:?}");
+        let r = next();
+        assert_eq!(r.id, Some(8));
+        assert!(error(&r.reply).contains("Reboot"), "{r:?}");
+        assert_eq!(
+            next(),
+            ReplyMessage {
+                id: Some(9),
+                reply: Reply::Stopping
+            }
+        );
+        // A line that is no JSON at all: its error, without an id.
+        assert!(matches!(
+            open(Err(MessageError::NotALine)),
+            Err(ReplyMessage { id: None, reply: Reply::Error { message, .. } })
+                if message.contains("not one line")
+        ));
+    }
+
+    #[test]
     fn a_first_request_other_than_start_is_refused() {
         let (mut runtime, mut vmm) = Channel::pair().unwrap();
-        runtime.send(&Request::Stop, None).unwrap();
+        runtime.send(&message(1, Request::Stop), None).unwrap();
         assert!(matches!(
             run(&mut vmm),
             Outcome::StartFailed { bad_input: true }
         ));
-        let r = runtime.recv::<Reply>().unwrap().message.unwrap();
+        let r = runtime.recv::<ReplyMessage>().unwrap().message.unwrap();
+        assert_eq!(r.id, Some(1));
         assert!(
-            error(&r).contains("the first request must be Start"),
+            error(&r.reply).contains("the first request must be Start"),
             "{r:?}"
         );
         // A VM config the VMM refuses is answered, as bad input.
@@ -468,12 +595,24 @@ mod tests {
             config: Box::new(VmConfig::new("/nonexistent/vmlinux")),
             jail: JailConfig::new("/nonexistent/jail"),
         };
-        runtime.send(&start, None).unwrap();
+        runtime.send(&message(2, start), None).unwrap();
         assert!(matches!(
             run(&mut vmm),
             Outcome::StartFailed { bad_input: true }
         ));
-        let r = runtime.recv::<Reply>().unwrap().message.unwrap();
-        assert!(error(&r).contains("/nonexistent/jail"), "{r:?}");
+        let r = runtime.recv::<ReplyMessage>().unwrap().message.unwrap();
+        assert_eq!(r.id, Some(2));
+        assert!(error(&r.reply).contains("/nonexistent/jail"), "{r:?}");
+        // A Start without an id is refused, without one.
+        runtime
+            .send(&serde_json::json!({"type": "Stop"}), None)
+            .unwrap();
+        assert!(matches!(
+            run(&mut vmm),
+            Outcome::StartFailed { bad_input: true }
+        ));
+        let r = runtime.recv::<ReplyMessage>().unwrap().message.unwrap();
+        assert_eq!(r.id, None);
+        assert!(error(&r.reply).contains("no `id`"), "{r:?}");
     }
 }
