@@ -123,15 +123,10 @@ pub fn own_proc(paths: &mut [&mut PathBuf]) -> Result<(bool, Vec<std::fs::File>)
         // Inherited by nothing: O_CLOEXEC is std's default.
         kept.push(f);
     }
-    unshare(CloneFlags::CLONE_NEWNS).map_err(step("unshare(mount namespace) for /proc"))?;
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_SLAVE,
-        None::<&str>,
-    )
-    .map_err(step("make / rslave"))?;
+    unshare_with_rslave_root(
+        CloneFlags::CLONE_NEWNS,
+        "unshare(mount namespace) for /proc",
+    )?;
     mount(
         Some("proc"),
         "/proc",
@@ -141,6 +136,25 @@ pub fn own_proc(paths: &mut [&mut PathBuf]) -> Result<(bool, Vec<std::fs::File>)
     )
     .map_err(step("mount a procfs of the VMM's PID namespace on /proc"))?;
     Ok((true, kept))
+}
+
+/// `unshare(flags)` (`what` names it in the error), which must include a new mount
+/// namespace, then `/` made recursively slave, so that nothing mounted in it reaches the
+/// host.
+fn unshare_with_rslave_root(flags: CloneFlags, what: &str) -> Result<(), JailError> {
+    let step = |what: &str| {
+        let what = what.to_string();
+        move |source| JailError::Step { what, source }
+    };
+    unshare(flags).map_err(step(what))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None::<&str>,
+    )
+    .map_err(step("make / rslave"))
 }
 
 /// Why the jail could not be entered (the VMM then exits without running the guest).
@@ -212,21 +226,13 @@ pub fn enter(config: &JailConfig) -> Result<(), JailError> {
         let what = what.to_string();
         move |source| JailError::Step { what, source }
     };
-    unshare(
+    unshare_with_rslave_root(
         CloneFlags::CLONE_NEWNS
             | CloneFlags::CLONE_NEWIPC
             | CloneFlags::CLONE_NEWUTS
             | CloneFlags::CLONE_NEWNET,
-    )
-    .map_err(step("unshare(mount, IPC, UTS, network namespaces)"))?;
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_SLAVE,
-        None::<&str>,
-    )
-    .map_err(step("make / rslave"))?;
+        "unshare(mount, IPC, UTS, network namespaces)",
+    )?;
     // Recursive: the jail holds the state directory with the mounts below it (the
     // share's tmpfs and the containers' rootfs under it). Those copies are slaves of the
     // host's (the share is a shared mount, `/` was made rslave above), so a container
