@@ -44,4 +44,5 @@ pub use devices::legacy::power::{ExitLatch, ExitReason};
 pub use devices::virtio::block::{BlockError, BlockSlot};
 pub use host::Virtualization;
 pub use jail::{JailConfig, DEFAULT_NOFILE, DEVICE_CAPABILITIES};
+pub use vcpu::{PauseError, Pauser};
 pub use vm::{Vm, VmError};

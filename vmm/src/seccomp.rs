@@ -440,6 +440,16 @@ fn control_rules() -> Result<Rules, seccompiler::Error> {
     // is an eventfd write (write, every thread may).
     r.allow(&[SYS_statx, SYS_fstat, SYS_lseek]);
     // The received fd is made close-on-exec by MSG_CMSG_CLOEXEC; nothing else of fcntl.
+    // Pause: the vCPU threads are kicked out of KVM_RUN with the kick signal, in this
+    // process only (tgkill's other allowed use, SIGABRT, is in `thread_runtime`).
+    let pid = u64::from(std::process::id());
+    r.allow_if(
+        SYS_tgkill,
+        vec![rule(&[
+            (0, SeccompCmpOp::Eq, pid),
+            (2, SeccompCmpOp::Eq, crate::vcpu::kick_signal() as u64),
+        ])?],
+    );
     Ok(r)
 }
 

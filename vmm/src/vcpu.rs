@@ -5,14 +5,15 @@ use crate::devices::bus::Bus;
 use crate::devices::legacy::power::{ExitLatch, ExitReason};
 use crate::seccomp::{spawn_confined, Filter, SpawnError};
 use kvm_ioctls::{VcpuExit, VcpuFd};
+use std::os::unix::thread::JoinHandleExt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 /// Signal used to kick a vCPU thread out of KVM_RUN.
-fn kick_signal() -> i32 {
+pub(crate) fn kick_signal() -> i32 {
     SIGRTMIN()
 }
 
@@ -35,6 +36,119 @@ pub struct Vcpu {
     pub mmio: Bus,
     /// Where exits are recorded.
     pub exit: Arc<ExitLatch>,
+    /// Where it parks while the VM is paused.
+    pub gate: Arc<PauseGate>,
+}
+
+/// Where the vCPU threads park while the VM is paused: a flag, how many are parked, and a
+/// condition variable. A vCPU checks it before each KVM_RUN; [`Pauser::pause`] sets it and
+/// kicks the vCPUs out of KVM_RUN until all have parked.
+#[derive(Debug, Default)]
+pub struct PauseGate {
+    state: Mutex<GateState>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct GateState {
+    paused: bool,
+    parked: usize,
+}
+
+impl PauseGate {
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// On a vCPU thread: waits while the VM is paused (and not ending).
+    fn park_while_paused(&self, exit: &ExitLatch) {
+        let mut s = self.lock();
+        if !s.paused {
+            return;
+        }
+        s.parked += 1;
+        self.changed.notify_all();
+        while s.paused && exit.reason().is_none() {
+            // A timeout, so that a VM stopped while paused is seen without a wake-up.
+            s = self
+                .changed
+                .wait_timeout(s, Duration::from_millis(100))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        s.parked -= 1;
+    }
+}
+
+/// Pauses and resumes a running VM's vCPUs, from any thread (the control thread's seccomp
+/// filter lets it send the kick signal).
+#[derive(Debug, Clone)]
+pub struct Pauser {
+    gate: Arc<PauseGate>,
+    threads: Vec<libc::pthread_t>,
+}
+
+/// Why a pause did not complete.
+#[derive(Debug, thiserror::Error)]
+#[error("{parked} of {vcpus} vCPUs stopped within {within:?}; the VM was resumed")]
+pub struct PauseError {
+    parked: usize,
+    vcpus: usize,
+    within: Duration,
+}
+
+impl Pauser {
+    /// A pauser of the vCPU threads `threads`, which park at `gate`.
+    pub(crate) fn new(gate: Arc<PauseGate>, threads: Vec<libc::pthread_t>) -> Pauser {
+        Pauser { gate, threads }
+    }
+
+    /// How long [`Pauser::pause`] waits for every vCPU to park.
+    pub const TIMEOUT: Duration = Duration::from_secs(5);
+
+    /// Stops every vCPU (each parks before its next KVM_RUN); returns once all have.
+    pub fn pause(&self) -> Result<(), PauseError> {
+        let deadline = Instant::now() + Self::TIMEOUT;
+        let mut s = self.gate.lock();
+        s.paused = true;
+        while s.parked < self.threads.len() {
+            if Instant::now() > deadline {
+                let parked = s.parked;
+                drop(s);
+                self.resume();
+                return Err(PauseError {
+                    parked,
+                    vcpus: self.threads.len(),
+                    within: Self::TIMEOUT,
+                });
+            }
+            // Kicks repeat: one sent while a vCPU is outside KVM_RUN is lost, and it
+            // then parks at its next check anyway.
+            for t in &self.threads {
+                // SAFETY: the threads are not joined while the VM (and so this Pauser's
+                // use) lasts: `Vm::shutdown` joins them only after the control loop.
+                unsafe { libc::pthread_kill(*t, kick_signal()) };
+            }
+            s = self
+                .gate
+                .changed
+                .wait_timeout(s, Duration::from_millis(1))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        Ok(())
+    }
+
+    /// Lets the vCPUs run again (nothing to do when not paused).
+    pub fn resume(&self) {
+        self.gate.lock().paused = false;
+        self.gate.changed.notify_all();
+    }
+
+    /// Whether the VM is paused.
+    pub fn paused(&self) -> bool {
+        self.gate.lock().paused
+    }
 }
 
 /// A running vCPU thread.
@@ -65,6 +179,10 @@ impl Vcpu {
 
     fn run(mut self) {
         while self.exit.reason().is_none() {
+            self.gate.park_while_paused(&self.exit);
+            if self.exit.reason().is_some() {
+                break;
+            }
             match self.fd.run() {
                 Ok(exit) => {
                     if let Some(reason) = handle_exit(exit, &self.pio, &self.mmio, self.index) {
@@ -180,6 +298,11 @@ fn handle_exit(exit: VcpuExit<'_>, pio: &Bus, mmio: &Bus, index: u8) -> Option<E
 }
 
 impl VcpuHandle {
+    /// The thread, for [`Pauser`]'s kicks.
+    pub(crate) fn pthread(&self) -> Option<libc::pthread_t> {
+        self.thread.as_ref().map(|t| t.as_pthread_t())
+    }
+
     /// Kick the thread out of KVM_RUN until it notices the exit latch, then join it.
     /// Kicks repeat because one sent while the thread is outside KVM_RUN is lost.
     pub fn stop(mut self) {

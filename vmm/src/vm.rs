@@ -26,7 +26,7 @@ use crate::layout::*;
 use crate::memory::{self, GuestMemory, MemoryError};
 use crate::rate_limiter::{RateLimitConfig, RateLimiter, RateLimiterError};
 use crate::seccomp::{Filters, SeccompError, SpawnError};
-use crate::vcpu::{self, Vcpu, VcpuHandle};
+use crate::vcpu::{self, PauseGate, Pauser, Vcpu, VcpuHandle};
 use event_manager::MutEventSubscriber;
 use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
@@ -144,6 +144,7 @@ pub struct Vm {
     event_loop: Option<EventLoop>,
     subscribers: Vec<Subscriber>,
     exit: Arc<ExitLatch>,
+    gate: Arc<PauseGate>,
     cmdline: String,
     block_slots: Vec<BlockSlot>,
     filters: Option<Filters>,
@@ -203,6 +204,7 @@ impl Vm {
             t0.elapsed()
         );
         let exit = Arc::new(ExitLatch::new().map_err(host_err("exit eventfd"))?);
+        let gate = Arc::new(PauseGate::default());
         let mut pio = Bus::new();
         let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(host_err("serial irqfd"))?;
         vm.register_irqfd(&serial_irq, COM1_IRQ)
@@ -343,6 +345,7 @@ impl Vm {
                 pio: pio.clone(),
                 mmio: mmio.clone(),
                 exit: exit.clone(),
+                gate: gate.clone(),
             });
         }
         log::debug!("vm: built in {:?}", t0.elapsed());
@@ -359,6 +362,7 @@ impl Vm {
             event_loop: None,
             subscribers,
             exit,
+            gate,
             cmdline,
             block_slots,
             filters,
@@ -422,6 +426,15 @@ impl Vm {
             self.running.push(v.spawn(vcpu_filter.clone())?);
         }
         Ok(())
+    }
+
+    /// What pauses and resumes the running vCPUs (from any thread): call it after
+    /// [`Vm::start`], which starts the threads it kicks.
+    pub fn pauser(&self) -> Pauser {
+        Pauser::new(
+            self.gate.clone(),
+            self.running.iter().filter_map(|v| v.pthread()).collect(),
+        )
     }
 
     /// Ask the VM to stop (from any thread, through [`Vm::exit_latch`] too).

@@ -51,6 +51,10 @@ pub enum Request {
     },
     /// Stop the VM.
     Stop,
+    /// Stop every vCPU until `Resume` (the devices keep serving what is queued).
+    Pause,
+    /// Let the vCPUs run again.
+    Resume,
 }
 
 /// A request as sent: `{"id":N,"type":...}`.
@@ -111,6 +115,10 @@ pub enum Reply {
     },
     /// The VM is stopping; `Exited` follows.
     Stopping,
+    /// Every vCPU has stopped.
+    Paused,
+    /// The vCPUs run again.
+    Resumed,
     /// The request failed.
     Error {
         /// What failed, for the user.

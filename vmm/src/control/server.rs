@@ -11,6 +11,7 @@ use crate::devices::legacy::power::{ExitLatch, ExitReason};
 use crate::devices::virtio::block::BlockSlot;
 use crate::jail::{self, JailConfig};
 use crate::seccomp::{restrict_capabilities, Filter, ThreadKind};
+use crate::vcpu::Pauser;
 use crate::vm::Vm;
 use crate::VmConfig;
 
@@ -71,6 +72,7 @@ pub fn open(
 /// input: a bad request is an `Error` answer.
 pub fn handle(
     slots: &[BlockSlot],
+    pauser: &Pauser,
     request: Result<Request, MessageError>,
     fd: Option<OwnedFd>,
 ) -> (Reply, Next) {
@@ -121,7 +123,15 @@ pub fn handle(
             Err(e) => e,
         },
         Request::Stop if fd.is_none() => return (Reply::Stopping, Next::Stop),
-        Request::Detach { .. } | Request::Stop => {
+        Request::Pause if fd.is_none() => match pauser.pause() {
+            Ok(()) => Reply::Paused,
+            Err(e) => Reply::error(e, false),
+        },
+        Request::Resume if fd.is_none() => {
+            pauser.resume();
+            Reply::Resumed
+        }
+        Request::Detach { .. } | Request::Stop | Request::Pause | Request::Resume => {
             Reply::error("only Attach carries an fd; the request is refused", true)
         }
     };
@@ -133,6 +143,7 @@ pub fn handle(
 pub fn serve(
     channel: &mut Channel,
     slots: &[BlockSlot],
+    pauser: &Pauser,
     latch: &ExitLatch,
 ) -> Result<ExitReason, ChannelError> {
     loop {
@@ -177,7 +188,7 @@ pub fn serve(
         };
         let answer = match open(received.message) {
             Ok((id, request)) => {
-                let (reply, next) = handle(slots, request, received.fd);
+                let (reply, next) = handle(slots, pauser, request, received.fd);
                 if next == Next::Stop {
                     latch.trigger(ExitReason::Stopped);
                 }
@@ -249,7 +260,7 @@ pub fn run(channel: &mut Channel) -> Outcome {
                 latch.trigger(ExitReason::Stopped);
                 return Outcome::Channel(e);
             }
-            let reason = match serve(channel, vm.block_slots(), &latch) {
+            let reason = match serve(channel, vm.block_slots(), &vm.pauser(), &latch) {
                 Ok(r) => r,
                 Err(e) => {
                     log::error!("control: {e}; stopping the VM");
@@ -365,6 +376,11 @@ fn start(config: &mut VmConfig, jail_config: &JailConfig) -> Result<Vm, (String,
 mod tests {
     use super::*;
 
+    /// A pauser of no vCPUs: pausing completes at once.
+    fn no_vcpus() -> Pauser {
+        Pauser::new(std::sync::Arc::default(), Vec::new())
+    }
+
     fn slots(n: usize) -> Vec<BlockSlot> {
         (0..n)
             .map(|i| BlockSlot::detached(i, 0xd000_0000 + 0x1000 * i as u64).unwrap())
@@ -397,7 +413,7 @@ mod tests {
             read_only: false,
             path: file.path().to_path_buf(),
         };
-        let (r, next) = handle(&s, Ok(attach(1)), Some(fd));
+        let (r, next) = handle(&s, &no_vcpus(), Ok(attach(1)), Some(fd));
         assert_eq!(
             r,
             Reply::Attached {
@@ -408,27 +424,27 @@ mod tests {
         assert_eq!(next, Next::Continue);
         assert_eq!(s[1].attachment().unwrap().path, file.path());
         let (_, fd) = disk(512);
-        let (r, _) = handle(&s, Ok(attach(1)), Some(fd));
+        let (r, _) = handle(&s, &no_vcpus(), Ok(attach(1)), Some(fd));
         assert!(error(&r).contains("already holds"), "{r:?}");
         let (_, fd) = disk(512);
-        let (r, _) = handle(&s, Ok(attach(2)), Some(fd));
+        let (r, _) = handle(&s, &no_vcpus(), Ok(attach(2)), Some(fd));
         assert!(
             error(&r).contains("no virtio-blk slot 2: the VM has 2"),
             "{r:?}"
         );
-        let (r, _) = handle(&s, Ok(attach(usize::MAX)), None);
+        let (r, _) = handle(&s, &no_vcpus(), Ok(attach(usize::MAX)), None);
         assert!(error(&r).contains("no virtio-blk slot"), "{r:?}");
-        let (r, _) = handle(&s, Ok(attach(0)), None);
+        let (r, _) = handle(&s, &no_vcpus(), Ok(attach(0)), None);
         assert!(error(&r).contains("fd did not come"), "{r:?}");
         assert!(s[0].attachment().is_none());
         // A directory is no disk.
         let dir = OwnedFd::from(std::fs::File::open("/").unwrap());
-        let (r, _) = handle(&s, Ok(attach(0)), Some(dir));
+        let (r, _) = handle(&s, &no_vcpus(), Ok(attach(0)), Some(dir));
         assert!(
             error(&r).contains("neither a regular file nor a block device"),
             "{r:?}"
         );
-        let (r, _) = handle(&s, Ok(Request::Detach { slot: 1 }), None);
+        let (r, _) = handle(&s, &no_vcpus(), Ok(Request::Detach { slot: 1 }), None);
         assert_eq!(
             r,
             Reply::Detached {
@@ -436,7 +452,7 @@ mod tests {
                 held: true
             }
         );
-        let (r, _) = handle(&s, Ok(Request::Detach { slot: 1 }), None);
+        let (r, _) = handle(&s, &no_vcpus(), Ok(Request::Detach { slot: 1 }), None);
         assert_eq!(
             r,
             Reply::Detached {
@@ -444,18 +460,19 @@ mod tests {
                 held: false
             }
         );
-        let (r, _) = handle(&s, Ok(Request::Detach { slot: 9 }), None);
+        let (r, _) = handle(&s, &no_vcpus(), Ok(Request::Detach { slot: 9 }), None);
         assert!(error(&r).contains("no virtio-blk slot 9"), "{r:?}");
     }
 
     #[test]
     fn malformed_unknown_and_repeated_requests_are_errors_and_stop_stops() {
         let s = slots(1);
-        let (r, next) = handle(&s, Err(MessageError::TooLong), None);
+        let (r, next) = handle(&s, &no_vcpus(), Err(MessageError::TooLong), None);
         assert!(error(&r).contains("longer than 65536"), "{r:?}");
         assert_eq!(next, Next::Continue);
         let (r, _) = handle(
             &s,
+            &no_vcpus(),
             Err(MessageError::Malformed("unknown variant `Reboot`".into())),
             None,
         );
@@ -464,16 +481,36 @@ mod tests {
             config: Box::new(VmConfig::new("/k")),
             jail: JailConfig::new("/s"),
         };
-        let (r, _) = handle(&s, Ok(start), None);
+        let (r, _) = handle(&s, &no_vcpus(), Ok(start), None);
         assert!(error(&r).contains("already started"), "{r:?}");
         let (_, fd) = disk(512);
-        let (r, next) = handle(&s, Ok(Request::Stop), Some(fd));
+        let (r, next) = handle(&s, &no_vcpus(), Ok(Request::Stop), Some(fd));
         assert!(error(&r).contains("only Attach carries an fd"), "{r:?}");
         assert_eq!(next, Next::Continue);
         assert_eq!(
-            handle(&s, Ok(Request::Stop), None),
+            handle(&s, &no_vcpus(), Ok(Request::Stop), None),
             (Reply::Stopping, Next::Stop)
         );
+    }
+
+    #[test]
+    fn pause_and_resume_set_the_gate_and_take_no_fd() {
+        let s = slots(1);
+        let pauser = no_vcpus();
+        assert_eq!(
+            handle(&s, &pauser, Ok(Request::Pause), None),
+            (Reply::Paused, Next::Continue)
+        );
+        assert!(pauser.paused());
+        let (_, fd) = disk(512);
+        let (r, _) = handle(&s, &pauser, Ok(Request::Resume), Some(fd));
+        assert!(error(&r).contains("only Attach carries an fd"), "{r:?}");
+        assert!(pauser.paused(), "a refused Resume changes nothing");
+        assert_eq!(
+            handle(&s, &pauser, Ok(Request::Resume), None),
+            (Reply::Resumed, Next::Continue)
+        );
+        assert!(!pauser.paused());
     }
 
     /// Request `request` with id `id`.
@@ -490,7 +527,10 @@ mod tests {
             .send(&message(41, Request::Detach { slot: 0 }), None)
             .unwrap();
         runtime.send(&message(42, Request::Stop), None).unwrap();
-        assert_eq!(serve(&mut vmm, &s, &latch).unwrap(), ExitReason::Stopped);
+        assert_eq!(
+            serve(&mut vmm, &s, &no_vcpus(), &latch).unwrap(),
+            ExitReason::Stopped
+        );
         assert_eq!(
             runtime.recv::<ReplyMessage>().unwrap().message.unwrap(),
             ReplyMessage {
@@ -512,13 +552,16 @@ mod tests {
         // The guest ends the VM: the loop returns its reason.
         let latch = ExitLatch::new().unwrap();
         latch.trigger(ExitReason::PowerOff);
-        assert_eq!(serve(&mut vmm, &s, &latch).unwrap(), ExitReason::PowerOff);
+        assert_eq!(
+            serve(&mut vmm, &s, &no_vcpus(), &latch).unwrap(),
+            ExitReason::PowerOff
+        );
 
         // The runtime goes away: the VM is stopped.
         let latch = ExitLatch::new().unwrap();
         drop(runtime);
         assert!(matches!(
-            serve(&mut vmm, &s, &latch),
+            serve(&mut vmm, &s, &no_vcpus(), &latch),
             Err(ChannelError::Closed)
         ));
         assert_eq!(latch.reason(), Some(ExitReason::Stopped));
@@ -544,7 +587,10 @@ mod tests {
             .unwrap();
         runtime.send(&message(9, Request::Stop), None).unwrap();
         let latch = ExitLatch::new().unwrap();
-        assert_eq!(serve(&mut vmm, &s, &latch).unwrap(), ExitReason::Stopped);
+        assert_eq!(
+            serve(&mut vmm, &s, &no_vcpus(), &latch).unwrap(),
+            ExitReason::Stopped
+        );
         let mut next = || runtime.recv::<ReplyMessage>().unwrap().message.unwrap();
         let r = next();
         assert_eq!(r.id, None);
