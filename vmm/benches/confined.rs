@@ -15,15 +15,13 @@
 //! `scripts/kvm-host.sh run -- BENCH-EXECUTABLE --agent`.
 
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ember_vmm::control::{Channel, Reply, ReplyMessage, Request, RequestMessage};
+use ember_vmm::control::{Reply, Request};
 use ember_vmm::{JailConfig, SerialSink, Vm, VmConfig};
+use ember_vmm_testing::vmm_process::{ask, spawn};
 
 const RUNS: usize = 20;
 
@@ -100,47 +98,18 @@ fn confined(bin: &Path, kernel: &Path, root: &Path) -> Duration {
 fn confined_with(bin: &Path, vm: VmConfig, root: &Path, until: Until) -> Duration {
     let socket = vm.vsock.as_ref().map(|v| v.path.clone());
     let start = Instant::now();
-    let (mut ours, theirs) = Channel::pair().expect("socketpair");
-    let fd = theirs.as_fd().as_raw_fd();
-    let mut cmd = Command::new(bin);
-    cmd.args(["--control-fd", "3", "--log-level", "off"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null());
-    // SAFETY: dup2 only, between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::dup2(fd, 3) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().expect("spawn ember-vmm");
-    drop(theirs);
-    let request = RequestMessage {
-        id: 1,
-        request: Request::Start {
-            config: Box::new(vm),
-            jail: JailConfig::new(root),
-        },
+    let (mut child, mut ours) = spawn(bin, "off").expect("spawn ember-vmm");
+    let request = Request::Start {
+        config: Box::new(vm),
+        jail: JailConfig::new(root),
     };
-    ours.send(&request, None).expect("send Start");
-    let reply = ours
-        .recv::<ReplyMessage>()
-        .expect("an answer")
-        .message
-        .expect("a reply");
+    let reply = ask(&mut ours, 1, request);
     let mut ready = start.elapsed();
-    assert!(matches!(reply.reply, Reply::Ready { .. }), "{reply:?}");
+    assert!(matches!(reply, Reply::Ready { .. }), "{reply:?}");
     if let (Until::Agent, Some(socket)) = (until, socket) {
         ready = wait_for_agent(&socket, start);
     }
-    let stop = RequestMessage {
-        id: 2,
-        request: Request::Stop,
-    };
-    ours.send(&stop, None).expect("send Stop");
-    let _ = ours.recv::<ReplyMessage>();
+    assert_eq!(ask(&mut ours, 2, Request::Stop), Reply::Stopping);
     let status = child.wait().expect("wait");
     assert_eq!(status.code(), Some(5), "stopped: {status}");
     ready

@@ -53,11 +53,21 @@ pub struct PauseGate {
 struct GateState {
     paused: bool,
     parked: usize,
+    /// The VM is shutting down: its vCPU threads may be joined, so no more kicks.
+    ended: bool,
 }
 
 impl PauseGate {
     fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Marks the VM as ending, before its vCPU threads are joined: a [`Pauser`] kicks
+    /// threads only under this lock and never after this, so it never signals a thread
+    /// that is gone (whose `pthread_t` may name another thread by then).
+    pub(crate) fn end(&self) {
+        self.lock().ended = true;
+        self.changed.notify_all();
     }
 
     /// On a vCPU thread: waits while the VM is paused (and not ending).
@@ -90,11 +100,20 @@ pub struct Pauser {
 
 /// Why a pause did not complete.
 #[derive(Debug, thiserror::Error)]
-#[error("{parked} of {vcpus} vCPUs stopped within {within:?}; the VM was resumed")]
-pub struct PauseError {
-    parked: usize,
-    vcpus: usize,
-    within: Duration,
+pub enum PauseError {
+    /// Some vCPU did not stop in time.
+    #[error("{parked} of {vcpus} vCPUs stopped within {within:?}; the VM was resumed")]
+    NotParked {
+        /// How many had stopped.
+        parked: usize,
+        /// How many there are.
+        vcpus: usize,
+        /// How long the pause waited.
+        within: Duration,
+    },
+    /// The VM is shutting down.
+    #[error("the VM is shutting down")]
+    Ended,
 }
 
 impl Pauser {
@@ -112,11 +131,14 @@ impl Pauser {
         let mut s = self.gate.lock();
         s.paused = true;
         while s.parked < self.threads.len() {
+            if s.ended {
+                return Err(PauseError::Ended);
+            }
             if Instant::now() > deadline {
                 let parked = s.parked;
                 drop(s);
                 self.resume();
-                return Err(PauseError {
+                return Err(PauseError::NotParked {
                     parked,
                     vcpus: self.threads.len(),
                     within: Self::TIMEOUT,
@@ -125,8 +147,9 @@ impl Pauser {
             // Kicks repeat: one sent while a vCPU is outside KVM_RUN is lost, and it
             // then parks at its next check anyway.
             for t in &self.threads {
-                // SAFETY: the threads are not joined while the VM (and so this Pauser's
-                // use) lasts: `Vm::shutdown` joins them only after the control loop.
+                // SAFETY: the gate's lock is held and the VM has not ended
+                // (`PauseGate::end`, which `Vm::shutdown` calls under this lock before it
+                // joins any vCPU thread), so every thread in the list is still joinable.
                 unsafe { libc::pthread_kill(*t, kick_signal()) };
             }
             s = self
@@ -325,6 +348,65 @@ impl VcpuHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::thread::JoinHandleExt;
+
+    /// A stand-in for a vCPU thread: checks the gate every millisecond until `stop`.
+    fn looping_thread(
+        gate: Arc<PauseGate>,
+        exit: Arc<ExitLatch>,
+        stop: Arc<AtomicBool>,
+    ) -> JoinHandle<()> {
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                gate.park_while_paused(&exit);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+    }
+
+    #[test]
+    fn a_pause_parks_the_threads_and_a_resume_lets_them_go() {
+        install_kick_handler().unwrap();
+        let gate = Arc::new(PauseGate::default());
+        let exit = Arc::new(ExitLatch::new().unwrap());
+        let stop = Arc::new(AtomicBool::new(false));
+        let t = looping_thread(gate.clone(), exit, stop.clone());
+        let pauser = Pauser::new(gate.clone(), vec![t.as_pthread_t() as libc::pthread_t]);
+        pauser.pause().unwrap();
+        assert!(pauser.paused());
+        assert_eq!(gate.lock().parked, 1);
+        pauser.resume();
+        let start = Instant::now();
+        while gate.lock().parked != 0 {
+            assert!(start.elapsed() < Duration::from_secs(5), "still parked");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        stop.store(true, Ordering::SeqCst);
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn a_pause_of_an_ending_vm_kicks_nothing_and_fails_at_once() {
+        install_kick_handler().unwrap();
+        let gate = Arc::new(PauseGate::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        // A thread that never checks the gate: only the end of the VM stops the pause.
+        let t = std::thread::spawn({
+            let stop = stop.clone();
+            move || {
+                while !stop.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        });
+        let pauser = Pauser::new(gate.clone(), vec![t.as_pthread_t() as libc::pthread_t]);
+        gate.end();
+        let start = Instant::now();
+        assert!(matches!(pauser.pause(), Err(PauseError::Ended)));
+        assert!(start.elapsed() < Pauser::TIMEOUT / 2);
+        stop.store(true, Ordering::SeqCst);
+        t.join().unwrap();
+    }
 
     #[test]
     fn the_reset_state_is_called_what_it_is() {

@@ -462,6 +462,8 @@ impl Vm {
 
     fn shutdown(&mut self) {
         let t0 = std::time::Instant::now();
+        // No Pauser kicks a vCPU thread from here on: they are about to be joined.
+        self.gate.end();
         for v in self.running.drain(..) {
             v.stop();
         }

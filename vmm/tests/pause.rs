@@ -5,13 +5,12 @@
 
 mod common;
 
-use std::os::fd::{AsFd, AsRawFd};
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::time::Duration;
 
-use ember_vmm::control::{Channel, Reply, ReplyMessage, Request, RequestMessage};
+use ember_vmm::control::{Reply, Request};
 use ember_vmm::{JailConfig, SerialSink, VmConfig};
+use ember_vmm_testing::vmm_process::{ask, spawn};
 
 /// CPU time (user + system, in clock ticks) of the process's vCPU thread.
 fn vcpu_ticks(pid: u32) -> u64 {
@@ -34,15 +33,6 @@ fn busy(pid: u32, span: Duration) -> u64 {
     let before = vcpu_ticks(pid);
     std::thread::sleep(span);
     vcpu_ticks(pid) - before
-}
-
-fn ask(channel: &mut Channel, id: u64, request: Request) -> Reply {
-    channel
-        .send(&RequestMessage { id, request }, None)
-        .expect("send");
-    let reply: ReplyMessage = channel.recv().expect("an answer").message.expect("a reply");
-    assert_eq!(reply.id, Some(id), "{reply:?}");
-    reply.reply
 }
 
 #[test]
@@ -69,23 +59,7 @@ fn pause_stops_the_vcpus_and_resume_restarts_them() {
     config.memory_mib = 64;
     config.serial = SerialSink::None;
 
-    let (mut ours, theirs) = Channel::pair().unwrap();
-    let fd = theirs.as_fd().as_raw_fd();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ember-vmm"));
-    cmd.args(["--control-fd", "3", "--log-level", "warn"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null());
-    // SAFETY: dup2 only, between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::dup2(fd, 3) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().unwrap();
-    drop(theirs);
+    let (mut child, mut ours) = spawn(Path::new(env!("CARGO_BIN_EXE_ember-vmm")), "warn").unwrap();
     let start = Request::Start {
         config: Box::new(config),
         jail: JailConfig::new(&root),

@@ -169,15 +169,10 @@ pub fn pause(store: &Store, id: &str, pause: bool) -> Result<(), OciCliError> {
                 .agent
                 .pause_container(ctx(), &r)
                 .await
+                .map(drop)
                 .map_err(|e| agent_err(id, "PauseContainer", e))
         } else {
-            let mut r = ResumeContainerRequest::new();
-            r.container_id = id.to_string();
-            agent
-                .agent
-                .resume_container(ctx(), &r)
-                .await
-                .map_err(|e| agent_err(id, "ResumeContainer", e))
+            resume_in(&agent, id).await
         }
     })?;
     record.status = if pause {
@@ -186,6 +181,18 @@ pub fn pause(store: &Store, id: &str, pause: bool) -> Result<(), OciCliError> {
         Status::Running
     };
     dir.save(&record)
+}
+
+/// Thaws container `id` through its sandbox's agent.
+async fn resume_in(agent: &AgentConnection, id: &str) -> Result<(), OciCliError> {
+    let mut r = ResumeContainerRequest::new();
+    r.container_id = id.to_string();
+    agent
+        .agent
+        .resume_container(ctx(), &r)
+        .await
+        .map(drop)
+        .map_err(|e| agent_err(id, "ResumeContainer", e))
 }
 
 /// Reads `--resources FILE` (`-`: stdin) and validates it as OCI `linux.resources`.
@@ -344,16 +351,7 @@ pub fn delete(store: &Store, id: &str, force: bool) -> Result<(), OciCliError> {
         let req = super::owner::Request::Remove { id: id.to_string() };
         if status == Status::Paused {
             // Thawed first: a frozen process cannot die.
-            let _ = block_on(async {
-                let agent = connect(&record, status).await?;
-                let mut r = ResumeContainerRequest::new();
-                r.container_id = id.to_string();
-                agent
-                    .agent
-                    .resume_container(ctx(), &r)
-                    .await
-                    .map_err(|e| agent_err(id, "ResumeContainer", e))
-            });
+            let _ = block_on(async { resume_in(&connect(&record, status).await?, id).await });
         }
         if let Err(e) = block_on(super::owner::request(&socket, sandbox, &req)) {
             log::info!("container={id}: {e}");
@@ -362,9 +360,7 @@ pub fn delete(store: &Store, id: &str, force: bool) -> Result<(), OciCliError> {
         let removed = block_on(async {
             let agent = connect(&record, status).await?;
             if status == Status::Paused {
-                let mut r = ResumeContainerRequest::new();
-                r.container_id = id.to_string();
-                let _ = agent.agent.resume_container(ctx(), &r).await;
+                let _ = resume_in(&agent, id).await;
             }
             let mut r = RemoveContainerRequest::new();
             r.container_id = id.to_string();

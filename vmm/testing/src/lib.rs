@@ -17,4 +17,5 @@ pub mod driver;
 pub mod fuse_client;
 pub mod fuzz;
 pub mod guest_image;
+pub mod vmm_process;
 pub mod vsock_guest;
