@@ -1,4 +1,8 @@
-"""One CRI (v1) call, JSON in, JSON out: the CRI client behind ember_tests::cri.
+"""CRI (v1) calls, JSON in, JSON out: the CRI client behind ember_tests::cri.
+
+One request per line on stdin, one answer per line on stdout, until stdin ends (one
+process serves a test's calls: importing grpc and the stubs takes seconds where
+everything is emulated, in the nested KVM test host):
 
 stdin:  {"address": "/path/to/containerd.sock", "method": "RunPodSandbox",
          "request": {...RunPodSandboxRequest, proto field names...}, "timeout": 60}
@@ -36,10 +40,13 @@ def to_dict(message):
         )
 
 
-def main():
-    req = json.load(sys.stdin)
+def answer(req, channels):
+    """The answer to one request; `channels` keeps one channel per address."""
     method = req["method"]
-    channel = grpc.insecure_channel("unix://" + req["address"])
+    address = req["address"]
+    if address not in channels:
+        channels[address] = grpc.insecure_channel("unix://" + address)
+    channel = channels[address]
     stub_cls = (
         api_pb2_grpc.ImageServiceStub
         if method in IMAGE_METHODS
@@ -52,10 +59,21 @@ def main():
     try:
         resp = call(message, timeout=req.get("timeout", 60))
     except grpc.RpcError as e:
-        out = {"ok": False, "code": e.code().name, "details": e.details()}
-    else:
-        out = {"ok": True, "response": to_dict(resp)}
-    json.dump(out, sys.stdout)
+        return {"ok": False, "code": e.code().name, "details": e.details()}
+    return {"ok": True, "response": to_dict(resp)}
+
+
+def main():
+    channels = {}
+    while True:
+        line = sys.stdin.readline()
+        if not line:
+            break
+        if not line.strip():
+            continue
+        json.dump(answer(json.loads(line), channels), sys.stdout)
+        sys.stdout.write("\n")
+        sys.stdout.flush()
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 //! A small CRI (Kubernetes Container Runtime Interface, v1) client for tests.
 //!
-//! Each call runs `tests/cri/cri_client.py` (embedded in this crate) with the Python of a
+//! The calls go to one process per client (and its clones) running
+//! `tests/cri/cri_client.py` (embedded in this crate), a request per line, with the Python of a
 //! venv that holds the PyPI package `container-runtime-interface-api` (pre-generated gRPC
 //! stubs of the CRI `api.proto`, plus `grpcio` and `protobuf` wheels): JSON request in,
 //! JSON response out, proto field names. `scripts/install-deps.sh` creates that venv at
@@ -22,9 +23,10 @@
 //! # Ok(()) }
 //! ```
 
-use std::io::Write;
+use std::io::{BufRead, BufReader, Read, Seek, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -55,7 +57,7 @@ pub enum CriError {
         /// The CRI method.
         method: String,
         /// The client's exit status.
-        status: std::process::ExitStatus,
+        status: String,
         /// Its stderr (a Python traceback, usually).
         stderr: String,
     },
@@ -241,11 +243,72 @@ impl ExecOutput {
     }
 }
 
-/// A CRI client bound to one runtime socket.
+/// The running client script: requests on its stdin, answers on its stdout, a line each.
+#[derive(Debug)]
+struct Client {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+    /// Its stderr (a traceback when it dies), in an unlinked file: a pipe nobody reads
+    /// could fill up over many calls.
+    stderr: std::fs::File,
+}
+
+impl Client {
+    fn spawn(python: &Path) -> std::io::Result<Client> {
+        let stderr = tempfile::tempfile()?;
+        let mut child = Command::new(python)
+            .args(["-c", SCRIPT])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(stderr.try_clone()?)
+            .spawn()?;
+        Ok(Client {
+            stdin: child.stdin.take(),
+            stdout: BufReader::new(child.stdout.take().expect("piped stdout")),
+            child,
+            stderr,
+        })
+    }
+
+    /// Sends one request line and reads the answer line (`None`: the client died).
+    fn ask(&mut self, line: &str) -> Option<String> {
+        let stdin = self.stdin.as_mut()?;
+        stdin.write_all(line.as_bytes()).ok()?;
+        stdin.write_all(b"\n").ok()?;
+        stdin.flush().ok()?;
+        let mut answer = String::new();
+        match self.stdout.read_line(&mut answer) {
+            Ok(n) if n > 0 => Some(answer),
+            _ => None,
+        }
+    }
+
+    /// Ends the client; returns its exit status and stderr.
+    fn end(mut self) -> (Option<std::process::ExitStatus>, String) {
+        drop(self.stdin.take());
+        let status = self.child.wait().ok();
+        let mut err = String::new();
+        let _ = self.stderr.rewind();
+        let _ = self.stderr.read_to_string(&mut err);
+        (status, err.trim().to_string())
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        // Its stdin closed, it ends after the call in progress.
+        drop(self.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+/// A CRI client bound to one runtime socket. Its clones share one client process.
 #[derive(Debug, Clone)]
 pub struct Cri {
     address: PathBuf,
     python: PathBuf,
+    client: Arc<Mutex<Option<Client>>>,
     /// The gRPC deadline of each call.
     pub timeout: Duration,
     /// How long the [`TwoContainerPod`] helpers wait for a container to run, an ExecSync
@@ -263,6 +326,7 @@ impl Cri {
         Ok(Cri {
             address: address.to_path_buf(),
             python: python(),
+            client: Arc::new(Mutex::new(None)),
             timeout: Duration::from_secs(120),
             wait: Duration::from_secs(30),
         })
@@ -289,25 +353,22 @@ impl Cri {
             python: self.python.clone(),
             source,
         };
-        let mut child = Command::new(&self.python)
-            .args(["-c", SCRIPT])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(spawn)?;
-        let mut stdin = child.stdin.take().expect("piped stdin");
-        stdin
-            .write_all(input.to_string().as_bytes())
-            .map_err(spawn)?;
-        drop(stdin);
-        let out = child.wait_with_output().map_err(spawn)?;
-        let answer: Option<Value> = serde_json::from_slice(&out.stdout).ok();
-        let Some(answer) = answer.filter(|_| out.status.success()) else {
+        let mut slot = self.client.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() {
+            *slot = Some(Client::spawn(&self.python).map_err(spawn)?);
+        }
+        let line = slot
+            .as_mut()
+            .expect("spawned above")
+            .ask(&input.to_string());
+        let answer: Option<Value> = line.as_deref().and_then(|l| serde_json::from_str(l).ok());
+        let Some(answer) = answer else {
+            // Dead, or it printed something else: the next call starts a fresh one.
+            let (status, stderr) = slot.take().expect("spawned above").end();
             return Err(CriError::Client {
                 method: method.into(),
-                status: out.status,
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                status: status.map_or("not known".into(), |s| s.to_string()),
+                stderr: format!("{}{stderr}", line.unwrap_or_default()),
             });
         };
         if answer["ok"] == json!(true) {

@@ -145,14 +145,11 @@ pub fn image_tar(out: &Path, name: &str, run: &RunConfig) -> Result<ImageDigests
     if name.is_empty() || name.chars().any(char::is_whitespace) {
         return Err(ImageError::BadName(name.to_string()));
     }
-    let tmp = tempfile::tempdir().map_err(io(Path::new("temporary directory")))?;
-    let rootfs = tmp.path().join("rootfs");
-    busybox_rootfs(&rootfs)?;
-
-    let layer_tar = layer_tarball(&rootfs)?;
-    let diff_id = sha256(&layer_tar);
-    let layer = gzip(&layer_tar);
-    let layer_digest = sha256(&layer);
+    let Layer {
+        diff_id,
+        gzipped: layer,
+        digest: layer_digest,
+    } = &*busybox_layer()?;
 
     let mut config = json!({
         "architecture": "amd64",
@@ -206,7 +203,7 @@ pub fn image_tar(out: &Path, name: &str, run: &RunConfig) -> Result<ImageDigests
     add("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
     add("index.json", &index)?;
     for (digest, blob) in [
-        (&layer_digest, &layer),
+        (layer_digest, layer),
         (&config_digest, &config),
         (&manifest_digest, &manifest),
     ] {
@@ -220,9 +217,40 @@ pub fn image_tar(out: &Path, name: &str, run: &RunConfig) -> Result<ImageDigests
     Ok(ImageDigests {
         manifest: manifest_digest,
         config: config_digest,
-        layer: layer_digest,
-        diff_id,
+        layer: layer_digest.clone(),
+        diff_id: diff_id.clone(),
     })
+}
+
+/// The busybox layer: its uncompressed digest, the gzipped tarball and that one's digest.
+#[derive(Debug)]
+struct Layer {
+    diff_id: String,
+    gzipped: Vec<u8>,
+    digest: String,
+}
+
+/// The busybox layer, made once per process: every test starts a containerd of its own and
+/// imports an image, and where everything is emulated (the nested KVM test host) building,
+/// hashing and compressing the layer again took seconds each time.
+fn busybox_layer() -> Result<std::sync::Arc<Layer>, ImageError> {
+    static LAYER: std::sync::Mutex<Option<std::sync::Arc<Layer>>> = std::sync::Mutex::new(None);
+    let mut made = LAYER.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(layer) = made.as_ref() {
+        return Ok(layer.clone());
+    }
+    let tmp = tempfile::tempdir().map_err(io(Path::new("temporary directory")))?;
+    let rootfs = tmp.path().join("rootfs");
+    busybox_rootfs(&rootfs)?;
+    let layer_tar = layer_tarball(&rootfs)?;
+    let gzipped = gzip(&layer_tar);
+    let layer = std::sync::Arc::new(Layer {
+        diff_id: sha256(&layer_tar),
+        digest: sha256(&gzipped),
+        gzipped,
+    });
+    *made = Some(layer.clone());
+    Ok(layer)
 }
 
 /// The `org.opencontainers.image.ref.name` of `name`: its tag (`latest` when it has none).
