@@ -744,6 +744,56 @@ fn pod_lifecycle_joined_containers_end_with_the_sandbox() {
     }
 }
 
+/// A pod whose sandbox container's holder (the sandbox's owner) is SIGKILLed (process
+/// backend): the sandbox outlives it, a joined container's `delete --force` before the
+/// sandbox's and another's after it both succeed, and nothing is left.
+#[test]
+fn pod_owner_killed_then_delete_force_leaves_nothing() {
+    if let Some(why) = missing() {
+        return skip("pod_owner_killed_then_delete_force_leaves_nothing", &why);
+    }
+    become_subreaper();
+    let env = env("podkill");
+    let wait = Duration::from_secs(30);
+    let pid = std::process::id();
+    let [sb, c1, c2] = ["sb", "c1", "c2"].map(|n| format!("pk{n}-{pid}"));
+    let b = env.pod_bundle("sb", &["sleep", "1000"], json!({CRI_TYPE: "sandbox"}));
+    let (sb_holder, _sb_in) = env.create(&sb, &b);
+    env.ok(&["start", &sb]);
+    let mut members = Vec::new();
+    for c in [&c1, &c2] {
+        let b = env.pod_bundle(
+            c,
+            &["sleep", "1000"],
+            json!({CRI_TYPE: "container", CRI_SANDBOX: sb}),
+        );
+        let (holder, stdin) = env.create(c, &b);
+        env.ok(&["start", c]);
+        members.push((holder, stdin));
+    }
+    // SAFETY: kill(2) of the holder we just created.
+    unsafe { libc::kill(sb_holder, libc::SIGKILL) };
+    assert_eq!(reap(sb_holder, wait), 128 + 9);
+    assert_eq!(env.state(&sb)["status"], "stopped");
+    assert!(
+        !processes_mentioning(&env.state.display().to_string()).is_empty(),
+        "the sandbox died with its owner: nothing to test"
+    );
+    // A member first (its owner gone, its holder is killed), then the sandbox (whatever
+    // it left: the agent and every container in it), then the other member.
+    env.ok(&["delete", "--force", &c1]);
+    assert!(!env.root.join(&c1).exists());
+    env.ok(&["delete", "--force", &sb]);
+    env.ok(&["delete", "--force", &c2]);
+    // c1's holder was killed by its delete; c2's saw its container killed with the sandbox.
+    for (holder, _) in members {
+        assert_eq!(reap(holder, wait), 128 + 9);
+    }
+    for id in [&sb, &c1, &c2] {
+        env.assert_nothing_left(id);
+    }
+}
+
 /// The pod annotations' errors name the annotation and leave nothing behind.
 #[test]
 fn pod_annotation_errors_are_named_and_leave_nothing() {
