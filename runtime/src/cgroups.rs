@@ -17,6 +17,16 @@ pub enum CgroupError {
         /// Why.
         source: std::io::Error,
     },
+    /// A controller could not be enabled for a cgroup's children (cgroup v2).
+    #[error("cannot enable the {controller} controller in {path}: {source}")]
+    Enable {
+        /// The `cgroup.subtree_control` file.
+        path: PathBuf,
+        /// The controller.
+        controller: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
     /// A process could not be moved into a cgroup.
     #[error("cannot move a process into cgroup {path}: {source}")]
     Join {
@@ -74,6 +84,53 @@ pub fn remove(path: &str) -> Result<(), CgroupError> {
         }
     }
     Ok(())
+}
+
+/// The cgroup v2 controllers a sandbox's host cgroups account with.
+const V2_CONTROLLERS: [&str; 4] = ["cpu", "io", "memory", "pids"];
+
+/// Enables the cpu, io, memory and pids controllers (those the unified hierarchy has) for
+/// the children of every ancestor of cgroup `path`, from the hierarchy's root down to its
+/// parent, as runc does: a v2 cgroup has a controller's files (`memory.current`, say) and
+/// is accounted by it only when its parent enables it. Nothing to do on v1 hierarchies.
+/// Returns what failed.
+pub fn enable_controllers(path: &str) -> Vec<CgroupError> {
+    let parents: Vec<_> = Path::new(path.trim_start_matches('/'))
+        .components()
+        .collect();
+    let Some((_, parents)) = parents.split_last() else {
+        return Vec::new();
+    };
+    let mut failed = Vec::new();
+    for m in cgroup_mounts()
+        .into_iter()
+        .filter(|m| m.fstype == "cgroup2")
+    {
+        let mut dir = m.mount_point.clone();
+        for part in std::iter::once(None).chain(parents.iter().map(Some)) {
+            if let Some(p) = part {
+                dir.push(p);
+            }
+            let has = std::fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
+            let on =
+                std::fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap_or_default();
+            for c in V2_CONTROLLERS {
+                let listed = |text: &str| text.split_whitespace().any(|w| w == c);
+                if !listed(&has) || listed(&on) {
+                    continue;
+                }
+                let file = dir.join("cgroup.subtree_control");
+                if let Err(source) = std::fs::write(&file, format!("+{c}")) {
+                    failed.push(CgroupError::Enable {
+                        path: file,
+                        controller: c,
+                        source,
+                    });
+                }
+            }
+        }
+    }
+    failed
 }
 
 /// Where a process was before [`join`] moved it, per hierarchy, for [`Joined::leave`].

@@ -9,8 +9,9 @@
 //! The bodies in `body` run as `name` on the `process` backend and as `hw_kvm::name` on the
 //! `microvm` one (each container in its own microVM), which runs in the nested KVM test host
 //! on hosts without hardware virtualization ([`ember_tests::hw_kvm_runs_here`]). What only
-//! the process backend has (the container's cgroup on the host: `--memory` there, `docker
-//! stats`, OOM kills reported to Docker) is tested on it alone.
+//! the process backend has (the container's cgroup on the host: `--memory` there, OOM kills
+//! reported to Docker) is tested on it alone; on the microvm backend `docker stats` shows
+//! the VMM's cgroup, which the holder joins.
 //!
 //! Needs root, dockerd and its docker CLI (`apt-get install docker.io`), containerd and the
 //! runc shim, busybox-static, and `ember-oci` and `ember-agent` built, and for the microvm
@@ -354,13 +355,15 @@ mod body {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        // On the microvm backend the container's cgroup is the guest's: the host has no
-        // cgroup of the container to hold a limit, and the runc shim's stats are the
-        // holder's. So `--memory` on the host and `docker stats` are tested on the process
-        // backend; on the microvm backend the limit is read where it applies, in the guest.
+        // On the microvm backend the container's cgroup is the guest's: the limit is read
+        // where it applies, in the guest, and `docker stats` shows the VMM's cgroup, which
+        // the holder joins (what the VM costs the host).
         match backend {
             Backend::Process => assert_memory_limit_and_stats(&d, &name),
-            Backend::Microvm => assert_guest_memory_limit(&d, &name),
+            Backend::Microvm => {
+                assert_guest_memory_limit(&d, &name);
+                assert_stats_are_the_vmms(&d, &name);
+            }
         }
         let out = d.docker(&["exec", &name, "sh", "-c", "echo exec-hi; exit 4"]);
         assert_runs(&d, &out, 4);
@@ -487,6 +490,43 @@ fn assert_guest_memory_limit(d: &Docker, name: &str) {
         (64 * 1024 * 1024).to_string(),
         "the container's memory limit in the guest"
     );
+}
+
+/// Microvm backend: the holder (the pid Docker knows) sits in its VMM's host cgroup, so
+/// `docker stats` shows the VM's usage: the guest memory it touched, some MiB at least.
+fn assert_stats_are_the_vmms(d: &Docker, name: &str) {
+    let out = d.docker(&["inspect", "-f", "{{.State.Pid}}", name]);
+    assert_runs(d, &out, 0);
+    let holder: u32 = text(&out.stdout).trim().parse().expect("a pid");
+    // The VMM: the holder's child running ember-vmm.
+    let vmm = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let after = stat.rsplit_once(") ").map(|(_, a)| a).unwrap_or("");
+            stat.contains("(ember-vmm)")
+                && after.split_whitespace().nth(1) == Some(holder.to_string().as_str())
+        })
+        .unwrap_or_else(|| panic!("no ember-vmm child of the holder {holder}"));
+    let cgroup = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    assert_eq!(
+        cgroup(holder),
+        cgroup(vmm),
+        "the holder is not in its VMM's cgroup"
+    );
+    assert!(cgroup(vmm).contains("/vmm"), "{}", cgroup(vmm));
+    let out = d.docker(&["stats", "--no-stream", "--format", "{{.MemUsage}}", name]);
+    assert_runs(d, &out, 0);
+    let usage = text(&out.stdout);
+    let used = usage.split('/').next().unwrap_or("").trim();
+    let mib = used
+        .strip_suffix("GiB")
+        .and_then(|n| n.parse::<f64>().ok().map(|g| g * 1024.0))
+        .or_else(|| used.strip_suffix("MiB").and_then(|n| n.parse().ok()))
+        .unwrap_or(0.0);
+    assert!(mib >= 8.0, "docker stats shows {usage:?}, not a VM's usage");
 }
 
 /// Process backend only: the OOM kill happens in the container's host cgroup, whose events

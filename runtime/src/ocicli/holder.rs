@@ -514,8 +514,14 @@ async fn run_init(
         },
     )?;
     sb.create(&id, spec, &streams).await?;
-    if record.backend == "process" {
-        *cgroup = Some(join_container_cgroup(&record));
+    match (record.backend.as_str(), sb) {
+        ("process", _) => *cgroup = Some(join_cgroup(&record, &container_cgroup(&record))),
+        // A microVM's processes are its VMM's: the holder of the VM's own sandbox joins
+        // the VMM's cgroup, so that `docker stats` (and conmon's stats) show what the VM
+        // costs the host. It leaves before the sandbox goes (`report`). The holders of a
+        // pod's other containers stay out: their sandbox may go before they do.
+        (_, Home::Own(_)) => *cgroup = Some(join_cgroup(&record, &vmm_cgroup(&record))),
+        _ => {}
     }
     let io = match (terminal, console_socket) {
         (true, Some(socket)) => {
@@ -578,17 +584,17 @@ async fn run_init(
 /// caller without an OOM of its own).
 const HOLDER_OOM_SCORE_ADJ: &str = "-998";
 
-/// Moves the holder into its container's host cgroup (`process` backend): containerd's
-/// runc shim and conmon find a container's cgroup through the pid in the pid file, so
-/// `docker stats`, its memory limit and OOM events are the container's. The holder's
-/// own OOM score is lowered first.
-fn join_container_cgroup(record: &Record) -> crate::cgroups::Joined {
+/// Moves the holder into the host cgroup `path` that stands for its container: the
+/// container's own (`process` backend) or its VMM's (`microvm`). containerd's runc shim
+/// and conmon find a container's cgroup through the pid in the pid file, so `docker
+/// stats`, its memory limit and OOM events are that cgroup's. The holder's own OOM score
+/// is lowered first.
+fn join_cgroup(record: &Record, path: &str) -> crate::cgroups::Joined {
     let id = &record.id;
     if let Err(e) = std::fs::write("/proc/self/oom_score_adj", HOLDER_OOM_SCORE_ADJ) {
         warn!("container={id}: oom_score_adj {HOLDER_OOM_SCORE_ADJ}: {e}");
     }
-    let path = container_cgroup(record);
-    let (joined, failed) = crate::cgroups::join(&path, std::process::id());
+    let (joined, failed) = crate::cgroups::join(path, std::process::id());
     for e in failed {
         warn!("container={id}: {e}");
     }
@@ -597,6 +603,15 @@ fn join_container_cgroup(record: &Record) -> crate::cgroups::Joined {
         joined.count()
     );
     joined
+}
+
+/// The host cgroup of a `microvm`-backend sandbox's VMM (`/ember/<sandbox>/vmm`).
+pub fn vmm_cgroup(record: &Record) -> String {
+    format!(
+        "{}/{}",
+        crate::cgroups::sandbox_parent(&record.sandbox_id),
+        crate::sandbox::microvm::VMM_CGROUP_LEAF
+    )
 }
 
 /// The host cgroup of a `process`-backend container (`/ember/<sandbox>/<id>`).

@@ -407,6 +407,10 @@ fn place_in_cgroup(path: &str, pid: u32) -> Result<(), String> {
             }
         }
     }
+    // Accounted by memory and CPU (cgroup v2): what the VM costs shows in its cgroup.
+    for e in crate::cgroups::enable_controllers(path) {
+        log::info!("vmm {pid}: {e}");
+    }
     let (joined, failed) = crate::cgroups::join(path, pid);
     if let Some(e) = failed.into_iter().next() {
         return Err(e.to_string());
