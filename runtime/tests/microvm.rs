@@ -197,11 +197,13 @@ async fn microvm_boots_the_guest_kernel_with_its_devices_then_stops_and_cleans_u
     // empty initramfs and rootdelay keep the kernel waiting with its drivers probed: on a
     // host without hardware virtualization the agent's first user-space instruction would
     // stop the guest (it panics and resets), so the real initramfs is not used there.
+    // The messages waited for below are informational, which ember's `quiet` hides.
+    config.hypervisor.kernel_params = "loglevel=7".into();
     let (initrd, want) = match guest_initramfs().filter(|_| hardware) {
         Some(i) => (i, "Run /init as init process"),
         None => {
             eprintln!("{TEST}: booting an empty initramfs (no hardware virtualization, or no build/guest/initramfs.cpio from `make guest`)");
-            config.hypervisor.kernel_params = "rootdelay=600".into();
+            config.hypervisor.kernel_params = "loglevel=7 rootdelay=600".into();
             (
                 empty_initramfs(tmp.path()),
                 "Waiting 600 sec before mounting root device",
@@ -575,7 +577,7 @@ async fn vmm_death_is_reported_and_cleaned_up(
     config.sandbox.state_dir = tmp.path().to_path_buf();
     config.hypervisor.kernel = kernel;
     config.hypervisor.initrd = Some(empty_initramfs(tmp.path()));
-    config.hypervisor.kernel_params = "rootdelay=600".into();
+    config.hypervisor.kernel_params = "loglevel=7 rootdelay=600".into();
     let mut state = SandboxState::create(tmp.path(), id, "microvm").unwrap();
     let shared = state.dir().join("shared");
     std::fs::create_dir(&shared).unwrap();

@@ -80,9 +80,13 @@ const VMM_EXIT_WAIT: Duration = Duration::from_secs(5);
 const VMM_START_TIMEOUT: Duration = Duration::from_secs(60);
 /// The VMM's cgroup under the sandbox's (`/ember/<sandbox>/vmm`).
 pub const VMM_CGROUP_LEAF: &str = "vmm";
-/// The fixed part of the kernel command line: serial console, and a guest that panics
-/// reboots at once, which ends the VM (the VMM treats a reset as the VM's end).
-const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
+/// The fixed part of the kernel command line: serial console, showing the kernel's errors
+/// only (`quiet`), and a guest that panics reboots at once, which ends the VM (the VMM
+/// treats a reset as the VM's end). Each byte written to the serial port is an exit to the
+/// VMM: the 120-odd lines of a verbose boot doubled the time to the agent in the nested KVM
+/// test host (7.0 s, 3.3 s with `quiet`). `hypervisor.kernel_params = "loglevel=7"` (it
+/// comes later, and wins) brings them back into the sandbox's console log.
+const BASE_CMDLINE: &str = "console=ttyS0 quiet reboot=k panic=1";
 /// What an ext4 image root adds: the first disk, read-only, with the agent as init.
 const IMAGE_CMDLINE: &str = "root=/dev/vda ro rootfstype=ext4 init=/init";
 
@@ -792,7 +796,7 @@ mod tests {
         assert_eq!((vm.vcpus, vm.memory_mib), (2, 512));
         assert_eq!(
             vm.cmdline,
-            "console=ttyS0 reboot=k panic=1 ember.agent_port=2048 loglevel=4"
+            "console=ttyS0 quiet reboot=k panic=1 ember.agent_port=2048 loglevel=4"
         );
         assert!(vm.rng);
         assert_eq!(
