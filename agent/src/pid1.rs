@@ -9,7 +9,7 @@ use std::path::Path;
 use nix::errno::Errno;
 use nix::mount::{MntFlags, MsFlags};
 use nix::sys::stat::Mode;
-use slog::{info, warn, Logger};
+use slog::{debug, info, warn, Logger};
 
 use crate::syscall::Syscall;
 
@@ -282,7 +282,9 @@ pub fn setup(sys: &dyn Syscall, log: &Logger) -> Result<(), Pid1Error> {
             *flags,
             *data,
         ) {
-            Ok(()) => info!(log, "mounted"; "fstype" => fstype, "target" => target),
+            // Debug only: the agent logs to the serial console, where each byte is an exit
+            // to the VMM, and these seven lines come at every boot.
+            Ok(()) => debug!(log, "mounted"; "fstype" => fstype, "target" => target),
             Err(Errno::EBUSY) => {}
             Err(errno) => {
                 return Err(Pid1Error::Mount {
