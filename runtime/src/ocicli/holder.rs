@@ -520,7 +520,10 @@ async fn run_init(
         // the VMM's cgroup, so that `docker stats` (and conmon's stats) show what the VM
         // costs the host. It leaves before the sandbox goes (`report`). The holders of a
         // pod's other containers stay out: their sandbox may go before they do.
-        (_, Home::Own(_)) => *cgroup = Some(join_cgroup(&record, &vmm_cgroup(&record))),
+        (_, Home::Own(_)) => {
+            let vmm = crate::sandbox::microvm::vmm_cgroup(&record.sandbox_id);
+            *cgroup = Some(join_cgroup(&record, &vmm));
+        }
         _ => {}
     }
     let io = match (terminal, console_socket) {
@@ -603,15 +606,6 @@ fn join_cgroup(record: &Record, path: &str) -> crate::cgroups::Joined {
         joined.count()
     );
     joined
-}
-
-/// The host cgroup of a `microvm`-backend sandbox's VMM (`/ember/<sandbox>/vmm`).
-pub fn vmm_cgroup(record: &Record) -> String {
-    format!(
-        "{}/{}",
-        crate::cgroups::sandbox_parent(&record.sandbox_id),
-        crate::sandbox::microvm::VMM_CGROUP_LEAF
-    )
 }
 
 /// The host cgroup of a `process`-backend container (`/ember/<sandbox>/<id>`).

@@ -79,7 +79,15 @@ const VMM_EXIT_WAIT: Duration = Duration::from_secs(5);
 /// How long the VMM may take to build and start the VM.
 const VMM_START_TIMEOUT: Duration = Duration::from_secs(60);
 /// The VMM's cgroup under the sandbox's (`/ember/<sandbox>/vmm`).
-pub const VMM_CGROUP_LEAF: &str = "vmm";
+const VMM_CGROUP_LEAF: &str = "vmm";
+/// The host cgroup of sandbox `sandbox_id`'s VMM (`/ember/<sandbox>/vmm`).
+pub fn vmm_cgroup(sandbox_id: &str) -> String {
+    format!(
+        "{}/{VMM_CGROUP_LEAF}",
+        crate::cgroups::sandbox_parent(sandbox_id)
+    )
+}
+
 /// The fixed part of the kernel command line: serial console, showing the kernel's errors
 /// only (`quiet`), and a guest that panics reboots at once, which ends the VM (the VMM
 /// treats a reset as the VM's end). Each byte written to the serial port is an exit to the
@@ -568,7 +576,7 @@ impl MicrovmBackend {
             })?;
         }
         let parent = crate::cgroups::sandbox_parent(ctx.id);
-        let cgroup = format!("{parent}/{VMM_CGROUP_LEAF}");
+        let cgroup = vmm_cgroup(ctx.id);
         // The parent too (`Sandbox::start` has recorded it already; not twice).
         ctx.state.add(Resource::Cgroup { path: parent })?;
         ctx.state.add(Resource::Cgroup {
