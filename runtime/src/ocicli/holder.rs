@@ -379,10 +379,27 @@ async fn hold_own(
     listen: bool,
 ) -> i32 {
     let id = record.id.clone();
+    // A microVM container whose spec asks for a new network namespace that host hooks may
+    // fill (Docker's bridge network): the namespace is made here and the hooks run before
+    // the sandbox starts, so that the pod-network code finds the interface they put there.
+    let early_network = record.backend == "microvm"
+        && has_create_hooks(&record.hooks)
+        && super::netns::spec_wants_new(&spec.json);
+    let (netns, held) = if early_network {
+        match own_network(dir, &record) {
+            Ok(held) => (held.as_ref().map(|h| h.path().to_path_buf()), held),
+            Err(e) => {
+                ready.fail(&e.to_string());
+                return 1;
+            }
+        }
+    } else {
+        (spec.network_namespace_path(), None)
+    };
     let sb = match Sandbox::start(SandboxOptions {
         id: record.sandbox_id.clone(),
         config: parts.config,
-        netns: spec.network_namespace_path(),
+        netns,
         hostname: spec.hostname().map(str::to_string),
         namespace: String::new(),
     })
@@ -390,6 +407,7 @@ async fn hold_own(
     {
         Ok(sb) => sb,
         Err(e) => {
+            // The sandbox removed what it made; `held` goes when dropped.
             ready.fail(&e.to_string());
             return 1;
         }
@@ -418,6 +436,7 @@ async fn hold_own(
         parts.console_socket,
         &home,
         &mut cgroup,
+        !early_network,
     );
     let result = match &owner {
         Some(o) => tokio::select! {
@@ -437,9 +456,59 @@ async fn hold_own(
     if let Err(e) = sb.destroy().await {
         warn!("container={id}: destroy sandbox: {e}");
     }
+    // After the sandbox, which removed its tap from the namespace by this path.
+    if let Some(h) = held {
+        if let Err(e) = h.remove() {
+            warn!("container={id}: {e}");
+        }
+    }
     let code = result.unwrap_or(1);
     info!("container={id}: holder exits with {code}");
     code
+}
+
+/// Whether a container has hooks that run before `create` returns (and may put an
+/// interface into its network namespace).
+fn has_create_hooks(hooks: &super::hooks::HostHooks) -> bool {
+    !hooks.prestart.is_empty() || !hooks.create_runtime.is_empty()
+}
+
+/// The network namespace of a microVM container whose spec asks for a new one: made on
+/// the host ([`super::netns`]), then the `prestart` and `createRuntime` hooks run with a
+/// state whose `pid` is a process in it (Docker's `libnetwork-setkey` enters
+/// `/proc/<pid>/ns/net`, moves its veth end there and configures it). Returns the held
+/// namespace when the hooks put an interface there, for the sandbox's pod network; `None`
+/// (and nothing left) when they did not (Docker's `--network none`): the VM then gets no
+/// NIC, as without a namespace.
+///
+/// Runs on the holder's main thread (the keeper's death signal is tied to it), before
+/// the sandbox exists: a failed hook leaves no VM, tap or namespace behind.
+fn own_network(
+    dir: &ContainerDir,
+    record: &Record,
+) -> Result<Option<super::netns::HeldNetns>, OciCliError> {
+    let mut held = super::netns::HeldNetns::create(&dir.dir)?;
+    let mut st = OciState::new(record, Status::Created);
+    st.pid = held.keeper_pid().unwrap_or(st.pid);
+    let state = serde_json::to_string(&st).expect("state serializes");
+    super::hooks::run("prestart", &record.hooks.prestart, &state)?;
+    super::hooks::run("createRuntime", &record.hooks.create_runtime, &state)?;
+    held.end_keeper();
+    if !held.has_interface()? {
+        info!(
+            "container={}: the hooks put no interface into {}: no network for the VM",
+            record.id,
+            held.path().display()
+        );
+        held.remove()?;
+        return Ok(None);
+    }
+    info!(
+        "container={}: network namespace {} for the VM",
+        record.id,
+        held.path().display()
+    );
+    Ok(Some(held))
 }
 
 /// A holder whose container joins a pod's sandbox: the sandbox container's holder creates
@@ -455,7 +524,17 @@ async fn hold_joined(
     let id = record.id.clone();
     let mut cgroup = None;
     let home = Home::Joined(joined);
-    let result = run_init(ready, dir, record, spec, console_socket, &home, &mut cgroup).await;
+    let result = run_init(
+        ready,
+        dir,
+        record,
+        spec,
+        console_socket,
+        &home,
+        &mut cgroup,
+        true,
+    )
+    .await;
     report(ready, &id, &result, cgroup);
     if let Home::Joined(j) = &home {
         let req = owner::Request::Remove { id: id.clone() };
@@ -500,6 +579,7 @@ async fn run_init(
     console_socket: Option<PathBuf>,
     sb: &Home<'_>,
     cgroup: &mut Option<crate::cgroups::Joined>,
+    run_hooks: bool,
 ) -> Result<i32, OciCliError> {
     let id = record.id.clone();
     let terminal = spec.terminal();
@@ -549,8 +629,10 @@ async fn run_init(
     record.holder = Some(ProcessId::current());
     record.endpoint = Some(sb.endpoint().into());
     dir.save(&record)?;
+    // After the container was created, with its init's pid on the process backend (the
+    // hooks enter its namespaces); unless [`own_network`] ran them before the sandbox.
     let hooks = &record.hooks;
-    if !hooks.prestart.is_empty() || !hooks.create_runtime.is_empty() {
+    if run_hooks && has_create_hooks(hooks) {
         let mut st = OciState::new(&record, Status::Created);
         st.pid = super::commands::init_host_pid(&record, st.pid);
         let state = serde_json::to_string(&st).expect("state serializes");
