@@ -373,7 +373,7 @@ async fn hold(
 async fn hold_own(
     ready: &mut Ready,
     dir: &ContainerDir,
-    record: Record,
+    mut record: Record,
     spec: BundleSpec,
     parts: HolderParts,
     listen: bool,
@@ -386,7 +386,7 @@ async fn hold_own(
         && has_create_hooks(&record.hooks)
         && super::netns::spec_wants_new(&spec.json);
     let (netns, held) = if early_network {
-        match own_network(dir, &record) {
+        match own_network(dir, &mut record) {
             Ok(held) => (held.as_ref().map(|h| h.path().to_path_buf()), held),
             Err(e) => {
                 ready.fail(&e.to_string());
@@ -436,7 +436,6 @@ async fn hold_own(
         parts.console_socket,
         &home,
         &mut cgroup,
-        !early_network,
     );
     let result = match &owner {
         Some(o) => tokio::select! {
@@ -481,18 +480,21 @@ fn has_create_hooks(hooks: &super::hooks::HostHooks) -> bool {
 /// (and nothing left) when they did not (Docker's `--network none`): the VM then gets no
 /// NIC, as without a namespace.
 ///
-/// Runs on the holder's main thread (the keeper's death signal is tied to it), before
-/// the sandbox exists: a failed hook leaves no VM, tap or namespace behind.
+/// The hooks are taken out of `record` (they ran; [`run_init`] then runs none). Runs on
+/// the holder's main thread (the keeper's death signal is tied to it), before the sandbox
+/// exists: a failed hook leaves no VM, tap or namespace behind.
 fn own_network(
     dir: &ContainerDir,
-    record: &Record,
+    record: &mut Record,
 ) -> Result<Option<super::netns::HeldNetns>, OciCliError> {
     let mut held = super::netns::HeldNetns::create(&dir.dir)?;
     let mut st = OciState::new(record, Status::Created);
     st.pid = held.keeper_pid().unwrap_or(st.pid);
     let state = serde_json::to_string(&st).expect("state serializes");
-    super::hooks::run("prestart", &record.hooks.prestart, &state)?;
-    super::hooks::run("createRuntime", &record.hooks.create_runtime, &state)?;
+    let prestart = std::mem::take(&mut record.hooks.prestart);
+    let create_runtime = std::mem::take(&mut record.hooks.create_runtime);
+    super::hooks::run("prestart", &prestart, &state)?;
+    super::hooks::run("createRuntime", &create_runtime, &state)?;
     held.end_keeper();
     if !held.has_interface()? {
         info!(
@@ -524,17 +526,7 @@ async fn hold_joined(
     let id = record.id.clone();
     let mut cgroup = None;
     let home = Home::Joined(joined);
-    let result = run_init(
-        ready,
-        dir,
-        record,
-        spec,
-        console_socket,
-        &home,
-        &mut cgroup,
-        true,
-    )
-    .await;
+    let result = run_init(ready, dir, record, spec, console_socket, &home, &mut cgroup).await;
     report(ready, &id, &result, cgroup);
     if let Home::Joined(j) = &home {
         let req = owner::Request::Remove { id: id.clone() };
@@ -579,7 +571,6 @@ async fn run_init(
     console_socket: Option<PathBuf>,
     sb: &Home<'_>,
     cgroup: &mut Option<crate::cgroups::Joined>,
-    run_hooks: bool,
 ) -> Result<i32, OciCliError> {
     let id = record.id.clone();
     let terminal = spec.terminal();
@@ -630,9 +621,9 @@ async fn run_init(
     record.endpoint = Some(sb.endpoint().into());
     dir.save(&record)?;
     // After the container was created, with its init's pid on the process backend (the
-    // hooks enter its namespaces); unless [`own_network`] ran them before the sandbox.
+    // hooks enter its namespaces); none left when [`own_network`] ran them already.
     let hooks = &record.hooks;
-    if run_hooks && has_create_hooks(hooks) {
+    if has_create_hooks(hooks) {
         let mut st = OciState::new(&record, Status::Created);
         st.pid = super::commands::init_host_pid(&record, st.pid);
         let state = serde_json::to_string(&st).expect("state serializes");
