@@ -7,7 +7,8 @@
 //! CRI-O-style pods: a container whose annotations name a sandbox container joins that
 //! container's sandbox (`pod_containers_share_one_sandbox` on both backends, the microVM
 //! variant as `hw_kvm::...`; the rest of a pod's lifecycle and its errors on the process
-//! backend).
+//! backend). A `prestart` hook that networks the container as Docker's does, and `delete
+//! --force` of its killed holder leaving no network namespace, on both backends.
 //!
 //! The lifecycle tests need root, Debian's busybox-static and `ember-agent` built next to
 //! `ember-oci` (`cargo build -p ember-agent`); they make this test process a child

@@ -1,5 +1,6 @@
 //! `ember-oci` under Docker 20.10 (Debian's `docker.io`): a private dockerd (its own data
-//! root, exec root, pid file, socket and managed containerd, no bridge and no iptables)
+//! root, exec root, pid file, socket and managed containerd, no iptables, and no bridge
+//! but for `docker_bridge_network`'s, which gets a bridge of its own: [`Bridge`])
 //! whose `daemon.json` registers ember as `runtimes: {"ember": {"path": ..., "runtimeArgs":
 //! ["--config", ...]}}`, the route
 //! by which Docker 20.10 drives a runc-compatible command line through containerd's
@@ -11,6 +12,9 @@
 //! on hosts without hardware virtualization ([`ember_tests::hw_kvm_runs_here`]). What only
 //! the process backend has (the container's cgroup on the host: `--memory` there, `docker
 //! stats`, OOM kills reported to Docker) is tested on it alone.
+//!
+//! Docker's default bridge network (`docker_bridge_network`) also needs iproute2's `ip` and
+//! the bridge and veth kernel modules.
 //!
 //! Needs root, dockerd and its docker CLI (`apt-get install docker.io`), containerd and the
 //! runc shim, busybox-static, and `ember-oci` and `ember-agent` built, and for the microvm
