@@ -407,7 +407,9 @@ async fn hold_own(
     {
         Ok(sb) => sb,
         Err(e) => {
-            // The sandbox removed what it made; `held` goes when dropped.
+            // The sandbox removed what it made (its tap too); the namespace goes before
+            // `create` learns of the failure.
+            drop(held);
             ready.fail(&e.to_string());
             return 1;
         }
