@@ -586,6 +586,7 @@ fn sandbox_line(backend: Backend, out: &str) -> String {
 ember_tests::on_both_backends!(
     pod_containers_share_one_sandbox,
     prestart_hook_network_and_delete_force_of_a_killed_holder,
+    a_failing_prestart_hook_is_named_and_leaves_nothing,
 );
 
 /// The test bodies that run on both backends ([`ember_tests::on_both_backends`]).
@@ -651,6 +652,34 @@ mod body {
         for id in [&sb, &c1, &solo] {
             env.assert_nothing_left(id);
         }
+    }
+
+    /// `create` of a container whose `prestart` hook fails names the hook and its message,
+    /// and leaves nothing: on the microvm backend the hook ran in a network namespace made
+    /// for it before any VM, and that namespace is gone too.
+    pub fn a_failing_prestart_hook_is_named_and_leaves_nothing(backend: Backend) {
+        let name = backend.test_name("a_failing_prestart_hook_is_named_and_leaves_nothing");
+        if let Some(why) = missing().or_else(|| backend.unavailable()) {
+            return skip(&name, &why);
+        }
+        let env = env_on(backend, "hookfail");
+        let id = format!("hookfail-{}", std::process::id());
+        let mut spec = default_spec(&["true"]);
+        spec["hooks"] = json!({"prestart": [
+            {"path": "/bin/sh", "args": ["sh", "-c", "echo no-network-for-you >&2; exit 3"]}
+        ]});
+        let b = env.bundle_with("bundle", &spec);
+        let err = env.fails(&["create", "--bundle", b.to_str().unwrap(), &id]);
+        assert!(
+            err.contains("hook prestart[0] failed") && err.contains("no-network-for-you"),
+            "{err}"
+        );
+        env.assert_nothing_left(&id);
+        assert!(
+            mounts_under(&env.root).is_empty(),
+            "mounts left under --root: {:?}",
+            mounts_under(&env.root)
+        );
     }
 
     /// A container whose spec asks for a new network namespace gets what a `prestart`
