@@ -7,7 +7,8 @@
 //! CRI-O-style pods: a container whose annotations name a sandbox container joins that
 //! container's sandbox (`pod_containers_share_one_sandbox` on both backends, the microVM
 //! variant as `hw_kvm::...`; the rest of a pod's lifecycle and its errors on the process
-//! backend).
+//! backend). A `prestart` hook that networks the container as Docker's does, and `delete
+//! --force` of its killed holder leaving no network namespace, on both backends.
 //!
 //! The lifecycle tests need root, Debian's busybox-static and `ember-agent` built next to
 //! `ember-oci` (`cargo build -p ember-agent`); they make this test process a child
@@ -582,7 +583,11 @@ fn sandbox_line(backend: Backend, out: &str) -> String {
     out.lines().nth(i).unwrap_or_default().to_string()
 }
 
-ember_tests::on_both_backends!(pod_containers_share_one_sandbox);
+ember_tests::on_both_backends!(
+    pod_containers_share_one_sandbox,
+    prestart_hook_network_and_delete_force_of_a_killed_holder,
+    a_failing_prestart_hook_is_named_and_leaves_nothing,
+);
 
 /// The test bodies that run on both backends ([`ember_tests::on_both_backends`]).
 mod body {
@@ -648,6 +653,137 @@ mod body {
             env.assert_nothing_left(id);
         }
     }
+
+    /// `create` of a container whose `prestart` hook fails names the hook and its message,
+    /// and leaves nothing: on the microvm backend the hook ran in a network namespace made
+    /// for it before any VM, and that namespace is gone too.
+    pub fn a_failing_prestart_hook_is_named_and_leaves_nothing(backend: Backend) {
+        let name = backend.test_name("a_failing_prestart_hook_is_named_and_leaves_nothing");
+        if let Some(why) = missing().or_else(|| backend.unavailable()) {
+            return skip(&name, &why);
+        }
+        let env = env_on(backend, "hookfail");
+        let id = format!("hookfail-{}", std::process::id());
+        let mut spec = default_spec(&["true"]);
+        spec["hooks"] = json!({"prestart": [
+            {"path": "/bin/sh", "args": ["sh", "-c", "echo no-network-for-you >&2; exit 3"]}
+        ]});
+        let b = env.bundle_with("bundle", &spec);
+        let err = env.fails(&["create", "--bundle", b.to_str().unwrap(), &id]);
+        assert!(
+            err.contains("hook prestart[0] failed") && err.contains("no-network-for-you"),
+            "{err}"
+        );
+        env.assert_nothing_left(&id);
+        assert!(
+            mounts_under(&env.root).is_empty(),
+            "mounts left under --root: {:?}",
+            mounts_under(&env.root)
+        );
+    }
+
+    /// A container whose spec asks for a new network namespace gets what a `prestart`
+    /// hook put there ([`veth_hook`]): on the process backend the namespace is its init's;
+    /// on the microvm backend one its holder made on the host (a bind mount under
+    /// `--root`), whose veth end the VM's NIC takes over. After the holder was killed,
+    /// `delete --force` leaves nothing: no record, no mount of that namespace, and the
+    /// namespace itself is gone (the veth's host end with it).
+    pub fn prestart_hook_network_and_delete_force_of_a_killed_holder(backend: Backend) {
+        let name = backend.test_name("prestart_hook_network_and_delete_force_of_a_killed_holder");
+        if let Some(why) = missing().or_else(|| backend.unavailable()) {
+            return skip(&name, &why);
+        }
+        for tool in ["ip", "nsenter"] {
+            if ember_tests::containerd::which(tool).is_none() {
+                return skip(
+                    &name,
+                    &format!("{tool} is not on PATH (iproute2, util-linux)"),
+                );
+            }
+        }
+        become_subreaper();
+        let env = env_on(backend, "hooknet");
+        let wait = backend.scaled(Duration::from_secs(30));
+        let pid = std::process::id();
+        let v = u32::from(backend == Backend::Microvm);
+        let id = format!("hooknet-{pid}");
+        let host = format!("ehk{}{v}", pid % 1_000_000);
+        let net = format!("10.214.{}", (pid % 127) * 2 + v);
+        let mut spec = default_spec(&[
+            "sh",
+            "-c",
+            &format!(
+                "ip -o -4 addr show dev eth0; ping -c 1 -W 5 {net}.1 >/dev/null && echo pong; sleep 1000"
+            ),
+        ]);
+        spec["hooks"] = json!({"prestart": [veth_hook(&host, &net)]});
+        let b = env.bundle_with("bundle", &spec);
+        let (holder, _stdin) = env.create(&id, &b);
+        let held = env.root.join(&id).join("netns");
+        match backend {
+            Backend::Process => assert!(!held.exists(), "the process backend holds no netns"),
+            Backend::Microvm => assert!(
+                mounts_under(&env.root).contains(&held),
+                "the holder holds the container's network namespace on {}",
+                held.display()
+            ),
+        }
+        env.ok(&["start", &id]);
+        let start = Instant::now();
+        while !env.output_of(&id, "out").contains("pong") {
+            assert!(
+                start.elapsed() < wait,
+                "no answer from {net}.1 through the hook's veth: stdout {:?}, stderr {:?}",
+                env.output_of(&id, "out"),
+                env.output_of(&id, "err")
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let out = env.output_of(&id, "out");
+        assert!(
+            out.contains(&format!("inet {net}.2/24")),
+            "eth0 has the hook's address: {out}"
+        );
+        // SAFETY: kill(2) of the holder we just created.
+        unsafe { libc::kill(holder, libc::SIGKILL) };
+        assert_eq!(reap(holder, Duration::from_secs(10)), 128 + 9);
+        env.ok(&["delete", "--force", &id]);
+        env.assert_nothing_left(&id);
+        assert!(
+            mounts_under(&env.root).is_empty(),
+            "mounts left under --root: {:?}",
+            mounts_under(&env.root)
+        );
+        // The namespace ends with its last user, and the veth pair with it.
+        let gone = Path::new("/sys/class/net").join(&host);
+        let start = Instant::now();
+        while gone.exists() {
+            assert!(
+                start.elapsed() < wait,
+                "{} is left: the container's network namespace outlived delete --force",
+                gone.display()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// A `prestart` hook as Docker's `libnetwork-setkey` works: it reads the state's `pid`
+/// and puts one end of a veth pair, configured, into `/proc/<pid>/ns/net` as `eth0`,
+/// keeping the other (`host`, with `.1` of `net`) on the host. Needs iproute2's `ip` and
+/// util-linux's `nsenter` on the host.
+fn veth_hook(host: &str, net: &str) -> Value {
+    let script = format!(
+        "set -e; pid=$(sed -n 's/.*\"pid\":\\([0-9][0-9]*\\).*/\\1/p'); test -n \"$pid\"; \
+         ip link add {host} type veth peer name eth0 netns \"$pid\"; \
+         ip addr add {net}.1/24 dev {host}; ip link set {host} up; \
+         nsenter --net=/proc/$pid/ns/net sh -c 'ip addr add {net}.2/24 dev eth0 && ip link set eth0 up'"
+    );
+    json!({
+        "path": "/bin/sh",
+        "args": ["sh", "-c", script],
+        "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
+    })
 }
 
 /// The rest of a pod's lifecycle (process backend): exec, ps, pause/resume and delete of a

@@ -1,5 +1,6 @@
 //! `ember-oci` under Docker 20.10 (Debian's `docker.io`): a private dockerd (its own data
-//! root, exec root, pid file, socket and managed containerd, no bridge and no iptables)
+//! root, exec root, pid file, socket and managed containerd, no iptables, and no bridge
+//! but for `docker_bridge_network`'s, which gets a bridge of its own: [`Bridge`])
 //! whose `daemon.json` registers ember as `runtimes: {"ember": {"path": ..., "runtimeArgs":
 //! ["--config", ...]}}`, the route
 //! by which Docker 20.10 drives a runc-compatible command line through containerd's
@@ -12,6 +13,9 @@
 //! the process backend has (the container's cgroup on the host: `--memory` there, OOM kills
 //! reported to Docker) is tested on it alone; on the microvm backend `docker stats` shows
 //! the VMM's cgroup, which the holder joins.
+//!
+//! Docker's default bridge network (`docker_bridge_network`) also needs iproute2's `ip` and
+//! the bridge and veth kernel modules.
 //!
 //! Needs root, dockerd and its docker CLI (`apt-get install docker.io`), containerd and the
 //! runc shim, busybox-static, and `ember-oci` and `ember-agent` built, and for the microvm
@@ -71,17 +75,37 @@ struct Docker {
     /// ember's sandbox.state_dir.
     state: PathBuf,
     backend: Backend,
+    /// The bridge of its default network, if it has one (deleted after dockerd stopped).
+    bridge: Option<Bridge>,
     tmp: tempfile::TempDir,
 }
 
 impl Docker {
     /// dockerd for `body`'s test on `backend` (`tag` keeps its paths apart from the other
-    /// tests'), or `None` after a `SKIP` line when it cannot run here.
+    /// tests'), or `None` after a `SKIP` line when it cannot run here. Its default network
+    /// is `none` (`--bridge=none`).
     fn start(backend: Backend, body: &str, tag: &str) -> Option<Docker> {
+        Docker::start_with(backend, body, tag, false)
+    }
+
+    /// [`Docker::start`], with `bridged`: Docker's default bridge network on a bridge of
+    /// the test's own ([`Bridge`]).
+    fn start_with(backend: Backend, body: &str, tag: &str, bridged: bool) -> Option<Docker> {
         if let Some(why) = unavailable(backend) {
             skip(&backend.test_name(body), &why);
             return None;
         }
+        let bridge = if bridged {
+            match Bridge::create(backend, tag) {
+                Ok(b) => Some(b),
+                Err(why) => {
+                    skip(&backend.test_name(body), &why);
+                    return None;
+                }
+            }
+        } else {
+            None
+        };
         let (dockerd, cli) = docker_binaries().expect("checked");
         let tmp = tempfile::Builder::new()
             .prefix("ember-docker")
@@ -120,10 +144,16 @@ impl Docker {
             .arg(tmp.path().join("docker.pid"))
             .arg("--host")
             .arg(format!("unix://{}", run_dir.join("d.sock").display()))
+            .arg(match &bridge {
+                Some(b) => format!("--bridge={}", b.name),
+                None => "--bridge=none".into(),
+            })
+            // No iptables rules and no host sysctl changed: the tests reach the bridge's
+            // own address only, which needs neither NAT nor forwarding.
             .args([
-                "--bridge=none",
                 "--iptables=false",
                 "--ip-masq=false",
+                "--ip-forward=false",
                 "--storage-driver=overlay2",
             ])
             .stdin(Stdio::null())
@@ -137,6 +167,7 @@ impl Docker {
             run_dir,
             state,
             backend,
+            bridge,
             tmp,
         };
         let start = Instant::now();
@@ -188,6 +219,14 @@ impl Docker {
         let mut records = Vec::new();
         find_records(&self.run_dir.join("x"), &mut records);
         assert!(records.is_empty(), "ember-oci records left: {records:?}");
+        // The network namespaces ember-oci held for microVMs (under its --root; dockerd's
+        // own live in its exec root's netns/).
+        let docker_netns = self.run_dir.join("x").join("netns");
+        let held: Vec<_> = mounts_under(&self.run_dir.join("x"))
+            .into_iter()
+            .filter(|m| !m.starts_with(&docker_netns) && m.ends_with("netns"))
+            .collect();
+        assert!(held.is_empty(), "network namespaces left: {held:?}");
         let sandboxes = self.state.join("sandboxes");
         let left: Vec<_> = std::fs::read_dir(&sandboxes)
             .map(|d| d.flatten().map(|e| e.path()).collect())
@@ -221,6 +260,77 @@ impl Drop for Docker {
         }
         let _ = std::fs::remove_dir_all(&self.state);
         let _ = std::fs::remove_dir_all(&self.run_dir);
+        // After dockerd, which used it.
+        self.bridge.take();
+    }
+}
+
+/// A Linux bridge of the test's own for dockerd's `--bridge`, with a /24 of its own: the
+/// host's `docker0` may be another dockerd's, and dockerd's `--bridge` takes an existing
+/// bridge whose address makes the default network's subnet (and its gateway). Deleted
+/// when dropped.
+struct Bridge {
+    name: String,
+    /// Its address, the containers' gateway.
+    gateway: String,
+}
+
+impl Bridge {
+    /// Creates and brings up the bridge (`tag` and the backend keep it apart from other
+    /// tests'), after checking that veth pairs can be made (Docker connects containers
+    /// with them); the error says what is missing.
+    fn create(backend: Backend, tag: &str) -> Result<Bridge, String> {
+        if containerd::which("ip").is_none() {
+            return Err("iproute2's ip is not on PATH".into());
+        }
+        let pid = std::process::id();
+        let v = u32::from(backend == Backend::Microvm);
+        let name = format!("edb{}{tag}{v}", pid % 100_000);
+        // 10.213.0.0/16, one /24 per test process and backend.
+        let gateway = format!("10.213.{}.1", (pid % 127) * 2 + v);
+        let ip = |args: &[&str]| -> Result<(), String> {
+            let out = Command::new("ip")
+                .args(args)
+                .output()
+                .map_err(|e| e.to_string())?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "ip {}: {}",
+                    args.join(" "),
+                    text(&out.stderr).trim()
+                ))
+            }
+        };
+        let veth = format!("edv{}{tag}{v}", pid % 100_000);
+        ip(&[
+            "link",
+            "add",
+            &veth,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &format!("{veth}p"),
+        ])
+        .map_err(|e| format!("cannot make a veth pair (the veth kernel module): {e}"))?;
+        let _ = ip(&["link", "del", &veth]);
+        ip(&["link", "add", &name, "type", "bridge"])
+            .map_err(|e| format!("cannot make a bridge (the bridge kernel module): {e}"))?;
+        let b = Bridge { name, gateway };
+        ip(&["addr", "add", &format!("{}/24", b.gateway), "dev", &b.name])
+            .and_then(|()| ip(&["link", "set", &b.name, "up"]))
+            .map_err(|e| format!("cannot configure bridge {}: {e}", b.name))?;
+        Ok(b)
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.name])
+            .output();
     }
 }
 
@@ -256,6 +366,7 @@ ember_tests::on_both_backends!(
     docker_run_with_the_ember_runtime,
     docker_detached_logs_exec_top_stop,
     docker_run_it_with_a_terminal,
+    docker_bridge_network,
 );
 
 /// The test bodies that run on both backends ([`ember_tests::on_both_backends`]).
@@ -408,6 +519,66 @@ mod body {
         assert_eq!(text(&out.stdout).trim(), "0", "{}", text(&out.stderr));
         assert!(text(&d.docker(&["logs", &name]).stdout).contains("got-term"));
         let out = d.docker(&["rm", &name]);
+        assert_runs(&d, &out, 0);
+        d.assert_nothing_left();
+    }
+
+    /// Docker's default bridge network (a dockerd with a bridge of its own): the container
+    /// has an `eth0` with the address Docker gave it, and reaches the bridge, its gateway.
+    /// On the microvm backend Docker's `libnetwork-setkey` hook configures a network
+    /// namespace the holder made on the host, whose veth is connected to the VM's NIC.
+    pub fn docker_bridge_network(backend: Backend) {
+        let Some(d) = Docker::start_with(backend, "docker_bridge_network", "n", true) else {
+            return;
+        };
+        let gateway = d.bridge.as_ref().expect("bridged").gateway.clone();
+        let name = match backend {
+            Backend::Process => format!("net-{}", std::process::id()),
+            Backend::Microvm => format!("net-v{}", std::process::id()),
+        };
+        let out = d.docker(&[
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--runtime",
+            "ember",
+            IMAGE,
+            "sh",
+            "-c",
+            "while :; do sleep 1; done",
+        ]);
+        assert_runs(&d, &out, 0);
+        let out = d.docker(&[
+            "inspect",
+            "-f",
+            "{{.NetworkSettings.IPAddress}} {{.NetworkSettings.IPPrefixLen}} {{.NetworkSettings.Gateway}}",
+            &name,
+        ]);
+        assert_runs(&d, &out, 0);
+        let inspect = text(&out.stdout);
+        let fields: Vec<&str> = inspect.split_whitespace().collect();
+        assert_eq!(fields.len(), 3, "docker inspect: {inspect:?}");
+        let (ip, prefix) = (fields[0], fields[1]);
+        assert_eq!(
+            fields[2], gateway,
+            "Docker's gateway is the bridge's address"
+        );
+        let script = format!(
+            "ip -o -4 addr show dev eth0; ping -c 1 -W 5 {gateway} >/dev/null && echo reached-gateway"
+        );
+        let out = d.docker(&["exec", &name, "sh", "-c", &script]);
+        assert_runs(&d, &out, 0);
+        let seen = text(&out.stdout);
+        assert!(
+            seen.contains(&format!("inet {ip}/{prefix}")),
+            "eth0 has the address Docker reports ({ip}/{prefix}): {seen}"
+        );
+        assert!(
+            seen.trim_end().ends_with("reached-gateway"),
+            "the container reaches the bridge at {gateway}: {seen}"
+        );
+        let out = d.docker(&["rm", "-f", &name]);
         assert_runs(&d, &out, 0);
         d.assert_nothing_left();
     }

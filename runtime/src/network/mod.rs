@@ -366,6 +366,16 @@ pub fn interface_index(netns: &Path, name: &str) -> Result<Option<u32>, NetworkE
     })
 }
 
+/// Whether `netns` has an interface [`setup_pod_network`] would connect the VM to (one
+/// besides `lo` and the tap `tap`): what decides whether a network namespace that a hook
+/// (Docker's `libnetwork-setkey`) may have filled is a pod network at all.
+pub fn has_pod_interface(netns: &Path, tap: &str) -> Result<bool, NetworkError> {
+    in_netns(Some(netns), || {
+        let mut nl = Rtnl::open(Some(netns))?;
+        Ok(pick_interface(&nl.links()?, tap).is_some())
+    })
+}
+
 /// Deletes tap `name` (in network namespace `netns`, or the host's) and ember's tc
 /// redirects into it from other interfaces (also ones left pointing nowhere because the
 /// tap went first), and the ingress qdiscs those leave empty. A tap that is already gone,

@@ -144,6 +144,10 @@ pub enum OciCliError {
         /// What happened.
         message: String,
     },
+    /// The container's network namespace on the host (microvm backend) could not be made
+    /// or removed.
+    #[error(transparent)]
+    Netns(#[from] super::netns::HeldNetnsError),
     /// The console socket could not be used.
     #[error("console socket {path}: {message}")]
     Console {

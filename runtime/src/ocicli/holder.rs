@@ -373,16 +373,33 @@ async fn hold(
 async fn hold_own(
     ready: &mut Ready,
     dir: &ContainerDir,
-    record: Record,
+    mut record: Record,
     spec: BundleSpec,
     parts: HolderParts,
     listen: bool,
 ) -> i32 {
     let id = record.id.clone();
+    // A microVM container whose spec asks for a new network namespace that host hooks may
+    // fill (Docker's bridge network): the namespace is made here and the hooks run before
+    // the sandbox starts, so that the pod-network code finds the interface they put there.
+    let early_network = record.backend == "microvm"
+        && has_create_hooks(&record.hooks)
+        && super::netns::spec_wants_new(&spec.json);
+    let (netns, held) = if early_network {
+        match own_network(dir, &mut record) {
+            Ok(held) => (held.as_ref().map(|h| h.path().to_path_buf()), held),
+            Err(e) => {
+                ready.fail(&e.to_string());
+                return 1;
+            }
+        }
+    } else {
+        (spec.network_namespace_path(), None)
+    };
     let sb = match Sandbox::start(SandboxOptions {
         id: record.sandbox_id.clone(),
         config: parts.config,
-        netns: spec.network_namespace_path(),
+        netns,
         hostname: spec.hostname().map(str::to_string),
         namespace: String::new(),
     })
@@ -390,6 +407,9 @@ async fn hold_own(
     {
         Ok(sb) => sb,
         Err(e) => {
+            // The sandbox removed what it made (its tap too); the namespace goes before
+            // `create` learns of the failure.
+            drop(held);
             ready.fail(&e.to_string());
             return 1;
         }
@@ -437,9 +457,62 @@ async fn hold_own(
     if let Err(e) = sb.destroy().await {
         warn!("container={id}: destroy sandbox: {e}");
     }
+    // After the sandbox, which removed its tap from the namespace by this path.
+    if let Some(h) = held {
+        if let Err(e) = h.remove() {
+            warn!("container={id}: {e}");
+        }
+    }
     let code = result.unwrap_or(1);
     info!("container={id}: holder exits with {code}");
     code
+}
+
+/// Whether a container has hooks that run before `create` returns (and may put an
+/// interface into its network namespace).
+fn has_create_hooks(hooks: &super::hooks::HostHooks) -> bool {
+    !hooks.prestart.is_empty() || !hooks.create_runtime.is_empty()
+}
+
+/// The network namespace of a microVM container whose spec asks for a new one: made on
+/// the host ([`super::netns`]), then the `prestart` and `createRuntime` hooks run with a
+/// state whose `pid` is a process in it (Docker's `libnetwork-setkey` enters
+/// `/proc/<pid>/ns/net`, moves its veth end there and configures it). Returns the held
+/// namespace when the hooks put an interface there, for the sandbox's pod network; `None`
+/// (and nothing left) when they did not (Docker's `--network none`): the VM then gets no
+/// NIC, as without a namespace.
+///
+/// The hooks are taken out of `record` (they ran; [`run_init`] then runs none). Runs on
+/// the holder's main thread (the keeper's death signal is tied to it), before the sandbox
+/// exists: a failed hook leaves no VM, tap or namespace behind.
+fn own_network(
+    dir: &ContainerDir,
+    record: &mut Record,
+) -> Result<Option<super::netns::HeldNetns>, OciCliError> {
+    let mut held = super::netns::HeldNetns::create(&dir.dir)?;
+    let mut st = OciState::new(record, Status::Created);
+    st.pid = held.keeper_pid().unwrap_or(st.pid);
+    let state = serde_json::to_string(&st).expect("state serializes");
+    let prestart = std::mem::take(&mut record.hooks.prestart);
+    let create_runtime = std::mem::take(&mut record.hooks.create_runtime);
+    super::hooks::run("prestart", &prestart, &state)?;
+    super::hooks::run("createRuntime", &create_runtime, &state)?;
+    held.end_keeper();
+    if !held.has_interface()? {
+        info!(
+            "container={}: the hooks put no interface into {}: no network for the VM",
+            record.id,
+            held.path().display()
+        );
+        held.remove()?;
+        return Ok(None);
+    }
+    info!(
+        "container={}: network namespace {} for the VM",
+        record.id,
+        held.path().display()
+    );
+    Ok(Some(held))
 }
 
 /// A holder whose container joins a pod's sandbox: the sandbox container's holder creates
@@ -558,8 +631,10 @@ async fn run_init(
     record.holder = Some(ProcessId::current());
     record.endpoint = Some(sb.endpoint().into());
     dir.save(&record)?;
+    // After the container was created, with its init's pid on the process backend (the
+    // hooks enter its namespaces); none left when [`own_network`] ran them already.
     let hooks = &record.hooks;
-    if !hooks.prestart.is_empty() || !hooks.create_runtime.is_empty() {
+    if has_create_hooks(hooks) {
         let mut st = OciState::new(&record, Status::Created);
         st.pid = super::commands::init_host_pid(&record, st.pid);
         let state = serde_json::to_string(&st).expect("state serializes");

@@ -44,6 +44,7 @@ pub mod fork;
 pub mod holder;
 pub mod hooks;
 pub mod log;
+pub mod netns;
 pub mod owner;
 pub mod pod;
 pub mod relay;

@@ -330,8 +330,12 @@ impl ContainerDir {
         }
     }
 
-    /// Removes the directory.
+    /// Removes the directory, and first the network namespace mounted in it
+    /// ([`super::netns`]), if any.
     pub fn remove(&self) -> Result<(), OciCliError> {
+        // A network namespace the holder made (microvm backend) is mounted in the
+        // directory, also after the holder was killed: off first.
+        super::netns::remove_at(&self.dir.join(super::netns::NETNS_FILE))?;
         match std::fs::remove_dir_all(&self.dir) {
             Err(e) if e.kind() != ErrorKind::NotFound => Err(OciCliError::io(&self.dir)(e)),
             _ => Ok(()),
